@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what the local stack and the test suite need, and nothing that is
+# already there: Debian's cmake (to build the database) and secantusd-rs, the
+# MongoDB-protocol server the tests run against. Safe to run again.
+set -euo pipefail
+
+SECANTUS_VERSION="0.5.3-beta.196"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+need_apt=()
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]} from Debian" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+installed_version() {
+  command -v secantusd-rs >/dev/null 2>&1 || return 1
+  cargo install --list 2>/dev/null | grep -q "^secantus-mdb v${SECANTUS_VERSION}:" 
+}
+if ! installed_version; then
+  echo "setup: building secantusd-rs ${SECANTUS_VERSION} (takes about 5 minutes on 2 cores)" >&2
+  cargo install secantus-mdb --version "$SECANTUS_VERSION" --locked --ignore-rust-version
+fi
+echo "setup: ready (secantusd-rs at $(command -v secantusd-rs))" >&2

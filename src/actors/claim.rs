@@ -1,0 +1,376 @@
+//! `ClaimActor`: claims runnable jobs up to the worker's concurrency, runs
+//! each under its lease, and hands every in-flight job back on shutdown.
+//!
+//! Invariant kept: a job runs only while this worker holds it under its
+//! fencing token. Each job runs in a task of its own that heartbeats the lease
+//! about every third of its length; a refused heartbeat (the job was taken
+//! over) cancels the handler at once. A handler's error *or panic* becomes the
+//! job's failure; neither stops the actor or the process.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use mongodb::bson::oid::ObjectId;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::actors::supervision::Restarts;
+use crate::handlers::{HandlerError, Handlers, JobHandler};
+use crate::jobs::{ClaimedJob, FailOutcome, JobError, JobQueue};
+use crate::metrics::Metrics;
+use crate::presence::Presence;
+use crate::readiness::Readiness;
+use crate::schema::SchemaFit;
+
+/// The actor's life: claiming, or draining towards shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimState {
+    Claiming,
+    Draining,
+}
+
+#[derive(Clone)]
+pub struct ClaimSettings {
+    pub worker_id: String,
+    pub concurrency: usize,
+    pub job_lease: Duration,
+    pub poll: Duration,
+}
+
+pub struct ClaimActor {
+    settings: ClaimSettings,
+    queue: JobQueue,
+    presence: Presence,
+    handlers: Handlers,
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    state: ClaimState,
+    /// Jobs running now, with the token that makes each hand itself back.
+    in_flight: HashMap<ObjectId, CancellationToken>,
+    claiming: bool,
+    restarts: Restarts,
+    drained: Vec<oneshot::Sender<()>>,
+}
+
+impl ClaimActor {
+    pub fn new(
+        settings: ClaimSettings,
+        queue: JobQueue,
+        presence: Presence,
+        handlers: Handlers,
+        readiness: Arc<Readiness>,
+        metrics: Arc<Metrics>,
+    ) -> ClaimActor {
+        ClaimActor {
+            settings,
+            queue,
+            presence,
+            handlers,
+            readiness,
+            metrics,
+            state: ClaimState::Claiming,
+            in_flight: HashMap::new(),
+            claiming: false,
+            restarts: Restarts::default(),
+            drained: Vec::new(),
+        }
+    }
+
+    fn free_slots(&self) -> usize {
+        self.settings.concurrency.saturating_sub(self.in_flight.len())
+    }
+
+    /// One claim round: ask for as many jobs as there are free slots.
+    fn claim_round(&mut self, ctx: &mut Context<Self>) {
+        let schema_ok = self.readiness.schema_fit() == Some(SchemaFit::Current);
+        if self.claiming || self.state != ClaimState::Claiming || !schema_ok || self.free_slots() == 0 {
+            return;
+        }
+        self.claiming = true;
+        let want = self.free_slots();
+        let queue = self.queue.clone();
+        let worker = self.settings.worker_id.clone();
+        let kinds = self.handlers.kinds();
+        let lease = self.settings.job_lease;
+        let latency = self.metrics.claim_latency.clone();
+        let claim = async move {
+            let started = Instant::now();
+            let claimed = queue.claim(&worker, &kinds, want, lease).await;
+            latency.observe(started.elapsed().as_secs_f64());
+            claimed
+        };
+        ctx.spawn(claim.into_actor(self).map(move |result, act, ctx| {
+            act.claiming = false;
+            match result {
+                Ok(jobs) => {
+                    act.restarts.reset();
+                    let full = jobs.len() == want;
+                    for job in jobs {
+                        act.start_job(job, ctx);
+                    }
+                    // A full batch suggests more is waiting: go again now.
+                    if full {
+                        ctx.notify(ClaimNow);
+                    }
+                }
+                Err(e) => {
+                    // The election window has already been ridden through:
+                    // fail, and let the supervisor restart us with back-off.
+                    tracing::error!(error = %crate::store::short(&e), "claiming failed; restarting the claim actor");
+                    ctx.stop();
+                }
+            }
+        }));
+    }
+
+    fn start_job(&mut self, job: ClaimedJob, ctx: &mut Context<Self>) {
+        let id = job.lease.job_id;
+        let release = CancellationToken::new();
+        self.in_flight.insert(id, release.clone());
+        self.metrics.jobs_in_flight.set(self.in_flight.len() as i64);
+        let Some(handler) = self.handlers.get(&job.kind) else {
+            // Only registered kinds are claimed; this cannot happen, but if it
+            // did the job must go back rather than sit claimed.
+            let queue = self.queue.clone();
+            let addr = ctx.address();
+            actix::spawn(async move {
+                let _ = queue.release(&job.lease).await;
+                addr.do_send(JobFinished { id });
+            });
+            return;
+        };
+        tracing::info!(job = %id, kind = %job.kind, attempt = job.attempt, token = job.lease.token, "job claimed");
+        let run = run_job(job, handler, self.queue.clone(), self.metrics.clone(), release);
+        let addr = ctx.address();
+        actix::spawn(async move {
+            run.await;
+            addr.do_send(JobFinished { id });
+        });
+    }
+
+    fn renew_presence(&mut self, ctx: &mut Context<Self>) {
+        if self.state == ClaimState::Draining {
+            return;
+        }
+        let presence = self.presence.clone();
+        ctx.spawn(
+            async move {
+                if let Err(e) = presence.renew().await {
+                    tracing::warn!(error = %crate::store::short(&e), "renewing worker presence failed");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
+    fn finish_drain_if_done(&mut self, ctx: &mut Context<Self>) {
+        if self.state != ClaimState::Draining || !self.in_flight.is_empty() || self.claiming {
+            return;
+        }
+        let presence = self.presence.clone();
+        let waiters = std::mem::take(&mut self.drained);
+        ctx.spawn(
+            async move {
+                if let Err(e) = presence.withdraw().await {
+                    tracing::warn!(error = %crate::store::short(&e), "withdrawing worker presence failed");
+                }
+                for w in waiters {
+                    let _ = w.send(());
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Actor for ClaimActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let delay = self.restarts.delay();
+        if !delay.is_zero() {
+            tracing::info!(delay_ms = delay.as_millis() as u64, restarts = self.restarts.consecutive(), "claim actor restarting after back-off");
+        }
+        let presence_every = self.presence.ttl() / 3;
+        let poll = self.settings.poll;
+        ctx.run_later(delay, move |act, ctx| {
+            act.renew_presence(ctx);
+            ctx.run_interval(presence_every, |act, ctx| act.renew_presence(ctx));
+            act.claim_round(ctx);
+            ctx.run_interval(poll, |act, ctx| act.claim_round(ctx));
+        });
+    }
+}
+
+impl Supervised for ClaimActor {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.claiming = false;
+        self.restarts.record_failure();
+        self.metrics.actor_restarts_total.with_label_values(&["claim"]).inc();
+    }
+}
+
+/// Claim again now (a slot freed up, or the last batch was full).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ClaimNow;
+
+impl Handler<ClaimNow> for ClaimActor {
+    type Result = ();
+    fn handle(&mut self, _: ClaimNow, ctx: &mut Context<Self>) {
+        self.claim_round(ctx);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct JobFinished {
+    id: ObjectId,
+}
+
+impl Handler<JobFinished> for ClaimActor {
+    type Result = ();
+    fn handle(&mut self, msg: JobFinished, ctx: &mut Context<Self>) {
+        self.in_flight.remove(&msg.id);
+        self.metrics.jobs_in_flight.set(self.in_flight.len() as i64);
+        match self.state {
+            ClaimState::Claiming => self.claim_round(ctx),
+            ClaimState::Draining => self.finish_drain_if_done(ctx),
+        }
+    }
+}
+
+/// Stop claiming, hand every in-flight job back to the queue, withdraw this
+/// worker's presence; resolves when that is done.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+impl Handler<Drain> for ClaimActor {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) -> Self::Result {
+        if self.state == ClaimState::Claiming {
+            tracing::info!(in_flight = self.in_flight.len(), "draining: handing jobs back");
+            self.state = ClaimState::Draining;
+            for release in self.in_flight.values() {
+                release.cancel();
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        self.drained.push(tx);
+        self.finish_drain_if_done(ctx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+/// Jobs this actor is running now (for tests and `health`).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct InFlightCount;
+
+impl Handler<InFlightCount> for ClaimActor {
+    type Result = usize;
+    fn handle(&mut self, _: InFlightCount, _: &mut Context<Self>) -> usize {
+        self.in_flight.len()
+    }
+}
+
+/// How one claimed job ended, from this worker's point of view.
+enum Ending {
+    Finished(Result<(), HandlerError>),
+    Panicked(String),
+    LeaseLost,
+    HandedBack,
+}
+
+/// Runs one job under its lease: the handler in its own task (so that a
+/// panic is caught), heartbeats beside it, and the outcome written with the
+/// job's fencing token.
+async fn run_job(
+    job: ClaimedJob,
+    handler: Arc<dyn JobHandler>,
+    queue: JobQueue,
+    metrics: Arc<Metrics>,
+    release: CancellationToken,
+) {
+    let lease = job.lease.clone();
+    let mut task = actix::spawn(handler.run(job.clone()));
+    let beat_every = lease.length / 3;
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat_every, beat_every);
+    let mut last_beat = Instant::now();
+    let ending = loop {
+        tokio::select! {
+            result = &mut task => break match result {
+                Ok(outcome) => Ending::Finished(outcome),
+                Err(e) if e.is_panic() => Ending::Panicked(panic_message(e.into_panic())),
+                Err(_) => Ending::LeaseLost,
+            },
+            _ = heartbeat.tick() => match queue.heartbeat(&lease).await {
+                Ok(()) => last_beat = Instant::now(),
+                Err(JobError::LeaseLost(_)) => { task.abort(); break Ending::LeaseLost; }
+                Err(JobError::Db(e)) => {
+                    tracing::warn!(job = %lease.job_id, error = %crate::store::short(&e), "heartbeat failed");
+                    // Past our lease, someone may hold the job: stop working on it.
+                    if last_beat.elapsed() >= lease.length {
+                        task.abort();
+                        break Ending::LeaseLost;
+                    }
+                }
+            },
+            _ = release.cancelled() => { task.abort(); break Ending::HandedBack; }
+        }
+    };
+    let kind = job.kind.as_str();
+    let outcome = match ending {
+        Ending::Finished(Ok(())) => match queue.complete(&lease).await {
+            Ok(()) => "completed",
+            Err(JobError::LeaseLost(_)) => "lease_lost",
+            Err(e) => {
+                tracing::error!(job = %lease.job_id, error = %e, "recording completion failed; the job will be re-run");
+                "unrecorded"
+            }
+        },
+        Ending::Finished(Err(HandlerError::LeaseLost)) => "lease_lost",
+        Ending::Finished(Err(HandlerError::Retryable(reason))) => fail(&queue, &job, &reason, false).await,
+        Ending::Finished(Err(HandlerError::Permanent(reason))) => fail(&queue, &job, &reason, true).await,
+        Ending::Panicked(message) => fail(&queue, &job, &format!("handler panicked: {message}"), false).await,
+        Ending::LeaseLost => "lease_lost",
+        Ending::HandedBack => match queue.release(&lease).await {
+            Ok(()) => "released",
+            Err(JobError::LeaseLost(_)) => "lease_lost",
+            Err(e) => {
+                tracing::warn!(job = %lease.job_id, error = %e, "handing the job back failed; it will be reclaimed when its lease expires");
+                "unrecorded"
+            }
+        },
+    };
+    tracing::info!(job = %lease.job_id, kind, attempt = job.attempt, token = lease.token, outcome, "job finished");
+    metrics.jobs_total.with_label_values(&[kind, outcome]).inc();
+}
+
+async fn fail(queue: &JobQueue, job: &ClaimedJob, reason: &str, permanent: bool) -> &'static str {
+    tracing::warn!(job = %job.lease.job_id, kind = %job.kind, attempt = job.attempt, reason, "job failed");
+    match queue.fail(job, reason, permanent).await {
+        Ok(FailOutcome::Retrying { .. }) => "retrying",
+        Ok(FailOutcome::Dead) => "dead",
+        Err(JobError::LeaseLost(_)) => "lease_lost",
+        Err(e) => {
+            tracing::error!(job = %job.lease.job_id, error = %e, "recording the failure failed; the job will be re-run");
+            "unrecorded"
+        }
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}

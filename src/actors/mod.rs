@@ -1,0 +1,16 @@
+//! The long-lived actors, each in its own file, each restarted by an actix
+//! `Supervisor` with back-off when it fails:
+//!
+//! - [`claim::ClaimActor`]   — claims jobs, heartbeats them, runs handlers,
+//!                             hands jobs back on shutdown.
+//! - [`lease::LeaseActor`]   — leader election on a lease document.
+//! - [`scheduler::SchedulerActor`] — while leader, enqueues time-driven work.
+//!
+//! actix's `Supervisor` restarts an actor that stops; it does not catch
+//! panics. So actors never run job code themselves: handlers run in their
+//! own tasks, where a panic becomes the job's failure ([`claim`]).
+
+pub mod claim;
+pub mod lease;
+pub mod scheduler;
+pub mod supervision;

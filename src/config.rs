@@ -1,0 +1,339 @@
+//! Configuration: every knob is a `CAP_*` environment variable, overridable by
+//! a flag, with a documented default (see README "Configuration").
+//!
+//! Values arrive as strings (clap binds flag and variable) and are validated
+//! here, so that a bad value produces one line naming the variable and the
+//! process exits with code 2.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+pub const DEFAULT_JOB_LEASE_SECS: u64 = 60;
+pub const DEFAULT_LEADER_LEASE_SECS: u64 = 15;
+pub const DEFAULT_WORKER_CONCURRENCY: usize = 8;
+pub const DEFAULT_WORKER_PRESENCE_SECS: u64 = 10;
+pub const DEFAULT_CLAIM_POLL_MS: u64 = 500;
+pub const DEFAULT_ELECTION_RETRY_SECS: u64 = 30;
+pub const DEFAULT_READYZ_GRACE_SECS: u64 = 10;
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
+pub const DEFAULT_HOUSEKEEPING_SECS: u64 = 60;
+pub const DEFAULT_JOB_MAX_ATTEMPTS: u32 = 5;
+pub const DEFAULT_JOB_RETENTION_SECS: u64 = 7 * 24 * 3600;
+pub const DEFAULT_LOG_FORMAT: &str = "json";
+
+/// Flags shared by every command that talks to the database. Each one reads
+/// its `CAP_*` variable when the flag is absent.
+#[derive(Args, Debug, Clone, Default)]
+pub struct CommonArgs {
+    /// MongoDB connection string (required), e.g.
+    /// mongodb://m0,m1,m2/certautopilot?replicaSet=rs0
+    #[arg(long, env = "CAP_MONGO_URI", hide_env_values = true)]
+    pub mongo_uri: Option<String>,
+    /// Retry MongoDB errors caused by an election for this long [default: 30]
+    #[arg(long, env = "CAP_ELECTION_RETRY_SECS")]
+    pub election_retry_secs: Option<String>,
+    /// Log format: json or text [default: json]
+    #[arg(long, env = "CAP_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// Flags of the long-running workloads (`api`, `worker`, `scheduler`, `all`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct WorkloadArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Address serving /healthz, /readyz, /metrics (and the API) [default: 127.0.0.1:8080]
+    #[arg(long, env = "CAP_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// Job lease length in seconds [default: 60]
+    #[arg(long, env = "CAP_JOB_LEASE_SECS")]
+    pub job_lease_secs: Option<String>,
+    /// Scheduler leader lease length in seconds [default: 15]
+    #[arg(long, env = "CAP_LEADER_LEASE_SECS")]
+    pub leader_lease_secs: Option<String>,
+    /// Jobs a worker runs at once [default: 8]
+    #[arg(long, env = "CAP_WORKER_CONCURRENCY")]
+    pub worker_concurrency: Option<String>,
+    /// A worker's presence lease in seconds; its jobs are reclaimed this soon after it dies [default: 10]
+    #[arg(long, env = "CAP_WORKER_PRESENCE_SECS")]
+    pub worker_presence_secs: Option<String>,
+    /// How often an idle worker looks for runnable jobs, in milliseconds [default: 500]
+    #[arg(long, env = "CAP_CLAIM_POLL_MS")]
+    pub claim_poll_ms: Option<String>,
+    /// How long the database may be unreachable before /readyz fails [default: 10]
+    #[arg(long, env = "CAP_READYZ_GRACE_SECS")]
+    pub readyz_grace_secs: Option<String>,
+    /// Longest a SIGTERM'd process spends draining before it exits [default: 25]
+    #[arg(long, env = "CAP_SHUTDOWN_GRACE_SECS")]
+    pub shutdown_grace_secs: Option<String>,
+    /// How often the scheduler leader enqueues housekeeping [default: 60]
+    #[arg(long, env = "CAP_HOUSEKEEPING_SECS")]
+    pub housekeeping_secs: Option<String>,
+    /// Attempts before a failing job is dead [default: 5]
+    #[arg(long, env = "CAP_JOB_MAX_ATTEMPTS")]
+    pub job_max_attempts: Option<String>,
+    /// How long finished jobs are kept before housekeeping deletes them [default: 604800]
+    #[arg(long, env = "CAP_JOB_RETENTION_SECS")]
+    pub job_retention_secs: Option<String>,
+    /// Identity of this process in leases and job holders [default: hostname-pid-random]
+    #[arg(long, env = "CAP_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Fault injection for tests: shift this process's local clock by N seconds [default: 0]
+    #[arg(long, env = "CAP_CLOCK_OFFSET_SECS", allow_hyphen_values = true)]
+    pub clock_offset_secs: Option<String>,
+}
+
+/// A configuration error: one line that names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// What every database-facing command needs.
+#[derive(Debug, Clone)]
+pub struct CommonConfig {
+    pub mongo_uri: String,
+    pub election_retry: Duration,
+    pub log_format: LogFormat,
+}
+
+/// What the long-running workloads need.
+#[derive(Debug, Clone)]
+pub struct WorkloadConfig {
+    pub common: CommonConfig,
+    pub http_addr: SocketAddr,
+    pub job_lease: Duration,
+    pub leader_lease: Duration,
+    pub worker_concurrency: usize,
+    pub worker_presence: Duration,
+    pub claim_poll: Duration,
+    pub readyz_grace: Duration,
+    pub shutdown_grace: Duration,
+    pub housekeeping_interval: Duration,
+    pub job_max_attempts: u32,
+    pub job_retention: Duration,
+    pub instance_id: String,
+    pub clock_offset_secs: i64,
+}
+
+impl CommonArgs {
+    pub fn resolve(&self) -> Result<CommonConfig, ConfigError> {
+        let mongo_uri = match self.mongo_uri.as_deref().map(str::trim) {
+            Some(uri) if !uri.is_empty() => uri.to_string(),
+            _ => {
+                return Err(ConfigError(
+                    "CAP_MONGO_URI is not set (or pass --mongo-uri): the MongoDB connection string is required".into(),
+                ))
+            }
+        };
+        if !(mongo_uri.starts_with("mongodb://") || mongo_uri.starts_with("mongodb+srv://")) {
+            return Err(ConfigError(
+                "CAP_MONGO_URI must start with mongodb:// or mongodb+srv://".into(),
+            ));
+        }
+        Ok(CommonConfig {
+            mongo_uri,
+            election_retry: secs(
+                &self.election_retry_secs,
+                "CAP_ELECTION_RETRY_SECS",
+                DEFAULT_ELECTION_RETRY_SECS,
+                0..=600,
+            )?,
+            log_format: log_format(self.log_format.as_deref())?,
+        })
+    }
+}
+
+impl WorkloadArgs {
+    pub fn resolve(&self) -> Result<WorkloadConfig, ConfigError> {
+        let common = self.common.resolve()?;
+        let http_addr = self.http_addr.as_deref().unwrap_or(DEFAULT_HTTP_ADDR);
+        let http_addr: SocketAddr = http_addr.trim().parse().map_err(|_| {
+            ConfigError(format!(
+                "invalid CAP_HTTP_ADDR {http_addr:?}: expected host:port with an IP address, e.g. 0.0.0.0:8080"
+            ))
+        })?;
+        let job_lease = secs(&self.job_lease_secs, "CAP_JOB_LEASE_SECS", DEFAULT_JOB_LEASE_SECS, 3..=3600)?;
+        let leader_lease = secs(
+            &self.leader_lease_secs,
+            "CAP_LEADER_LEASE_SECS",
+            DEFAULT_LEADER_LEASE_SECS,
+            3..=600,
+        )?;
+        let worker_presence = secs(
+            &self.worker_presence_secs,
+            "CAP_WORKER_PRESENCE_SECS",
+            DEFAULT_WORKER_PRESENCE_SECS,
+            3..=600,
+        )?;
+        let instance_id = match self.instance_id.as_deref().map(str::trim) {
+            Some(id) if !id.is_empty() => id.to_string(),
+            _ => default_instance_id(),
+        };
+        Ok(WorkloadConfig {
+            common,
+            http_addr,
+            job_lease,
+            leader_lease,
+            worker_concurrency: number(
+                &self.worker_concurrency,
+                "CAP_WORKER_CONCURRENCY",
+                DEFAULT_WORKER_CONCURRENCY as u64,
+                1..=1024,
+            )? as usize,
+            worker_presence,
+            claim_poll: Duration::from_millis(number(
+                &self.claim_poll_ms,
+                "CAP_CLAIM_POLL_MS",
+                DEFAULT_CLAIM_POLL_MS,
+                10..=60_000,
+            )?),
+            readyz_grace: secs(
+                &self.readyz_grace_secs,
+                "CAP_READYZ_GRACE_SECS",
+                DEFAULT_READYZ_GRACE_SECS,
+                0..=3600,
+            )?,
+            shutdown_grace: secs(
+                &self.shutdown_grace_secs,
+                "CAP_SHUTDOWN_GRACE_SECS",
+                DEFAULT_SHUTDOWN_GRACE_SECS,
+                1..=3600,
+            )?,
+            housekeeping_interval: secs(
+                &self.housekeeping_secs,
+                "CAP_HOUSEKEEPING_SECS",
+                DEFAULT_HOUSEKEEPING_SECS,
+                1..=86_400,
+            )?,
+            job_max_attempts: number(
+                &self.job_max_attempts,
+                "CAP_JOB_MAX_ATTEMPTS",
+                DEFAULT_JOB_MAX_ATTEMPTS as u64,
+                1..=100,
+            )? as u32,
+            job_retention: secs(
+                &self.job_retention_secs,
+                "CAP_JOB_RETENTION_SECS",
+                DEFAULT_JOB_RETENTION_SECS,
+                60..=365 * 86_400,
+            )?,
+            instance_id,
+            clock_offset_secs: signed(&self.clock_offset_secs, "CAP_CLOCK_OFFSET_SECS", 0)?,
+        })
+    }
+}
+
+fn number(
+    value: &Option<String>,
+    name: &str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let Some(raw) = value else { return Ok(default) };
+    match raw.trim().parse::<u64>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(ConfigError(format!(
+            "invalid {name} {raw:?}: expected a whole number from {} to {}",
+            range.start(),
+            range.end()
+        ))),
+    }
+}
+
+fn secs(
+    value: &Option<String>,
+    name: &str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Duration, ConfigError> {
+    number(value, name, default, range).map(Duration::from_secs)
+}
+
+fn signed(value: &Option<String>, name: &str, default: i64) -> Result<i64, ConfigError> {
+    let Some(raw) = value else { return Ok(default) };
+    raw.trim()
+        .parse::<i64>()
+        .map_err(|_| ConfigError(format!("invalid {name} {raw:?}: expected a whole number of seconds")))
+}
+
+fn log_format(value: Option<&str>) -> Result<LogFormat, ConfigError> {
+    match value.unwrap_or(DEFAULT_LOG_FORMAT).trim() {
+        "json" => Ok(LogFormat::Json),
+        "text" => Ok(LogFormat::Text),
+        other => Err(ConfigError(format!(
+            "invalid CAP_LOG_FORMAT {other:?}: expected json or text"
+        ))),
+    }
+}
+
+fn default_instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".to_string());
+    let suffix: u32 = rand::random::<u32>() % 0x10000;
+    format!("{host}-{}-{suffix:04x}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> WorkloadArgs {
+        WorkloadArgs {
+            common: CommonArgs {
+                mongo_uri: Some("mongodb://127.0.0.1:27017/x".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_pinned() {
+        let c = args().resolve().unwrap();
+        assert_eq!(c.http_addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.job_lease, Duration::from_secs(60));
+        assert_eq!(c.leader_lease, Duration::from_secs(15));
+        assert_eq!(c.worker_concurrency, 8);
+        assert_eq!(c.worker_presence, Duration::from_secs(10));
+        assert_eq!(c.claim_poll, Duration::from_millis(500));
+        assert_eq!(c.common.election_retry, Duration::from_secs(30));
+        assert_eq!(c.readyz_grace, Duration::from_secs(10));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(25));
+        assert_eq!(c.housekeeping_interval, Duration::from_secs(60));
+        assert_eq!(c.job_max_attempts, 5);
+        assert_eq!(c.clock_offset_secs, 0);
+        assert_eq!(c.common.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let mut a = args();
+        a.job_lease_secs = Some("sixty".into());
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("CAP_JOB_LEASE_SECS"), "{err}");
+
+        let mut a = args();
+        a.worker_concurrency = Some("0".into());
+        assert!(a.resolve().unwrap_err().to_string().contains("CAP_WORKER_CONCURRENCY"));
+
+        let mut a = args();
+        a.http_addr = Some("localhost".into());
+        assert!(a.resolve().unwrap_err().to_string().contains("CAP_HTTP_ADDR"));
+    }
+
+    #[test]
+    fn a_missing_uri_names_its_variable() {
+        let err = CommonArgs::default().resolve().unwrap_err().to_string();
+        assert!(err.contains("CAP_MONGO_URI"), "{err}");
+    }
+}

@@ -1,0 +1,142 @@
+//! Job handlers, registered by kind. A worker claims only the kinds it has a
+//! handler for.
+//!
+//! A handler returns an error to fail its job (retried with back-off, or
+//! dead when permanent or out of attempts); a panic is caught by the
+//! [`crate::actors::claim`] actor and treated as a retryable failure. Writes
+//! a handler makes for its job go through [`crate::jobs::JobLease::fenced_update`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use mongodb::bson::doc;
+
+use crate::jobs::{ClaimedJob, JobError, JobQueue};
+
+pub const HOUSEKEEPING: &str = "housekeeping";
+pub const PROBE: &str = "probe";
+pub const PROBE_RESULTS_COLLECTION: &str = "probe_results";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Try again later (after back-off), unless attempts are spent.
+    #[error("{0}")]
+    Retryable(String),
+    /// Retrying cannot help: the job is dead at once, with this reason.
+    #[error("{0}")]
+    Permanent(String),
+    /// Our claim was taken over: stop without writing anything.
+    #[error("lease lost")]
+    LeaseLost,
+}
+
+impl From<JobError> for HandlerError {
+    fn from(e: JobError) -> Self {
+        match e {
+            JobError::LeaseLost(_) => HandlerError::LeaseLost,
+            JobError::Db(e) => HandlerError::Retryable(format!("database error: {}", crate::store::short(&e))),
+        }
+    }
+}
+
+pub trait JobHandler: Send + Sync + 'static {
+    fn run(&self, job: ClaimedJob) -> BoxFuture<'static, Result<(), HandlerError>>;
+}
+
+#[derive(Clone, Default)]
+pub struct Handlers {
+    by_kind: HashMap<String, Arc<dyn JobHandler>>,
+}
+
+impl Handlers {
+    pub fn new() -> Handlers {
+        Handlers::default()
+    }
+
+    pub fn register(mut self, kind: &str, handler: impl JobHandler) -> Handlers {
+        self.by_kind.insert(kind.to_string(), Arc::new(handler));
+        self
+    }
+
+    pub fn get(&self, kind: &str) -> Option<Arc<dyn JobHandler>> {
+        self.by_kind.get(kind).cloned()
+    }
+
+    pub fn kinds(&self) -> Vec<String> {
+        let mut kinds: Vec<String> = self.by_kind.keys().cloned().collect();
+        kinds.sort();
+        kinds
+    }
+
+    /// The handlers every worker runs.
+    pub fn standard(queue: JobQueue, job_retention: Duration) -> Handlers {
+        Handlers::new()
+            .register(HOUSEKEEPING, Housekeeping { queue, job_retention })
+            .register(PROBE, Probe)
+    }
+}
+
+/// Periodic clean-up, enqueued by the scheduler leader: deletes finished jobs
+/// past their retention and presence records of long-gone workers.
+pub struct Housekeeping {
+    pub queue: JobQueue,
+    pub job_retention: Duration,
+}
+
+impl JobHandler for Housekeeping {
+    fn run(&self, job: ClaimedJob) -> BoxFuture<'static, Result<(), HandlerError>> {
+        let queue = self.queue.clone();
+        let retention = self.job_retention;
+        Box::pin(async move {
+            let store = queue.store().clone();
+            let purged = queue.purge_finished(retention).await.map_err(JobError::from)?;
+            let forgotten = crate::presence::forget_departed(&store).await.map_err(JobError::from)?;
+            tracing::info!(job = %job.lease.job_id, purged_jobs = purged, forgotten_workers = forgotten, "housekeeping done");
+            Ok(())
+        })
+    }
+}
+
+/// A diagnostic job: sleeps, then records its completion (a fenced write to
+/// `probe_results`). Operators use it to prove the pipeline end to end; the
+/// crash tests use it as a job of known length. Payload fields, all optional:
+/// `sleep_ms`, `fail_attempts` (fail while `attempt` ≤ it), `panic`,
+/// `permanent` (fail permanently).
+pub struct Probe;
+
+impl JobHandler for Probe {
+    fn run(&self, job: ClaimedJob) -> BoxFuture<'static, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let p = &job.payload;
+            let sleep_ms = p.get_i64("sleep_ms").or_else(|_| p.get_i32("sleep_ms").map(i64::from)).unwrap_or(0);
+            if sleep_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(sleep_ms as u64)).await;
+            }
+            if p.get_bool("panic").unwrap_or(false) {
+                panic!("probe job {} asked to panic", job.lease.job_id);
+            }
+            if p.get_bool("permanent").unwrap_or(false) {
+                return Err(HandlerError::Permanent("probe asked to fail permanently".into()));
+            }
+            let fail_attempts = p.get_i32("fail_attempts").unwrap_or(0);
+            if job.attempt as i32 <= fail_attempts {
+                return Err(HandlerError::Retryable(format!("probe failure on attempt {}", job.attempt)));
+            }
+            job.lease
+                .fenced_update(
+                    PROBE_RESULTS_COLLECTION,
+                    doc! { "_id": job.lease.job_id },
+                    doc! {
+                        "$push": { "completions": { "token": job.lease.token, "holder": &job.lease.holder, "attempt": job.attempt as i32 } },
+                        "$inc": { "count": 1i32 },
+                        "$currentDate": { "completed_at": true },
+                    },
+                    true,
+                )
+                .await?;
+            Ok(())
+        })
+    }
+}

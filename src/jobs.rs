@@ -1,0 +1,536 @@
+//! The fenced job queue (collection `jobs`).
+//!
+//! A job moves `queued → running → done`, or back to `queued` with a back-off
+//! after a failure, or to `dead` when its attempts are spent. Every claim
+//! stamps the job with a new fencing `token` (one larger than the job's last),
+//! and every later write on behalf of that claim — heartbeat, complete, fail,
+//! release, and any write a handler makes through [`JobLease::fenced_update`] —
+//! is filtered on that token. A holder whose lease was taken over therefore has
+//! its writes refused ([`JobError::LeaseLost`]) and must stop.
+//!
+//! Time is the database's: deadlines are computed from the database's clock
+//! ([`crate::clock`]) and whether a lease expired is decided by the server
+//! (`$expr` against `$$NOW`), never by this process's clock (DESIGN.md
+//! invariant 2).
+
+use std::time::Duration;
+
+use futures::{FutureExt, TryStreamExt};
+use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
+use mongodb::error::Error as MongoError;
+use mongodb::Collection;
+use rand::seq::SliceRandom;
+
+use crate::backoff::Backoff;
+use crate::presence::WORKERS_COLLECTION;
+use crate::store::{is_duplicate_key, short, Store};
+
+pub const JOBS_COLLECTION: &str = "jobs";
+
+pub const DEFAULT_RETRY_BACKOFF: Backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(3600));
+
+/// How many candidates a claimer looks at for each job it wants. Picking at
+/// random among more candidates than it takes keeps concurrent claimers from
+/// all reaching for the same few jobs and aborting each other's transactions.
+const CANDIDATE_SPREAD: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Queued,
+    Running,
+    Done,
+    Dead,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 4] = [JobState::Queued, JobState::Running, JobState::Done, JobState::Dead];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Dead => "dead",
+        }
+    }
+}
+
+/// A job to enqueue. The key makes enqueueing idempotent: a second job with
+/// the same key is not created (time-driven work derives it from what and when).
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub kind: String,
+    pub key: String,
+    pub payload: Document,
+    pub max_attempts: u32,
+    /// Run no earlier than this long after the database's now.
+    pub delay: Duration,
+}
+
+impl NewJob {
+    pub fn new(kind: &str, key: impl Into<String>, payload: Document) -> NewJob {
+        NewJob {
+            kind: kind.to_string(),
+            key: key.into(),
+            payload,
+            max_attempts: crate::config::DEFAULT_JOB_MAX_ATTEMPTS,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: ObjectId,
+    /// False when a job with this key already existed.
+    pub created: bool,
+}
+
+/// A claimed job: what the handler runs, and the lease it runs under.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub kind: String,
+    pub key: String,
+    pub payload: Document,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub last_error: Option<String>,
+    pub lease: JobLease,
+}
+
+/// The right to write on behalf of one claim of one job.
+#[derive(Debug, Clone)]
+pub struct JobLease {
+    pub job_id: ObjectId,
+    /// How long each claim or heartbeat extends the lease.
+    pub length: Duration,
+    pub token: i64,
+    pub holder: String,
+    queue: JobQueue,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The job was claimed by someone else (our lease expired or our worker
+    /// was declared dead): stop, and write nothing more for it.
+    #[error("lease lost: job {0} is held under a newer fencing token")]
+    LeaseLost(ObjectId),
+    #[error("database error: {}", short(.0))]
+    Db(#[from] MongoError),
+}
+
+/// What `fail` did with the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailOutcome {
+    /// Back in the queue, runnable again after `delay`.
+    Retrying { delay: Duration },
+    /// Attempts spent (or the failure was permanent): kept with its error.
+    Dead,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobQueue {
+    store: Store,
+    jobs: Collection<Document>,
+    retry_backoff: Backoff,
+}
+
+/// A marker carried through a transaction to abort it without a database error.
+#[derive(Debug)]
+struct AbortLeaseLost;
+
+impl JobQueue {
+    pub fn new(store: Store) -> JobQueue {
+        let jobs = store.collection(JOBS_COLLECTION);
+        JobQueue { store, jobs, retry_backoff: DEFAULT_RETRY_BACKOFF }
+    }
+
+    pub fn with_retry_backoff(mut self, backoff: Backoff) -> JobQueue {
+        self.retry_backoff = backoff;
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The document that enqueues `job`, runnable from `run_at`.
+    pub fn new_job_document(job: &NewJob, run_at: DateTime) -> Document {
+        doc! {
+            "_id": ObjectId::new(),
+            "key": &job.key,
+            "kind": &job.kind,
+            "payload": &job.payload,
+            "state": JobState::Queued.as_str(),
+            "run_at": run_at,
+            "attempt": 0i32,
+            "max_attempts": job.max_attempts as i32,
+            "token": 0i64,
+            "holder": Bson::Null,
+            "last_error": Bson::Null,
+            "created_at": run_at,
+        }
+    }
+
+    /// Adds a job unless one with the same key exists (the unique index on
+    /// `key` refuses the second). Safe to repeat.
+    pub async fn enqueue(&self, job: &NewJob) -> Result<Enqueued, MongoError> {
+        let run_at = self.store.server_after(job.delay).await?;
+        let document = Self::new_job_document(job, run_at);
+        let id = document.get_object_id("_id").expect("new job has an id");
+        let result = self.store.ride_through("enqueue job", || self.jobs.insert_one(document.clone())).await;
+        match result {
+            Ok(_) => Ok(Enqueued { id, created: true }),
+            Err(e) if is_duplicate_key(&e) => {
+                let existing = self
+                    .store
+                    .ride_through("find job by key", || self.jobs.find_one(doc! { "key": &job.key }))
+                    .await?;
+                match existing.and_then(|d| d.get_object_id("_id").ok()) {
+                    // A retried insert whose first try landed finds its own job.
+                    Some(existing) => Ok(Enqueued { id: existing, created: existing == id }),
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Claims up to `max` runnable jobs of the given kinds for `holder`, in
+    /// one transaction: a queued job whose time has come, a running job whose
+    /// lease expired, or a running job whose holder's presence lease expired.
+    ///
+    /// Each claimed job gets `token + 1`, `attempt + 1`, the holder, and a
+    /// lease until the database's now plus `lease`.
+    pub async fn claim(
+        &self,
+        holder: &str,
+        kinds: &[String],
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, MongoError> {
+        if max == 0 || kinds.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Tags this claim's writes, so that after an ambiguous failure (the
+        // commit may have landed) we find what we claimed instead of leaking it.
+        let claim_id = ObjectId::new().to_hex();
+        let result = self
+            .store
+            .ride_through("claim jobs", || self.claim_once(holder, kinds, max, lease, &claim_id))
+            .await;
+        match result {
+            Ok(()) => self.load_claimed(&claim_id).await,
+            Err(e) => {
+                let claimed = self.load_claimed(&claim_id).await.unwrap_or_default();
+                if claimed.is_empty() {
+                    Err(e)
+                } else {
+                    Ok(claimed)
+                }
+            }
+        }
+    }
+
+    async fn claim_once(
+        &self,
+        holder: &str,
+        kinds: &[String],
+        max: usize,
+        lease: Duration,
+        claim_id: &str,
+    ) -> Result<(), MongoError> {
+        let dead_workers = self.dead_workers().await?;
+        let now = self.store.server_now().await?;
+        let lease_expires_at = self.store.server_after(lease).await?;
+        let claimable = claimable_filter(kinds, &dead_workers, now);
+        let lease_ms = lease.as_millis() as i64;
+        let context = (self.jobs.clone(), claimable, holder.to_string(), claim_id.to_string());
+        let mut session = self.store.client().start_session().await?;
+        session
+            .start_transaction()
+            .and_run(context, |session, (jobs, claimable, holder, claim_id)| {
+                async move {
+                    let mut candidates: Vec<ObjectId> = jobs
+                        .find(claimable.clone())
+                        .sort(doc! { "run_at": 1 })
+                        .limit((max * CANDIDATE_SPREAD) as i64)
+                        .projection(doc! { "_id": 1 })
+                        .session(&mut *session)
+                        .await?
+                        .stream(&mut *session)
+                        .try_filter_map(|d| async move { Ok(d.get_object_id("_id").ok()) })
+                        .try_collect()
+                        .await?;
+                    if candidates.is_empty() {
+                        return Ok(());
+                    }
+                    candidates.shuffle(&mut rand::rng());
+                    candidates.truncate(max);
+                    let mut filter = claimable.clone();
+                    filter.insert("_id", doc! { "$in": candidates });
+                    jobs.update_many(
+                        filter,
+                        doc! {
+                            "$set": {
+                                "state": JobState::Running.as_str(),
+                                "holder": holder.as_str(),
+                                "claim_id": claim_id.as_str(),
+                                "lease_ms": lease_ms,
+                                "lease_expires_at": lease_expires_at,
+                            },
+                            "$inc": { "token": 1i64, "attempt": 1i32 },
+                            "$currentDate": { "claimed_at": true, "heartbeat_at": true, "updated_at": true },
+                        },
+                    )
+                    .session(&mut *session)
+                    .await?;
+                    Ok(())
+                }
+                .boxed()
+            })
+            .await
+    }
+
+    async fn load_claimed(&self, claim_id: &str) -> Result<Vec<ClaimedJob>, MongoError> {
+        let docs: Vec<Document> = self
+            .store
+            .ride_through("load claimed jobs", || async {
+                self.jobs.find(doc! { "claim_id": claim_id, "state": "running" }).await?.try_collect().await
+            })
+            .await?;
+        Ok(docs.into_iter().filter_map(|d| self.claimed_from(d)).collect())
+    }
+
+    fn claimed_from(&self, d: Document) -> Option<ClaimedJob> {
+        Some(ClaimedJob {
+            kind: d.get_str("kind").ok()?.to_string(),
+            key: d.get_str("key").ok()?.to_string(),
+            payload: d.get_document("payload").cloned().unwrap_or_default(),
+            attempt: int(&d, "attempt") as u32,
+            max_attempts: int(&d, "max_attempts") as u32,
+            last_error: d.get_str("last_error").ok().map(str::to_string),
+            lease: JobLease {
+                length: Duration::from_millis(int(&d, "lease_ms").max(0) as u64),
+                job_id: d.get_object_id("_id").ok()?,
+                token: int(&d, "token"),
+                holder: d.get_str("holder").ok()?.to_string(),
+                queue: self.clone(),
+            },
+        })
+    }
+
+    /// Workers whose presence lease has run out, by the database's clock.
+    async fn dead_workers(&self) -> Result<Vec<String>, MongoError> {
+        let workers = self.store.collection(WORKERS_COLLECTION);
+        let dead: Vec<Document> = workers
+            .find(doc! { "$expr": { "$lt": ["$expires_at", "$$NOW"] } })
+            .projection(doc! { "_id": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(dead.into_iter().filter_map(|d| d.get_str("_id").ok().map(str::to_string)).collect())
+    }
+
+    /// Extends the lease to the database's now plus its length.
+    pub async fn heartbeat(&self, lease: &JobLease) -> Result<(), JobError> {
+        let expires_at = self.store.server_after(lease.length).await?;
+        let update = doc! {
+            "$set": { "lease_expires_at": expires_at },
+            "$currentDate": { "heartbeat_at": true },
+        };
+        self.fenced_job_update(lease, "heartbeat", update).await
+    }
+
+    /// Marks the job done. Repeating it is harmless: the token is unchanged.
+    pub async fn complete(&self, lease: &JobLease) -> Result<(), JobError> {
+        let update = doc! {
+            "$set": { "state": JobState::Done.as_str(), "last_error": Bson::Null },
+            "$currentDate": { "finished_at": true, "updated_at": true },
+        };
+        self.fenced_job_update(lease, "complete job", update).await
+    }
+
+    /// Records a failure: back to the queue after an exponential back-off with
+    /// jitter, or `dead` (keeping the error) when attempts are spent or the
+    /// failure is permanent.
+    pub async fn fail(
+        &self,
+        job: &ClaimedJob,
+        error: &str,
+        permanent: bool,
+    ) -> Result<FailOutcome, JobError> {
+        let error = truncate(error, 4000);
+        if permanent || job.attempt >= job.max_attempts {
+            let update = doc! {
+                "$set": { "state": JobState::Dead.as_str(), "last_error": &error },
+                "$currentDate": { "finished_at": true, "updated_at": true },
+            };
+            self.fenced_job_update(&job.lease, "fail job", update).await?;
+            return Ok(FailOutcome::Dead);
+        }
+        let delay = self.retry_backoff.delay(job.attempt);
+        let run_at = self.store.server_after(delay).await?;
+        let update = doc! {
+            "$set": { "state": JobState::Queued.as_str(), "holder": Bson::Null, "last_error": &error, "run_at": run_at },
+            "$currentDate": { "updated_at": true },
+        };
+        self.fenced_job_update(&job.lease, "fail job", update).await?;
+        Ok(FailOutcome::Retrying { delay })
+    }
+
+    /// Puts the job back in the queue at once, without spending an attempt:
+    /// used when a worker shuts down with the job in flight.
+    pub async fn release(&self, lease: &JobLease) -> Result<(), JobError> {
+        let filter = doc! { "_id": lease.job_id, "token": lease.token, "state": JobState::Running.as_str() };
+        let run_at = self.store.server_now().await?;
+        let update = doc! {
+            "$set": { "state": JobState::Queued.as_str(), "holder": Bson::Null, "run_at": run_at },
+            "$inc": { "attempt": -1i32 },
+            "$currentDate": { "updated_at": true },
+        };
+        let result = self
+            .store
+            .ride_through("release job", || self.jobs.update_one(filter.clone(), update.clone()))
+            .await?;
+        if result.matched_count == 0 {
+            return Err(JobError::LeaseLost(lease.job_id));
+        }
+        Ok(())
+    }
+
+    /// An update of the job document itself, filtered on the lease's token.
+    async fn fenced_job_update(&self, lease: &JobLease, what: &str, update: Document) -> Result<(), JobError> {
+        let filter = doc! { "_id": lease.job_id, "token": lease.token };
+        let result = self
+            .store
+            .ride_through(what, || self.jobs.update_one(filter.clone(), update.clone()))
+            .await?;
+        if result.matched_count == 0 {
+            return Err(JobError::LeaseLost(lease.job_id));
+        }
+        Ok(())
+    }
+
+    /// One job by id (for tests, `health` and later the API).
+    pub async fn get(&self, id: ObjectId) -> Result<Option<Document>, MongoError> {
+        self.store.ride_through("get job", || self.jobs.find_one(doc! { "_id": id })).await
+    }
+
+    /// Jobs in each (kind, state) except `done`, from the `state_kind` index.
+    pub async fn depth(&self) -> Result<Vec<(String, String, i64)>, MongoError> {
+        let pipeline = vec![
+            doc! { "$match": { "state": { "$in": ["queued", "running", "dead"] } } },
+            doc! { "$group": { "_id": { "kind": "$kind", "state": "$state" }, "n": { "$sum": 1 } } },
+        ];
+        let rows: Vec<Document> = self
+            .store
+            .ride_through("queue depth", || async {
+                self.jobs.aggregate(pipeline.clone()).await?.try_collect().await
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let id = r.get_document("_id").ok()?;
+                Some((id.get_str("kind").ok()?.to_string(), id.get_str("state").ok()?.to_string(), int(&r, "n")))
+            })
+            .collect())
+    }
+
+    /// Deletes finished (`done`) jobs older than `retention`. Dead jobs stay
+    /// until an operator looks at them.
+    pub async fn purge_finished(&self, retention: Duration) -> Result<u64, MongoError> {
+        let now = self.store.server_now().await?;
+        let cutoff = DateTime::from_millis(now.timestamp_millis() - retention.as_millis() as i64);
+        let filter = doc! { "state": JobState::Done.as_str(), "finished_at": { "$lt": cutoff } };
+        let result = self.store.ride_through("purge jobs", || self.jobs.delete_many(filter.clone())).await?;
+        Ok(result.deleted_count)
+    }
+}
+
+impl JobLease {
+    /// Updates one document of `collection` on behalf of this job, in a
+    /// transaction that first proves the job is still held under this token.
+    /// A concurrent re-claim of the job makes one of the two transactions
+    /// abort; once the job is re-claimed, this write is refused.
+    pub async fn fenced_update(
+        &self,
+        collection: &str,
+        filter: Document,
+        update: Document,
+        upsert: bool,
+    ) -> Result<(), JobError> {
+        let store = &self.queue.store;
+        let fence = doc! { "_id": self.job_id, "token": self.token, "state": JobState::Running.as_str() };
+        let result = store
+            .ride_through("fenced write", || async {
+                let context = (self.queue.jobs.clone(), store.collection(collection), fence.clone(), filter.clone(), update.clone());
+                let mut session = store.client().start_session().await?;
+                session
+                    .start_transaction()
+                    .and_run(context, |session, (jobs, target, fence, filter, update)| {
+                        async move {
+                            let touched = jobs
+                                .update_one(fence.clone(), doc! { "$currentDate": { "fenced_write_at": true } })
+                                .session(&mut *session)
+                                .await?;
+                            if touched.matched_count == 0 {
+                                return Err(MongoError::custom(AbortLeaseLost));
+                            }
+                            target
+                                .update_one(filter.clone(), update.clone())
+                                .upsert(upsert)
+                                .session(&mut *session)
+                                .await?;
+                            Ok(())
+                        }
+                        .boxed()
+                    })
+                    .await
+            })
+            .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.get_custom::<AbortLeaseLost>().is_some() => Err(JobError::LeaseLost(self.job_id)),
+            Err(e) => Err(JobError::Db(e)),
+        }
+    }
+
+    pub fn queue(&self) -> &JobQueue {
+        &self.queue
+    }
+}
+
+/// Runnable now: queued and due, or running under a lease the database's
+/// clock says expired, or running for a worker whose presence expired.
+fn claimable_filter(kinds: &[String], dead_workers: &[String], now: DateTime) -> Document {
+    let mut branches = vec![
+        doc! { "state": "queued", "run_at": { "$lte": now } },
+        doc! { "state": "running", "$expr": { "$lt": ["$lease_expires_at", "$$NOW"] } },
+    ];
+    if !dead_workers.is_empty() {
+        branches.push(doc! { "state": "running", "holder": { "$in": dead_workers } });
+    }
+    doc! { "kind": { "$in": kinds }, "$or": branches }
+}
+
+fn int(d: &Document, field: &str) -> i64 {
+    match d.get(field) {
+        Some(Bson::Int32(v)) => *v as i64,
+        Some(Bson::Int64(v)) => *v,
+        Some(Bson::Double(v)) => *v as i64,
+        _ => 0,
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}

@@ -1,0 +1,215 @@
+//! Named leases with fencing terms (collection `leases`): the scheduler's
+//! leadership.
+//!
+//! A lease document `{_id: name, holder, term, expires_at}` is acquired when
+//! its `expires_at` is past by the database's clock; every acquisition raises
+//! `term` by one, so terms are a fencing sequence. Each term is also written
+//! to `lease_terms` (unique on lease and term), a history tests and operators
+//! use to check that no two holders ever shared a term.
+
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::change_stream::{event::ChangeStreamEvent, ChangeStream};
+use mongodb::error::Error as MongoError;
+use mongodb::Collection;
+
+use crate::jobs::{Enqueued, JobQueue, NewJob};
+use crate::store::{is_duplicate_key, Store};
+
+pub const LEASES_COLLECTION: &str = "leases";
+pub const LEASE_TERMS_COLLECTION: &str = "lease_terms";
+pub const SCHEDULER_LEASE: &str = "scheduler";
+
+/// One holder's term of a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Term {
+    pub lease: String,
+    pub holder: String,
+    pub term: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// Our term is over: someone else holds the lease, or it expired.
+    #[error("lease lost: {0} is no longer held under this term")]
+    Lost(String),
+    #[error("database error: {}", crate::store::short(.0))]
+    Db(#[from] MongoError),
+}
+
+#[derive(Debug, Clone)]
+pub struct Leases {
+    store: Store,
+    leases: Collection<Document>,
+    terms: Collection<Document>,
+}
+
+#[derive(Debug)]
+struct AbortLost;
+
+impl Leases {
+    pub fn new(store: Store) -> Leases {
+        Leases {
+            leases: store.collection(LEASES_COLLECTION),
+            terms: store.collection(LEASE_TERMS_COLLECTION),
+            store,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Takes the lease if it is free or expired. `None`: someone holds it.
+    pub async fn try_acquire(&self, name: &str, holder: &str, ttl: Duration) -> Result<Option<Term>, MongoError> {
+        // The document must exist before a conditional update can take it
+        // over; a duplicate key just means it already does.
+        let seed = doc! { "_id": name, "holder": Bson::Null, "term": 0i64, "expires_at": DateTime::from_millis(0) };
+        match self.store.ride_through("create lease", || self.leases.insert_one(seed.clone())).await {
+            Ok(_) => {}
+            Err(e) if is_duplicate_key(&e) => {}
+            Err(e) => return Err(e),
+        }
+        let filter = doc! { "_id": name, "$expr": { "$lt": ["$expires_at", "$$NOW"] } };
+        let update = doc! {
+            "$set": { "holder": holder, "expires_at": self.store.server_after(ttl).await? },
+            "$inc": { "term": 1i64 },
+            "$currentDate": { "acquired_at": true, "renewed_at": true },
+        };
+        let taken = self
+            .store
+            .ride_through("acquire lease", || self.leases.update_one(filter.clone(), update.clone()))
+            .await?;
+        // Read back what we hold: after an ambiguous retry `taken` may say 0
+        // although the first try landed, so the document is the authority.
+        let current = self
+            .store
+            .ride_through("read lease", || {
+                self.leases.find_one(doc! { "_id": name, "holder": holder, "$expr": { "$gt": ["$expires_at", "$$NOW"] } })
+            })
+            .await?;
+        let Some(current) = current else { return Ok(None) };
+        let term = Term { lease: name.to_string(), holder: holder.to_string(), term: current.get_i64("term").unwrap_or(0) };
+        if taken.matched_count == 1 {
+            self.record_term(&term).await?;
+        }
+        Ok(Some(term))
+    }
+
+    async fn record_term(&self, term: &Term) -> Result<(), MongoError> {
+        let filter = doc! { "lease": &term.lease, "term": term.term };
+        let update = doc! { "$set": { "holder": &term.holder }, "$currentDate": { "started_at": true } };
+        match self
+            .store
+            .ride_through("record term", || self.terms.update_one(filter.clone(), update.clone()).upsert(true))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Extends our term to the database's now plus `ttl`.
+    pub async fn renew(&self, term: &Term, ttl: Duration) -> Result<(), LeaseError> {
+        let filter = doc! { "_id": &term.lease, "holder": &term.holder, "term": term.term };
+        // A single attempt: the caller owns the timing and steps down in time.
+        let expires_at = self.store.clock().after(self.store.db(), ttl).await?;
+        let update = doc! { "$set": { "expires_at": expires_at }, "$currentDate": { "renewed_at": true } };
+        let result = self.leases.update_one(filter, update).await?;
+        if result.matched_count == 0 {
+            return Err(LeaseError::Lost(term.lease.clone()));
+        }
+        Ok(())
+    }
+
+    /// Gives the lease up at once, so a standby can take it without waiting
+    /// for it to expire.
+    pub async fn release(&self, term: &Term) -> Result<(), MongoError> {
+        let filter = doc! { "_id": &term.lease, "holder": &term.holder, "term": term.term };
+        let update = doc! {
+            "$set": { "expires_at": DateTime::from_millis(0), "holder": Bson::Null },
+            "$currentDate": { "released_at": true },
+        };
+        self.leases.update_one(filter.clone(), update.clone()).await?;
+        let ended = doc! { "$currentDate": { "ended_at": true } };
+        self.terms.update_one(doc! { "lease": &term.lease, "term": term.term }, ended).await?;
+        Ok(())
+    }
+
+    /// The live holder of a lease, by the database's clock.
+    pub async fn live_holder(&self, name: &str) -> Result<Option<Term>, MongoError> {
+        let found = self
+            .store
+            .ride_through("read lease", || {
+                self.leases.find_one(doc! { "_id": name, "$expr": { "$gt": ["$expires_at", "$$NOW"] } })
+            })
+            .await?;
+        Ok(found.and_then(|d| {
+            Some(Term {
+                lease: name.to_string(),
+                holder: d.get_str("holder").ok()?.to_string(),
+                term: d.get_i64("term").ok()?,
+            })
+        }))
+    }
+
+    /// Every change to the lease document, for a standby that wants to know
+    /// at once when the leader lets go.
+    pub async fn watch(&self, name: &str) -> Result<ChangeStream<ChangeStreamEvent<Document>>, MongoError> {
+        self.leases.watch().pipeline(vec![doc! { "$match": { "documentKey._id": name } }]).await
+    }
+
+    /// Enqueues a job on behalf of a leader, in a transaction that first
+    /// proves the term is still current: a deposed leader enqueues nothing.
+    pub async fn enqueue_as_leader(&self, term: &Term, job: &NewJob) -> Result<Enqueued, LeaseError> {
+        let fence = doc! {
+            "_id": &term.lease, "holder": &term.holder, "term": term.term,
+            "$expr": { "$gt": ["$expires_at", "$$NOW"] },
+        };
+        let document = JobQueue::new_job_document(job, self.store.server_after(job.delay).await?);
+        let id = document.get_object_id("_id").expect("new job has an id");
+        let result = self
+            .store
+            .ride_through("enqueue as leader", || async {
+                let context = (
+                    self.leases.clone(),
+                    self.store.collection(crate::jobs::JOBS_COLLECTION),
+                    fence.clone(),
+                    document.clone(),
+                );
+                let mut session = self.store.client().start_session().await?;
+                session
+                    .start_transaction()
+                    .and_run(context, |session, (leases, jobs, fence, document)| {
+                        async move {
+                            let held = leases
+                                .update_one(fence.clone(), doc! { "$currentDate": { "last_write_at": true } })
+                                .session(&mut *session)
+                                .await?;
+                            if held.matched_count == 0 {
+                                return Err(MongoError::custom(AbortLost));
+                            }
+                            jobs.insert_one(document.clone()).session(&mut *session).await?;
+                            Ok(())
+                        }
+                        .boxed()
+                    })
+                    .await
+            })
+            .await;
+        match result {
+            Ok(()) => Ok(Enqueued { id, created: true }),
+            Err(e) if is_duplicate_key(&e) => Ok(Enqueued { id, created: false }),
+            Err(e) if e.get_custom::<AbortLost>().is_some() => Err(LeaseError::Lost(term.lease.clone())),
+            Err(e) => Err(LeaseError::Db(e)),
+        }
+    }
+}
+
+/// Waits for the next event of a lease watch; `false` when the stream ended.
+pub async fn next_change(stream: &mut ChangeStream<ChangeStreamEvent<Document>>) -> bool {
+    matches!(stream.next().await, Some(Ok(_)))
+}

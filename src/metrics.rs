@@ -1,0 +1,95 @@
+//! Every metric we export, in one registry per process.
+//!
+//! Queue depth is not counted on every event: it is read from the database
+//! when `/metrics` is scraped ([`crate::http`]), from the `state_kind` index,
+//! so that every replica reports the same, true number.
+
+use std::sync::Arc;
+
+use prometheus::{Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Jobs by kind and state (queued, running, dead), read at scrape time.
+    pub queue_depth: GaugeVec,
+    /// Job outcomes: completed, retrying, dead, released, lease_lost.
+    pub jobs_total: IntCounterVec,
+    /// Seconds one claim round trip took (transaction included).
+    pub claim_latency: Histogram,
+    pub scheduler_is_leader: IntGauge,
+    pub leader_takeovers_total: IntCounter,
+    /// Actor restarts by actor, after a failure.
+    pub actor_restarts_total: IntCounterVec,
+    /// Database clock minus this process's wall clock, in seconds.
+    pub clock_skew_seconds: Gauge,
+    pub jobs_in_flight: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let queue_depth = GaugeVec::new(
+            Opts::new("certautopilot_queue_depth", "Jobs in the queue by kind and state"),
+            &["kind", "state"],
+        )
+        .unwrap();
+        let jobs_total = IntCounterVec::new(
+            Opts::new("certautopilot_jobs_total", "Jobs this process finished, by kind and outcome"),
+            &["kind", "outcome"],
+        )
+        .unwrap();
+        let claim_latency = Histogram::with_opts(
+            HistogramOpts::new("certautopilot_claim_latency_seconds", "Time one claim round took")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+        )
+        .unwrap();
+        let scheduler_is_leader =
+            IntGauge::new("certautopilot_scheduler_is_leader", "1 while this process leads the scheduler").unwrap();
+        let leader_takeovers_total = IntCounter::new(
+            "certautopilot_leader_takeovers_total",
+            "Times this process became the scheduler leader",
+        )
+        .unwrap();
+        let actor_restarts_total = IntCounterVec::new(
+            Opts::new("certautopilot_actor_restarts_total", "Actors restarted by their supervisor after a failure"),
+            &["actor"],
+        )
+        .unwrap();
+        let clock_skew_seconds = Gauge::new(
+            "certautopilot_clock_skew_seconds",
+            "Database clock minus this process's wall clock (decisions use the database's)",
+        )
+        .unwrap();
+        let jobs_in_flight = IntGauge::new("certautopilot_jobs_in_flight", "Jobs this worker is running").unwrap();
+        for c in [
+            Box::new(queue_depth.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(jobs_total.clone()),
+            Box::new(claim_latency.clone()),
+            Box::new(scheduler_is_leader.clone()),
+            Box::new(leader_takeovers_total.clone()),
+            Box::new(actor_restarts_total.clone()),
+            Box::new(clock_skew_seconds.clone()),
+            Box::new(jobs_in_flight.clone()),
+        ] {
+            registry.register(c).unwrap();
+        }
+        Arc::new(Metrics {
+            registry,
+            queue_depth,
+            jobs_total,
+            claim_latency,
+            scheduler_is_leader,
+            leader_takeovers_total,
+            actor_restarts_total,
+            clock_skew_seconds,
+            jobs_in_flight,
+        })
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}

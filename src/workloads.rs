@@ -1,0 +1,152 @@
+//! Wiring of the long-running workloads: `api`, `worker`, `scheduler`, and
+//! `all` (the three in one process).
+//!
+//! Startup: connect, refuse a schema newer than this binary, start the
+//! readiness monitor, the actors of each role and the HTTP server.
+//! Shutdown on SIGTERM/SIGINT (DESIGN.md invariant 9): `/readyz` fails at
+//! once; the scheduler leader releases its lease; the worker stops claiming
+//! and hands its jobs back; the HTTP server stops accepting and drains.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Addr, Supervisor};
+use actix_web::{web, App, HttpServer};
+
+use crate::actors::claim::{ClaimActor, ClaimSettings, Drain};
+use crate::actors::lease::{LeaseActor, StepDown};
+use crate::actors::scheduler::SchedulerActor;
+use crate::clock::LocalClock;
+use crate::config::WorkloadConfig;
+use crate::handlers::Handlers;
+use crate::http::{self, health::DepthCache, AppState};
+use crate::jobs::JobQueue;
+use crate::lease::{Leases, SCHEDULER_LEASE};
+use crate::metrics::Metrics;
+use crate::presence::Presence;
+use crate::readiness::{self, Readiness};
+use crate::schema::{self, SchemaFit};
+use crate::shutdown::{self, Shutdown};
+use crate::store::{short, Store};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Roles {
+    pub api: bool,
+    pub worker: bool,
+    pub scheduler: bool,
+}
+
+impl Roles {
+    pub const API: Roles = Roles { api: true, worker: false, scheduler: false };
+    pub const WORKER: Roles = Roles { api: false, worker: true, scheduler: false };
+    pub const SCHEDULER: Roles = Roles { api: false, worker: false, scheduler: true };
+    pub const ALL: Roles = Roles { api: true, worker: true, scheduler: true };
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot reach MongoDB: {0}")]
+    Database(String),
+    #[error("{0}")]
+    Schema(String),
+    #[error("cannot serve HTTP on {addr}: {error}")]
+    Bind { addr: std::net::SocketAddr, error: std::io::Error },
+}
+
+/// Runs the given roles until SIGTERM/SIGINT, then shuts down gracefully.
+pub async fn run(roles: Roles, cfg: WorkloadConfig) -> Result<(), StartError> {
+    let local = LocalClock { offset_secs: cfg.clock_offset_secs };
+    let store = Store::connect_with_clock(&cfg.common.mongo_uri, cfg.common.election_retry, local)
+        .await
+        .map_err(|e| StartError::Database(short(&e)))?;
+    let version = schema::read_version(&store).await.map_err(|e| StartError::Database(short(&e)))?;
+    match SchemaFit::of(version) {
+        fit @ SchemaFit::TooNew(_) => return Err(StartError::Schema(fit.describe())),
+        fit @ SchemaFit::TooOld(_) => tracing::warn!(schema = %fit.describe(), "not ready until migrated"),
+        SchemaFit::Current => {}
+    }
+
+    let metrics = Metrics::new();
+    let readiness = Readiness::new(cfg.readyz_grace);
+    let shutdown = Shutdown::new();
+    let queue = JobQueue::new(store.clone());
+    let handlers = Handlers::standard(queue.clone(), cfg.job_retention);
+    actix::spawn(readiness::monitor(store.clone(), readiness.clone(), metrics.clone(), shutdown.clone()));
+
+    let claim = roles.worker.then(|| {
+        let settings = ClaimSettings {
+            worker_id: cfg.instance_id.clone(),
+            concurrency: cfg.worker_concurrency,
+            job_lease: cfg.job_lease,
+            poll: cfg.claim_poll,
+        };
+        let presence = Presence::new(store.clone(), &cfg.instance_id, cfg.worker_presence);
+        let (queue, handlers, readiness, metrics) = (queue.clone(), handlers.clone(), readiness.clone(), metrics.clone());
+        Supervisor::start(move |_| ClaimActor::new(settings, queue, presence, handlers, readiness, metrics))
+    });
+    let lease: Option<Addr<LeaseActor>> = roles.scheduler.then(|| {
+        let leases = Leases::new(store.clone());
+        let scheduler = Supervisor::start({
+            let leases = leases.clone();
+            let every = cfg.housekeeping_interval;
+            move |_| SchedulerActor::new(leases, every)
+        });
+        let (readiness, metrics, shutdown) = (readiness.clone(), metrics.clone(), shutdown.clone());
+        let (holder, ttl) = (cfg.instance_id.clone(), cfg.leader_lease);
+        Supervisor::start(move |_| {
+            LeaseActor::new(
+                leases,
+                SCHEDULER_LEASE,
+                &holder,
+                ttl,
+                vec![scheduler.recipient()],
+                readiness,
+                metrics,
+                shutdown,
+            )
+        })
+    });
+
+    let state = AppState {
+        readiness: readiness.clone(),
+        metrics: metrics.clone(),
+        queue: queue.clone(),
+        depth_cache: Arc::new(DepthCache::default()),
+        kinds: handlers.kinds(),
+    };
+    let server = HttpServer::new(move || App::new().app_data(web::Data::new(state.clone())).configure(http::configure))
+        .workers(if roles.api { 2 } else { 1 })
+        .disable_signals()
+        .shutdown_timeout(cfg.shutdown_grace.as_secs())
+        .bind(cfg.http_addr)
+        .map_err(|error| StartError::Bind { addr: cfg.http_addr, error })?
+        .run();
+    let server_handle = server.handle();
+    let server_task = actix::spawn(server);
+    tracing::info!(
+        instance = %cfg.instance_id,
+        http = %cfg.http_addr,
+        api = roles.api, worker = roles.worker, scheduler = roles.scheduler,
+        "started"
+    );
+
+    let signal = shutdown::signal().await;
+    tracing::info!(signal, "shutting down");
+    readiness.set_shutting_down();
+    let grace = cfg.shutdown_grace;
+    // The scheduler steps down first: its lease release is the quickest
+    // hand-over, and nothing else waits on it.
+    if let Some(lease) = &lease {
+        let _ = tokio::time::timeout(Duration::from_secs(3), lease.send(StepDown)).await;
+    }
+    if let Some(claim) = &claim {
+        if tokio::time::timeout(grace, claim.send(Drain)).await.is_err() {
+            tracing::warn!("jobs not handed back within the shutdown grace; their leases will expire");
+        }
+    }
+    shutdown.trigger();
+    server_handle.stop(true).await;
+    let _ = server_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
