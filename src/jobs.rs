@@ -154,8 +154,10 @@ impl JobQueue {
         &self.store
     }
 
-    /// The document that enqueues `job`, runnable from `run_at`.
-    pub fn new_job_document(job: &NewJob, run_at: DateTime) -> Document {
+    /// The document that enqueues `job` at `now` (the database's time),
+    /// runnable after its delay.
+    pub fn new_job_document(job: &NewJob, now: DateTime) -> Document {
+        let run_at = DateTime::from_millis(now.timestamp_millis() + job.delay.as_millis() as i64);
         doc! {
             "_id": ObjectId::new(),
             "key": &job.key,
@@ -168,15 +170,14 @@ impl JobQueue {
             "token": 0i64,
             "holder": Bson::Null,
             "last_error": Bson::Null,
-            "created_at": run_at,
+            "created_at": now,
         }
     }
 
     /// Adds a job unless one with the same key exists (the unique index on
     /// `key` refuses the second). Safe to repeat.
     pub async fn enqueue(&self, job: &NewJob) -> Result<Enqueued, MongoError> {
-        let run_at = self.store.server_after(job.delay).await?;
-        let document = Self::new_job_document(job, run_at);
+        let document = Self::new_job_document(job, self.store.server_now().await?);
         let id = document.get_object_id("_id").expect("new job has an id");
         let result = self.store.ride_through("enqueue job", || self.jobs.insert_one(document.clone())).await;
         match result {

@@ -169,7 +169,7 @@ impl Leases {
             "_id": &term.lease, "holder": &term.holder, "term": term.term,
             "$expr": { "$gt": ["$expires_at", "$$NOW"] },
         };
-        let document = JobQueue::new_job_document(job, self.store.server_after(job.delay).await?);
+        let document = JobQueue::new_job_document(job, self.store.server_now().await?);
         let id = document.get_object_id("_id").expect("new job has an id");
         let result = self
             .store

@@ -22,8 +22,9 @@ use crate::backoff::Backoff;
 use crate::clock::{LocalClock, ServerClock};
 
 pub const DEFAULT_DATABASE: &str = "certautopilot";
-/// How long the driver looks for a primary before one operation gives up;
-/// kept short so that [`Store::ride_through`] owns the overall window.
+/// How long the driver looks for a primary before one operation gives up
+/// (unless the URI sets `serverSelectionTimeoutMS`); kept short so that
+/// [`Store::ride_through`] owns the overall window.
 const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(3);
 const ELECTION_BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 
@@ -68,8 +69,8 @@ impl Store {
         options.write_concern = Some(WriteConcern::builder().w(Acknowledgment::Majority).build());
         options.read_concern = Some(ReadConcern::majority());
         options.selection_criteria = Some(SelectionCriteria::ReadPreference(ReadPreference::Primary));
-        options.server_selection_timeout = Some(SERVER_SELECTION_TIMEOUT);
-        options.connect_timeout = Some(Duration::from_secs(3));
+        options.server_selection_timeout.get_or_insert(SERVER_SELECTION_TIMEOUT);
+        options.connect_timeout.get_or_insert(Duration::from_secs(3));
         options.app_name.get_or_insert_with(|| "certautopilot".to_string());
         let db_name = options
             .default_database

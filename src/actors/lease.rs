@@ -96,8 +96,14 @@ impl LeaseActor {
     }
 
     fn try_acquire(&mut self, ctx: &mut Context<Self>) {
-        if self.readiness.schema_fit() != Some(SchemaFit::Current) {
-            return;
+        match self.readiness.schema_fit() {
+            Some(SchemaFit::Current) => {}
+            // The readiness monitor has not reported yet: look again shortly.
+            None => {
+                ctx.run_later(Duration::from_millis(100), |act, ctx| act.tick(ctx));
+                return;
+            }
+            Some(_) => return,
         }
         self.busy = true;
         let leases = self.leases.clone();
