@@ -103,7 +103,8 @@ impl JobHandler for Housekeeping {
 /// `probe_results`). Operators use it to prove the pipeline end to end; the
 /// crash tests use it as a job of known length. Payload fields, all optional:
 /// `sleep_ms`, `fail_attempts` (fail while `attempt` ≤ it), `panic`,
-/// `permanent` (fail permanently).
+/// `permanent` (fail permanently), `record` (write the completion record;
+/// default true).
 pub struct Probe;
 
 impl JobHandler for Probe {
@@ -123,6 +124,9 @@ impl JobHandler for Probe {
             let fail_attempts = p.get_i32("fail_attempts").unwrap_or(0);
             if job.attempt as i32 <= fail_attempts {
                 return Err(HandlerError::Retryable(format!("probe failure on attempt {}", job.attempt)));
+            }
+            if !p.get_bool("record").unwrap_or(true) {
+                return Ok(());
             }
             job.lease
                 .fenced_update(
