@@ -38,7 +38,11 @@ mod tests {
         for attempt in 1..40 {
             let full = Duration::from_secs(1u64 << (attempt - 1).min(10)).min(b.cap);
             let d = b.delay(attempt);
-            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?} not in [{:?}, {full:?}]", full / 2);
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempt}: {d:?} not in [{:?}, {full:?}]",
+                full / 2
+            );
         }
     }
 }

@@ -29,7 +29,10 @@ pub struct LocalClock {
 
 impl LocalClock {
     pub fn now_millis(&self) -> i64 {
-        let real = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        let real = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
         real + self.offset_secs * 1000
     }
 }
@@ -50,30 +53,42 @@ struct Sample {
 
 impl ServerClock {
     pub fn new(local: LocalClock) -> ServerClock {
-        ServerClock { sample: Mutex::new(None), local }
+        ServerClock {
+            sample: Mutex::new(None),
+            local,
+        }
     }
 
     /// The database's time now (to within a round trip).
     pub async fn now(&self, db: &Database) -> Result<DateTime, MongoError> {
         if let Some(s) = *self.sample.lock().unwrap() {
             if s.taken.elapsed() < SAMPLE_MAX_AGE {
-                return Ok(DateTime::from_millis(s.server_millis + s.taken.elapsed().as_millis() as i64));
+                return Ok(DateTime::from_millis(
+                    s.server_millis + s.taken.elapsed().as_millis() as i64,
+                ));
             }
         }
         let s = self.take_sample(db).await?;
-        Ok(DateTime::from_millis(s.server_millis + s.taken.elapsed().as_millis() as i64))
+        Ok(DateTime::from_millis(
+            s.server_millis + s.taken.elapsed().as_millis() as i64,
+        ))
     }
 
     /// The database's time plus `d`: a deadline to store.
     pub async fn after(&self, db: &Database, d: Duration) -> Result<DateTime, MongoError> {
         let now = self.now(db).await?;
-        Ok(DateTime::from_millis(now.timestamp_millis() + d.as_millis() as i64))
+        Ok(DateTime::from_millis(
+            now.timestamp_millis() + d.as_millis() as i64,
+        ))
     }
 
     /// How far this process's wall clock is from the database's, in seconds
     /// (positive: the database is ahead), as of the last sample.
     pub fn observed_skew_secs(&self) -> Option<f64> {
-        self.sample.lock().unwrap().map(|s| s.skew_millis as f64 / 1000.0)
+        self.sample
+            .lock()
+            .unwrap()
+            .map(|s| s.skew_millis as f64 / 1000.0)
     }
 
     async fn take_sample(&self, db: &Database) -> Result<Sample, MongoError> {
@@ -89,7 +104,11 @@ impl ServerClock {
             .map_err(|_| MongoError::custom("the server's hello reply has no localTime"))?;
         // The server read its clock somewhere in the round trip: assume the middle.
         let taken = sent + rtt / 2;
-        let sample = Sample { server_millis, taken, skew_millis: server_millis - self.local.now_millis() };
+        let sample = Sample {
+            server_millis,
+            taken,
+            skew_millis: server_millis - self.local.now_millis(),
+        };
         *self.sample.lock().unwrap() = Some(sample);
         Ok(sample)
     }

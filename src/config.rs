@@ -161,7 +161,12 @@ impl WorkloadArgs {
                 "invalid CAP_HTTP_ADDR {http_addr:?}: expected host:port with an IP address, e.g. 0.0.0.0:8080"
             ))
         })?;
-        let job_lease = secs(&self.job_lease_secs, "CAP_JOB_LEASE_SECS", DEFAULT_JOB_LEASE_SECS, 3..=3600)?;
+        let job_lease = secs(
+            &self.job_lease_secs,
+            "CAP_JOB_LEASE_SECS",
+            DEFAULT_JOB_LEASE_SECS,
+            3..=3600,
+        )?;
         let leader_lease = secs(
             &self.leader_lease_secs,
             "CAP_LEADER_LEASE_SECS",
@@ -260,9 +265,11 @@ fn secs(
 
 fn signed(value: &Option<String>, name: &str, default: i64) -> Result<i64, ConfigError> {
     let Some(raw) = value else { return Ok(default) };
-    raw.trim()
-        .parse::<i64>()
-        .map_err(|_| ConfigError(format!("invalid {name} {raw:?}: expected a whole number of seconds")))
+    raw.trim().parse::<i64>().map_err(|_| {
+        ConfigError(format!(
+            "invalid {name} {raw:?}: expected a whole number of seconds"
+        ))
+    })
 }
 
 fn log_format(value: Option<&str>) -> Result<LogFormat, ConfigError> {
@@ -324,11 +331,19 @@ mod tests {
 
         let mut a = args();
         a.worker_concurrency = Some("0".into());
-        assert!(a.resolve().unwrap_err().to_string().contains("CAP_WORKER_CONCURRENCY"));
+        assert!(a
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("CAP_WORKER_CONCURRENCY"));
 
         let mut a = args();
         a.http_addr = Some("localhost".into());
-        assert!(a.resolve().unwrap_err().to_string().contains("CAP_HTTP_ADDR"));
+        assert!(a
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("CAP_HTTP_ADDR"));
     }
 
     #[test]

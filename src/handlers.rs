@@ -36,7 +36,9 @@ impl From<JobError> for HandlerError {
     fn from(e: JobError) -> Self {
         match e {
             JobError::LeaseLost(_) => HandlerError::LeaseLost,
-            JobError::Db(e) => HandlerError::Retryable(format!("database error: {}", crate::store::short(&e))),
+            JobError::Db(e) => {
+                HandlerError::Retryable(format!("database error: {}", crate::store::short(&e)))
+            }
         }
     }
 }
@@ -73,7 +75,13 @@ impl Handlers {
     /// The handlers every worker runs.
     pub fn standard(queue: JobQueue, job_retention: Duration) -> Handlers {
         Handlers::new()
-            .register(HOUSEKEEPING, Housekeeping { queue, job_retention })
+            .register(
+                HOUSEKEEPING,
+                Housekeeping {
+                    queue,
+                    job_retention,
+                },
+            )
             .register(PROBE, Probe)
     }
 }
@@ -91,8 +99,13 @@ impl JobHandler for Housekeeping {
         let retention = self.job_retention;
         Box::pin(async move {
             let store = queue.store().clone();
-            let purged = queue.purge_finished(retention).await.map_err(JobError::from)?;
-            let forgotten = crate::presence::forget_departed(&store).await.map_err(JobError::from)?;
+            let purged = queue
+                .purge_finished(retention)
+                .await
+                .map_err(JobError::from)?;
+            let forgotten = crate::presence::forget_departed(&store)
+                .await
+                .map_err(JobError::from)?;
             tracing::info!(job = %job.lease.job_id, purged_jobs = purged, forgotten_workers = forgotten, "housekeeping done");
             Ok(())
         })
@@ -111,7 +124,10 @@ impl JobHandler for Probe {
     fn run(&self, job: ClaimedJob) -> BoxFuture<'static, Result<(), HandlerError>> {
         Box::pin(async move {
             let p = &job.payload;
-            let sleep_ms = p.get_i64("sleep_ms").or_else(|_| p.get_i32("sleep_ms").map(i64::from)).unwrap_or(0);
+            let sleep_ms = p
+                .get_i64("sleep_ms")
+                .or_else(|_| p.get_i32("sleep_ms").map(i64::from))
+                .unwrap_or(0);
             if sleep_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(sleep_ms as u64)).await;
             }
@@ -119,11 +135,16 @@ impl JobHandler for Probe {
                 panic!("probe job {} asked to panic", job.lease.job_id);
             }
             if p.get_bool("permanent").unwrap_or(false) {
-                return Err(HandlerError::Permanent("probe asked to fail permanently".into()));
+                return Err(HandlerError::Permanent(
+                    "probe asked to fail permanently".into(),
+                ));
             }
             let fail_attempts = p.get_i32("fail_attempts").unwrap_or(0);
             if job.attempt as i32 <= fail_attempts {
-                return Err(HandlerError::Retryable(format!("probe failure on attempt {}", job.attempt)));
+                return Err(HandlerError::Retryable(format!(
+                    "probe failure on attempt {}",
+                    job.attempt
+                )));
             }
             if !p.get_bool("record").unwrap_or(true) {
                 return Ok(());

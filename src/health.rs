@@ -56,33 +56,74 @@ pub async fn check(store: &Store) -> HealthReport {
         name: "database",
         ok: reachable,
         detail: match &primary {
-            Ok(hello) => format!("primary {} answers", hello.get_str("primary").or(hello.get_str("me")).unwrap_or("?")),
+            Ok(hello) => format!(
+                "primary {} answers",
+                hello
+                    .get_str("primary")
+                    .or(hello.get_str("me"))
+                    .unwrap_or("?")
+            ),
             Err(e) => e.clone(),
         },
     });
     if !reachable {
-        return HealthReport { healthy: false, checks, members: vec![], queue: vec![], dead_jobs: 0 };
+        return HealthReport {
+            healthy: false,
+            checks,
+            members: vec![],
+            queue: vec![],
+            dead_jobs: 0,
+        };
     }
     let members = members(store).await;
 
     match tokio::time::timeout(DEADLINE, schema::read_version(store)).await {
         Ok(Ok(v)) => {
             let fit = SchemaFit::of(v);
-            checks.push(Check { name: "schema", ok: fit == SchemaFit::Current, detail: fit.describe() });
+            checks.push(Check {
+                name: "schema",
+                ok: fit == SchemaFit::Current,
+                detail: fit.describe(),
+            });
         }
-        Ok(Err(e)) => checks.push(Check { name: "schema", ok: false, detail: short(&e) }),
-        Err(_) => checks.push(Check { name: "schema", ok: false, detail: "timed out".into() }),
+        Ok(Err(e)) => checks.push(Check {
+            name: "schema",
+            ok: false,
+            detail: short(&e),
+        }),
+        Err(_) => checks.push(Check {
+            name: "schema",
+            ok: false,
+            detail: "timed out".into(),
+        }),
     }
 
-    match tokio::time::timeout(DEADLINE, Leases::new(store.clone()).live_holder(SCHEDULER_LEASE)).await {
+    match tokio::time::timeout(
+        DEADLINE,
+        Leases::new(store.clone()).live_holder(SCHEDULER_LEASE),
+    )
+    .await
+    {
         Ok(Ok(Some(term))) => checks.push(Check {
             name: "scheduler leader",
             ok: true,
             detail: format!("{} leads (term {})", term.holder, term.term),
         }),
-        Ok(Ok(None)) => checks.push(Check { name: "scheduler leader", ok: false, detail: "no live leader".into() }),
-        Ok(Err(e)) => checks.push(Check { name: "scheduler leader", ok: false, detail: short(&e) }),
-        Err(_) => checks.push(Check { name: "scheduler leader", ok: false, detail: "timed out".into() }),
+        Ok(Ok(None)) => checks.push(Check {
+            name: "scheduler leader",
+            ok: false,
+            detail: "no live leader".into(),
+        }),
+        Ok(Err(e)) => checks.push(Check {
+            name: "scheduler leader",
+            ok: false,
+            detail: short(&e),
+        }),
+        Err(_) => checks.push(Check {
+            name: "scheduler leader",
+            ok: false,
+            detail: "timed out".into(),
+        }),
     }
 
     let mut queue = Vec::new();
@@ -106,26 +147,49 @@ pub async fn check(store: &Store) -> HealthReport {
                 },
             });
         }
-        Ok(Err(e)) => checks.push(Check { name: "queue", ok: false, detail: short(&e) }),
-        Err(_) => checks.push(Check { name: "queue", ok: false, detail: "timed out".into() }),
+        Ok(Err(e)) => checks.push(Check {
+            name: "queue",
+            ok: false,
+            detail: short(&e),
+        }),
+        Err(_) => checks.push(Check {
+            name: "queue",
+            ok: false,
+            detail: "timed out".into(),
+        }),
     }
     let healthy = checks.iter().all(|c| c.ok);
-    HealthReport { healthy, checks, members, queue, dead_jobs }
+    HealthReport {
+        healthy,
+        checks,
+        members,
+        queue,
+        dead_jobs,
+    }
 }
 
 /// Replica-set members and their states, where the server reports them.
 async fn members(store: &Store) -> Vec<Member> {
     let admin = store.client().database("admin");
-    let status = tokio::time::timeout(DEADLINE, admin.run_command(doc! { "replSetGetStatus": 1 })).await;
-    let Ok(Ok(status)) = status else { return Vec::new() };
-    let Ok(members) = status.get_array("members") else { return Vec::new() };
+    let status =
+        tokio::time::timeout(DEADLINE, admin.run_command(doc! { "replSetGetStatus": 1 })).await;
+    let Ok(Ok(status)) = status else {
+        return Vec::new();
+    };
+    let Ok(members) = status.get_array("members") else {
+        return Vec::new();
+    };
     members
         .iter()
         .filter_map(|m| m.as_document())
         .map(|m: &Document| Member {
             name: m.get_str("name").unwrap_or("?").to_string(),
             state: m.get_str("stateStr").unwrap_or("?").to_string(),
-            healthy: m.get_f64("health").map(|h| h >= 1.0).or(m.get_i32("health").map(|h| h >= 1)).unwrap_or(false),
+            healthy: m
+                .get_f64("health")
+                .map(|h| h >= 1.0)
+                .or(m.get_i32("health").map(|h| h >= 1))
+                .unwrap_or(false),
         })
         .collect()
 }
@@ -133,14 +197,28 @@ async fn members(store: &Store) -> Vec<Member> {
 impl HealthReport {
     pub fn render_human(&self) -> String {
         let mut out = String::new();
-        out.push_str(if self.healthy { "HEALTHY\n" } else { "UNHEALTHY\n" });
+        out.push_str(if self.healthy {
+            "HEALTHY\n"
+        } else {
+            "UNHEALTHY\n"
+        });
         for c in &self.checks {
-            out.push_str(&format!("  [{}] {:<17} {}\n", if c.ok { " ok " } else { "FAIL" }, c.name, c.detail));
+            out.push_str(&format!(
+                "  [{}] {:<17} {}\n",
+                if c.ok { " ok " } else { "FAIL" },
+                c.name,
+                c.detail
+            ));
         }
         if !self.members.is_empty() {
             out.push_str("replica set:\n");
             for m in &self.members {
-                out.push_str(&format!("  {:<28} {:<10} {}\n", m.name, m.state, if m.healthy { "healthy" } else { "unhealthy" }));
+                out.push_str(&format!(
+                    "  {:<28} {:<10} {}\n",
+                    m.name,
+                    m.state,
+                    if m.healthy { "healthy" } else { "unhealthy" }
+                ));
             }
         }
         if !self.queue.is_empty() {

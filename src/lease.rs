@@ -63,11 +63,20 @@ impl Leases {
     }
 
     /// Takes the lease if it is free or expired. `None`: someone holds it.
-    pub async fn try_acquire(&self, name: &str, holder: &str, ttl: Duration) -> Result<Option<Term>, MongoError> {
+    pub async fn try_acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Term>, MongoError> {
         // The document must exist before a conditional update can take it
         // over; a duplicate key just means it already does.
         let seed = doc! { "_id": name, "holder": Bson::Null, "term": 0i64, "expires_at": DateTime::from_millis(0) };
-        match self.store.ride_through("create lease", || self.leases.insert_one(seed.clone())).await {
+        match self
+            .store
+            .ride_through("create lease", || self.leases.insert_one(seed.clone()))
+            .await
+        {
             Ok(_) => {}
             Err(e) if is_duplicate_key(&e) => {}
             Err(e) => return Err(e),
@@ -80,7 +89,9 @@ impl Leases {
         };
         let taken = self
             .store
-            .ride_through("acquire lease", || self.leases.update_one(filter.clone(), update.clone()))
+            .ride_through("acquire lease", || {
+                self.leases.update_one(filter.clone(), update.clone())
+            })
             .await?;
         // Read back what we hold: after an ambiguous retry `taken` may say 0
         // although the first try landed, so the document is the authority.
@@ -90,8 +101,14 @@ impl Leases {
                 self.leases.find_one(doc! { "_id": name, "holder": holder, "$expr": { "$gt": ["$expires_at", "$$NOW"] } })
             })
             .await?;
-        let Some(current) = current else { return Ok(None) };
-        let term = Term { lease: name.to_string(), holder: holder.to_string(), term: current.get_i64("term").unwrap_or(0) };
+        let Some(current) = current else {
+            return Ok(None);
+        };
+        let term = Term {
+            lease: name.to_string(),
+            holder: holder.to_string(),
+            term: current.get_i64("term").unwrap_or(0),
+        };
         if taken.matched_count == 1 {
             self.record_term(&term).await?;
         }
@@ -100,10 +117,15 @@ impl Leases {
 
     async fn record_term(&self, term: &Term) -> Result<(), MongoError> {
         let filter = doc! { "lease": &term.lease, "term": term.term };
-        let update = doc! { "$set": { "holder": &term.holder }, "$currentDate": { "started_at": true } };
+        let update =
+            doc! { "$set": { "holder": &term.holder }, "$currentDate": { "started_at": true } };
         match self
             .store
-            .ride_through("record term", || self.terms.update_one(filter.clone(), update.clone()).upsert(true))
+            .ride_through("record term", || {
+                self.terms
+                    .update_one(filter.clone(), update.clone())
+                    .upsert(true)
+            })
             .await
         {
             Ok(_) => Ok(()),
@@ -117,7 +139,8 @@ impl Leases {
         let filter = doc! { "_id": &term.lease, "holder": &term.holder, "term": term.term };
         // A single attempt: the caller owns the timing and steps down in time.
         let expires_at = self.store.clock().after(self.store.db(), ttl).await?;
-        let update = doc! { "$set": { "expires_at": expires_at }, "$currentDate": { "renewed_at": true } };
+        let update =
+            doc! { "$set": { "expires_at": expires_at }, "$currentDate": { "renewed_at": true } };
         let result = self.leases.update_one(filter, update).await?;
         if result.matched_count == 0 {
             return Err(LeaseError::Lost(term.lease.clone()));
@@ -133,9 +156,13 @@ impl Leases {
             "$set": { "expires_at": DateTime::from_millis(0), "holder": Bson::Null },
             "$currentDate": { "released_at": true },
         };
-        self.leases.update_one(filter.clone(), update.clone()).await?;
+        self.leases
+            .update_one(filter.clone(), update.clone())
+            .await?;
         let ended = doc! { "$currentDate": { "ended_at": true } };
-        self.terms.update_one(doc! { "lease": &term.lease, "term": term.term }, ended).await?;
+        self.terms
+            .update_one(doc! { "lease": &term.lease, "term": term.term }, ended)
+            .await?;
         Ok(())
     }
 
@@ -144,7 +171,8 @@ impl Leases {
         let found = self
             .store
             .ride_through("read lease", || {
-                self.leases.find_one(doc! { "_id": name, "$expr": { "$gt": ["$expires_at", "$$NOW"] } })
+                self.leases
+                    .find_one(doc! { "_id": name, "$expr": { "$gt": ["$expires_at", "$$NOW"] } })
             })
             .await?;
         Ok(found.and_then(|d| {
@@ -158,13 +186,23 @@ impl Leases {
 
     /// Every change to the lease document, for a standby that wants to know
     /// at once when the leader lets go.
-    pub async fn watch(&self, name: &str) -> Result<ChangeStream<ChangeStreamEvent<Document>>, MongoError> {
-        self.leases.watch().pipeline(vec![doc! { "$match": { "documentKey._id": name } }]).await
+    pub async fn watch(
+        &self,
+        name: &str,
+    ) -> Result<ChangeStream<ChangeStreamEvent<Document>>, MongoError> {
+        self.leases
+            .watch()
+            .pipeline(vec![doc! { "$match": { "documentKey._id": name } }])
+            .await
     }
 
     /// Enqueues a job on behalf of a leader, in a transaction that first
     /// proves the term is still current: a deposed leader enqueues nothing.
-    pub async fn enqueue_as_leader(&self, term: &Term, job: &NewJob) -> Result<Enqueued, LeaseError> {
+    pub async fn enqueue_as_leader(
+        &self,
+        term: &Term,
+        job: &NewJob,
+    ) -> Result<Enqueued, LeaseError> {
         let fence = doc! {
             "_id": &term.lease, "holder": &term.holder, "term": term.term,
             "$expr": { "$gt": ["$expires_at", "$$NOW"] },
@@ -186,13 +224,18 @@ impl Leases {
                     .and_run(context, |session, (leases, jobs, fence, document)| {
                         async move {
                             let held = leases
-                                .update_one(fence.clone(), doc! { "$currentDate": { "last_write_at": true } })
+                                .update_one(
+                                    fence.clone(),
+                                    doc! { "$currentDate": { "last_write_at": true } },
+                                )
                                 .session(&mut *session)
                                 .await?;
                             if held.matched_count == 0 {
                                 return Err(MongoError::custom(AbortLost));
                             }
-                            jobs.insert_one(document.clone()).session(&mut *session).await?;
+                            jobs.insert_one(document.clone())
+                                .session(&mut *session)
+                                .await?;
                             Ok(())
                         }
                         .boxed()
@@ -203,7 +246,9 @@ impl Leases {
         match result {
             Ok(()) => Ok(Enqueued { id, created: true }),
             Err(e) if is_duplicate_key(&e) => Ok(Enqueued { id, created: false }),
-            Err(e) if e.get_custom::<AbortLost>().is_some() => Err(LeaseError::Lost(term.lease.clone())),
+            Err(e) if e.get_custom::<AbortLost>().is_some() => {
+                Err(LeaseError::Lost(term.lease.clone()))
+            }
             Err(e) => Err(LeaseError::Db(e)),
         }
     }

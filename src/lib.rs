@@ -3,27 +3,23 @@
 //!
 //! A map of the crate, one concept per module:
 //!
-//! - [`config`]     — every `CAP_*` knob, its default, and validation.
-//! - [`store`]      — the MongoDB connection (`w=majority`, primary reads) and
-//!                    the policy that rides through elections.
-//! - [`clock`]      — the database's clock, sampled; this process's clock only
-//!                    to report skew.
-//! - [`backoff`]    — exponential back-off with jitter, shared by every retry.
-//! - [`schema`]     — versioned migrations and the schema-version gate.
-//! - [`jobs`]       — the fenced job queue: enqueue, claim, heartbeat,
-//!                    complete, fail, release, and fenced writes for handlers.
-//! - [`lease`]      — named leases with fencing terms (scheduler leadership).
-//! - [`presence`]   — each worker's short presence lease, so a dead worker's
-//!                    jobs are reclaimed in seconds rather than a job lease.
-//! - [`handlers`]   — job handlers by kind (housekeeping, probe).
-//! - [`actors`]     — ClaimActor, LeaseActor, the scheduler loop and supervision.
-//! - [`http`]       — `/healthz`, `/readyz`, `/metrics` (and later the API).
-//! - [`metrics`]    — the Prometheus registry and every metric we export.
-//! - [`readiness`]  — what `/readyz` reports: database reachability with a
-//!                    grace period, schema fit, shutting down.
-//! - [`health`]     — the `certautopilot health` operator command.
-//! - [`shutdown`]   — one shutdown signal threaded through every task.
-//! - [`workloads`]  — wiring of `api`, `worker`, `scheduler` and `all`.
+//! - [`config`] — every `CAP_*` knob, its default, and validation.
+//! - [`store`] — the MongoDB connection (`w=majority`, primary reads) and the policy that rides through elections.
+//! - [`clock`] — the database's clock, sampled; this process's clock only to report skew.
+//! - [`backoff`] — exponential back-off with jitter, shared by every retry.
+//! - [`schema`] — versioned migrations and the schema-version gate.
+//! - [`jobs`] — the fenced job queue: enqueue, claim, heartbeat, complete, fail, release, and fenced writes for handlers.
+//! - [`lease`] — named leases with fencing terms (scheduler leadership).
+//! - [`presence`] — each worker's short presence lease, so a dead worker's jobs are reclaimed in seconds rather than a job lease.
+//! - [`handlers`] — job handlers by kind (housekeeping, probe).
+//! - [`actors`] — ClaimActor, LeaseActor, the scheduler loop and supervision.
+//! - [`http`] — `/healthz`, `/readyz`, `/metrics` (and later the API).
+//! - [`metrics`] — the Prometheus registry and every metric we export.
+//! - [`readiness`] — what `/readyz` reports: database reachability with a grace period, schema fit, shutting down.
+//! - [`health`] — the `certautopilot health` operator command.
+//! - [`logging`] — JSON logs via `tracing`; panics logged as one line.
+//! - [`shutdown`] — one shutdown signal threaded through every task.
+//! - [`workloads`] — wiring of `api`, `worker`, `scheduler` and `all`.
 
 pub mod actors;
 pub mod backoff;

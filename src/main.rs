@@ -12,7 +12,11 @@ use certautopilot::workloads::{self, Roles};
 use certautopilot::{health, logging, schema, store::Store};
 
 #[derive(Parser)]
-#[command(name = "certautopilot", version, about = "Certificate-automation control plane")]
+#[command(
+    name = "certautopilot",
+    version,
+    about = "Certificate-automation control plane"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,7 +83,9 @@ async fn run(command: Command) -> Result<ExitCode, Failure> {
     };
     let cfg = args.resolve()?;
     logging::init(cfg.common.log_format);
-    workloads::run(roles, cfg).await.map_err(|e| Failure::Runtime(e.to_string()))?;
+    workloads::run(roles, cfg)
+        .await
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -88,7 +94,12 @@ async fn connect(common: &CommonArgs) -> Result<Store, Failure> {
     logging::init(cfg.common_log_format());
     Store::connect(&cfg.mongo_uri, cfg.election_retry)
         .await
-        .map_err(|e| Failure::Runtime(format!("cannot reach MongoDB: {}", certautopilot::store::short(&e))))
+        .map_err(|e| {
+            Failure::Runtime(format!(
+                "cannot reach MongoDB: {}",
+                certautopilot::store::short(&e)
+            ))
+        })
 }
 
 async fn migrate(common: CommonArgs) -> Result<ExitCode, Failure> {
@@ -99,7 +110,10 @@ async fn migrate(common: CommonArgs) -> Result<ExitCode, Failure> {
     if report.applied.is_empty() {
         eprintln!("schema is at version {}; nothing to do", report.to);
     } else {
-        eprintln!("schema migrated from version {} to {}", report.from, report.to);
+        eprintln!(
+            "schema migrated from version {} to {}",
+            report.from, report.to
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -108,11 +122,18 @@ async fn health(common: CommonArgs, json: bool) -> Result<ExitCode, Failure> {
     let store = connect(&common).await?;
     let report = health::check(&store).await;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
     } else {
         print!("{}", report.render_human());
     }
-    Ok(if report.healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 trait CommonLogFormat {

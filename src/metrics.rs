@@ -6,7 +6,10 @@
 
 use std::sync::Arc;
 
-use prometheus::{Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -30,29 +33,46 @@ impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let registry = Registry::new();
         let queue_depth = GaugeVec::new(
-            Opts::new("certautopilot_queue_depth", "Jobs in the queue by kind and state"),
+            Opts::new(
+                "certautopilot_queue_depth",
+                "Jobs in the queue by kind and state",
+            ),
             &["kind", "state"],
         )
         .unwrap();
         let jobs_total = IntCounterVec::new(
-            Opts::new("certautopilot_jobs_total", "Jobs this process finished, by kind and outcome"),
+            Opts::new(
+                "certautopilot_jobs_total",
+                "Jobs this process finished, by kind and outcome",
+            ),
             &["kind", "outcome"],
         )
         .unwrap();
         let claim_latency = Histogram::with_opts(
-            HistogramOpts::new("certautopilot_claim_latency_seconds", "Time one claim round took")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            HistogramOpts::new(
+                "certautopilot_claim_latency_seconds",
+                "Time one claim round took",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
         )
         .unwrap();
-        let scheduler_is_leader =
-            IntGauge::new("certautopilot_scheduler_is_leader", "1 while this process leads the scheduler").unwrap();
+        let scheduler_is_leader = IntGauge::new(
+            "certautopilot_scheduler_is_leader",
+            "1 while this process leads the scheduler",
+        )
+        .unwrap();
         let leader_takeovers_total = IntCounter::new(
             "certautopilot_leader_takeovers_total",
             "Times this process became the scheduler leader",
         )
         .unwrap();
         let actor_restarts_total = IntCounterVec::new(
-            Opts::new("certautopilot_actor_restarts_total", "Actors restarted by their supervisor after a failure"),
+            Opts::new(
+                "certautopilot_actor_restarts_total",
+                "Actors restarted by their supervisor after a failure",
+            ),
             &["actor"],
         )
         .unwrap();
@@ -61,7 +81,11 @@ impl Metrics {
             "Database clock minus this process's wall clock (decisions use the database's)",
         )
         .unwrap();
-        let jobs_in_flight = IntGauge::new("certautopilot_jobs_in_flight", "Jobs this worker is running").unwrap();
+        let jobs_in_flight = IntGauge::new(
+            "certautopilot_jobs_in_flight",
+            "Jobs this worker is running",
+        )
+        .unwrap();
         for c in [
             Box::new(queue_depth.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(jobs_total.clone()),
@@ -89,7 +113,9 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
 }

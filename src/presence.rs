@@ -29,7 +29,12 @@ pub struct Presence {
 impl Presence {
     pub fn new(store: Store, worker_id: &str, ttl: Duration) -> Presence {
         let workers = store.collection(WORKERS_COLLECTION);
-        Presence { store, workers, worker_id: worker_id.to_string(), ttl }
+        Presence {
+            store,
+            workers,
+            worker_id: worker_id.to_string(),
+            ttl,
+        }
     }
 
     pub fn ttl(&self) -> Duration {
@@ -44,14 +49,20 @@ impl Presence {
         };
         let filter = doc! { "_id": &self.worker_id };
         self.store
-            .ride_through("renew presence", || self.workers.update_one(filter.clone(), update.clone()).upsert(true))
+            .ride_through("renew presence", || {
+                self.workers
+                    .update_one(filter.clone(), update.clone())
+                    .upsert(true)
+            })
             .await?;
         Ok(())
     }
 
     /// Removes this worker's presence; called after its jobs were released.
     pub async fn withdraw(&self) -> Result<(), MongoError> {
-        self.workers.delete_one(doc! { "_id": &self.worker_id }).await?;
+        self.workers
+            .delete_one(doc! { "_id": &self.worker_id })
+            .await?;
         Ok(())
     }
 }
@@ -62,6 +73,8 @@ pub async fn forget_departed(store: &Store) -> Result<u64, MongoError> {
     let now = store.server_now().await?;
     let cutoff = DateTime::from_millis(now.timestamp_millis() - FORGET_AFTER.as_millis() as i64);
     let filter = doc! { "expires_at": { "$lt": cutoff } };
-    let result = store.ride_through("forget workers", || workers.delete_many(filter.clone())).await?;
+    let result = store
+        .ride_through("forget workers", || workers.delete_many(filter.clone()))
+        .await?;
     Ok(result.deleted_count)
 }

@@ -46,7 +46,11 @@ pub struct Report {
 
 impl Readiness {
     pub fn new(grace: Duration) -> Arc<Readiness> {
-        Arc::new(Readiness { grace, shutting_down: AtomicBool::new(false), state: Mutex::new(State::default()) })
+        Arc::new(Readiness {
+            grace,
+            shutting_down: AtomicBool::new(false),
+            state: Mutex::new(State::default()),
+        })
     }
 
     pub fn set_shutting_down(&self) {
@@ -78,7 +82,10 @@ impl Readiness {
         let s = self.state.lock().unwrap();
         let database = match (&s.last_ok, &s.unreachable_since) {
             (None, _) => {
-                let reason = s.last_error.clone().unwrap_or_else(|| "not yet connected".into());
+                let reason = s
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "not yet connected".into());
                 return not_ready("database not reachable yet", json!({ "database": reason }));
             }
             (Some(_), Some(since)) if since.elapsed() > self.grace => {
@@ -96,7 +103,9 @@ impl Readiness {
         };
         match s.schema {
             Some(SchemaFit::Current) | None => {}
-            Some(fit) => return not_ready("schema does not fit", json!({ "schema": fit.describe() })),
+            Some(fit) => {
+                return not_ready("schema does not fit", json!({ "schema": fit.describe() }))
+            }
         }
         Report {
             ready: true,
@@ -106,12 +115,20 @@ impl Readiness {
 }
 
 fn not_ready(reason: &str, details: serde_json::Value) -> Report {
-    Report { ready: false, body: json!({ "status": "not ready", "reason": reason, "details": details }) }
+    Report {
+        ready: false,
+        body: json!({ "status": "not ready", "reason": reason, "details": details }),
+    }
 }
 
 /// Asks the primary for `hello` and the schema version every
 /// [`PROBE_INTERVAL`] until shutdown.
-pub async fn monitor(store: Store, readiness: Arc<Readiness>, metrics: Arc<Metrics>, shutdown: Shutdown) {
+pub async fn monitor(
+    store: Store,
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) {
     loop {
         match probe(&store).await {
             Ok(fit) => readiness.record_ok(fit),
@@ -131,12 +148,15 @@ async fn probe(store: &Store) -> Result<SchemaFit, String> {
     store.ping_primary(PROBE_DEADLINE).await?;
     let version = tokio::time::timeout(PROBE_DEADLINE, async {
         let coll = store.collection(schema::SCHEMA_COLLECTION);
-        coll.find_one(mongodb::bson::doc! { "_id": "version" }).await
+        coll.find_one(mongodb::bson::doc! { "_id": "version" })
+            .await
     })
     .await
     .map_err(|_| "schema version read timed out".to_string())?
     .map_err(|e| short(&e))?;
     // Keep the clock sample fresh (and the skew metric current).
     let _ = tokio::time::timeout(PROBE_DEADLINE, store.server_now()).await;
-    Ok(SchemaFit::of(version.and_then(|d| d.get_i64("version").ok()).unwrap_or(0)))
+    Ok(SchemaFit::of(
+        version.and_then(|d| d.get_i64("version").ok()).unwrap_or(0),
+    ))
 }

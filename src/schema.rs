@@ -30,7 +30,14 @@ struct Migration {
 const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     name: "job queue, leases and worker presence",
-    collections: &["jobs", "leases", "lease_terms", "workers", "probe_results", "schema"],
+    collections: &[
+        "jobs",
+        "leases",
+        "lease_terms",
+        "workers",
+        "probe_results",
+        "schema",
+    ],
     indexes: v1_indexes,
 }];
 
@@ -44,7 +51,12 @@ fn index(keys: Document, name: &str) -> IndexModel {
 fn unique(keys: Document, name: &str) -> IndexModel {
     IndexModel::builder()
         .keys(keys)
-        .options(IndexOptions::builder().name(name.to_string()).unique(true).build())
+        .options(
+            IndexOptions::builder()
+                .name(name.to_string())
+                .unique(true)
+                .build(),
+        )
         .build()
 }
 
@@ -53,14 +65,35 @@ fn v1_indexes() -> Vec<(&'static str, IndexModel)> {
         // Idempotent enqueue: the same key twice gives one job.
         ("jobs", unique(doc! { "key": 1 }, "key_unique")),
         // Claiming runnable jobs in order; counting queue depth by state and kind.
-        ("jobs", index(doc! { "state": 1, "run_at": 1 }, "state_run_at")),
-        ("jobs", index(doc! { "state": 1, "lease_expires_at": 1 }, "state_lease_expires_at")),
+        (
+            "jobs",
+            index(
+                doc! { "state": 1, "slot": 1, "run_at": 1 },
+                "state_slot_run_at",
+            ),
+        ),
+        (
+            "jobs",
+            index(
+                doc! { "state": 1, "lease_expires_at": 1 },
+                "state_lease_expires_at",
+            ),
+        ),
         ("jobs", index(doc! { "state": 1, "kind": 1 }, "state_kind")),
-        ("jobs", index(doc! { "holder": 1, "state": 1 }, "holder_state")),
+        (
+            "jobs",
+            index(doc! { "holder": 1, "state": 1 }, "holder_state"),
+        ),
         ("jobs", index(doc! { "claim_id": 1 }, "claim_id")),
-        ("jobs", index(doc! { "state": 1, "finished_at": 1 }, "state_finished_at")),
+        (
+            "jobs",
+            index(doc! { "state": 1, "finished_at": 1 }, "state_finished_at"),
+        ),
         ("workers", index(doc! { "expires_at": 1 }, "expires_at")),
-        ("lease_terms", unique(doc! { "lease": 1, "term": 1 }, "lease_term_unique")),
+        (
+            "lease_terms",
+            unique(doc! { "lease": 1, "term": 1 }, "lease_term_unique"),
+        ),
     ]
 }
 
@@ -100,7 +133,9 @@ impl SchemaFit {
 pub async fn read_version(store: &Store) -> Result<i64, MongoError> {
     let coll = store.collection(SCHEMA_COLLECTION);
     let found = store
-        .ride_through("read schema version", || coll.find_one(doc! { "_id": VERSION_DOC }))
+        .ride_through("read schema version", || {
+            coll.find_one(doc! { "_id": VERSION_DOC })
+        })
         .await?;
     Ok(found.and_then(|d| d.get_i64("version").ok()).unwrap_or(0))
 }
@@ -115,7 +150,10 @@ pub struct MigrateReport {
 
 /// Applies every migration above the recorded version. `progress` is told
 /// each step as it starts.
-pub async fn migrate(store: &Store, mut progress: impl FnMut(&str)) -> Result<MigrateReport, MigrateError> {
+pub async fn migrate(
+    store: &Store,
+    mut progress: impl FnMut(&str),
+) -> Result<MigrateReport, MigrateError> {
     let from = read_version(store).await?;
     if from > CURRENT_VERSION {
         return Err(MigrateError::TooNew(from));
@@ -126,13 +164,19 @@ pub async fn migrate(store: &Store, mut progress: impl FnMut(&str)) -> Result<Mi
         apply(store, m).await?;
         applied.push(m.version);
     }
-    Ok(MigrateReport { from, to: read_version(store).await?, applied })
+    Ok(MigrateReport {
+        from,
+        to: read_version(store).await?,
+        applied,
+    })
 }
 
 async fn apply(store: &Store, m: &Migration) -> Result<(), MongoError> {
     let db = store.db();
     for name in m.collections {
-        let result = store.ride_through("create collection", || db.create_collection(*name)).await;
+        let result = store
+            .ride_through("create collection", || db.create_collection(*name))
+            .await;
         match result {
             Ok(()) => {}
             Err(e) if error_code(&e) == Some(NAMESPACE_EXISTS) => {}
@@ -141,17 +185,20 @@ async fn apply(store: &Store, m: &Migration) -> Result<(), MongoError> {
     }
     for (coll, model) in (m.indexes)() {
         let c = store.collection(coll);
-        store.ride_through("create index", || c.create_index(model.clone())).await?;
+        store
+            .ride_through("create index", || c.create_index(model.clone()))
+            .await?;
     }
     let schema = store.collection(SCHEMA_COLLECTION);
     store
         .ride_through("record migration", || {
-            schema.update_one(
-                doc! { "_id": format!("migration:{}", m.version) },
-                doc! { "$setOnInsert": { "version": m.version, "name": m.name },
-                       "$currentDate": { "applied_at": true } },
-            )
-            .upsert(true)
+            schema
+                .update_one(
+                    doc! { "_id": format!("migration:{}", m.version) },
+                    doc! { "$setOnInsert": { "version": m.version, "name": m.name },
+                    "$currentDate": { "applied_at": true } },
+                )
+                .upsert(true)
         })
         .await?;
     // `$max` only raises the version: a concurrent run that finished a later

@@ -68,17 +68,29 @@ impl Store {
         let mut options = ClientOptions::parse(uri).await?;
         options.write_concern = Some(WriteConcern::builder().w(Acknowledgment::Majority).build());
         options.read_concern = Some(ReadConcern::majority());
-        options.selection_criteria = Some(SelectionCriteria::ReadPreference(ReadPreference::Primary));
-        options.server_selection_timeout.get_or_insert(SERVER_SELECTION_TIMEOUT);
-        options.connect_timeout.get_or_insert(Duration::from_secs(3));
-        options.app_name.get_or_insert_with(|| "certautopilot".to_string());
+        options.selection_criteria =
+            Some(SelectionCriteria::ReadPreference(ReadPreference::Primary));
+        options
+            .server_selection_timeout
+            .get_or_insert(SERVER_SELECTION_TIMEOUT);
+        options
+            .connect_timeout
+            .get_or_insert(Duration::from_secs(3));
+        options
+            .app_name
+            .get_or_insert_with(|| "certautopilot".to_string());
         let db_name = options
             .default_database
             .clone()
             .unwrap_or_else(|| DEFAULT_DATABASE.to_string());
         let client = Client::with_options(options)?;
         let db = client.database(&db_name);
-        Ok(Store { client, db, election_retry, clock: Arc::new(ServerClock::new(local)) })
+        Ok(Store {
+            client,
+            db,
+            election_retry,
+            clock: Arc::new(ServerClock::new(local)),
+        })
     }
 
     pub fn client(&self) -> &Client {
@@ -95,12 +107,14 @@ impl Store {
 
     /// The database's time now, riding through elections.
     pub async fn server_now(&self) -> Result<DateTime, MongoError> {
-        self.ride_through("read server time", || self.clock.now(&self.db)).await
+        self.ride_through("read server time", || self.clock.now(&self.db))
+            .await
     }
 
     /// The database's time plus `d`: a deadline to store.
     pub async fn server_after(&self, d: Duration) -> Result<DateTime, MongoError> {
-        self.ride_through("read server time", || self.clock.after(&self.db, d)).await
+        self.ride_through("read server time", || self.clock.after(&self.db, d))
+            .await
     }
 
     pub fn clock(&self) -> &ServerClock {
@@ -177,7 +191,9 @@ pub fn is_election_error(e: &MongoError) -> bool {
         return true;
     }
     match e.kind.as_ref() {
-        ErrorKind::Io(_) | ErrorKind::ServerSelection { .. } | ErrorKind::ConnectionPoolCleared { .. } => true,
+        ErrorKind::Io(_)
+        | ErrorKind::ServerSelection { .. }
+        | ErrorKind::ConnectionPoolCleared { .. } => true,
         _ => error_code(e).is_some_and(|c| ELECTION_CODES.contains(&c)),
     }
 }
@@ -186,12 +202,20 @@ pub fn is_election_error(e: &MongoError) -> bool {
 pub fn short(e: &MongoError) -> String {
     match e.kind.as_ref() {
         ErrorKind::Command(c) => format!("{} ({}): {}", c.code_name, c.code, c.message),
-        ErrorKind::Write(WriteFailure::WriteError(w)) => format!("write error {}: {}", w.code, w.message),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => {
+            format!("write error {}: {}", w.code, w.message)
+        }
         ErrorKind::Write(WriteFailure::WriteConcernError(w)) => {
-            format!("write concern error {} ({}): {}", w.code_name, w.code, w.message)
+            format!(
+                "write concern error {} ({}): {}",
+                w.code_name, w.code, w.message
+            )
         }
         ErrorKind::ServerSelection { message, .. } => {
-            format!("no primary available: {}", message.lines().next().unwrap_or(""))
+            format!(
+                "no primary available: {}",
+                message.lines().next().unwrap_or("")
+            )
         }
         other => other.to_string(),
     }

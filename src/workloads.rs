@@ -14,7 +14,7 @@ use actix::{Addr, Supervisor};
 use actix_web::{web, App, HttpServer};
 
 use crate::actors::claim::{ClaimActor, ClaimSettings, Drain};
-use crate::actors::lease::{LeaseActor, StepDown};
+use crate::actors::lease::{LeaseActor, LeaseSettings, StepDown};
 use crate::actors::scheduler::SchedulerActor;
 use crate::clock::LocalClock;
 use crate::config::WorkloadConfig;
@@ -37,10 +37,26 @@ pub struct Roles {
 }
 
 impl Roles {
-    pub const API: Roles = Roles { api: true, worker: false, scheduler: false };
-    pub const WORKER: Roles = Roles { api: false, worker: true, scheduler: false };
-    pub const SCHEDULER: Roles = Roles { api: false, worker: false, scheduler: true };
-    pub const ALL: Roles = Roles { api: true, worker: true, scheduler: true };
+    pub const API: Roles = Roles {
+        api: true,
+        worker: false,
+        scheduler: false,
+    };
+    pub const WORKER: Roles = Roles {
+        api: false,
+        worker: true,
+        scheduler: false,
+    };
+    pub const SCHEDULER: Roles = Roles {
+        api: false,
+        worker: false,
+        scheduler: true,
+    };
+    pub const ALL: Roles = Roles {
+        api: true,
+        worker: true,
+        scheduler: true,
+    };
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,19 +66,28 @@ pub enum StartError {
     #[error("{0}")]
     Schema(String),
     #[error("cannot serve HTTP on {addr}: {error}")]
-    Bind { addr: std::net::SocketAddr, error: std::io::Error },
+    Bind {
+        addr: std::net::SocketAddr,
+        error: std::io::Error,
+    },
 }
 
 /// Runs the given roles until SIGTERM/SIGINT, then shuts down gracefully.
 pub async fn run(roles: Roles, cfg: WorkloadConfig) -> Result<(), StartError> {
-    let local = LocalClock { offset_secs: cfg.clock_offset_secs };
+    let local = LocalClock {
+        offset_secs: cfg.clock_offset_secs,
+    };
     let store = Store::connect_with_clock(&cfg.common.mongo_uri, cfg.common.election_retry, local)
         .await
         .map_err(|e| StartError::Database(short(&e)))?;
-    let version = schema::read_version(&store).await.map_err(|e| StartError::Database(short(&e)))?;
+    let version = schema::read_version(&store)
+        .await
+        .map_err(|e| StartError::Database(short(&e)))?;
     match SchemaFit::of(version) {
         fit @ SchemaFit::TooNew(_) => return Err(StartError::Schema(fit.describe())),
-        fit @ SchemaFit::TooOld(_) => tracing::warn!(schema = %fit.describe(), "not ready until migrated"),
+        fit @ SchemaFit::TooOld(_) => {
+            tracing::warn!(schema = %fit.describe(), "not ready until migrated")
+        }
         SchemaFit::Current => {}
     }
 
@@ -71,7 +96,12 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig) -> Result<(), StartError> {
     let shutdown = Shutdown::new();
     let queue = JobQueue::new(store.clone());
     let handlers = Handlers::standard(queue.clone(), cfg.job_retention);
-    actix::spawn(readiness::monitor(store.clone(), readiness.clone(), metrics.clone(), shutdown.clone()));
+    actix::spawn(readiness::monitor(
+        store.clone(),
+        readiness.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
 
     let claim = roles.worker.then(|| {
         let settings = ClaimSettings {
@@ -81,8 +111,15 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig) -> Result<(), StartError> {
             poll: cfg.claim_poll,
         };
         let presence = Presence::new(store.clone(), &cfg.instance_id, cfg.worker_presence);
-        let (queue, handlers, readiness, metrics) = (queue.clone(), handlers.clone(), readiness.clone(), metrics.clone());
-        Supervisor::start(move |_| ClaimActor::new(settings, queue, presence, handlers, readiness, metrics))
+        let (queue, handlers, readiness, metrics) = (
+            queue.clone(),
+            handlers.clone(),
+            readiness.clone(),
+            metrics.clone(),
+        );
+        Supervisor::start(move |_| {
+            ClaimActor::new(settings, queue, presence, handlers, readiness, metrics)
+        })
     });
     let lease: Option<Addr<LeaseActor>> = roles.scheduler.then(|| {
         let leases = Leases::new(store.clone());
@@ -92,13 +129,15 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig) -> Result<(), StartError> {
             move |_| SchedulerActor::new(leases, every)
         });
         let (readiness, metrics, shutdown) = (readiness.clone(), metrics.clone(), shutdown.clone());
-        let (holder, ttl) = (cfg.instance_id.clone(), cfg.leader_lease);
+        let settings = LeaseSettings {
+            name: SCHEDULER_LEASE.to_string(),
+            holder: cfg.instance_id.clone(),
+            ttl: cfg.leader_lease,
+        };
         Supervisor::start(move |_| {
             LeaseActor::new(
                 leases,
-                SCHEDULER_LEASE,
-                &holder,
-                ttl,
+                settings,
                 vec![scheduler.recipient()],
                 readiness,
                 metrics,
@@ -114,13 +153,20 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig) -> Result<(), StartError> {
         depth_cache: Arc::new(DepthCache::default()),
         kinds: handlers.kinds(),
     };
-    let server = HttpServer::new(move || App::new().app_data(web::Data::new(state.clone())).configure(http::configure))
-        .workers(if roles.api { 2 } else { 1 })
-        .disable_signals()
-        .shutdown_timeout(cfg.shutdown_grace.as_secs())
-        .bind(cfg.http_addr)
-        .map_err(|error| StartError::Bind { addr: cfg.http_addr, error })?
-        .run();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(state.clone()))
+            .configure(http::configure)
+    })
+    .workers(if roles.api { 2 } else { 1 })
+    .disable_signals()
+    .shutdown_timeout(cfg.shutdown_grace.as_secs())
+    .bind(cfg.http_addr)
+    .map_err(|error| StartError::Bind {
+        addr: cfg.http_addr,
+        error,
+    })?
+    .run();
     let server_handle = server.handle();
     let server_task = actix::spawn(server);
     tracing::info!(
@@ -140,8 +186,13 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig) -> Result<(), StartError> {
         let _ = tokio::time::timeout(Duration::from_secs(3), lease.send(StepDown)).await;
     }
     if let Some(claim) = &claim {
-        if tokio::time::timeout(grace, claim.send(Drain)).await.is_err() {
-            tracing::warn!("jobs not handed back within the shutdown grace; their leases will expire");
+        if tokio::time::timeout(grace, claim.send(Drain))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "jobs not handed back within the shutdown grace; their leases will expire"
+            );
         }
     }
     shutdown.trigger();

@@ -21,7 +21,10 @@ async fn a_five_second_step_down_fails_no_job_and_no_request() {
     proc.wait_alive().await;
     assert!(
         common::wait_until(Duration::from_secs(20), || async {
-            reqwest::get(proc.url("/readyz")).await.map(|r| r.status() == 200).unwrap_or(false)
+            reqwest::get(proc.url("/readyz"))
+                .await
+                .map(|r| r.status() == 200)
+                .unwrap_or(false)
         })
         .await
     );
@@ -30,7 +33,17 @@ async fn a_five_second_step_down_fails_no_job_and_no_request() {
     // completion, so completions land inside the step-down window.
     let mut ids = Vec::new();
     for i in 0..200 {
-        ids.push(queue.enqueue(&NewJob::new("probe", format!("ride-{i}"), doc! { "sleep_ms": 1000i64, "record": false })).await.unwrap().id);
+        ids.push(
+            queue
+                .enqueue(&NewJob::new(
+                    "probe",
+                    format!("ride-{i}"),
+                    doc! { "sleep_ms": 1000i64, "record": false },
+                ))
+                .await
+                .unwrap()
+                .id,
+        );
     }
 
     // Poll the three endpoints throughout; count answers and 5xx.
@@ -41,7 +54,10 @@ async fn a_five_second_step_down_fails_no_job_and_no_request() {
         let (stop, answers, server_errors) = (stop.clone(), answers.clone(), server_errors.clone());
         let urls = ["/healthz", "/readyz", "/metrics"].map(|p| proc.url(p));
         tokio::spawn(async move {
-            let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap();
             while !stop.load(Ordering::SeqCst) {
                 for url in &urls {
                     match client.get(url).send().await {
@@ -65,14 +81,27 @@ async fn a_five_second_step_down_fails_no_job_and_no_request() {
     // Let work get going, then step the primary down.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let admin = store.client().database("admin");
-    admin.run_command(doc! { "replSetStepDown": 5, "force": true }).await.expect("replSetStepDown");
+    admin
+        .run_command(doc! { "replSetStepDown": 5, "force": true })
+        .await
+        .expect("replSetStepDown");
     // The step-down is real: a write without our retry policy fails now.
-    let impatient = certautopilot::store::Store::connect(&db.uri, Duration::ZERO).await.unwrap();
-    let refused = impatient.collection("scratch").insert_one(doc! { "during": "step-down" }).await;
+    let impatient = certautopilot::store::Store::connect(&db.uri, Duration::ZERO)
+        .await
+        .unwrap();
+    let refused = impatient
+        .collection("scratch")
+        .insert_one(doc! { "during": "step-down" })
+        .await;
     assert!(refused.is_err(), "writes are refused during the step-down");
 
     let done = common::wait_until(Duration::from_secs(120), || async {
-        store.collection("jobs").count_documents(doc! { "kind": "probe", "state": "done" }).await.unwrap_or(0) == 200
+        store
+            .collection("jobs")
+            .count_documents(doc! { "kind": "probe", "state": "done" })
+            .await
+            .unwrap_or(0)
+            == 200
     })
     .await;
     stop.store(true, Ordering::SeqCst);
@@ -83,8 +112,14 @@ async fn a_five_second_step_down_fails_no_job_and_no_request() {
         .count_documents(doc! { "kind": "probe", "$or": [ { "state": "dead" }, { "attempt": { "$gt": 1 } }, { "last_error": { "$ne": null } } ] })
         .await
         .unwrap();
-    let retried = proc.metric("certautopilot_jobs_total", "outcome=\"retrying\"").await.unwrap_or(0.0);
-    let dead = proc.metric("certautopilot_jobs_total", "outcome=\"dead\"").await.unwrap_or(0.0);
+    let retried = proc
+        .metric("certautopilot_jobs_total", "outcome=\"retrying\"")
+        .await
+        .unwrap_or(0.0);
+    let dead = proc
+        .metric("certautopilot_jobs_total", "outcome=\"dead\"")
+        .await
+        .unwrap_or(0.0);
     println!(
         "{} endpoint answers, {} 5xx or failed; failed jobs {failed}, retrying {retried}, dead {dead}",
         answers.load(Ordering::SeqCst),
@@ -94,5 +129,8 @@ async fn a_five_second_step_down_fails_no_job_and_no_request() {
     assert_eq!(failed, 0, "no job failed or was retried");
     assert_eq!(retried + dead, 0.0);
     assert_eq!(server_errors.load(Ordering::SeqCst), 0, "no 5xx answers");
-    assert!(answers.load(Ordering::SeqCst) > 30, "the endpoints were really polled");
+    assert!(
+        answers.load(Ordering::SeqCst) > 30,
+        "the endpoints were really polled"
+    );
 }

@@ -12,7 +12,9 @@ use mongodb::bson::{doc, Document};
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(bin());
-    cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -37,7 +39,10 @@ fn an_invalid_setting_exits_2_with_one_line_naming_it() {
         let out = run(&["worker"], &[uri, (var, value)]);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{var}={value}: {err}");
-        assert!(err.contains(var), "{var}={value}: message does not name it: {err}");
+        assert!(
+            err.contains(var),
+            "{var}={value}: message does not name it: {err}"
+        );
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     }
     let out = run(&["scheduler"], &[]);
@@ -50,11 +55,26 @@ fn an_invalid_setting_exits_2_with_one_line_naming_it() {
 }
 
 async fn schema_docs(db: &TestDb) -> Vec<Document> {
-    db.store().await.collection("schema").find(doc! {}).sort(doc! { "_id": 1 }).await.unwrap().try_collect().await.unwrap()
+    db.store()
+        .await
+        .collection("schema")
+        .find(doc! {})
+        .sort(doc! { "_id": 1 })
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
 }
 
 async fn index_names(db: &TestDb, coll: &str) -> Vec<String> {
-    let mut names: Vec<String> = db.store().await.collection(coll).list_index_names().await.unwrap();
+    let mut names: Vec<String> = db
+        .store()
+        .await
+        .collection(coll)
+        .list_index_names()
+        .await
+        .unwrap();
     names.sort();
     names
 }
@@ -64,10 +84,21 @@ async fn migrate_twice_and_concurrently_gives_the_same_schema() {
     let db = TestDb::fresh("migrate");
     let env = [("CAP_MONGO_URI", db.uri.as_str())];
     // Two at once on an empty database.
-    let a = Command::new(bin()).arg("migrate").env_clear().env("CAP_MONGO_URI", &db.uri).output();
+    let a = Command::new(bin())
+        .arg("migrate")
+        .env_clear()
+        .env("CAP_MONGO_URI", &db.uri)
+        .output();
     let b = std::thread::spawn({
         let uri = db.uri.clone();
-        move || Command::new(bin()).arg("migrate").env_clear().env("CAP_MONGO_URI", uri).output().unwrap()
+        move || {
+            Command::new(bin())
+                .arg("migrate")
+                .env_clear()
+                .env("CAP_MONGO_URI", uri)
+                .output()
+                .unwrap()
+        }
     });
     let (a, b) = (a.unwrap(), b.join().unwrap());
     assert!(a.status.success(), "{}", stderr(&a));
@@ -76,15 +107,39 @@ async fn migrate_twice_and_concurrently_gives_the_same_schema() {
 
     let again = run(&["migrate"], &env);
     assert!(again.status.success());
-    assert!(stderr(&again).contains("nothing to do"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("nothing to do"),
+        "{}",
+        stderr(&again)
+    );
     let after_again = (schema_docs(&db).await, index_names(&db, "jobs").await);
 
-    let version = |docs: &Vec<Document>| docs.iter().find(|d| d.get_str("_id") == Ok("version")).unwrap().get_i64("version").unwrap();
-    assert_eq!(version(&after_concurrent.0), certautopilot::schema::CURRENT_VERSION);
-    assert_eq!(version(&after_again.0), certautopilot::schema::CURRENT_VERSION);
-    assert_eq!(after_concurrent.0.len(), after_again.0.len(), "no migration recorded twice");
+    let version = |docs: &Vec<Document>| {
+        docs.iter()
+            .find(|d| d.get_str("_id") == Ok("version"))
+            .unwrap()
+            .get_i64("version")
+            .unwrap()
+    };
+    assert_eq!(
+        version(&after_concurrent.0),
+        certautopilot::schema::CURRENT_VERSION
+    );
+    assert_eq!(
+        version(&after_again.0),
+        certautopilot::schema::CURRENT_VERSION
+    );
+    assert_eq!(
+        after_concurrent.0.len(),
+        after_again.0.len(),
+        "no migration recorded twice"
+    );
     assert_eq!(after_concurrent.1, after_again.1);
-    assert!(after_again.1.contains(&"key_unique".to_string()), "{:?}", after_again.1);
+    assert!(
+        after_again.1.contains(&"key_unique".to_string()),
+        "{:?}",
+        after_again.1
+    );
 }
 
 #[tokio::test]
@@ -94,22 +149,50 @@ async fn readyz_fails_until_migrated_and_a_newer_schema_refuses_to_start() {
     api.wait_alive().await;
     let readyz = || async { reqwest::get(api.url("/readyz")).await.unwrap() };
     assert!(
-        common::wait_until(Duration::from_secs(10), || async { readyz().await.status() == 503 }).await,
+        common::wait_until(Duration::from_secs(10), || async {
+            readyz().await.status() == 503
+        })
+        .await,
         "not ready before migrations"
     );
     let body: serde_json::Value = readyz().await.json().await.unwrap();
-    assert!(body["details"]["schema"].as_str().unwrap_or("").contains("certautopilot migrate"), "{body}");
-
-    assert!(run(&["migrate"], &[("CAP_MONGO_URI", &db.uri)]).status.success());
     assert!(
-        common::wait_until(Duration::from_secs(10), || async { readyz().await.status() == 200 }).await,
+        body["details"]["schema"]
+            .as_str()
+            .unwrap_or("")
+            .contains("certautopilot migrate"),
+        "{body}"
+    );
+
+    assert!(run(&["migrate"], &[("CAP_MONGO_URI", &db.uri)])
+        .status
+        .success());
+    assert!(
+        common::wait_until(Duration::from_secs(10), || async {
+            readyz().await.status() == 200
+        })
+        .await,
         "ready once migrated"
     );
     drop(api);
 
     // A newer binary migrated this database: an older one must not run on it.
-    db.store().await.collection("schema").update_one(doc! { "_id": "version" }, doc! { "$set": { "version": 999i64 } }).await.unwrap();
-    let out = run(&["worker"], &[("CAP_MONGO_URI", &db.uri), ("CAP_HTTP_ADDR", &common::free_addr().to_string())]);
+    db.store()
+        .await
+        .collection("schema")
+        .update_one(
+            doc! { "_id": "version" },
+            doc! { "$set": { "version": 999i64 } },
+        )
+        .await
+        .unwrap();
+    let out = run(
+        &["worker"],
+        &[
+            ("CAP_MONGO_URI", &db.uri),
+            ("CAP_HTTP_ADDR", &common::free_addr().to_string()),
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("newer"), "{}", stderr(&out));
 }
@@ -124,19 +207,40 @@ async fn health_reports_each_check_and_exits_0_only_when_healthy() {
     assert_eq!(out.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["healthy"], false);
-    let leader = report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "scheduler leader").unwrap();
+    let leader = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "scheduler leader")
+        .unwrap();
     assert_eq!(leader["ok"], false);
 
     let all = Proc::start("all", &db, "healthy-one", &[]);
     all.wait_alive().await;
-    let healthy = common::wait_until(Duration::from_secs(20), || async { run(&["health"], &env).status.success() }).await;
+    let healthy = common::wait_until(Duration::from_secs(20), || async {
+        run(&["health"], &env).status.success()
+    })
+    .await;
     assert!(healthy, "healthy with a leader; log:\n{}", all.log_text());
     let human = String::from_utf8(run(&["health"], &env).stdout).unwrap();
     assert!(human.starts_with("HEALTHY"), "{human}");
     assert!(human.contains("healthy-one leads"), "{human}");
-    assert!(human.contains("PRIMARY"), "replica-set members are listed: {human}");
+    assert!(
+        human.contains("PRIMARY"),
+        "replica-set members are listed: {human}"
+    );
 
-    let out = run(&["health"], &[("CAP_MONGO_URI", "mongodb://127.0.0.1:1/x?serverSelectionTimeoutMS=300")]);
-    assert_eq!(out.status.code(), Some(1), "an unreachable database is unhealthy");
+    let out = run(
+        &["health"],
+        &[(
+            "CAP_MONGO_URI",
+            "mongodb://127.0.0.1:1/x?serverSelectionTimeoutMS=300",
+        )],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an unreachable database is unhealthy"
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("UNHEALTHY"));
 }

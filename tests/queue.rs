@@ -24,7 +24,10 @@ async fn eight_claimers_complete_500_jobs_exactly_once_and_never_share_one() {
     let store = db.store().await;
     let queue = JobQueue::new(store.clone());
     for i in 0..500 {
-        queue.enqueue(&NewJob::new("probe", format!("job-{i}"), doc! {})).await.unwrap();
+        queue
+            .enqueue(&NewJob::new("probe", format!("job-{i}"), doc! {}))
+            .await
+            .unwrap();
     }
 
     // Each claimer logs (job, token, claimer) when it claims and again when its
@@ -45,7 +48,15 @@ async fn eight_claimers_complete_500_jobs_exactly_once_and_never_share_one() {
         tasks.push(tokio::spawn(async move {
             let mut idle_rounds = 0;
             while idle_rounds < 5 {
-                let jobs = queue.claim(&format!("claimer-{claimer}"), &kinds(), 4, Duration::from_secs(60)).await.unwrap();
+                let jobs = queue
+                    .claim(
+                        &format!("claimer-{claimer}"),
+                        &kinds(),
+                        4,
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .unwrap();
                 if jobs.is_empty() {
                     idle_rounds += 1;
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -79,15 +90,35 @@ async fn eight_claimers_complete_500_jobs_exactly_once_and_never_share_one() {
         t.await.unwrap();
     }
 
-    let jobs: Vec<Document> = store.collection("jobs").find(doc! {}).await.unwrap().try_collect().await.unwrap();
+    let jobs: Vec<Document> = store
+        .collection("jobs")
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     assert_eq!(jobs.len(), 500, "no job lost or added");
-    assert!(jobs.iter().all(|j| j.get_str("state").unwrap() == "done"), "every job done");
+    assert!(
+        jobs.iter().all(|j| j.get_str("state").unwrap() == "done"),
+        "every job done"
+    );
 
-    let results: Vec<Document> =
-        store.collection(PROBE_RESULTS_COLLECTION).find(doc! {}).await.unwrap().try_collect().await.unwrap();
+    let results: Vec<Document> = store
+        .collection(PROBE_RESULTS_COLLECTION)
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     assert_eq!(results.len(), 500, "one completion record per job");
     for r in &results {
-        assert_eq!(r.get_i32("count").unwrap(), 1, "job completed more than once: {r}");
+        assert_eq!(
+            r.get_i32("count").unwrap(),
+            1,
+            "job completed more than once: {r}"
+        );
     }
 
     let holds = holds.lock().unwrap().clone();
@@ -100,37 +131,82 @@ async fn eight_claimers_complete_500_jobs_exactly_once_and_never_share_one() {
         // One claim each; were there more, their tokens must differ and
         // their holding intervals must not overlap.
         let tokens: HashSet<i64> = hs.iter().map(|h| h.token).collect();
-        assert_eq!(tokens.len(), hs.len(), "job {job} held twice under one token: {hs:?}");
+        assert_eq!(
+            tokens.len(),
+            hs.len(),
+            "job {job} held twice under one token: {hs:?}"
+        );
         for a in hs {
             for b in hs {
                 if a.claimer != b.claimer {
-                    assert!(a.end <= b.start || b.end <= a.start, "job {job} held by two claimers at once");
+                    assert!(
+                        a.end <= b.start || b.end <= a.start,
+                        "job {job} held by two claimers at once"
+                    );
                 }
             }
         }
     }
     let claimers: HashSet<usize> = by_job.values().flatten().map(|h| h.claimer).collect();
-    assert!(claimers.len() >= 4, "work spread over claimers: {claimers:?}");
+    assert!(
+        claimers.len() >= 4,
+        "work spread over claimers: {claimers:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_holder_is_refused_after_its_lease_expires() {
     let db = TestDb::migrated("stale").await;
     let queue = JobQueue::new(db.store().await);
-    queue.enqueue(&NewJob::new("probe", "only", doc! {})).await.unwrap();
-    let first = queue.claim("a", &kinds(), 1, Duration::from_secs(1)).await.unwrap().remove(0);
-    assert!(queue.claim("b", &kinds(), 1, Duration::from_secs(60)).await.unwrap().is_empty(), "held job not claimable");
+    queue
+        .enqueue(&NewJob::new("probe", "only", doc! {}))
+        .await
+        .unwrap();
+    let first = queue
+        .claim("a", &kinds(), 1, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(
+        queue
+            .claim("b", &kinds(), 1, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty(),
+        "held job not claimable"
+    );
 
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let second = queue.claim("b", &kinds(), 1, Duration::from_secs(60)).await.unwrap().remove(0);
+    let second = queue
+        .claim("b", &kinds(), 1, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(second.lease.job_id, first.lease.job_id);
-    assert!(second.lease.token > first.lease.token, "a new claim gets a larger token");
+    assert!(
+        second.lease.token > first.lease.token,
+        "a new claim gets a larger token"
+    );
     assert_eq!(second.attempt, 2);
 
-    assert!(matches!(queue.heartbeat(&first.lease).await, Err(JobError::LeaseLost(_))));
-    assert!(matches!(queue.complete(&first.lease).await, Err(JobError::LeaseLost(_))));
     assert!(matches!(
-        first.lease.fenced_update(PROBE_RESULTS_COLLECTION, doc! { "_id": 1 }, doc! { "$set": { "x": 1 } }, true).await,
+        queue.heartbeat(&first.lease).await,
+        Err(JobError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        queue.complete(&first.lease).await,
+        Err(JobError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        first
+            .lease
+            .fenced_update(
+                PROBE_RESULTS_COLLECTION,
+                doc! { "_id": 1 },
+                doc! { "$set": { "x": 1 } },
+                true
+            )
+            .await,
         Err(JobError::LeaseLost(_))
     ));
     queue.heartbeat(&second.lease).await.unwrap();
@@ -143,22 +219,32 @@ async fn a_stale_holder_is_refused_after_its_lease_expires() {
 #[tokio::test]
 async fn attempts_exhausted_leave_a_dead_job_with_its_last_error() {
     let db = TestDb::migrated("dead").await;
-    let queue = JobQueue::new(db.store().await)
-        .with_retry_backoff(Backoff::new(Duration::from_millis(10), Duration::from_millis(20)));
+    let queue = JobQueue::new(db.store().await).with_retry_backoff(Backoff::new(
+        Duration::from_millis(10),
+        Duration::from_millis(20),
+    ));
     let mut job = NewJob::new("probe", "failing", doc! {});
     job.max_attempts = 3;
     let id = queue.enqueue(&job).await.unwrap().id;
     let mut outcomes = Vec::new();
     for attempt in 1..=3 {
         let claimed = loop {
-            let mut c = queue.claim("w", &kinds(), 1, Duration::from_secs(60)).await.unwrap();
+            let mut c = queue
+                .claim("w", &kinds(), 1, Duration::from_secs(60))
+                .await
+                .unwrap();
             if let Some(c) = c.pop() {
                 break c;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         assert_eq!(claimed.attempt, attempt);
-        outcomes.push(queue.fail(&claimed, &format!("boom {attempt}"), false).await.unwrap());
+        outcomes.push(
+            queue
+                .fail(&claimed, &format!("boom {attempt}"), false)
+                .await
+                .unwrap(),
+        );
     }
     assert!(matches!(outcomes[0], FailOutcome::Retrying { .. }));
     assert!(matches!(outcomes[1], FailOutcome::Retrying { .. }));
@@ -167,7 +253,14 @@ async fn attempts_exhausted_leave_a_dead_job_with_its_last_error() {
     assert_eq!(doc.get_str("state").unwrap(), "dead");
     assert_eq!(doc.get_str("last_error").unwrap(), "boom 3");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(queue.claim("w", &kinds(), 1, Duration::from_secs(60)).await.unwrap().is_empty(), "dead jobs are not claimed");
+    assert!(
+        queue
+            .claim("w", &kinds(), 1, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty(),
+        "dead jobs are not claimed"
+    );
 }
 
 #[tokio::test]
@@ -175,15 +268,37 @@ async fn a_failed_job_waits_out_its_back_off() {
     let db = TestDb::migrated("backoff").await;
     let queue = JobQueue::new(db.store().await)
         .with_retry_backoff(Backoff::new(Duration::from_secs(2), Duration::from_secs(2)));
-    queue.enqueue(&NewJob::new("probe", "later", doc! {})).await.unwrap();
-    let claimed = queue.claim("w", &kinds(), 1, Duration::from_secs(60)).await.unwrap().remove(0);
-    let FailOutcome::Retrying { delay } = queue.fail(&claimed, "transient", false).await.unwrap() else {
+    queue
+        .enqueue(&NewJob::new("probe", "later", doc! {}))
+        .await
+        .unwrap();
+    let claimed = queue
+        .claim("w", &kinds(), 1, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .remove(0);
+    let FailOutcome::Retrying { delay } = queue.fail(&claimed, "transient", false).await.unwrap()
+    else {
         panic!("expected a retry")
     };
     assert!(delay >= Duration::from_secs(1), "{delay:?}");
-    assert!(queue.claim("w", &kinds(), 1, Duration::from_secs(60)).await.unwrap().is_empty(), "not before its back-off");
+    assert!(
+        queue
+            .claim("w", &kinds(), 1, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty(),
+        "not before its back-off"
+    );
     tokio::time::sleep(delay + Duration::from_millis(200)).await;
-    assert_eq!(queue.claim("w", &kinds(), 1, Duration::from_secs(60)).await.unwrap().len(), 1);
+    assert_eq!(
+        queue
+            .claim("w", &kinds(), 1, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -197,17 +312,35 @@ async fn the_same_key_twice_gives_one_job() {
     assert!(first.created);
     assert!(!second.created);
     assert_eq!(first.id, second.id);
-    assert_eq!(store.collection("jobs").count_documents(doc! { "key": &job.key }).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .collection("jobs")
+            .count_documents(doc! { "key": &job.key })
+            .await
+            .unwrap(),
+        1
+    );
 }
 
 #[tokio::test]
 async fn release_puts_the_job_back_without_spending_an_attempt() {
     let db = TestDb::migrated("release").await;
     let queue = JobQueue::new(db.store().await);
-    queue.enqueue(&NewJob::new("probe", "r", doc! {})).await.unwrap();
-    let first = queue.claim("a", &kinds(), 1, Duration::from_secs(60)).await.unwrap().remove(0);
+    queue
+        .enqueue(&NewJob::new("probe", "r", doc! {}))
+        .await
+        .unwrap();
+    let first = queue
+        .claim("a", &kinds(), 1, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .remove(0);
     queue.release(&first.lease).await.unwrap();
-    let second = queue.claim("b", &kinds(), 1, Duration::from_secs(60)).await.unwrap().remove(0);
+    let second = queue
+        .claim("b", &kinds(), 1, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(second.attempt, 1);
     assert!(second.lease.token > first.lease.token);
 }

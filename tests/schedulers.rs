@@ -36,8 +36,14 @@ async fn terms(db: &TestDb) -> Vec<Document> {
 async fn assert_never_two_leaders(a: &Proc, b: &Proc, for_how_long: Duration) {
     let until = Instant::now() + for_how_long;
     while Instant::now() < until {
-        let la = a.metric("certautopilot_scheduler_is_leader", "").await.unwrap_or(0.0);
-        let lb = b.metric("certautopilot_scheduler_is_leader", "").await.unwrap_or(0.0);
+        let la = a
+            .metric("certautopilot_scheduler_is_leader", "")
+            .await
+            .unwrap_or(0.0);
+        let lb = b
+            .metric("certautopilot_scheduler_is_leader", "")
+            .await
+            .unwrap_or(0.0);
         assert!(la + lb <= 1.0, "both {} and {} lead", a.id, b.id);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -47,7 +53,12 @@ async fn assert_never_two_leaders(a: &Proc, b: &Proc, for_how_long: Duration) {
 async fn one_leader_at_a_time_and_the_standby_takes_over() {
     let db = TestDb::migrated("leaders").await;
     let a = Proc::start("scheduler", &db, "sched-a", &[]);
-    assert!(common::wait_until(Duration::from_secs(20), || async { holder(&db).await.is_some() }).await);
+    assert!(
+        common::wait_until(Duration::from_secs(20), || async {
+            holder(&db).await.is_some()
+        })
+        .await
+    );
     let b = Proc::start("scheduler", &db, "sched-b", &[]);
     b.wait_alive().await;
     assert_never_two_leaders(&a, &b, Duration::from_secs(4)).await;
@@ -63,8 +74,14 @@ async fn one_leader_at_a_time_and_the_standby_takes_over() {
     })
     .await;
     let handover = sent.elapsed();
-    println!("standby led {:.0} ms after SIGTERM to the leader", handover.as_secs_f64() * 1000.0);
-    assert!(took_over && handover < Duration::from_secs(2), "hand-over took {handover:?}");
+    println!(
+        "standby led {:.0} ms after SIGTERM to the leader",
+        handover.as_secs_f64() * 1000.0
+    );
+    assert!(
+        took_over && handover < Duration::from_secs(2),
+        "hand-over took {handover:?}"
+    );
 
     // SIGKILL: no release; the standby waits out the lease (15 s) plus at most
     // one retry interval (3 s).
@@ -72,7 +89,11 @@ async fn one_leader_at_a_time_and_the_standby_takes_over() {
     restarted.wait_alive().await;
     drop(leader);
     assert_never_two_leaders(&standby, &restarted, Duration::from_secs(2)).await;
-    assert_eq!(holder(&db).await.as_deref(), Some(standby.id.as_str()), "a newcomer does not depose a live leader");
+    assert_eq!(
+        holder(&db).await.as_deref(),
+        Some(standby.id.as_str()),
+        "a newcomer does not depose a live leader"
+    );
     standby.signal(Signal::SIGKILL);
     let killed = Instant::now();
     let took_over = common::wait_until(Duration::from_secs(25), || async {
@@ -80,21 +101,47 @@ async fn one_leader_at_a_time_and_the_standby_takes_over() {
     })
     .await;
     let failover = killed.elapsed();
-    println!("standby led {:.1} s after SIGKILL of the leader (lease 15 s, retry 3 s)", failover.as_secs_f64());
-    assert!(took_over && failover <= Duration::from_secs(19), "fail-over took {failover:?}");
+    println!(
+        "standby led {:.1} s after SIGKILL of the leader (lease 15 s, retry 3 s)",
+        failover.as_secs_f64()
+    );
+    assert!(
+        took_over && failover <= Duration::from_secs(19),
+        "fail-over took {failover:?}"
+    );
 
     // Terms: strictly increasing by one, one holder each, never two at once.
     let terms = terms(&db).await;
     let numbers: Vec<i64> = terms.iter().map(|t| t.get_i64("term").unwrap()).collect();
-    assert_eq!(numbers, (1..=numbers.len() as i64).collect::<Vec<_>>(), "terms {numbers:?}");
-    assert_eq!(numbers.len(), 3, "three leaderships: first, after SIGTERM, after SIGKILL");
+    assert_eq!(
+        numbers,
+        (1..=numbers.len() as i64).collect::<Vec<_>>(),
+        "terms {numbers:?}"
+    );
+    assert_eq!(
+        numbers.len(),
+        3,
+        "three leaderships: first, after SIGTERM, after SIGKILL"
+    );
     for pair in terms.windows(2) {
-        assert_ne!(pair[0].get_str("holder").unwrap(), pair[1].get_str("holder").unwrap());
+        assert_ne!(
+            pair[0].get_str("holder").unwrap(),
+            pair[1].get_str("holder").unwrap()
+        );
         if let Ok(ended) = pair[0].get_datetime("ended_at") {
-            assert!(ended <= pair[1].get_datetime("started_at").unwrap(), "terms overlap: {pair:?}");
+            assert!(
+                ended <= pair[1].get_datetime("started_at").unwrap(),
+                "terms overlap: {pair:?}"
+            );
         }
     }
     // The leader enqueued housekeeping; a worker is not needed to see it.
-    let housekeeping = db.store().await.collection("jobs").count_documents(doc! { "kind": "housekeeping" }).await.unwrap();
+    let housekeeping = db
+        .store()
+        .await
+        .collection("jobs")
+        .count_documents(doc! { "kind": "housekeeping" })
+        .await
+        .unwrap();
     assert!(housekeeping >= 1);
 }

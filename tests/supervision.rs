@@ -16,7 +16,12 @@ use certautopilot::store::Store;
 async fn a_claim_actor_that_keeps_failing_is_restarted_with_growing_back_off() {
     // Nothing listens on port 1: every claim fails after a 50 ms server
     // selection, with no election window to ride through.
-    let store = Store::connect("mongodb://127.0.0.1:1/x?serverSelectionTimeoutMS=50", Duration::ZERO).await.unwrap();
+    let store = Store::connect(
+        "mongodb://127.0.0.1:1/x?serverSelectionTimeoutMS=50",
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
     let readiness = Readiness::new(Duration::from_secs(10));
     readiness.record_ok(SchemaFit::Current);
     let metrics = Metrics::new();
@@ -48,9 +53,19 @@ async fn a_claim_actor_that_keeps_failing_is_restarted_with_growing_back_off() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let gaps: Vec<f64> = seen.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+    let gaps: Vec<f64> = seen
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
     println!("restarts at {seen:?}, gaps {gaps:?}");
     // Without back-off, a 50 ms poll would restart it about a hundred times.
-    assert!((3..=9).contains(&seen.len()), "{} restarts in 8 s", seen.len());
-    assert!(gaps.last().unwrap() > &(gaps[0] * 2.0), "back-off grows: {gaps:?}");
+    assert!(
+        (3..=9).contains(&seen.len()),
+        "{} restarts in 8 s",
+        seen.len()
+    );
+    assert!(
+        gaps.last().unwrap() > &(gaps[0] * 2.0),
+        "back-off grows: {gaps:?}"
+    );
 }

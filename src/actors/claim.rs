@@ -79,13 +79,19 @@ impl ClaimActor {
     }
 
     fn free_slots(&self) -> usize {
-        self.settings.concurrency.saturating_sub(self.in_flight.len())
+        self.settings
+            .concurrency
+            .saturating_sub(self.in_flight.len())
     }
 
     /// One claim round: ask for as many jobs as there are free slots.
     fn claim_round(&mut self, ctx: &mut Context<Self>) {
         let schema_ok = self.readiness.schema_fit() == Some(SchemaFit::Current);
-        if self.claiming || self.state != ClaimState::Claiming || !schema_ok || self.free_slots() == 0 {
+        if self.claiming
+            || self.state != ClaimState::Claiming
+            || !schema_ok
+            || self.free_slots() == 0
+        {
             return;
         }
         self.claiming = true;
@@ -142,7 +148,13 @@ impl ClaimActor {
             return;
         };
         tracing::info!(job = %id, kind = %job.kind, attempt = job.attempt, token = job.lease.token, "job claimed");
-        let run = run_job(job, handler, self.queue.clone(), self.metrics.clone(), release);
+        let run = run_job(
+            job,
+            handler,
+            self.queue.clone(),
+            self.metrics.clone(),
+            release,
+        );
         let addr = ctx.address();
         actix::spawn(async move {
             run.await;
@@ -191,7 +203,11 @@ impl Actor for ClaimActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let delay = self.restarts.delay();
         if !delay.is_zero() {
-            tracing::info!(delay_ms = delay.as_millis() as u64, restarts = self.restarts.consecutive(), "claim actor restarting after back-off");
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                restarts = self.restarts.consecutive(),
+                "claim actor restarting after back-off"
+            );
         }
         let presence_every = self.presence.ttl() / 3;
         let poll = self.settings.poll;
@@ -208,7 +224,10 @@ impl Supervised for ClaimActor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         self.claiming = false;
         self.restarts.record_failure();
-        self.metrics.actor_restarts_total.with_label_values(&["claim"]).inc();
+        self.metrics
+            .actor_restarts_total
+            .with_label_values(&["claim"])
+            .inc();
     }
 }
 
@@ -252,7 +271,10 @@ impl Handler<Drain> for ClaimActor {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) -> Self::Result {
         if self.state == ClaimState::Claiming {
-            tracing::info!(in_flight = self.in_flight.len(), "draining: handing jobs back");
+            tracing::info!(
+                in_flight = self.in_flight.len(),
+                "draining: handing jobs back"
+            );
             self.state = ClaimState::Draining;
             for release in self.in_flight.values() {
                 release.cancel();
@@ -300,7 +322,8 @@ async fn run_job(
     let lease = job.lease.clone();
     let mut task = actix::spawn(handler.run(job.clone()));
     let beat_every = lease.length / 3;
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat_every, beat_every);
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + beat_every, beat_every);
     let mut last_beat = Instant::now();
     let ending = loop {
         tokio::select! {
@@ -335,9 +358,15 @@ async fn run_job(
             }
         },
         Ending::Finished(Err(HandlerError::LeaseLost)) => "lease_lost",
-        Ending::Finished(Err(HandlerError::Retryable(reason))) => fail(&queue, &job, &reason, false).await,
-        Ending::Finished(Err(HandlerError::Permanent(reason))) => fail(&queue, &job, &reason, true).await,
-        Ending::Panicked(message) => fail(&queue, &job, &format!("handler panicked: {message}"), false).await,
+        Ending::Finished(Err(HandlerError::Retryable(reason))) => {
+            fail(&queue, &job, &reason, false).await
+        }
+        Ending::Finished(Err(HandlerError::Permanent(reason))) => {
+            fail(&queue, &job, &reason, true).await
+        }
+        Ending::Panicked(message) => {
+            fail(&queue, &job, &format!("handler panicked: {message}"), false).await
+        }
         Ending::LeaseLost => "lease_lost",
         Ending::HandedBack => match queue.release(&lease).await {
             Ok(()) => "released",

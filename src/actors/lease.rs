@@ -24,7 +24,10 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseState {
     Follower,
-    Leader { term: Term, renewed_at: Instant },
+    Leader {
+        term: Term,
+        renewed_at: Instant,
+    },
     /// Released on shutdown: campaigns no more.
     Resigned,
 }
@@ -33,6 +36,14 @@ pub enum LeaseState {
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "()")]
 pub struct LeadershipChanged(pub Option<Term>);
+
+/// Which lease, held by whom, for how long.
+#[derive(Debug, Clone)]
+pub struct LeaseSettings {
+    pub name: String,
+    pub holder: String,
+    pub ttl: Duration,
+}
 
 pub struct LeaseActor {
     leases: Leases,
@@ -51,9 +62,7 @@ pub struct LeaseActor {
 impl LeaseActor {
     pub fn new(
         leases: Leases,
-        name: &str,
-        holder: &str,
-        ttl: Duration,
+        settings: LeaseSettings,
         subscribers: Vec<Recipient<LeadershipChanged>>,
         readiness: Arc<Readiness>,
         metrics: Arc<Metrics>,
@@ -61,9 +70,9 @@ impl LeaseActor {
     ) -> LeaseActor {
         LeaseActor {
             leases,
-            name: name.to_string(),
-            holder: holder.to_string(),
-            ttl,
+            name: settings.name,
+            holder: settings.holder,
+            ttl: settings.ttl,
             state: LeaseState::Follower,
             busy: false,
             subscribers,
@@ -180,7 +189,9 @@ impl LeaseActor {
         };
         let was_leading = matches!(self.state, LeaseState::Leader { .. });
         self.state = state;
-        self.metrics.scheduler_is_leader.set(leading.is_some() as i64);
+        self.metrics
+            .scheduler_is_leader
+            .set(leading.is_some() as i64);
         if was_leading != leading.is_some() {
             for s in &self.subscribers {
                 s.do_send(LeadershipChanged(leading.clone()));
@@ -239,7 +250,10 @@ impl Supervised for LeaseActor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         self.busy = false;
         self.restarts.record_failure();
-        self.metrics.actor_restarts_total.with_label_values(&["lease"]).inc();
+        self.metrics
+            .actor_restarts_total
+            .with_label_values(&["lease"])
+            .inc();
     }
 }
 
@@ -276,8 +290,12 @@ impl Handler<StepDown> for LeaseActor {
         Box::pin(async move {
             if let Some(term) = held {
                 match tokio::time::timeout(RELEASE_TIMEOUT, leases.release(&term)).await {
-                    Ok(Ok(())) => tracing::info!(lease = %term.lease, term = term.term, "released leadership"),
-                    Ok(Err(e)) => tracing::warn!(error = %crate::store::short(&e), "releasing the lease failed; it will expire"),
+                    Ok(Ok(())) => {
+                        tracing::info!(lease = %term.lease, term = term.term, "released leadership")
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %crate::store::short(&e), "releasing the lease failed; it will expire")
+                    }
                     Err(_) => tracing::warn!("releasing the lease timed out; it will expire"),
                 }
             }

@@ -1,9 +1,8 @@
 //! The long-lived actors, each in its own file, each restarted by an actix
 //! `Supervisor` with back-off when it fails:
 //!
-//! - [`claim::ClaimActor`]   — claims jobs, heartbeats them, runs handlers,
-//!                             hands jobs back on shutdown.
-//! - [`lease::LeaseActor`]   — leader election on a lease document.
+//! - [`claim::ClaimActor`] — claims jobs, heartbeats them, runs handlers, hands jobs back on shutdown.
+//! - [`lease::LeaseActor`] — leader election on a lease document.
 //! - [`scheduler::SchedulerActor`] — while leader, enqueues time-driven work.
 //!
 //! actix's `Supervisor` restarts an actor that stops; it does not catch

@@ -26,11 +26,18 @@ pub struct SchedulerActor {
 
 impl SchedulerActor {
     pub fn new(leases: Leases, housekeeping_every: Duration) -> SchedulerActor {
-        SchedulerActor { leases, housekeeping_every, term: None, timer: None }
+        SchedulerActor {
+            leases,
+            housekeeping_every,
+            term: None,
+            timer: None,
+        }
     }
 
     fn enqueue_housekeeping(&mut self, ctx: &mut Context<Self>) {
-        let Some(term) = self.term.clone() else { return };
+        let Some(term) = self.term.clone() else {
+            return;
+        };
         let leases = self.leases.clone();
         let every = self.housekeeping_every;
         let store = self.leases.store().clone();
@@ -71,7 +78,9 @@ impl Handler<LeadershipChanged> for SchedulerActor {
         self.term = msg.0;
         if self.term.is_some() {
             self.enqueue_housekeeping(ctx);
-            self.timer = Some(ctx.run_interval(self.housekeeping_every, |act, ctx| act.enqueue_housekeeping(ctx)));
+            self.timer = Some(ctx.run_interval(self.housekeeping_every, |act, ctx| {
+                act.enqueue_housekeeping(ctx)
+            }));
         }
     }
 }

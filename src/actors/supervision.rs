@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use crate::backoff::Backoff;
 
-pub const RESTART_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+pub const RESTART_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Restarts {

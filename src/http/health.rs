@@ -38,7 +38,9 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     refresh_queue_depth(&state).await;
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
 }
 
 async fn refresh_queue_depth(state: &AppState) {
@@ -56,14 +58,18 @@ async fn refresh_queue_depth(state: &AppState) {
             gauge.reset();
             for kind in &state.kinds {
                 for s in [JobState::Queued, JobState::Running, JobState::Dead] {
-                    gauge.with_label_values(&[kind.as_str(), s.as_str()]).set(0.0);
+                    gauge
+                        .with_label_values(&[kind.as_str(), s.as_str()])
+                        .set(0.0);
                 }
             }
             for (kind, job_state, n) in rows {
                 gauge.with_label_values(&[&kind, &job_state]).set(n as f64);
             }
         }
-        Ok(Err(e)) => tracing::debug!(error = %crate::store::short(&e), "queue depth unavailable; serving the last value"),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %crate::store::short(&e), "queue depth unavailable; serving the last value")
+        }
         Err(_) => tracing::debug!("queue depth timed out; serving the last value"),
     }
 }

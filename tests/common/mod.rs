@@ -34,14 +34,20 @@ pub fn server_base() -> String {
         .clone()
 }
 
+#[allow(clippy::zombie_processes)]
 fn start_secantus() -> String {
     let bin = which("secantusd-rs").unwrap_or_else(|| {
         panic!("secantusd-rs not found: run scripts/setup.sh (or set CAP_TEST_MONGO_URI)")
     });
-    let dir = tempfile::Builder::new().prefix("cap-test-db-").tempdir().unwrap().keep();
-    // The guard loop ends the server when this test process exits, however it exits.
+    let dir = tempfile::Builder::new()
+        .prefix("cap-test-db-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    // The guard loop ends the server when this test process exits, however it
+    // exits; the shell is deliberately never waited for.
     let script = format!(
-        "{bin} --port 0 --host 127.0.0.1 --storage-path {dir}/data --cache-size 256M --log-level WARNING & pid=$!; \
+        "{bin} --port 0 --host 127.0.0.1 --storage-path {dir}/data --cache-size 256M --log-level WARNING 2>>{dir}/server.log & pid=$!; \
          trap 'kill -9 $pid 2>/dev/null; rm -rf {dir}' EXIT; \
          while kill -0 {parent} 2>/dev/null && kill -0 $pid 2>/dev/null; do sleep 0.5; done",
         bin = bin.display(),
@@ -52,7 +58,7 @@ fn start_secantus() -> String {
         .arg("-c")
         .arg(script)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::null())
         .spawn()
         .expect("start secantusd-rs");
     let stdout = child.stdout.take().unwrap();
@@ -70,7 +76,9 @@ fn start_secantus() -> String {
 }
 
 fn which(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(PathBuf::from(home).join(".cargo/bin"));
     }
@@ -106,7 +114,9 @@ impl TestDb {
     }
 
     pub async fn store(&self) -> Store {
-        Store::connect(&self.uri, Duration::from_secs(30)).await.expect("connect")
+        Store::connect(&self.uri, Duration::from_secs(30))
+            .await
+            .expect("connect")
     }
 }
 
@@ -190,7 +200,12 @@ impl Proc {
                 sink.lock().unwrap().push(line);
             }
         });
-        Proc { child, http, id: id.to_string(), log }
+        Proc {
+            child,
+            http,
+            id: id.to_string(),
+            log,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -203,7 +218,13 @@ impl Proc {
 
     /// Log lines so far that contain every one of `needles`.
     pub fn log_lines_with(&self, needles: &[&str]) -> Vec<String> {
-        self.log.lock().unwrap().iter().filter(|l| needles.iter().all(|n| l.contains(n))).cloned().collect()
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .cloned()
+            .collect()
     }
 
     pub fn log_text(&self) -> String {
@@ -222,7 +243,12 @@ impl Proc {
             async move { req.await.map(|r| r.status().is_success()).unwrap_or(false) }
         })
         .await;
-        assert!(ok, "{} never answered /healthz; log:\n{}", self.id, self.log_text());
+        assert!(
+            ok,
+            "{} never answered /healthz; log:\n{}",
+            self.id,
+            self.log_text()
+        );
     }
 
     /// Waits for the process to exit, returning its exit code.
@@ -239,10 +265,17 @@ impl Proc {
 
     /// The value of an unlabelled metric (or the first series with `labels`).
     pub async fn metric(&self, name: &str, labels: &str) -> Option<f64> {
-        let text = reqwest::get(self.url("/metrics")).await.ok()?.text().await.ok()?;
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
         text.lines()
             .filter(|l| !l.starts_with('#'))
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
+            .find(|l| {
+                l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels)
+            })
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
     }

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: installs what it needs (scripts/setup.sh), then
+# unit and integration tests against a throw-away secantusd-rs per test
+# binary — or against a real replica set when CAP_TEST_MONGO_URI is set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+scripts/setup.sh
+cargo test --locked "$@"
+# Benchmarks are run by hand (`cargo bench`); here they only have to compile.
+cargo check --locked --benches --quiet
