@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use certautopilot::config::{CommonArgs, ConfigError, LogFormat, WorkloadArgs};
+use certautopilot::config::{CommonArgs, ConfigError, WorkloadArgs};
 use certautopilot::workloads::{self, Roles};
 use certautopilot::{health, logging, schema, store::Store};
 
@@ -91,7 +91,7 @@ async fn run(command: Command) -> Result<ExitCode, Failure> {
 
 async fn connect(common: &CommonArgs) -> Result<Store, Failure> {
     let cfg = common.resolve()?;
-    logging::init(cfg.common_log_format());
+    logging::init(cfg.log_format);
     Store::connect(&cfg.mongo_uri, cfg.election_retry)
         .await
         .map_err(|e| {
@@ -134,14 +134,4 @@ async fn health(common: CommonArgs, json: bool) -> Result<ExitCode, Failure> {
     } else {
         ExitCode::from(1)
     })
-}
-
-trait CommonLogFormat {
-    fn common_log_format(&self) -> LogFormat;
-}
-
-impl CommonLogFormat for certautopilot::config::CommonConfig {
-    fn common_log_format(&self) -> LogFormat {
-        self.log_format
-    }
 }
