@@ -22,6 +22,7 @@ use mongodb::{ClientSession, Collection};
 use rand::seq::SliceRandom;
 
 use crate::backoff::Backoff;
+use crate::fence::{write_fenced, FenceError, FencedWrite};
 use crate::presence::WORKERS_COLLECTION;
 use crate::store::{is_duplicate_key, short, Store};
 
@@ -151,10 +152,6 @@ pub struct JobQueue {
     jobs: Collection<Document>,
     retry_backoff: Backoff,
 }
-
-/// A marker carried through a transaction to abort it without a database error.
-#[derive(Debug)]
-struct AbortLeaseLost;
 
 impl JobQueue {
     pub fn new(store: Store) -> JobQueue {
@@ -525,10 +522,8 @@ impl JobQueue {
 }
 
 impl JobLease {
-    /// Updates one document of `collection` on behalf of this job, in a
-    /// transaction that first proves the job is still held under this token.
-    /// A concurrent re-claim of the job makes one of the two transactions
-    /// abort; once the job is re-claimed, this write is refused.
+    /// Updates one document of `collection` on behalf of this job, only while
+    /// the job is still held under this token ([`crate::fence`]).
     pub async fn fenced_update(
         &self,
         collection: &str,
@@ -536,51 +531,18 @@ impl JobLease {
         update: Document,
         upsert: bool,
     ) -> Result<(), JobError> {
-        let store = &self.queue.store;
         let fence =
             doc! { "_id": self.job_id, "token": self.token, "state": JobState::Running.as_str() };
-        let result = store
-            .ride_through("fenced write", || async {
-                let context = (
-                    self.queue.jobs.clone(),
-                    store.collection(collection),
-                    fence.clone(),
-                    filter.clone(),
-                    update.clone(),
-                );
-                let mut session = store.client().start_session().await?;
-                session
-                    .start_transaction()
-                    .and_run(context, |session, (jobs, target, fence, filter, update)| {
-                        async move {
-                            let touched = jobs
-                                .update_one(
-                                    fence.clone(),
-                                    doc! { "$currentDate": { "fenced_write_at": true } },
-                                )
-                                .session(&mut *session)
-                                .await?;
-                            if touched.matched_count == 0 {
-                                return Err(MongoError::custom(AbortLeaseLost));
-                            }
-                            target
-                                .update_one(filter.clone(), update.clone())
-                                .upsert(upsert)
-                                .session(&mut *session)
-                                .await?;
-                            Ok(())
-                        }
-                        .boxed()
-                    })
-                    .await
-            })
-            .await;
-        match result {
+        let write = FencedWrite::UpdateOne {
+            collection: collection.to_string(),
+            filter,
+            update,
+            upsert,
+        };
+        match write_fenced(&self.queue.store, JOBS_COLLECTION, fence, write).await {
             Ok(()) => Ok(()),
-            Err(e) if e.get_custom::<AbortLeaseLost>().is_some() => {
-                Err(JobError::LeaseLost(self.job_id))
-            }
-            Err(e) => Err(JobError::Db(e)),
+            Err(FenceError::Lost) => Err(JobError::LeaseLost(self.job_id)),
+            Err(FenceError::Db(e)) => Err(JobError::Db(e)),
         }
     }
 

@@ -9,13 +9,14 @@
 
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::change_stream::{event::ChangeStreamEvent, ChangeStream};
 use mongodb::error::Error as MongoError;
 use mongodb::Collection;
 
-use crate::jobs::{Enqueued, JobQueue, NewJob};
+use crate::fence::{write_fenced, FenceError, FencedWrite};
+use crate::jobs::{Enqueued, JobQueue, NewJob, JOBS_COLLECTION};
 use crate::store::{is_duplicate_key, Store};
 
 pub const LEASES_COLLECTION: &str = "leases";
@@ -45,9 +46,6 @@ pub struct Leases {
     leases: Collection<Document>,
     terms: Collection<Document>,
 }
-
-#[derive(Debug)]
-struct AbortLost;
 
 impl Leases {
     pub fn new(store: Store) -> Leases {
@@ -209,47 +207,16 @@ impl Leases {
         };
         let document = JobQueue::new_job_document(job, self.store.server_now().await?);
         let id = document.get_object_id("_id").expect("new job has an id");
-        let result = self
-            .store
-            .ride_through("enqueue as leader", || async {
-                let context = (
-                    self.leases.clone(),
-                    self.store.collection(crate::jobs::JOBS_COLLECTION),
-                    fence.clone(),
-                    document.clone(),
-                );
-                let mut session = self.store.client().start_session().await?;
-                session
-                    .start_transaction()
-                    .and_run(context, |session, (leases, jobs, fence, document)| {
-                        async move {
-                            let held = leases
-                                .update_one(
-                                    fence.clone(),
-                                    doc! { "$currentDate": { "last_write_at": true } },
-                                )
-                                .session(&mut *session)
-                                .await?;
-                            if held.matched_count == 0 {
-                                return Err(MongoError::custom(AbortLost));
-                            }
-                            jobs.insert_one(document.clone())
-                                .session(&mut *session)
-                                .await?;
-                            Ok(())
-                        }
-                        .boxed()
-                    })
-                    .await
-            })
-            .await;
+        let write = FencedWrite::InsertOne {
+            collection: JOBS_COLLECTION.to_string(),
+            document,
+        };
+        let result = write_fenced(&self.store, LEASES_COLLECTION, fence, write).await;
         match result {
             Ok(()) => Ok(Enqueued { id, created: true }),
-            Err(e) if is_duplicate_key(&e) => Ok(Enqueued { id, created: false }),
-            Err(e) if e.get_custom::<AbortLost>().is_some() => {
-                Err(LeaseError::Lost(term.lease.clone()))
-            }
-            Err(e) => Err(LeaseError::Db(e)),
+            Err(FenceError::Db(e)) if is_duplicate_key(&e) => Ok(Enqueued { id, created: false }),
+            Err(FenceError::Lost) => Err(LeaseError::Lost(term.lease.clone())),
+            Err(FenceError::Db(e)) => Err(LeaseError::Db(e)),
         }
     }
 }

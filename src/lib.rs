@@ -9,6 +9,7 @@
 //! - [`backoff`] — exponential back-off with jitter, shared by every retry.
 //! - [`schema`] — versioned migrations and the schema-version gate.
 //! - [`jobs`] — the fenced job queue: enqueue, claim, heartbeat, complete, fail, release, and fenced writes for handlers.
+//! - [`fence`] — writes that land only while a job claim or leadership term is current.
 //! - [`lease`] — named leases with fencing terms (scheduler leadership).
 //! - [`presence`] — each worker's short presence lease, so a dead worker's jobs are reclaimed in seconds rather than a job lease.
 //! - [`handlers`] — job handlers by kind (housekeeping, probe).
@@ -25,6 +26,7 @@ pub mod actors;
 pub mod backoff;
 pub mod clock;
 pub mod config;
+pub mod fence;
 pub mod handlers;
 pub mod health;
 pub mod http;
