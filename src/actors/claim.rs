@@ -120,6 +120,7 @@ impl ClaimActor {
                     if full {
                         ctx.notify(ClaimNow);
                     }
+                    act.finish_drain_if_done(ctx);
                 }
                 Err(e) => {
                     // The election window has already been ridden through:
@@ -134,6 +135,10 @@ impl ClaimActor {
     fn start_job(&mut self, job: ClaimedJob, ctx: &mut Context<Self>) {
         let id = job.lease.job_id;
         let release = CancellationToken::new();
+        // Claimed just as the drain began: hand it straight back.
+        if self.state == ClaimState::Draining {
+            release.cancel();
+        }
         self.in_flight.insert(id, release.clone());
         self.metrics.jobs_in_flight.set(self.in_flight.len() as i64);
         let Some(handler) = self.handlers.get(&job.kind) else {
@@ -212,6 +217,8 @@ impl Actor for ClaimActor {
         let presence_every = self.presence.ttl() / 3;
         let poll = self.settings.poll;
         ctx.run_later(delay, move |act, ctx| {
+            // Restarted mid-drain: the drain may be complete already.
+            act.finish_drain_if_done(ctx);
             act.renew_presence(ctx);
             ctx.run_interval(presence_every, |act, ctx| act.renew_presence(ctx));
             act.claim_round(ctx);
