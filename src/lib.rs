@@ -8,6 +8,8 @@
 //! - [`clock`] — the database's clock, sampled; this process's clock only to report skew.
 //! - [`backoff`] — exponential back-off with jitter, shared by every retry.
 //! - [`schema`] — versioned migrations and the schema-version gate.
+//! - [`kek`] — key-encryption keys behind one provider interface (`file` so far).
+//! - [`envelope`] — AES-256-GCM envelope encryption: a data key per secret, wrapped by a KEK.
 //! - [`jobs`] — the fenced job queue: enqueue, claim, heartbeat, complete, fail, release, and fenced writes for handlers.
 //! - [`fence`] — writes that land only while a job claim or leadership term is current.
 //! - [`lease`] — named leases with fencing terms (scheduler leadership).
@@ -26,11 +28,13 @@ pub mod actors;
 pub mod backoff;
 pub mod clock;
 pub mod config;
+pub mod envelope;
 pub mod fence;
 pub mod handlers;
 pub mod health;
 pub mod http;
 pub mod jobs;
+pub mod kek;
 pub mod lease;
 pub mod logging;
 pub mod metrics;

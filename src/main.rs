@@ -34,6 +34,9 @@ enum Command {
     All(WorkloadArgs),
     /// Apply schema migrations (collections, indexes); safe to repeat
     Migrate(CommonArgs),
+    /// Key-encryption keys
+    #[command(subcommand)]
+    Kek(KekCommand),
     /// Check the installation; exit 0 only when healthy
     Health {
         #[command(flatten)]
@@ -41,6 +44,16 @@ enum Command {
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KekCommand {
+    /// Create a new key ring (mode 0600) holding KEK version 1, for a fresh installation
+    Init {
+        /// Where to write it; refuses to overwrite
+        #[arg(long, env = "CAP_KEK_FILE")]
+        file: std::path::PathBuf,
     },
 }
 
@@ -80,6 +93,7 @@ async fn run(command: Command) -> Result<ExitCode, Failure> {
         Command::All(a) => (Roles::ALL, a),
         Command::Migrate(common) => return migrate(common).await,
         Command::Health { common, json } => return health(common, json).await,
+        Command::Kek(KekCommand::Init { file }) => return kek_init(&file),
     };
     let cfg = args.resolve()?;
     logging::init(cfg.common.log_format);
@@ -115,6 +129,15 @@ async fn migrate(common: CommonArgs) -> Result<ExitCode, Failure> {
             report.from, report.to
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn kek_init(file: &std::path::Path) -> Result<ExitCode, Failure> {
+    certautopilot::kek::FileKek::init(file).map_err(|e| Failure::Runtime(e.to_string()))?;
+    eprintln!(
+        "created key ring {} with KEK version 1 (mode 0600); keep a copy offsite: without it no secret can be decrypted",
+        file.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

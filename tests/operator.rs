@@ -244,3 +244,25 @@ async fn health_reports_each_check_and_exits_0_only_when_healthy() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("UNHEALTHY"));
 }
+
+#[test]
+fn kek_init_creates_a_private_key_ring_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kek.json");
+    let path_str = path.to_str().unwrap();
+    let out = run(&["kek", "init", "--file", path_str], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        out.stdout.is_empty(),
+        "the key never goes to standard output"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    certautopilot::kek::FileKek::load(&path).unwrap();
+    let again = run(&["kek", "init"], &[("CAP_KEK_FILE", path_str)]);
+    assert_eq!(again.status.code(), Some(1), "refuses to overwrite");
+    assert!(stderr(&again).contains("kek.json"), "{}", stderr(&again));
+}
