@@ -10,6 +10,7 @@
 //! - [`schema`] — versioned migrations and the schema-version gate.
 //! - [`kek`] — key-encryption keys behind one provider interface (`file` so far).
 //! - [`envelope`] — AES-256-GCM envelope encryption: a data key per secret, wrapped by a KEK.
+//! - [`secrets`] — secrets at rest in `keys`, sealed under their record id.
 //! - [`jobs`] — the fenced job queue: enqueue, claim, heartbeat, complete, fail, release, and fenced writes for handlers.
 //! - [`fence`] — writes that land only while a job claim or leadership term is current.
 //! - [`lease`] — named leases with fencing terms (scheduler leadership).
@@ -41,6 +42,7 @@ pub mod metrics;
 pub mod presence;
 pub mod readiness;
 pub mod schema;
+pub mod secrets;
 pub mod shutdown;
 pub mod store;
 pub mod workloads;

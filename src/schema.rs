@@ -27,19 +27,27 @@ struct Migration {
     indexes: fn() -> Vec<(&'static str, IndexModel)>,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "job queue, leases and worker presence",
-    collections: &[
-        "jobs",
-        "leases",
-        "lease_terms",
-        "workers",
-        "probe_results",
-        "schema",
-    ],
-    indexes: v1_indexes,
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "job queue, leases and worker presence",
+        collections: &[
+            "jobs",
+            "leases",
+            "lease_terms",
+            "workers",
+            "probe_results",
+            "schema",
+        ],
+        indexes: v1_indexes,
+    },
+    Migration {
+        version: 2,
+        name: "encrypted secrets",
+        collections: &["keys"],
+        indexes: v2_indexes,
+    },
+];
 
 fn index(keys: Document, name: &str) -> IndexModel {
     IndexModel::builder()
@@ -95,6 +103,11 @@ fn v1_indexes() -> Vec<(&'static str, IndexModel)> {
             unique(doc! { "lease": 1, "term": 1 }, "lease_term_unique"),
         ),
     ]
+}
+
+fn v2_indexes() -> Vec<(&'static str, IndexModel)> {
+    // Counting and re-wrapping data keys per KEK version (rotation).
+    vec![("keys", index(doc! { "kek_version": 1 }, "kek_version"))]
 }
 
 /// Where the database stands relative to this binary.
