@@ -56,13 +56,6 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub const ALL: [JobState; 4] = [
-        JobState::Queued,
-        JobState::Running,
-        JobState::Done,
-        JobState::Dead,
-    ];
-
     pub fn as_str(&self) -> &'static str {
         match self {
             JobState::Queued => "queued",
@@ -544,10 +537,6 @@ impl JobLease {
             Err(FenceError::Lost) => Err(JobError::LeaseLost(self.job_id)),
             Err(FenceError::Db(e)) => Err(JobError::Db(e)),
         }
-    }
-
-    pub fn queue(&self) -> &JobQueue {
-        &self.queue
     }
 }
 

@@ -9,13 +9,21 @@ use std::time::Duration;
 
 use certautopilot::backoff::Backoff;
 use certautopilot::handlers::PROBE_RESULTS_COLLECTION;
-use certautopilot::jobs::{FailOutcome, JobError, JobQueue, NewJob};
+use certautopilot::jobs::{ClaimedJob, FailOutcome, JobError, JobQueue, NewJob};
 use common::TestDb;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
 
 fn kinds() -> Vec<String> {
     vec!["probe".to_string()]
+}
+
+/// Claims up to `max` probe jobs for `holder` under a lease of `lease_secs`.
+async fn claim(queue: &JobQueue, holder: &str, max: usize, lease_secs: u64) -> Vec<ClaimedJob> {
+    queue
+        .claim(holder, &kinds(), max, Duration::from_secs(lease_secs))
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -48,15 +56,7 @@ async fn eight_claimers_complete_500_jobs_exactly_once_and_never_share_one() {
         tasks.push(tokio::spawn(async move {
             let mut idle_rounds = 0;
             while idle_rounds < 5 {
-                let jobs = queue
-                    .claim(
-                        &format!("claimer-{claimer}"),
-                        &kinds(),
-                        4,
-                        Duration::from_secs(60),
-                    )
-                    .await
-                    .unwrap();
+                let jobs = claim(&queue, &format!("claimer-{claimer}"), 4, 60).await;
                 if jobs.is_empty() {
                     idle_rounds += 1;
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -162,26 +162,14 @@ async fn a_stale_holder_is_refused_after_its_lease_expires() {
         .enqueue(&NewJob::new("probe", "only", doc! {}))
         .await
         .unwrap();
-    let first = queue
-        .claim("a", &kinds(), 1, Duration::from_secs(1))
-        .await
-        .unwrap()
-        .remove(0);
+    let first = claim(&queue, "a", 1, 1).await.remove(0);
     assert!(
-        queue
-            .claim("b", &kinds(), 1, Duration::from_secs(60))
-            .await
-            .unwrap()
-            .is_empty(),
+        claim(&queue, "b", 1, 60).await.is_empty(),
         "held job not claimable"
     );
 
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let second = queue
-        .claim("b", &kinds(), 1, Duration::from_secs(60))
-        .await
-        .unwrap()
-        .remove(0);
+    let second = claim(&queue, "b", 1, 60).await.remove(0);
     assert_eq!(second.lease.job_id, first.lease.job_id);
     assert!(
         second.lease.token > first.lease.token,
@@ -229,10 +217,7 @@ async fn attempts_exhausted_leave_a_dead_job_with_its_last_error() {
     let mut outcomes = Vec::new();
     for attempt in 1..=3 {
         let claimed = loop {
-            let mut c = queue
-                .claim("w", &kinds(), 1, Duration::from_secs(60))
-                .await
-                .unwrap();
+            let mut c = claim(&queue, "w", 1, 60).await;
             if let Some(c) = c.pop() {
                 break c;
             }
@@ -254,11 +239,7 @@ async fn attempts_exhausted_leave_a_dead_job_with_its_last_error() {
     assert_eq!(doc.get_str("last_error").unwrap(), "boom 3");
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
-        queue
-            .claim("w", &kinds(), 1, Duration::from_secs(60))
-            .await
-            .unwrap()
-            .is_empty(),
+        claim(&queue, "w", 1, 60).await.is_empty(),
         "dead jobs are not claimed"
     );
 }
@@ -272,33 +253,18 @@ async fn a_failed_job_waits_out_its_back_off() {
         .enqueue(&NewJob::new("probe", "later", doc! {}))
         .await
         .unwrap();
-    let claimed = queue
-        .claim("w", &kinds(), 1, Duration::from_secs(60))
-        .await
-        .unwrap()
-        .remove(0);
+    let claimed = claim(&queue, "w", 1, 60).await.remove(0);
     let FailOutcome::Retrying { delay } = queue.fail(&claimed, "transient", false).await.unwrap()
     else {
         panic!("expected a retry")
     };
     assert!(delay >= Duration::from_secs(1), "{delay:?}");
     assert!(
-        queue
-            .claim("w", &kinds(), 1, Duration::from_secs(60))
-            .await
-            .unwrap()
-            .is_empty(),
+        claim(&queue, "w", 1, 60).await.is_empty(),
         "not before its back-off"
     );
     tokio::time::sleep(delay + Duration::from_millis(200)).await;
-    assert_eq!(
-        queue
-            .claim("w", &kinds(), 1, Duration::from_secs(60))
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(claim(&queue, "w", 1, 60).await.len(), 1);
 }
 
 #[tokio::test]
@@ -330,17 +296,9 @@ async fn release_puts_the_job_back_without_spending_an_attempt() {
         .enqueue(&NewJob::new("probe", "r", doc! {}))
         .await
         .unwrap();
-    let first = queue
-        .claim("a", &kinds(), 1, Duration::from_secs(60))
-        .await
-        .unwrap()
-        .remove(0);
+    let first = claim(&queue, "a", 1, 60).await.remove(0);
     queue.release(&first.lease).await.unwrap();
-    let second = queue
-        .claim("b", &kinds(), 1, Duration::from_secs(60))
-        .await
-        .unwrap()
-        .remove(0);
+    let second = claim(&queue, "b", 1, 60).await.remove(0);
     assert_eq!(second.attempt, 1);
     assert!(second.lease.token > first.lease.token);
 }

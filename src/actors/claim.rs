@@ -296,18 +296,6 @@ impl Handler<Drain> for ClaimActor {
     }
 }
 
-/// Jobs this actor is running now (for tests and `health`).
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct InFlightCount;
-
-impl Handler<InFlightCount> for ClaimActor {
-    type Result = usize;
-    fn handle(&mut self, _: InFlightCount, _: &mut Context<Self>) -> usize {
-        self.in_flight.len()
-    }
-}
-
 /// How one claimed job ended, from this worker's point of view.
 enum Ending {
     Finished(Result<(), HandlerError>),

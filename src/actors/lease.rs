@@ -302,18 +302,3 @@ impl Handler<StepDown> for LeaseActor {
         })
     }
 }
-
-/// The current term, if leading (for tests).
-#[derive(Message)]
-#[rtype(result = "Option<Term>")]
-pub struct CurrentTerm;
-
-impl Handler<CurrentTerm> for LeaseActor {
-    type Result = Option<Term>;
-    fn handle(&mut self, _: CurrentTerm, _: &mut Context<Self>) -> Option<Term> {
-        match &self.state {
-            LeaseState::Leader { term, .. } => Some(term.clone()),
-            _ => None,
-        }
-    }
-}
