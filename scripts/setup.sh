@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the local stack and the test suite need, and nothing that is
-# already there: Debian's cmake (to build the database) and secantusd-rs, the
-# MongoDB-protocol server the tests run against. Safe to run again.
+# already there: from Debian, cmake (to build the database), softhsm2 (the
+# PKCS#11 token the pkcs11 KEK provider is tested against) and rsyslog (the
+# SIEM forwarder's receiver in tests); and secantusd-rs, the MongoDB-protocol
+# server the tests run against. Safe to run again.
 set -euo pipefail
 
 SECANTUS_VERSION="0.5.3-beta.196"
@@ -9,6 +11,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 need_apt=()
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
+[ -x /usr/sbin/rsyslogd ] || need_apt+=(rsyslog)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from Debian" >&2
   export DEBIAN_FRONTEND=noninteractive

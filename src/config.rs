@@ -23,6 +23,12 @@ pub const DEFAULT_HOUSEKEEPING_SECS: u64 = 60;
 pub const DEFAULT_JOB_MAX_ATTEMPTS: u32 = 5;
 pub const DEFAULT_JOB_RETENTION_SECS: u64 = 7 * 24 * 3600;
 pub const DEFAULT_LOG_FORMAT: &str = "json";
+pub const DEFAULT_KEK_ROTATION_CHECK_SECS: u64 = 30;
+pub const DEFAULT_SIEM_BATCH: u64 = 100;
+pub const DEFAULT_SIEM_POLL_MS: u64 = 1000;
+pub const DEFAULT_KEK_PROVIDER: &str = "file";
+pub const DEFAULT_PKCS11_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+pub const DEFAULT_PKCS11_TOKEN_LABEL: &str = "certautopilot";
 
 /// Flags shared by every command that talks to the database. Each one reads
 /// its `CAP_*` variable when the flag is absent.
@@ -38,6 +44,61 @@ pub struct CommonArgs {
     /// Log format: json or text [default: json]
     #[arg(long, env = "CAP_LOG_FORMAT")]
     pub log_format: Option<String>,
+    #[command(flatten)]
+    pub kek: KekArgs,
+}
+
+/// Where the key-encryption keys are.
+#[derive(Args, Debug, Clone, Default)]
+pub struct KekArgs {
+    /// KEK provider: file or pkcs11 [default: file]
+    #[arg(long, env = "CAP_KEK_PROVIDER")]
+    pub kek_provider: Option<String>,
+    /// Key-ring file of the file provider (mode 0600; required with it)
+    #[arg(long, env = "CAP_KEK_FILE")]
+    pub kek_file: Option<String>,
+    /// PKCS#11 module of the pkcs11 provider [default: /usr/lib/softhsm/libsofthsm2.so]
+    #[arg(long, env = "CAP_PKCS11_MODULE")]
+    pub pkcs11_module: Option<String>,
+    /// Label of the PKCS#11 token holding the KEKs [default: certautopilot]
+    #[arg(long, env = "CAP_PKCS11_TOKEN_LABEL")]
+    pub pkcs11_token_label: Option<String>,
+    /// User PIN of that token (required with the pkcs11 provider)
+    #[arg(long, env = "CAP_PKCS11_PIN", hide_env_values = true)]
+    pub pkcs11_pin: Option<String>,
+}
+
+impl KekArgs {
+    pub fn resolve(&self) -> Result<crate::kek::KekConfig, ConfigError> {
+        use crate::kek::KekConfig;
+        let set = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        match set(&self.kek_provider).as_deref().unwrap_or(DEFAULT_KEK_PROVIDER) {
+            "file" => match set(&self.kek_file) {
+                Some(path) => Ok(KekConfig::File { path: path.into() }),
+                None => Err(ConfigError(
+                    "CAP_KEK_FILE is not set (or pass --kek-file): the file KEK provider needs its key ring; create one with `certautopilot kek init --file PATH`".into(),
+                )),
+            },
+            "pkcs11" => Ok(KekConfig::Pkcs11 {
+                module: set(&self.pkcs11_module)
+                    .unwrap_or_else(|| DEFAULT_PKCS11_MODULE.into())
+                    .into(),
+                token_label: set(&self.pkcs11_token_label)
+                    .unwrap_or_else(|| DEFAULT_PKCS11_TOKEN_LABEL.into()),
+                pin: zeroize::Zeroizing::new(set(&self.pkcs11_pin).ok_or_else(|| {
+                    ConfigError("CAP_PKCS11_PIN is not set: the pkcs11 KEK provider needs the token's user PIN".into())
+                })?),
+            }),
+            other => Err(ConfigError(format!(
+                "invalid CAP_KEK_PROVIDER {other:?}: expected file or pkcs11"
+            ))),
+        }
+    }
 }
 
 /// Flags of the long-running workloads (`api`, `worker`, `scheduler`, `all`).
@@ -78,6 +139,30 @@ pub struct WorkloadArgs {
     /// How long finished jobs are kept before housekeeping deletes them [default: 604800]
     #[arg(long, env = "CAP_JOB_RETENTION_SECS")]
     pub job_retention_secs: Option<String>,
+    /// How often the scheduler leader counts data keys per KEK version and queues re-wraps [default: 30]
+    #[arg(long, env = "CAP_KEK_ROTATION_CHECK_SECS")]
+    pub kek_rotation_check_secs: Option<String>,
+    /// SIEM syslog receiver, host:port (RFC 5424 over TCP, octet counting) [default: off]
+    #[arg(long, env = "CAP_SIEM_SYSLOG_ADDR")]
+    pub siem_syslog_addr: Option<String>,
+    /// Use TLS to the syslog receiver: true or false [default: false]
+    #[arg(long, env = "CAP_SIEM_SYSLOG_TLS")]
+    pub siem_syslog_tls: Option<String>,
+    /// Extra CA certificates (PEM) trusted for the syslog receiver [default: none]
+    #[arg(long, env = "CAP_SIEM_SYSLOG_CA_FILE")]
+    pub siem_syslog_ca_file: Option<String>,
+    /// SIEM webhook URL receiving JSON batches of audit records [default: off]
+    #[arg(long, env = "CAP_SIEM_WEBHOOK_URL")]
+    pub siem_webhook_url: Option<String>,
+    /// Extra CA certificates (PEM) trusted for the webhook [default: none]
+    #[arg(long, env = "CAP_SIEM_WEBHOOK_CA_FILE")]
+    pub siem_webhook_ca_file: Option<String>,
+    /// Audit records per SIEM send [default: 100]
+    #[arg(long, env = "CAP_SIEM_BATCH")]
+    pub siem_batch: Option<String>,
+    /// How often an idle SIEM forwarder looks for new records, in milliseconds [default: 1000]
+    #[arg(long, env = "CAP_SIEM_POLL_MS")]
+    pub siem_poll_ms: Option<String>,
     /// Identity of this process in leases and job holders [default: hostname-pid-random]
     #[arg(long, env = "CAP_INSTANCE_ID")]
     pub instance_id: Option<String>,
@@ -87,7 +172,7 @@ pub struct WorkloadArgs {
 }
 
 /// A configuration error: one line that names the variable.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
@@ -101,6 +186,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct CommonConfig {
     pub mongo_uri: String,
+    /// Where the KEKs are; `Err` (with its message) when not configured,
+    /// which only commands that need a KEK report.
+    pub kek: Result<crate::kek::KekConfig, ConfigError>,
     pub election_retry: Duration,
     pub log_format: LogFormat,
 }
@@ -120,6 +208,8 @@ pub struct WorkloadConfig {
     pub housekeeping_interval: Duration,
     pub job_max_attempts: u32,
     pub job_retention: Duration,
+    pub kek_rotation_check: Duration,
+    pub siem: crate::siem::SiemConfig,
     pub instance_id: String,
     pub clock_offset_secs: i64,
 }
@@ -141,6 +231,7 @@ impl CommonArgs {
         }
         Ok(CommonConfig {
             mongo_uri,
+            kek: self.kek.resolve(),
             election_retry: secs(
                 &self.election_retry_secs,
                 "CAP_ELECTION_RETRY_SECS",
@@ -231,8 +322,86 @@ impl WorkloadArgs {
                 DEFAULT_JOB_RETENTION_SECS,
                 60..=365 * 86_400,
             )?,
+            kek_rotation_check: secs(
+                &self.kek_rotation_check_secs,
+                "CAP_KEK_ROTATION_CHECK_SECS",
+                DEFAULT_KEK_ROTATION_CHECK_SECS,
+                1..=86_400,
+            )?,
+            siem: self.siem(&instance_id)?,
             instance_id,
             clock_offset_secs: signed(&self.clock_offset_secs, "CAP_CLOCK_OFFSET_SECS", 0)?,
+        })
+    }
+}
+
+impl WorkloadArgs {
+    fn siem(&self, hostname: &str) -> Result<crate::siem::SiemConfig, ConfigError> {
+        use crate::siem::{SiemConfig, SyslogConfig, WebhookConfig};
+        let set = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        let tls = match set(&self.siem_syslog_tls).as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "invalid CAP_SIEM_SYSLOG_TLS {other:?}: expected true or false"
+                )))
+            }
+        };
+        let syslog = match set(&self.siem_syslog_addr) {
+            None => None,
+            Some(addr)
+                if addr
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) =>
+            {
+                Some(SyslogConfig {
+                    addr,
+                    tls,
+                    ca_file: set(&self.siem_syslog_ca_file).map(Into::into),
+                })
+            }
+            Some(addr) => {
+                return Err(ConfigError(format!(
+                    "invalid CAP_SIEM_SYSLOG_ADDR {addr:?}: expected host:port"
+                )))
+            }
+        };
+        let webhook = match set(&self.siem_webhook_url) {
+            None => None,
+            Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
+                Some(WebhookConfig {
+                    url,
+                    ca_file: set(&self.siem_webhook_ca_file).map(Into::into),
+                })
+            }
+            Some(url) => {
+                return Err(ConfigError(format!(
+                    "invalid CAP_SIEM_WEBHOOK_URL {url:?}: expected an https:// URL"
+                )))
+            }
+        };
+        Ok(SiemConfig {
+            syslog,
+            webhook,
+            batch: number(
+                &self.siem_batch,
+                "CAP_SIEM_BATCH",
+                DEFAULT_SIEM_BATCH,
+                1..=10_000,
+            )? as i64,
+            poll: Duration::from_millis(number(
+                &self.siem_poll_ms,
+                "CAP_SIEM_POLL_MS",
+                DEFAULT_SIEM_POLL_MS,
+                10..=600_000,
+            )?),
+            hostname: hostname.to_string(),
         })
     }
 }
@@ -318,6 +487,7 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_secs(25));
         assert_eq!(c.housekeeping_interval, Duration::from_secs(60));
         assert_eq!(c.job_max_attempts, 5);
+        assert_eq!(c.kek_rotation_check, Duration::from_secs(30));
         assert_eq!(c.clock_offset_secs, 0);
         assert_eq!(c.common.log_format, LogFormat::Json);
     }

@@ -13,7 +13,11 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use mongodb::bson::doc;
 
+use crate::audit::{self, Audit};
 use crate::jobs::{ClaimedJob, JobError, JobQueue};
+use crate::kek::KekProvider;
+use crate::rotation::{KekRewrap, KEK_REWRAP};
+use crate::secrets::Secrets;
 
 pub const HOUSEKEEPING: &str = "housekeeping";
 pub const PROBE: &str = "probe";
@@ -73,32 +77,43 @@ impl Handlers {
     }
 
     /// The handlers every worker runs.
-    pub fn standard(queue: JobQueue, job_retention: Duration) -> Handlers {
+    pub fn standard(
+        queue: JobQueue,
+        kek: Arc<dyn KekProvider>,
+        job_retention: Duration,
+    ) -> Handlers {
+        let store = queue.store().clone();
         Handlers::new()
             .register(
                 HOUSEKEEPING,
                 Housekeeping {
                     queue,
+                    secrets: Secrets::new(store.clone(), kek.clone()),
                     job_retention,
                 },
             )
+            .register(KEK_REWRAP, KekRewrap { store, kek })
             .register(PROBE, Probe)
     }
 }
 
-/// Periodic clean-up, enqueued by the scheduler leader: deletes finished jobs
-/// past their retention and presence records of long-gone workers.
+/// Periodic work, enqueued by the scheduler leader: seals the audit chain
+/// with a checkpoint, deletes finished jobs past their retention and
+/// presence records of long-gone workers.
 pub struct Housekeeping {
     pub queue: JobQueue,
+    pub secrets: Secrets,
     pub job_retention: Duration,
 }
 
 impl JobHandler for Housekeeping {
     fn run(&self, job: ClaimedJob) -> BoxFuture<'static, Result<(), HandlerError>> {
         let queue = self.queue.clone();
+        let secrets = self.secrets.clone();
         let retention = self.job_retention;
         Box::pin(async move {
             let store = queue.store().clone();
+            let sealed = seal_audit_chain(&job, &secrets).await?;
             let purged = queue
                 .purge_finished(retention)
                 .await
@@ -106,10 +121,36 @@ impl JobHandler for Housekeeping {
             let forgotten = crate::presence::forget_departed(&store)
                 .await
                 .map_err(JobError::from)?;
-            tracing::info!(job = %job.lease.job_id, purged_jobs = purged, forgotten_workers = forgotten, "housekeeping done");
+            tracing::info!(job = %job.lease.job_id, purged_jobs = purged, forgotten_workers = forgotten, audit_checkpoint = sealed, "housekeeping done");
             Ok(())
         })
     }
+}
+
+/// Writes a checkpoint at the audit chain's head (idempotent: its id is the
+/// head's seq). Returns the seq sealed.
+async fn seal_audit_chain(job: &ClaimedJob, secrets: &Secrets) -> Result<i64, HandlerError> {
+    let store = job.lease.store();
+    let (seq, hash) = Audit::new(store.clone())
+        .head()
+        .await
+        .map_err(JobError::from)?;
+    if seq == 0 {
+        return Ok(0);
+    }
+    let key = audit::checkpoint_key(secrets)
+        .await
+        .map_err(|e| HandlerError::Retryable(e.to_string()))?;
+    let now = store.server_now().await.map_err(JobError::from)?;
+    job.lease
+        .fenced_update(
+            audit::CHECKPOINTS_COLLECTION,
+            doc! { "_id": seq },
+            doc! { "$setOnInsert": audit::checkpoint_fields(&key, seq, &hash, now) },
+            true,
+        )
+        .await?;
+    Ok(seq)
 }
 
 /// A diagnostic job: sleeps, then records its completion (a fenced write to

@@ -1,7 +1,8 @@
 //! `certautopilot health`: is this installation working?
 //!
-//! Healthy (exit 0) when the primary answers, the schema fits this binary and
-//! a scheduler leader is live. Replica-set members, queue depth and dead jobs
+//! Healthy (exit 0) when the primary answers, the schema fits this binary, a
+//! scheduler leader is live, and the KEK passes its canary and holds every
+//! version a stored data key needs. Replica-set members, queue depth and dead jobs
 //! are reported too; dead jobs are a warning, not a failure, because a
 //! restored or long-running installation may keep old ones an operator has
 //! yet to look at, and they do not stop new work.
@@ -11,8 +12,12 @@ use std::time::Duration;
 use mongodb::bson::{doc, Document};
 use serde::Serialize;
 
+use std::sync::Arc;
+
 use crate::jobs::JobQueue;
+use crate::kek::KekProvider;
 use crate::lease::{Leases, SCHEDULER_LEASE};
+use crate::rotation::data_keys_by_version;
 use crate::schema::{self, SchemaFit};
 use crate::store::{short, Store};
 
@@ -48,7 +53,7 @@ pub struct QueueRow {
     pub jobs: i64,
 }
 
-pub async fn check(store: &Store) -> HealthReport {
+pub async fn check(store: &Store, kek: Result<Arc<dyn KekProvider>, String>) -> HealthReport {
     let mut checks = Vec::new();
     let primary = store.ping_primary(DEADLINE).await;
     let reachable = primary.is_ok();
@@ -126,6 +131,9 @@ pub async fn check(store: &Store) -> HealthReport {
         }),
     }
 
+    checks.push(kek_check(store, kek).await);
+    checks.push(transaction_lifetime_check(store).await);
+
     let mut queue = Vec::new();
     let mut dead_jobs = 0;
     match tokio::time::timeout(DEADLINE, JobQueue::new(store.clone()).depth()).await {
@@ -165,6 +173,76 @@ pub async fn check(store: &Store) -> HealthReport {
         members,
         queue,
         dead_jobs,
+    }
+}
+
+/// Above this, a process killed inside a transaction blocks the documents it
+/// touched (a job, the audit head) for too long; see README "Operations".
+pub const MAX_RECOMMENDED_TRANSACTION_LIFETIME_SECS: i64 = 15;
+
+/// A warning, not a failure: the server's `transactionLifetimeLimitSeconds`.
+async fn transaction_lifetime_check(store: &Store) -> Check {
+    let admin = store.client().database("admin");
+    let asked = admin.run_command(doc! { "getParameter": 1, "transactionLifetimeLimitSeconds": 1 });
+    let detail = match tokio::time::timeout(DEADLINE, asked).await {
+        Ok(Ok(d)) => match d.get_i32("transactionLifetimeLimitSeconds").map(i64::from).or(d.get_i64("transactionLifetimeLimitSeconds")) {
+            Ok(secs) if secs > MAX_RECOMMENDED_TRANSACTION_LIFETIME_SECS => format!(
+                "warning: transactionLifetimeLimitSeconds is {secs}: a process killed mid-transaction blocks a job for that long; set it to 10"
+            ),
+            Ok(secs) => format!("transactionLifetimeLimitSeconds is {secs}"),
+            Err(_) => "transactionLifetimeLimitSeconds not reported".into(),
+        },
+        _ => "transactionLifetimeLimitSeconds not readable (getParameter refused)".into(),
+    };
+    Check {
+        name: "transactions",
+        ok: true,
+        detail,
+    }
+}
+
+/// The KEK answers a canary round trip, and every data key's version is
+/// one it holds (after a restore, this is what says the right KEK was given).
+async fn kek_check(store: &Store, kek: Result<Arc<dyn KekProvider>, String>) -> Check {
+    let failed = |detail: String| Check {
+        name: "kek",
+        ok: false,
+        detail,
+    };
+    let kek = match kek {
+        Ok(kek) => kek,
+        Err(e) => return failed(e),
+    };
+    if let Err(e) = crate::readiness::kek_canary(kek.clone()).await {
+        return failed(e);
+    }
+    let counts = match tokio::time::timeout(DEADLINE, data_keys_by_version(store)).await {
+        Ok(Ok(counts)) => counts,
+        Ok(Err(e)) => return failed(short(&e)),
+        Err(_) => return failed("counting data keys timed out".into()),
+    };
+    let held = kek.versions();
+    let missing: Vec<String> = counts
+        .iter()
+        .filter(|(v, _)| !held.contains(v))
+        .map(|(v, n)| format!("{n} data key(s) need KEK version {v}"))
+        .collect();
+    if !missing.is_empty() {
+        return failed(format!(
+            "{}, which {} does not hold",
+            missing.join(", "),
+            kek.describe()
+        ));
+    }
+    let total: i64 = counts.values().sum();
+    Check {
+        name: "kek",
+        ok: true,
+        detail: format!(
+            "{} answers (current version {}); all {total} data key(s) can be unwrapped",
+            kek.describe(),
+            kek.current_version()
+        ),
     }
 }
 

@@ -515,6 +515,11 @@ impl JobQueue {
 }
 
 impl JobLease {
+    /// The database this job lives in.
+    pub fn store(&self) -> &Store {
+        &self.queue.store
+    }
+
     /// Updates one document of `collection` on behalf of this job, only while
     /// the job is still held under this token ([`crate::fence`]).
     pub async fn fenced_update(

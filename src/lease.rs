@@ -194,6 +194,28 @@ impl Leases {
             .await
     }
 
+    /// Updates one document on behalf of a leader, only while its term is
+    /// current (the SIEM forwarder's position, for one).
+    pub async fn update_as_leader(
+        &self,
+        term: &Term,
+        collection: &str,
+        filter: Document,
+        update: Document,
+    ) -> Result<(), LeaseError> {
+        let write = FencedWrite::UpdateOne {
+            collection: collection.to_string(),
+            filter,
+            update,
+            upsert: true,
+        };
+        match write_fenced(&self.store, LEASES_COLLECTION, leader_fence(term), write).await {
+            Ok(()) => Ok(()),
+            Err(FenceError::Lost) => Err(LeaseError::Lost(term.lease.clone())),
+            Err(FenceError::Db(e)) => Err(LeaseError::Db(e)),
+        }
+    }
+
     /// Enqueues a job on behalf of a leader, in a transaction that first
     /// proves the term is still current: a deposed leader enqueues nothing.
     pub async fn enqueue_as_leader(
@@ -201,10 +223,7 @@ impl Leases {
         term: &Term,
         job: &NewJob,
     ) -> Result<Enqueued, LeaseError> {
-        let fence = doc! {
-            "_id": &term.lease, "holder": &term.holder, "term": term.term,
-            "$expr": { "$gt": ["$expires_at", "$$NOW"] },
-        };
+        let fence = leader_fence(term);
         let document = JobQueue::new_job_document(job, self.store.server_now().await?);
         let id = document.get_object_id("_id").expect("new job has an id");
         let write = FencedWrite::InsertOne {
@@ -218,6 +237,14 @@ impl Leases {
             Err(FenceError::Lost) => Err(LeaseError::Lost(term.lease.clone())),
             Err(FenceError::Db(e)) => Err(LeaseError::Db(e)),
         }
+    }
+}
+
+/// Matches the lease document only while `term` holds it, unexpired.
+fn leader_fence(term: &Term) -> Document {
+    doc! {
+        "_id": &term.lease, "holder": &term.holder, "term": term.term,
+        "$expr": { "$gt": ["$expires_at", "$$NOW"] },
     }
 }
 

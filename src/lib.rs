@@ -8,9 +8,12 @@
 //! - [`clock`] — the database's clock, sampled; this process's clock only to report skew.
 //! - [`backoff`] — exponential back-off with jitter, shared by every retry.
 //! - [`schema`] — versioned migrations and the schema-version gate.
-//! - [`kek`] — key-encryption keys behind one provider interface (`file` so far).
+//! - [`kek`] — key-encryption keys behind one provider interface (`file`, `pkcs11`), rotation commands, backup bundles.
 //! - [`envelope`] — AES-256-GCM envelope encryption: a data key per secret, wrapped by a KEK.
 //! - [`secrets`] — secrets at rest in `keys`, sealed under their record id.
+//! - [`rotation`] — re-wrapping data keys onto the current KEK version (`kek-rewrap` jobs).
+//! - [`audit`] — the hash-chained audit log, its checkpoints and `audit verify`.
+//! - [`siem`] — forwarding audit records to syslog (RFC 5424/6587, optional TLS) and a webhook.
 //! - [`jobs`] — the fenced job queue: enqueue, claim, heartbeat, complete, fail, release, and fenced writes for handlers.
 //! - [`fence`] — writes that land only while a job claim or leadership term is current.
 //! - [`lease`] — named leases with fencing terms (scheduler leadership).
@@ -19,13 +22,14 @@
 //! - [`actors`] — ClaimActor, LeaseActor, the scheduler loop and supervision.
 //! - [`http`] — `/healthz`, `/readyz`, `/metrics` (and later the API).
 //! - [`metrics`] — the Prometheus registry and every metric we export.
-//! - [`readiness`] — what `/readyz` reports: database reachability with a grace period, schema fit, shutting down.
+//! - [`readiness`] — what `/readyz` reports: database reachability with a grace period, schema fit, the KEK canary, shutting down.
 //! - [`health`] — the `certautopilot health` operator command.
 //! - [`logging`] — JSON logs via `tracing`; panics logged as one line.
 //! - [`shutdown`] — one shutdown signal threaded through every task.
 //! - [`workloads`] — wiring of `api`, `worker`, `scheduler` and `all`.
 
 pub mod actors;
+pub mod audit;
 pub mod backoff;
 pub mod clock;
 pub mod config;
@@ -41,8 +45,10 @@ pub mod logging;
 pub mod metrics;
 pub mod presence;
 pub mod readiness;
+pub mod rotation;
 pub mod schema;
 pub mod secrets;
 pub mod shutdown;
+pub mod siem;
 pub mod store;
 pub mod workloads;

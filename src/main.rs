@@ -7,9 +7,17 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use certautopilot::config::{CommonArgs, ConfigError, WorkloadArgs};
+use std::path::PathBuf;
+
+use certautopilot::config::{CommonArgs, ConfigError, KekArgs, WorkloadArgs};
 use certautopilot::workloads::{self, Roles};
+use std::sync::Arc;
+
+use certautopilot::audit::{self, Audit, Event};
+use certautopilot::kek::KekProvider;
+use certautopilot::secrets::{SecretError, Secrets};
 use certautopilot::{health, logging, schema, store::Store};
+use mongodb::bson::doc;
 
 #[derive(Parser)]
 #[command(
@@ -34,9 +42,12 @@ enum Command {
     All(WorkloadArgs),
     /// Apply schema migrations (collections, indexes); safe to repeat
     Migrate(CommonArgs),
-    /// Key-encryption keys
+    /// Key-encryption keys: init, rotate, status, retire, export, import
     #[command(subcommand)]
     Kek(KekCommand),
+    /// The audit log
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Check the installation; exit 0 only when healthy
     Health {
         #[command(flatten)]
@@ -49,11 +60,69 @@ enum Command {
 
 #[derive(Subcommand)]
 enum KekCommand {
-    /// Create a new key ring (mode 0600) holding KEK version 1, for a fresh installation
+    /// Create KEK version 1 for a fresh installation: a new key ring (mode
+    /// 0600) for the file provider, or a key on the token for pkcs11
     Init {
-        /// Where to write it; refuses to overwrite
-        #[arg(long, env = "CAP_KEK_FILE")]
-        file: std::path::PathBuf,
+        /// Key ring to create (file provider); refuses to overwrite [default: CAP_KEK_FILE]
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        kek: KekArgs,
+    },
+    /// Make a new KEK version current; workers then re-wrap every data key
+    Rotate(CommonArgs),
+    /// KEK versions, data keys per version and the rotation's progress
+    Status {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Follow the rotation until no data key is on an old version
+        #[arg(long)]
+        wait: bool,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a KEK version; refused while any data key still uses it
+    Retire {
+        version: u32,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Write the key ring (file provider) to a passphrase-protected bundle
+    Export {
+        /// Bundle to create (mode 0600; refuses to overwrite)
+        #[arg(long)]
+        out: PathBuf,
+        /// File holding the passphrase [default: CAP_KEK_PASSPHRASE]
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        #[command(flatten)]
+        kek: KekArgs,
+    },
+    /// Restore a key ring from a bundle made by `kek export`
+    Import {
+        /// The bundle
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Key ring to create (mode 0600; refuses to overwrite) [default: CAP_KEK_FILE]
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// File holding the passphrase [default: CAP_KEK_PASSPHRASE]
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain and its checkpoints; exit 0 when intact, 3 at the
+    /// first tampered record
+    Verify {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -93,11 +162,15 @@ async fn run(command: Command) -> Result<ExitCode, Failure> {
         Command::All(a) => (Roles::ALL, a),
         Command::Migrate(common) => return migrate(common).await,
         Command::Health { common, json } => return health(common, json).await,
-        Command::Kek(KekCommand::Init { file }) => return kek_init(&file),
+        Command::Kek(command) => return kek(command).await,
+        Command::Audit(AuditCommand::Verify { common, json }) => {
+            return audit_verify(common, json).await
+        }
     };
     let cfg = args.resolve()?;
+    let kek = cfg.common.kek.clone()?;
     logging::init(cfg.common.log_format);
-    workloads::run(roles, cfg)
+    workloads::run(roles, cfg, &kek)
         .await
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     Ok(ExitCode::SUCCESS)
@@ -121,6 +194,14 @@ async fn migrate(common: CommonArgs) -> Result<ExitCode, Failure> {
     let report = schema::migrate(&store, |step| eprintln!("applying {step}"))
         .await
         .map_err(|e| Failure::Runtime(e.to_string()))?;
+    if !report.applied.is_empty() {
+        let event = Event::new(operator(), "schema.migrated", "schema").with(doc! {
+            "from": report.from,
+            "to": report.to,
+            "applied": report.applied.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        });
+        audit(&store, event).await?;
+    }
     if report.applied.is_empty() {
         eprintln!("schema is at version {}; nothing to do", report.to);
     } else {
@@ -132,18 +213,13 @@ async fn migrate(common: CommonArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn kek_init(file: &std::path::Path) -> Result<ExitCode, Failure> {
-    certautopilot::kek::FileKek::init(file).map_err(|e| Failure::Runtime(e.to_string()))?;
-    eprintln!(
-        "created key ring {} with KEK version 1 (mode 0600); keep a copy offsite: without it no secret can be decrypted",
-        file.display()
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
 async fn health(common: CommonArgs, json: bool) -> Result<ExitCode, Failure> {
     let store = connect(&common).await?;
-    let report = health::check(&store).await;
+    let kek = open_kek(&common).map_err(|e| match e {
+        Failure::Config(e) => e.to_string(),
+        Failure::Runtime(e) => e,
+    });
+    let report = health::check(&store, kek).await;
     if json {
         println!(
             "{}",
@@ -157,4 +233,270 @@ async fn health(common: CommonArgs, json: bool) -> Result<ExitCode, Failure> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Who operator commands act as, in the audit log.
+fn operator() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!("operator@{host}")
+}
+
+async fn audit(store: &Store, event: Event) -> Result<(), Failure> {
+    Audit::new(store.clone())
+        .append(&event)
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            Failure::Runtime(format!(
+                "writing the audit record: {}",
+                certautopilot::store::short(&e)
+            ))
+        })
+}
+
+fn open_kek(common: &CommonArgs) -> Result<Arc<dyn KekProvider>, Failure> {
+    let config = common.kek.resolve()?;
+    certautopilot::kek::open(&config).map_err(|e| Failure::Runtime(e.to_string()))
+}
+
+async fn audit_verify(common: CommonArgs, json: bool) -> Result<ExitCode, Failure> {
+    let store = connect(&common).await?;
+    let kek = open_kek(&common)?;
+    let secrets = Secrets::new(store.clone(), kek);
+    let key = match secrets.get(audit::CHECKPOINT_KEY_SECRET).await {
+        Ok(key) => Some(key),
+        Err(SecretError::NotFound(_)) => None,
+        Err(e) => return Err(Failure::Runtime(format!("reading the checkpoint key: {e}"))),
+    };
+    let total = store
+        .collection(audit::AUDIT_COLLECTION)
+        .estimated_document_count()
+        .await
+        .unwrap_or(0);
+    let report = audit::verify(
+        &store,
+        key.as_deref().map(|k| k.as_slice()),
+        audit::terminal_progress(total),
+    )
+    .await
+    .map_err(|e| {
+        Failure::Runtime(format!(
+            "reading the audit log: {}",
+            certautopilot::store::short(&e)
+        ))
+    })?;
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!();
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
+    } else {
+        match &report.problem {
+            None => println!(
+                "audit chain intact: {} records (last seq {}), {} checkpoints verified",
+                report.records, report.last_seq, report.checkpoints
+            ),
+            Some(problem) => println!(
+                "audit chain DAMAGED: {problem} (verified {} records before it)",
+                report.records
+            ),
+        }
+    }
+    Ok(if report.problem.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+async fn kek(command: KekCommand) -> Result<ExitCode, Failure> {
+    use certautopilot::kek::{admin, bundle, KekConfig};
+    let runtime = |e: String| Failure::Runtime(e);
+    match command {
+        KekCommand::Init { file, kek } => {
+            let config = match file {
+                Some(path) => KekConfig::File { path },
+                None => kek.resolve()?,
+            };
+            match &config {
+                KekConfig::File { path } => {
+                    certautopilot::kek::FileKek::init(path).map_err(|e| runtime(e.to_string()))?;
+                    eprintln!(
+                        "created key ring {} with KEK version 1 (mode 0600); keep a copy offsite (`certautopilot kek export`): without it no secret can be decrypted",
+                        path.display()
+                    );
+                }
+                KekConfig::Pkcs11 { .. } => {
+                    let provider =
+                        certautopilot::kek::open(&config).map_err(|e| runtime(e.to_string()))?;
+                    if !provider.versions().is_empty() {
+                        return Err(runtime(format!(
+                            "{} already holds KEK versions {:?}: use `certautopilot kek rotate`",
+                            provider.describe(),
+                            provider.versions()
+                        )));
+                    }
+                    provider.rotate().map_err(|e| runtime(e.to_string()))?;
+                    eprintln!("created KEK version 1 in {}", provider.describe());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KekCommand::Rotate(common) => {
+            let store = connect(&common).await?;
+            let kek = open_kek(&common)?;
+            let version = admin::rotate(&store, &kek, &operator())
+                .await
+                .map_err(|e| runtime(e.to_string()))?;
+            let status = admin::status(&store, &kek)
+                .await
+                .map_err(|e| runtime(e.to_string()))?;
+            eprintln!(
+                "KEK version {version} is now current in {}; new secrets use it. {} data key(s) on older versions will be re-wrapped by the workers: follow with `certautopilot kek status --wait`",
+                kek.describe(),
+                status.remaining
+            );
+            if matches!(common.kek.resolve(), Ok(KekConfig::File { .. })) {
+                eprintln!("every process must see the new key ring: if it is a mounted Secret, update the Secret from this file now, and export a new offsite backup");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KekCommand::Status { common, wait, json } => {
+            let store = connect(&common).await?;
+            let kek = open_kek(&common)?;
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            loop {
+                let status = admin::status(&store, &kek)
+                    .await
+                    .map_err(|e| runtime(e.to_string()))?;
+                if !wait || status.complete() {
+                    if tty && wait {
+                        eprintln!("\r{}", status.progress_bar(40));
+                    }
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&status).expect("status serializes")
+                        );
+                    } else {
+                        print!("{}", render_kek_status(&status));
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+                if tty {
+                    eprint!("\r{}", status.progress_bar(40));
+                } else {
+                    eprintln!("{}", status.progress_bar(40));
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+        KekCommand::Retire { version, common } => {
+            let store = connect(&common).await?;
+            let kek = open_kek(&common)?;
+            admin::retire(&store, &kek, version, &operator())
+                .await
+                .map_err(|e| runtime(e.to_string()))?;
+            eprintln!("KEK version {version} retired from {}", kek.describe());
+            Ok(ExitCode::SUCCESS)
+        }
+        KekCommand::Export {
+            out,
+            passphrase_file,
+            kek,
+        } => {
+            let KekConfig::File { path } = kek.resolve()? else {
+                return Err(runtime("kek export works with the file provider; an HSM's keys are backed up with the HSM's own tools".into()));
+            };
+            let passphrase = passphrase(passphrase_file.as_deref())?;
+            let text = bundle::export(&path, &passphrase).map_err(|e| runtime(e.to_string()))?;
+            certautopilot::kek::file::write_new(&out, &text).map_err(|e| runtime(e.to_string()))?;
+            eprintln!(
+                "wrote {} (mode 0600): store it offsite, and the passphrase somewhere else",
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        KekCommand::Import {
+            bundle: from,
+            file,
+            passphrase_file,
+        } => {
+            let path =
+                match file {
+                    Some(p) => p,
+                    None => match std::env::var("CAP_KEK_FILE") {
+                        Ok(p) if !p.trim().is_empty() => PathBuf::from(p),
+                        _ => return Err(Failure::Config(ConfigError(
+                            "kek import needs --file or CAP_KEK_FILE: where to write the key ring"
+                                .into(),
+                        ))),
+                    },
+                };
+            let passphrase = passphrase(passphrase_file.as_deref())?;
+            let text = std::fs::read_to_string(&from)
+                .map_err(|e| runtime(format!("cannot read {}: {e}", from.display())))?;
+            let versions =
+                bundle::import(&text, &passphrase, &path).map_err(|e| runtime(e.to_string()))?;
+            eprintln!(
+                "restored key ring {} (mode 0600) with KEK versions {versions:?}",
+                path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The bundle passphrase: from `--passphrase-file`, else `CAP_KEK_PASSPHRASE`.
+fn passphrase(file: Option<&std::path::Path>) -> Result<zeroize::Zeroizing<String>, Failure> {
+    let raw = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", path.display())))?,
+        None => std::env::var("CAP_KEK_PASSPHRASE").map_err(|_| {
+            Failure::Config(ConfigError(
+                "no passphrase: pass --passphrase-file or set CAP_KEK_PASSPHRASE".into(),
+            ))
+        })?,
+    };
+    let raw = zeroize::Zeroizing::new(raw);
+    Ok(zeroize::Zeroizing::new(
+        raw.trim_end_matches(['\n', '\r']).to_string(),
+    ))
+}
+
+fn render_kek_status(s: &certautopilot::kek::admin::KekStatus) -> String {
+    let mut out = format!("provider: {}\ncurrent version: {}\n", s.provider, s.current);
+    let mut versions: Vec<u32> = s.versions.clone();
+    versions.extend(s.data_keys.keys());
+    versions.sort_unstable();
+    versions.dedup();
+    out.push_str("version  data keys  held\n");
+    for v in versions {
+        out.push_str(&format!(
+            "{:>7}  {:>9}  {}{}\n",
+            v,
+            s.data_keys.get(&v).copied().unwrap_or(0),
+            if s.versions.contains(&v) {
+                "yes"
+            } else {
+                "NO (supply it)"
+            },
+            if v == s.current { "  (current)" } else { "" }
+        ));
+    }
+    out.push_str(&format!(
+        "rotation: {}\n{}\n",
+        if s.complete() {
+            "complete"
+        } else {
+            "in progress"
+        },
+        s.progress_bar(40)
+    ));
+    out
 }

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -27,6 +27,16 @@ pub struct Metrics {
     /// Database clock minus this process's wall clock, in seconds.
     pub clock_skew_seconds: Gauge,
     pub jobs_in_flight: IntGauge,
+    /// The KEK version new secrets are wrapped with (0: KEK unreachable).
+    pub kek_current_version: IntGauge,
+    /// Data keys by the KEK version wrapping them (the leader refreshes it).
+    pub kek_data_keys: IntGaugeVec,
+    /// Data keys still wrapped by a version other than the current one.
+    pub kek_rotation_remaining: IntGauge,
+    /// Audit records this process appended.
+    pub audit_appends_total: IntCounter,
+    /// The highest audit `seq` the SIEM forwarder has delivered, by sink.
+    pub audit_forwarded_seq: IntGaugeVec,
 }
 
 impl Metrics {
@@ -86,6 +96,37 @@ impl Metrics {
             "Jobs this worker is running",
         )
         .unwrap();
+        let kek_current_version = IntGauge::new(
+            "certautopilot_kek_current_version",
+            "KEK version new secrets are wrapped with (0 while the KEK is unreachable)",
+        )
+        .unwrap();
+        let kek_data_keys = IntGaugeVec::new(
+            Opts::new(
+                "certautopilot_kek_data_keys",
+                "Data keys by the KEK version that wraps them (reported by the scheduler leader)",
+            ),
+            &["version"],
+        )
+        .unwrap();
+        let kek_rotation_remaining = IntGauge::new(
+            "certautopilot_kek_rotation_remaining",
+            "Data keys not yet re-wrapped by the current KEK version (reported by the scheduler leader)",
+        )
+        .unwrap();
+        let audit_appends_total = IntCounter::new(
+            "certautopilot_audit_appends_total",
+            "Audit records this process appended",
+        )
+        .unwrap();
+        let audit_forwarded_seq = IntGaugeVec::new(
+            Opts::new(
+                "certautopilot_audit_forwarded_seq",
+                "Highest audit seq delivered to a SIEM sink",
+            ),
+            &["sink"],
+        )
+        .unwrap();
         for c in [
             Box::new(queue_depth.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(jobs_total.clone()),
@@ -95,6 +136,11 @@ impl Metrics {
             Box::new(actor_restarts_total.clone()),
             Box::new(clock_skew_seconds.clone()),
             Box::new(jobs_in_flight.clone()),
+            Box::new(kek_current_version.clone()),
+            Box::new(kek_data_keys.clone()),
+            Box::new(kek_rotation_remaining.clone()),
+            Box::new(audit_appends_total.clone()),
+            Box::new(audit_forwarded_seq.clone()),
         ] {
             registry.register(c).unwrap();
         }
@@ -108,6 +154,11 @@ impl Metrics {
             actor_restarts_total,
             clock_skew_seconds,
             jobs_in_flight,
+            kek_current_version,
+            kek_data_keys,
+            kek_rotation_remaining,
+            audit_appends_total,
+            audit_forwarded_seq,
         })
     }
 

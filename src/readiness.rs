@@ -1,8 +1,9 @@
 //! What `/readyz` reports, kept fresh by one background monitor so that the
 //! endpoint itself never waits on the database.
 //!
-//! Not ready when: shutting down; the schema does not fit this binary; or the
-//! primary has not answered for longer than the grace period. The grace
+//! Not ready when: shutting down; the schema does not fit this binary; the
+//! KEK fails its canary round trip; or the primary has not answered for
+//! longer than the grace period. The grace
 //! period means a brief election does not pull every replica out of the load
 //! balancer at the same moment.
 
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::kek::KekProvider;
 use crate::metrics::Metrics;
 use crate::schema::{self, SchemaFit};
 use crate::shutdown::Shutdown;
@@ -35,6 +37,8 @@ struct State {
     unreachable_since: Option<Instant>,
     last_error: Option<String>,
     schema: Option<SchemaFit>,
+    /// The last KEK canary's failure, if it failed.
+    kek_error: Option<String>,
 }
 
 /// The answer `/readyz` gives.
@@ -67,6 +71,10 @@ impl Readiness {
         s.unreachable_since = None;
         s.last_error = None;
         s.schema = Some(fit);
+    }
+
+    pub fn record_kek(&self, result: Result<(), String>) {
+        self.state.lock().unwrap().kek_error = result.err();
     }
 
     pub fn record_unreachable(&self, error: String) {
@@ -107,9 +115,12 @@ impl Readiness {
                 return not_ready("schema does not fit", json!({ "schema": fit.describe() }))
             }
         }
+        if let Some(e) = &s.kek_error {
+            return not_ready("KEK unreachable", json!({ "kek": e }));
+        }
         Report {
             ready: true,
-            body: json!({ "status": "ready", "checks": { "database": database, "schema": "ok" } }),
+            body: json!({ "status": "ready", "checks": { "database": database, "schema": "ok", "kek": "ok" } }),
         }
     }
 }
@@ -121,10 +132,11 @@ fn not_ready(reason: &str, details: serde_json::Value) -> Report {
     }
 }
 
-/// Asks the primary for `hello` and the schema version every
-/// [`PROBE_INTERVAL`] until shutdown.
+/// Asks the primary for `hello` and the schema version, and runs the KEK
+/// canary, every [`PROBE_INTERVAL`] until shutdown.
 pub async fn monitor(
     store: Store,
+    kek: Arc<dyn KekProvider>,
     readiness: Arc<Readiness>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
@@ -134,6 +146,13 @@ pub async fn monitor(
             Ok(fit) => readiness.record_ok(fit),
             Err(e) => readiness.record_unreachable(e),
         }
+        let kek_result = kek_canary(kek.clone()).await;
+        if kek_result.is_ok() {
+            metrics
+                .kek_current_version
+                .set(kek.current_version() as i64);
+        }
+        readiness.record_kek(kek_result);
         if let Some(skew) = store.clock().observed_skew_secs() {
             metrics.clock_skew_seconds.set(skew);
         }
@@ -141,6 +160,21 @@ pub async fn monitor(
             _ = tokio::time::sleep(PROBE_INTERVAL) => {}
             _ = shutdown.requested() => return,
         }
+    }
+}
+
+/// Re-reads the KEK source and runs a wrap/unwrap round trip, off the async
+/// threads (an HSM call blocks).
+pub async fn kek_canary(kek: Arc<dyn KekProvider>) -> Result<(), String> {
+    let check = tokio::task::spawn_blocking(move || {
+        kek.refresh()?;
+        kek.check()
+    });
+    match tokio::time::timeout(PROBE_DEADLINE, check).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(e.to_string()),
+        Ok(Err(_)) => Err("KEK check panicked".into()),
+        Err(_) => Err("KEK check timed out".into()),
     }
 }
 

@@ -47,7 +47,23 @@ const MIGRATIONS: &[Migration] = &[
         collections: &["keys"],
         indexes: v2_indexes,
     },
+    Migration {
+        version: 3,
+        name: "audit log, checkpoints and SIEM positions",
+        collections: &[
+            "audit",
+            "audit_head",
+            "audit_checkpoints",
+            "audit_forwarders",
+        ],
+        indexes: no_indexes,
+    },
 ];
+
+/// The audit collections are read by `_id` (the seq) only.
+fn no_indexes() -> Vec<(&'static str, IndexModel)> {
+    Vec::new()
+}
 
 fn index(keys: Document, name: &str) -> IndexModel {
     IndexModel::builder()

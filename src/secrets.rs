@@ -42,12 +42,7 @@ impl Secrets {
         let sealed = envelope::seal(self.kek.as_ref(), &record(id), plaintext)?;
         let keys = self.store.collection(KEYS_COLLECTION);
         let update = doc! {
-            "$set": {
-                "kek_version": sealed.kek_version as i64,
-                "wrapped_key": binary(&sealed.wrapped_key),
-                "nonce": binary(&sealed.nonce),
-                "ciphertext": binary(&sealed.ciphertext),
-            },
+            "$set": sealed_fields(&sealed),
             "$currentDate": { "updated_at": true },
         };
         self.store
@@ -57,6 +52,36 @@ impl Secrets {
             })
             .await?;
         Ok(())
+    }
+
+    /// Reads the secret `id`, first creating it from `make()` if it does not
+    /// exist. Creation is insert-only, so processes racing to create the same
+    /// secret all end up with the one that landed first.
+    pub async fn get_or_create(
+        &self,
+        id: &str,
+        make: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Zeroizing<Vec<u8>>, SecretError> {
+        match self.get(id).await {
+            Err(SecretError::NotFound(_)) => {}
+            found => return found,
+        }
+        let value = Zeroizing::new(make());
+        let sealed = envelope::seal(self.kek.as_ref(), &record(id), &value)?;
+        let mut document = sealed_fields(&sealed);
+        document.insert("_id", id);
+        document.insert("updated_at", self.store.server_now().await?);
+        let keys = self.store.collection(KEYS_COLLECTION);
+        match self
+            .store
+            .ride_through("create secret", || keys.insert_one(document.clone()))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if crate::store::is_duplicate_key(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.get(id).await
     }
 
     /// Reads and opens the secret `id`.
@@ -77,7 +102,17 @@ fn record(id: &str) -> String {
     format!("{KEYS_COLLECTION}/{id}")
 }
 
-fn binary(bytes: &[u8]) -> Binary {
+/// The stored fields of a sealed secret.
+fn sealed_fields(sealed: &Sealed) -> Document {
+    doc! {
+        "kek_version": sealed.kek_version as i64,
+        "wrapped_key": binary(&sealed.wrapped_key),
+        "nonce": binary(&sealed.nonce),
+        "ciphertext": binary(&sealed.ciphertext),
+    }
+}
+
+pub(crate) fn binary(bytes: &[u8]) -> Binary {
     Binary {
         subtype: BinarySubtype::Generic,
         bytes: bytes.to_vec(),

@@ -14,13 +14,16 @@ use actix::{Addr, Supervisor};
 use actix_web::{web, App, HttpServer};
 
 use crate::actors::claim::{ClaimActor, ClaimSettings, Drain};
+use crate::actors::kek_rotation::KekRotationActor;
 use crate::actors::lease::{LeaseActor, LeaseSettings, StepDown};
 use crate::actors::scheduler::SchedulerActor;
+use crate::actors::siem::SiemActor;
 use crate::clock::LocalClock;
 use crate::config::WorkloadConfig;
 use crate::handlers::Handlers;
 use crate::http::{self, health::DepthCache, AppState};
 use crate::jobs::JobQueue;
+use crate::kek::KekConfig;
 use crate::lease::{Leases, SCHEDULER_LEASE};
 use crate::metrics::Metrics;
 use crate::presence::Presence;
@@ -65,6 +68,8 @@ pub enum StartError {
     Database(String),
     #[error("{0}")]
     Schema(String),
+    #[error("KEK: {0}")]
+    Kek(String),
     #[error("cannot serve HTTP on {addr}: {error}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -73,7 +78,10 @@ pub enum StartError {
 }
 
 /// Runs the given roles until SIGTERM/SIGINT, then shuts down gracefully.
-pub async fn run(roles: Roles, cfg: WorkloadConfig) -> Result<(), StartError> {
+pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(), StartError> {
+    // A key ring that is missing or open to others stops us here; a PKCS#11
+    // token that is away only makes us unready until it is back.
+    let kek = crate::kek::open(kek).map_err(|e| StartError::Kek(e.to_string()))?;
     let local = LocalClock {
         offset_secs: cfg.clock_offset_secs,
     };
@@ -95,9 +103,10 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig) -> Result<(), StartError> {
     let readiness = Readiness::new(cfg.readyz_grace);
     let shutdown = Shutdown::new();
     let queue = JobQueue::new(store.clone());
-    let handlers = Handlers::standard(queue.clone(), cfg.job_retention);
+    let handlers = Handlers::standard(queue.clone(), kek.clone(), cfg.job_retention);
     actix::spawn(readiness::monitor(
         store.clone(),
+        kek.clone(),
         readiness.clone(),
         metrics.clone(),
         shutdown.clone(),
@@ -128,6 +137,17 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig) -> Result<(), StartError> {
             let every = cfg.housekeeping_interval;
             move |_| SchedulerActor::new(leases, every)
         });
+        let rotation = Supervisor::start({
+            let (leases, kek, metrics) = (leases.clone(), kek.clone(), metrics.clone());
+            let every = cfg.kek_rotation_check;
+            move |_| KekRotationActor::new(leases, kek, metrics, every)
+        });
+        let mut subscribers = vec![scheduler.recipient(), rotation.recipient()];
+        if cfg.siem.enabled() {
+            let (leases, siem, metrics) = (leases.clone(), cfg.siem.clone(), metrics.clone());
+            let forwarder = Supervisor::start(move |_| SiemActor::new(leases, siem, metrics));
+            subscribers.push(forwarder.recipient());
+        }
         let (readiness, metrics, shutdown) = (readiness.clone(), metrics.clone(), shutdown.clone());
         let settings = LeaseSettings {
             name: SCHEDULER_LEASE.to_string(),
@@ -135,14 +155,7 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig) -> Result<(), StartError> {
             ttl: cfg.leader_lease,
         };
         Supervisor::start(move |_| {
-            LeaseActor::new(
-                leases,
-                settings,
-                vec![scheduler.recipient()],
-                readiness,
-                metrics,
-                shutdown,
-            )
+            LeaseActor::new(leases, settings, subscribers, readiness, metrics, shutdown)
         })
     });
 

@@ -35,6 +35,7 @@ fn an_invalid_setting_exits_2_with_one_line_naming_it() {
         ("CAP_HTTP_ADDR", "not-an-address"),
         ("CAP_READYZ_GRACE_SECS", "1.5"),
         ("CAP_LOG_FORMAT", "xml"),
+        ("CAP_KEK_PROVIDER", "vault"),
     ] {
         let out = run(&["worker"], &[uri, (var, value)]);
         let err = stderr(&out);
@@ -48,6 +49,9 @@ fn an_invalid_setting_exits_2_with_one_line_naming_it() {
     let out = run(&["scheduler"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("CAP_MONGO_URI"));
+    let out = run(&["worker"], &[uri]);
+    assert_eq!(out.status.code(), Some(2), "a workload needs its KEK");
+    assert!(stderr(&out).contains("CAP_KEK_FILE"), "{}", stderr(&out));
     // The flag overrides the variable and is validated the same way.
     let out = run(&["api", "--job-lease-secs", "abc"], &[uri]);
     assert_eq!(out.status.code(), Some(2));
@@ -190,6 +194,7 @@ async fn readyz_fails_until_migrated_and_a_newer_schema_refuses_to_start() {
         &["worker"],
         &[
             ("CAP_MONGO_URI", &db.uri),
+            ("CAP_KEK_FILE", db.kek_file.to_str().unwrap()),
             ("CAP_HTTP_ADDR", &common::free_addr().to_string()),
         ],
     );
@@ -200,7 +205,10 @@ async fn readyz_fails_until_migrated_and_a_newer_schema_refuses_to_start() {
 #[tokio::test]
 async fn health_reports_each_check_and_exits_0_only_when_healthy() {
     let db = TestDb::migrated("health").await;
-    let env = [("CAP_MONGO_URI", db.uri.as_str())];
+    let env = [
+        ("CAP_MONGO_URI", db.uri.as_str()),
+        ("CAP_KEK_FILE", db.kek_file.to_str().unwrap()),
+    ];
 
     // No scheduler yet: no live leader, so unhealthy.
     let out = run(&["health", "--json"], &env);
@@ -225,6 +233,24 @@ async fn health_reports_each_check_and_exits_0_only_when_healthy() {
     let human = String::from_utf8(run(&["health"], &env).stdout).unwrap();
     assert!(human.starts_with("HEALTHY"), "{human}");
     assert!(human.contains("healthy-one leads"), "{human}");
+    assert!(human.contains("can be unwrapped"), "{human}");
+
+    // Without its KEK the installation is not healthy, and says why.
+    let out = run(&["health", "--json"], &env[..1]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kek = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "kek")
+        .unwrap()
+        .clone();
+    assert_eq!(kek["ok"], false);
+    assert!(
+        kek["detail"].as_str().unwrap().contains("CAP_KEK_FILE"),
+        "{kek}"
+    );
     assert!(
         human.contains("PRIMARY"),
         "replica-set members are listed: {human}"

@@ -14,7 +14,8 @@ use certautopilot::store::Store;
 
 #[actix_web::test]
 async fn a_claim_actor_that_keeps_failing_is_restarted_with_growing_back_off() {
-    // Nothing listens on port 1: every claim fails after a 50 ms server
+    // Nothing listens on port 1: announcing presence (and so every claim)
+    // fails after a 50 ms server
     // selection, with no election window to ride through.
     let store = Store::connect(
         "mongodb://127.0.0.1:1/x?serverSelectionTimeoutMS=50",

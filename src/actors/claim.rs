@@ -17,12 +17,14 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::actors::supervision::Restarts;
+use crate::audit::{Audit, Event};
 use crate::handlers::{HandlerError, Handlers, JobHandler};
 use crate::jobs::{ClaimedJob, FailOutcome, JobError, JobQueue};
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::readiness::Readiness;
 use crate::schema::SchemaFit;
+use mongodb::bson::doc;
 
 /// The actor's life: claiming, or draining towards shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +52,8 @@ pub struct ClaimActor {
     /// Jobs running now, with the token that makes each hand itself back.
     in_flight: HashMap<ObjectId, CancellationToken>,
     claiming: bool,
+    /// Our presence has been recorded at least once.
+    present: bool,
     restarts: Restarts,
     drained: Vec<oneshot::Sender<()>>,
 }
@@ -73,6 +77,7 @@ impl ClaimActor {
             state: ClaimState::Claiming,
             in_flight: HashMap::new(),
             claiming: false,
+            present: false,
             restarts: Restarts::default(),
             drained: Vec::new(),
         }
@@ -87,8 +92,11 @@ impl ClaimActor {
     /// One claim round: ask for as many jobs as there are free slots.
     fn claim_round(&mut self, ctx: &mut Context<Self>) {
         let schema_ok = self.readiness.schema_fit() == Some(SchemaFit::Current);
+        // Never hold a job before our presence is recorded: a worker that
+        // died unannounced would keep its jobs for a whole job lease.
         if self.claiming
             || self.state != ClaimState::Claiming
+            || !self.present
             || !schema_ok
             || self.free_slots() == 0
         {
@@ -172,14 +180,23 @@ impl ClaimActor {
             return;
         }
         let presence = self.presence.clone();
-        ctx.spawn(
-            async move {
-                if let Err(e) = presence.renew().await {
-                    tracing::warn!(error = %crate::store::short(&e), "renewing worker presence failed");
+        ctx.spawn(async move { presence.renew().await }.into_actor(self).map(
+            |result, act, ctx| match result {
+                Ok(()) if !act.present => {
+                    act.present = true;
+                    act.claim_round(ctx);
                 }
-            }
-            .into_actor(self),
-        );
+                Ok(()) => {}
+                // Never announced: nothing to claim with; restart with back-off.
+                Err(e) if !act.present => {
+                    tracing::error!(error = %crate::store::short(&e), "announcing worker presence failed; restarting the claim actor");
+                    ctx.stop();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %crate::store::short(&e), "renewing worker presence failed")
+                }
+            },
+        ));
     }
 
     fn finish_drain_if_done(&mut self, ctx: &mut Context<Self>) {
@@ -374,6 +391,14 @@ async fn run_job(
     };
     tracing::info!(job = %lease.job_id, kind, attempt = job.attempt, token = lease.token, outcome, "job finished");
     metrics.jobs_total.with_label_values(&[kind, outcome]).inc();
+    if matches!(outcome, "completed" | "retrying" | "dead") {
+        let event = Event::new(&lease.holder, &format!("job.{outcome}"), format!("jobs/{}", lease.job_id))
+            .with(doc! { "kind": kind, "key": &job.key, "attempt": job.attempt as i64, "token": lease.token });
+        Audit::new(queue.store().clone())
+            .with_metrics(metrics.clone())
+            .record(event)
+            .await;
+    }
 }
 
 async fn fail(queue: &JobQueue, job: &ClaimedJob, reason: &str, permanent: bool) -> &'static str {

@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::actors::supervision::Restarts;
+use crate::audit::{Audit, Event};
 use crate::lease::{next_change, LeaseError, Leases, Term};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::schema::SchemaFit;
 use crate::shutdown::Shutdown;
+use mongodb::bson::doc;
 use std::sync::Arc;
 
 /// Where this process stands.
@@ -129,6 +131,10 @@ impl LeaseActor {
                         act.restarts.reset();
                         tracing::info!(lease = %term.lease, term = term.term, "became leader");
                         act.metrics.leader_takeovers_total.inc();
+                        let event = Event::new(&term.holder, "leader.takeover", format!("leases/{}", term.lease))
+                            .with(doc! { "term": term.term });
+                        let audit = Audit::new(act.leases.store().clone()).with_metrics(act.metrics.clone());
+                        actix::spawn(async move { audit.record(event).await });
                         act.become_(LeaseState::Leader { term, renewed_at: sent });
                     }
                     Ok(None) => act.restarts.reset(),

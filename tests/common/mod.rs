@@ -29,7 +29,9 @@ pub fn server_base() -> String {
             if let Ok(uri) = std::env::var("CAP_TEST_MONGO_URI") {
                 return uri;
             }
-            start_secantus()
+            let uri = start_secantus();
+            shorten_transaction_lifetime(&uri);
+            uri
         })
         .clone()
 }
@@ -75,6 +77,29 @@ fn start_secantus() -> String {
     panic!("secantusd-rs did not report its port");
 }
 
+/// The setting the README recommends for production: a process killed
+/// inside a transaction holds its locks until the server gives up on the
+/// transaction, 60 s by default; ours last milliseconds.
+fn shorten_transaction_lifetime(uri: &str) {
+    let uri = uri.to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+            client
+                .database("admin")
+                .run_command(mongodb::bson::doc! { "setParameter": 1, "transactionLifetimeLimitSeconds": 10 })
+                .await
+                .expect("setParameter transactionLifetimeLimitSeconds");
+        })
+    })
+    .join()
+    .unwrap();
+}
+
 fn which(name: &str) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
@@ -85,10 +110,13 @@ fn which(name: &str) -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
 
-/// A database of its own for one test.
+/// A database of its own for one test, with the key ring (KEK version 1)
+/// its processes share.
 pub struct TestDb {
     pub uri: String,
     pub name: String,
+    pub kek_file: PathBuf,
+    _kek_dir: tempfile::TempDir,
 }
 
 impl TestDb {
@@ -102,7 +130,20 @@ impl TestDb {
             DB_SEQ.fetch_add(1, Ordering::SeqCst)
         );
         let uri = with_database(&base, &name);
-        TestDb { uri, name }
+        let kek_dir = tempfile::tempdir().unwrap();
+        let kek_file = kek_dir.path().join("kek.json");
+        certautopilot::kek::FileKek::init(&kek_file).unwrap();
+        TestDb {
+            uri,
+            name,
+            kek_file,
+            _kek_dir: kek_dir,
+        }
+    }
+
+    /// The key ring's provider, as a process of this test would load it.
+    pub fn kek(&self) -> std::sync::Arc<dyn certautopilot::kek::KekProvider> {
+        std::sync::Arc::new(certautopilot::kek::FileKek::load(&self.kek_file).unwrap())
     }
 
     /// A fresh database with the current schema.
@@ -178,6 +219,7 @@ impl Proc {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CAP_MONGO_URI", &db.uri)
+            .env("CAP_KEK_FILE", &db.kek_file)
             .env("CAP_HTTP_ADDR", http.to_string())
             .env("CAP_INSTANCE_ID", id)
             .env("CAP_LOG_FORMAT", "json")

@@ -1,0 +1,145 @@
+//! `KekRotationActor`: while this process leads the scheduler, every
+//! `CAP_KEK_ROTATION_CHECK_SECS` it counts data keys per KEK version (the
+//! `certautopilot_kek_*` metrics) and, while any is wrapped by a version
+//! other than the current one, makes sure a `kek-rewrap` job is queued.
+//!
+//! The job's key names the target version and the time bucket, and the
+//! enqueue is fenced by the leader's term ([`Leases::enqueue_as_leader`]): a
+//! deposed leader cannot add one, and one tick cannot add two.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use mongodb::bson::doc;
+
+use crate::actors::lease::LeadershipChanged;
+use crate::jobs::{JobState, NewJob, JOBS_COLLECTION};
+use crate::kek::KekProvider;
+use crate::lease::{Leases, Term};
+use crate::metrics::Metrics;
+use crate::rotation::{data_keys_by_version, remaining, KEK_REWRAP};
+
+pub struct KekRotationActor {
+    leases: Leases,
+    kek: Arc<dyn KekProvider>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    term: Option<Term>,
+    timer: Option<SpawnHandle>,
+}
+
+impl KekRotationActor {
+    pub fn new(
+        leases: Leases,
+        kek: Arc<dyn KekProvider>,
+        metrics: Arc<Metrics>,
+        every: Duration,
+    ) -> Self {
+        KekRotationActor {
+            leases,
+            kek,
+            metrics,
+            every,
+            term: None,
+            timer: None,
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let Some(term) = self.term.clone() else {
+            return;
+        };
+        let (leases, kek, metrics, every) = (
+            self.leases.clone(),
+            self.kek.clone(),
+            self.metrics.clone(),
+            self.every,
+        );
+        ctx.spawn(
+            async move {
+                if let Err(e) = step(&leases, &term, kek, &metrics, every).await {
+                    tracing::warn!(error = %e, "KEK rotation check failed; trying again next tick");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+async fn step(
+    leases: &Leases,
+    term: &Term,
+    kek: Arc<dyn KekProvider>,
+    metrics: &Metrics,
+    every: Duration,
+) -> Result<(), String> {
+    let store = leases.store();
+    let short = |e: mongodb::error::Error| crate::store::short(&e);
+    let current = tokio::task::spawn_blocking({
+        let kek = kek.clone();
+        move || kek.refresh().map(|_| kek.current_version())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let counts = data_keys_by_version(store).await.map_err(short)?;
+    metrics.kek_data_keys.reset();
+    for (version, n) in &counts {
+        metrics
+            .kek_data_keys
+            .with_label_values(&[&version.to_string()])
+            .set(*n);
+    }
+    let left = remaining(&counts, current);
+    metrics.kek_rotation_remaining.set(left);
+    if left == 0 {
+        return Ok(());
+    }
+    let active = store
+        .collection(JOBS_COLLECTION)
+        .count_documents(doc! {
+            "kind": KEK_REWRAP,
+            "state": { "$in": [JobState::Queued.as_str(), JobState::Running.as_str()] },
+        })
+        .await
+        .map_err(short)?;
+    if active > 0 {
+        return Ok(());
+    }
+    let now = store.server_now().await.map_err(short)?;
+    let bucket = now.timestamp_millis() / every.as_millis().max(1) as i64;
+    let job = NewJob::new(
+        KEK_REWRAP,
+        format!("{KEK_REWRAP}:v{current}:{bucket}"),
+        doc! { "target": current as i64, "term": term.term },
+    );
+    let enqueued = leases
+        .enqueue_as_leader(term, &job)
+        .await
+        .map_err(|e| e.to_string())?;
+    if enqueued.created {
+        tracing::info!(job = %enqueued.id, target = current, remaining = left, "enqueued a KEK re-wrap");
+    }
+    Ok(())
+}
+
+impl Actor for KekRotationActor {
+    type Context = Context<Self>;
+}
+
+impl Supervised for KekRotationActor {}
+
+impl Handler<LeadershipChanged> for KekRotationActor {
+    type Result = ();
+    fn handle(&mut self, msg: LeadershipChanged, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.timer.take() {
+            ctx.cancel_future(timer);
+        }
+        self.term = msg.0;
+        if self.term.is_some() {
+            self.tick(ctx);
+            self.timer = Some(ctx.run_interval(self.every, |act, ctx| act.tick(ctx)));
+        }
+    }
+}
