@@ -4,7 +4,8 @@
 # scheduler in one process) on http://127.0.0.1:8080. Ctrl-C stops both.
 #
 # Knobs: CAP_LOCAL_DIR (default ./.local), CAP_LOCAL_DB_PORT (default 27117),
-# and every CAP_* setting of the README.
+# and every CAP_* setting of the README. The key ring is .local/kek.json
+# unless CAP_KEK_FILE says otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -35,6 +36,9 @@ trap 'exit 130' INT TERM
 export CAP_MONGO_URI="${CAP_MONGO_URI:-mongodb://127.0.0.1:$port/certautopilot?replicaSet=secantus}"
 export CAP_HTTP_ADDR="${CAP_HTTP_ADDR:-127.0.0.1:8080}"
 export CAP_LOG_FORMAT="${CAP_LOG_FORMAT:-text}"
+# A key ring of its own, created once and kept with the database.
+export CAP_KEK_FILE="${CAP_KEK_FILE:-$dir/kek.json}"
+[ -f "$CAP_KEK_FILE" ] || "$bin" kek init --file "$CAP_KEK_FILE"
 
 echo "run-local: waiting for the database on 127.0.0.1:$port" >&2
 for _ in $(seq 1 100); do

@@ -1,0 +1,246 @@
+//! SIEM forwarding to a real rsyslog (Debian's `rsyslog`) on loopback, and
+//! to a webhook: every record arrives, in order, across a forwarder crash.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use certautopilot::audit::{Audit, Event};
+use common::{Proc, TestDb};
+use mongodb::bson::doc;
+use nix::sys::signal::Signal;
+
+/// rsyslogd in the foreground, receiving RFC 6587 octet-counted TCP on a
+/// loopback port and writing each message, raw, as one line of `out`.
+struct Rsyslog {
+    child: Child,
+    port: u16,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Rsyslog {
+    fn start() -> Rsyslog {
+        let dir = tempfile::tempdir().unwrap();
+        let port = common::free_addr().port();
+        let out = dir.path().join("received.log");
+        let conf = dir.path().join("rsyslog.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"global(workDirectory="{dir}")
+module(load="imtcp")
+input(type="imtcp" port="{port}" address="127.0.0.1")
+template(name="raw" type="string" string="%rawmsg%\n")
+*.* action(type="omfile" file="{out}" template="raw")
+"#,
+                dir = dir.path().display(),
+                out = out.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("/usr/sbin/rsyslogd")
+            .args([
+                "-n",
+                "-i",
+                &dir.path().join("pid").display().to_string(),
+                "-f",
+            ])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rsyslogd (Debian package rsyslog; scripts/setup.sh installs it)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "rsyslogd did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Rsyslog {
+            child,
+            port,
+            out,
+            _dir: dir,
+        }
+    }
+
+    /// The `seq` of every message received so far, in arrival order.
+    fn received(&self) -> Vec<i64> {
+        seqs(&std::fs::read_to_string(&self.out).unwrap_or_default())
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn seqs(text: &str) -> Vec<i64> {
+    text.lines()
+        .filter_map(|l| l.split("seq=\"").nth(1))
+        .filter_map(|s| s.split('"').next())
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// What a receiver that drops duplicates by `seq` keeps: it must be every
+/// record, each first seen in order.
+fn assert_complete_in_order(arrived: &[i64], total: i64) {
+    let mut seen = BTreeSet::new();
+    let mut firsts = Vec::new();
+    for s in arrived {
+        if seen.insert(*s) {
+            firsts.push(*s);
+        }
+    }
+    assert_eq!(
+        firsts,
+        (1..=total).collect::<Vec<_>>(),
+        "every record, in order"
+    );
+}
+
+async fn append(audit: &Audit, from: i64, to: i64) {
+    for i in from..=to {
+        let event =
+            Event::new("test", "thing.changed", format!("things/{i}")).with(doc! { "i": i });
+        audit.append(&event).await.unwrap();
+    }
+}
+
+async fn total(db: &TestDb) -> i64 {
+    Audit::new(db.store().await).head().await.unwrap().0
+}
+
+#[tokio::test]
+async fn syslog_receives_every_record_in_order_across_a_forwarder_crash() {
+    let rsyslog = Rsyslog::start();
+    let db = TestDb::migrated("siem_syslog").await;
+    let audit = Audit::new(db.store().await);
+    append(&audit, 1, 400).await;
+
+    let addr = format!("127.0.0.1:{}", rsyslog.port);
+    let env = [
+        ("CAP_SIEM_SYSLOG_ADDR", addr.as_str()),
+        ("CAP_SIEM_BATCH", "20"),
+        ("CAP_SIEM_POLL_MS", "50"),
+        ("CAP_LEADER_LEASE_SECS", "3"),
+    ];
+    let first = Proc::start("scheduler", &db, "forwarder-1", &env);
+    let midway = common::wait_until(Duration::from_secs(30), || async {
+        rsyslog.received().len() >= 100
+    })
+    .await;
+    assert!(midway, "forwarding began; log:\n{}", first.log_text());
+    first.signal(Signal::SIGKILL);
+    drop(first);
+    let at_crash = rsyslog.received().len();
+    // More history while no forwarder runs.
+    append(&audit, 401, 500).await;
+
+    let second = Proc::start("scheduler", &db, "forwarder-2", &env);
+    let all = common::wait_until(Duration::from_secs(60), || async {
+        let n = total(&db).await;
+        rsyslog.received().iter().collect::<BTreeSet<_>>().len() as i64 == n
+    })
+    .await;
+    assert!(all, "every record arrived; log:\n{}", second.log_text());
+    assert!(
+        at_crash < 500,
+        "the crash came mid-stream ({at_crash} received)"
+    );
+    assert_complete_in_order(&rsyslog.received(), total(&db).await);
+
+    // Each message is RFC 5424 with the record's seq and hash.
+    let text = std::fs::read_to_string(&rsyslog.out).unwrap();
+    let line = text.lines().next().unwrap();
+    assert!(line.starts_with("<110>1 "), "{line}");
+    assert!(line.contains("[audit@32473 seq=\"1\" hash=\""), "{line}");
+}
+
+/// A minimal HTTP receiver: answers 200 to each POST and keeps the bodies.
+fn webhook_receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/audit", listener.local_addr().unwrap());
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let sink = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let sink = sink.clone();
+            std::thread::spawn(move || serve(stream, &sink));
+        }
+    });
+    (url, bodies)
+}
+
+fn serve(stream: std::net::TcpStream, sink: &Mutex<Vec<serde_json::Value>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let mut length = 0usize;
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        sink.lock()
+            .unwrap()
+            .push(serde_json::from_slice(&body).unwrap());
+        writer
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_webhook_receives_json_batches_in_order() {
+    let (url, bodies) = webhook_receiver();
+    let db = TestDb::migrated("siem_webhook").await;
+    append(&Audit::new(db.store().await), 1, 120).await;
+    let env = [
+        ("CAP_SIEM_WEBHOOK_URL", url.as_str()),
+        ("CAP_SIEM_BATCH", "50"),
+        ("CAP_SIEM_POLL_MS", "50"),
+    ];
+    let forwarder = Proc::start("scheduler", &db, "webhook-forwarder", &env);
+    let arrived = || -> Vec<i64> {
+        bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|b| b["records"].as_array().unwrap().clone())
+            .map(|r| r["seq"].as_i64().unwrap())
+            .collect()
+    };
+    let done = common::wait_until(Duration::from_secs(30), || async {
+        arrived().iter().collect::<BTreeSet<_>>().len() as i64 == total(&db).await
+    })
+    .await;
+    assert!(done, "log:\n{}", forwarder.log_text());
+    assert_complete_in_order(&arrived(), total(&db).await);
+    let first = bodies.lock().unwrap()[0]["records"][0].clone();
+    assert!(first["hash"].as_str().unwrap().len() == 64, "{first}");
+}
