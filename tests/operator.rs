@@ -292,3 +292,63 @@ fn kek_init_creates_a_private_key_ring_once() {
     assert_eq!(again.status.code(), Some(1), "refuses to overwrite");
     assert!(stderr(&again).contains("kek.json"), "{}", stderr(&again));
 }
+
+#[test]
+fn kek_export_refuses_weak_passphrases_and_import_restores_the_key_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = dir.path().join("kek.json");
+    let ring_s = ring.to_str().unwrap();
+    assert!(run(&["kek", "init", "--file", ring_s], &[])
+        .status
+        .success());
+    let bundle = dir.path().join("bundle.json");
+    let bundle_s = bundle.to_str().unwrap();
+    let export = |pass: &str| {
+        run(
+            &["kek", "export", "--out", bundle_s],
+            &[("CAP_KEK_FILE", ring_s), ("CAP_KEK_PASSPHRASE", pass)],
+        )
+    };
+    for weak in ["", "hunter2", "aaaaaaaaaaaaaaaaaaaaaaaa"] {
+        let out = export(weak);
+        assert_eq!(out.status.code(), Some(1), "{weak:?}");
+        assert!(
+            stderr(&out).contains("passphrase refused"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!bundle.exists(), "nothing written for {weak:?}");
+    }
+    let pass = "correct horse battery staple";
+    let out = export(pass);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let restored = dir.path().join("restored.json");
+    let import = |pass: &str| {
+        run(
+            &[
+                "kek",
+                "import",
+                "--bundle",
+                bundle_s,
+                "--file",
+                restored.to_str().unwrap(),
+            ],
+            &[("CAP_KEK_PASSPHRASE", pass)],
+        )
+    };
+    let wrong = import("correct horse battery stapler");
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        stderr(&wrong).contains("wrong passphrase"),
+        "{}",
+        stderr(&wrong)
+    );
+    let out = import(pass);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(&restored).unwrap(),
+        std::fs::read_to_string(&ring).unwrap(),
+        "the same key ring comes back"
+    );
+}

@@ -244,3 +244,161 @@ async fn the_webhook_receives_json_batches_in_order() {
     let first = bodies.lock().unwrap()[0]["records"][0].clone();
     assert!(first["hash"].as_str().unwrap().len() == 64, "{first}");
 }
+
+/// A TLS syslog receiver (rustls, a certificate made by `openssl` for
+/// 127.0.0.1): parses RFC 6587 octet-counted frames and keeps each message.
+async fn tls_receiver(dir: &std::path::Path) -> (u16, PathBuf, Arc<Mutex<Vec<String>>>) {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+
+    let (ca, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let new_key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "1",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &new_key,
+            &[
+                "-subj",
+                "/CN=test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &new_key,
+            &[
+                "-subj",
+                "/CN=siem.test",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ],
+            &[
+                "-addext",
+                "basicConstraints=critical,CA:FALSE",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+            ],
+            &["-keyout", "key.pem", "-out", "cert.pem"],
+        ]
+        .concat(),
+    );
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![CertificateDer::from_pem_file(&cert).unwrap()],
+        PrivateKeyDer::from_pem_file(&key).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let messages = Arc::new(Mutex::new(Vec::new()));
+    let sink = messages.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (acceptor, sink) = (acceptor.clone(), sink.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut reader = tokio::io::BufReader::new(tls);
+                loop {
+                    let mut len = Vec::new();
+                    if reader.read_until(b' ', &mut len).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let len: usize = String::from_utf8_lossy(&len).trim().parse().unwrap();
+                    let mut message = vec![0; len];
+                    reader.read_exact(&mut message).await.unwrap();
+                    sink.lock()
+                        .unwrap()
+                        .push(String::from_utf8(message).unwrap());
+                }
+            });
+        }
+    });
+    (port, ca, messages)
+}
+
+#[tokio::test]
+async fn syslog_over_tls_trusts_the_configured_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, ca, messages) = tls_receiver(dir.path()).await;
+    let db = TestDb::migrated("siem_tls").await;
+    append(&Audit::new(db.store().await), 1, 50).await;
+    let addr = format!("127.0.0.1:{port}");
+    let env = [
+        ("CAP_SIEM_SYSLOG_ADDR", addr.as_str()),
+        ("CAP_SIEM_SYSLOG_TLS", "true"),
+        ("CAP_SIEM_SYSLOG_CA_FILE", ca.to_str().unwrap()),
+        ("CAP_SIEM_POLL_MS", "50"),
+    ];
+    let forwarder = Proc::start("scheduler", &db, "tls-forwarder", &env);
+    let done = common::wait_until(Duration::from_secs(30), || async {
+        let n = total(&db).await;
+        seqs(&messages.lock().unwrap().join("\n"))
+            .iter()
+            .collect::<BTreeSet<_>>()
+            .len() as i64
+            == n
+    })
+    .await;
+    assert!(done, "log:\n{}", forwarder.log_text());
+    assert_complete_in_order(
+        &seqs(&messages.lock().unwrap().join("\n")),
+        total(&db).await,
+    );
+    drop(forwarder);
+
+    // Without the CA the receiver is not trusted, and nothing is sent.
+    let db = TestDb::migrated("siem_tls_untrusted").await;
+    append(&Audit::new(db.store().await), 1, 5).await;
+    let before = messages.lock().unwrap().len();
+    let untrusting = Proc::start("scheduler", &db, "tls-untrusting", &env[..2]);
+    let refused = common::wait_until(Duration::from_secs(20), || async {
+        !untrusting
+            .log_lines_with(&["forwarding audit records failed", "certificate"])
+            .is_empty()
+    })
+    .await;
+    assert!(refused, "log:\n{}", untrusting.log_text());
+    assert_eq!(messages.lock().unwrap().len(), before);
+}
