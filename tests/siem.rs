@@ -382,10 +382,8 @@ async fn syslog_over_tls_trusts_the_configured_ca() {
     })
     .await;
     assert!(done, "log:\n{}", forwarder.log_text());
-    assert_complete_in_order(
-        &seqs(&messages.lock().unwrap().join("\n")),
-        total(&db).await,
-    );
+    let arrived = seqs(&messages.lock().unwrap().join("\n"));
+    assert_complete_in_order(&arrived, total(&db).await);
     drop(forwarder);
 
     // Without the CA the receiver is not trusted, and nothing is sent.
