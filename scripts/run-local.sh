@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# The local single-node stack: a secantusd-rs database under .local/ (kept
-# between runs), schema migrations, and `certautopilot all` (API, worker and
-# scheduler in one process) on http://127.0.0.1:8080. Ctrl-C stops both.
+# The local single-node stack, end to end: a secantusd-rs database, a local
+# ACME CA (Debian's Pebble with pebble-challtestsrv as its DNS, all on
+# loopback), and `certautopilot all` (API, worker and scheduler in one
+# process). It declares a fixture project, issuer and certificate through the
+# API, waits for the certificate, and prints where its PEM chain is and its
+# fingerprint. Then it keeps running until Ctrl-C.
 #
-# Knobs: CAP_LOCAL_DIR (default ./.local), CAP_LOCAL_DB_PORT (default 27117),
-# and every CAP_* setting of the README. The key ring is .local/kek.json
-# unless CAP_KEK_FILE says otherwise.
+# State lives under .local/ (database, key ring, admin token, certificates)
+# and is kept between runs. Knobs: CAP_LOCAL_DIR (default ./.local),
+# CAP_LOCAL_DB_PORT (27117), CAP_LOCAL_ACME_PORT (14000), CAP_LOCAL_HTTP01_PORT
+# (5002: where Pebble validates HTTP-01), and every CAP_* setting of the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -13,28 +17,53 @@ scripts/setup.sh
 
 dir="${CAP_LOCAL_DIR:-$PWD/.local}"
 port="${CAP_LOCAL_DB_PORT:-27117}"
-mkdir -p "$dir"
+acme_port="${CAP_LOCAL_ACME_PORT:-14000}"
+http01_port="${CAP_LOCAL_HTTP01_PORT:-5002}"
+mkdir -p "$dir/pebble" "$dir/certs"
 
 echo "run-local: building certautopilot" >&2
 cargo build --locked --quiet
 bin="$PWD/target/debug/certautopilot"
 
-# setsid: a Ctrl-C in the terminal reaches certautopilot, which hands its work
-# back through the database; the database is stopped after it.
-setsid secantusd-rs --host 127.0.0.1 --port "$port" --storage-path "$dir/db" --cache-size 512M \
-  --log-level WARNING >"$dir/db.log" 2>&1 &
-db_pid=$!
+pids=()
 app_pid=""
 cleanup() {
   [ -n "$app_pid" ] && kill -INT "$app_pid" 2>/dev/null && wait "$app_pid" 2>/dev/null || true
-  kill "$db_pid" 2>/dev/null || true
-  wait "$db_pid" 2>/dev/null || true
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# setsid: a Ctrl-C in the terminal reaches certautopilot first, which hands
+# its work back through the database; the rest is stopped after it.
+setsid secantusd-rs --host 127.0.0.1 --port "$port" --storage-path "$dir/db" --cache-size 512M \
+  --log-level WARNING >"$dir/db.log" 2>&1 &
+pids+=($!)
+
+# Pebble's own HTTPS listener needs a certificate: a private CA, made once.
+if [ ! -f "$dir/pebble/cert.pem" ]; then
+  ( cd "$dir/pebble"
+    key=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650)
+    openssl req -x509 "${key[@]}" -subj "/CN=local ACME listener CA" -keyout ca.key -out ca.pem 2>/dev/null
+    openssl req -x509 "${key[@]}" -subj "/CN=localhost" -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+      -addext "basicConstraints=critical,CA:FALSE" -CA ca.pem -CAkey ca.key -keyout key.pem -out cert.pem 2>/dev/null )
+fi
+cat >"$dir/pebble/pebble.json" <<JSON
+{"pebble": {"listenAddress": "127.0.0.1:$acme_port", "managementListenAddress": "127.0.0.1:$((acme_port + 1000))",
+  "certificate": "$dir/pebble/cert.pem", "privateKey": "$dir/pebble/key.pem",
+  "httpPort": $http01_port, "tlsPort": $((http01_port + 1)), "ocspResponderURL": "", "externalAccountBindingRequired": false}}
+JSON
+setsid pebble-challtestsrv -defaultIPv4 127.0.0.1 -defaultIPv6 "" -http01 "" -https01 "" -tlsalpn01 "" \
+  -dns01 127.0.0.1:8053 -management 127.0.0.1:8055 >"$dir/pebble/challtestsrv.log" 2>&1 &
+pids+=($!)
+PEBBLE_VA_NOSLEEP=1 setsid pebble -config "$dir/pebble/pebble.json" -dnsserver 127.0.0.1:8053 \
+  >"$dir/pebble/pebble.log" 2>&1 &
+pids+=($!)
+
 export CAP_MONGO_URI="${CAP_MONGO_URI:-mongodb://127.0.0.1:$port/certautopilot?replicaSet=secantus}"
 export CAP_HTTP_ADDR="${CAP_HTTP_ADDR:-127.0.0.1:8080}"
+export CAP_CHALLENGE_ADDR="${CAP_CHALLENGE_ADDR:-127.0.0.1:$http01_port}"
 export CAP_LOG_FORMAT="${CAP_LOG_FORMAT:-text}"
 # A key ring of its own, created once and kept with the database.
 export CAP_KEK_FILE="${CAP_KEK_FILE:-$dir/kek.json}"
@@ -43,18 +72,50 @@ export CAP_KEK_FILE="${CAP_KEK_FILE:-$dir/kek.json}"
 echo "run-local: waiting for the database on 127.0.0.1:$port" >&2
 for _ in $(seq 1 100); do
   if "$bin" migrate >/dev/null 2>&1; then break; fi
-  kill -0 "$db_pid" 2>/dev/null || { cat "$dir/db.log" >&2; exit 1; }
   sleep 0.2
 done
 "$bin" migrate
 
-"$bin" all &
+"$bin" all >"$dir/certautopilot.log" 2>&1 &
 app_pid=$!
-# Healthy once the scheduler has elected itself leader.
-for _ in $(seq 1 50); do
-  "$bin" health >/dev/null 2>&1 && break
+for _ in $(seq 1 100); do
+  curl -fsS "http://$CAP_HTTP_ADDR/readyz" >/dev/null 2>&1 && break
+  kill -0 "$app_pid" 2>/dev/null || { tail -20 "$dir/certautopilot.log" >&2; exit 1; }
   sleep 0.2
 done
-"$bin" health || true
-echo "run-local: certautopilot is up on http://$CAP_HTTP_ADDR (/healthz, /readyz, /metrics); Ctrl-C stops it" >&2
+
+# The bootstrap token, made once (shown once by `token create`, kept here).
+if [ ! -s "$dir/admin-token" ]; then
+  (umask 077; "$bin" token create --role admin --description "run-local" >"$dir/admin-token")
+fi
+token="$(cat "$dir/admin-token")"
+api() { # METHOD PATH [JSON]
+  curl -sS -X "$1" "http://$CAP_HTTP_ADDR/v1$2" -H "Authorization: Bearer $token" \
+    -H 'Content-Type: application/json' ${3:+--data "$3"}
+}
+
+project=$(api POST /projects '{"name":"local"}' | jq -r .id)
+issuer=$(api POST "/projects/$project/issuers" "$(jq -n --arg url "https://127.0.0.1:$acme_port/dir" \
+  --rawfile ca "$dir/pebble/ca.pem" \
+  '{name: "local pebble", directory_url: $url, contact: "ops@example.test", challenge: "http-01", ca_bundle_pem: $ca}')" | jq -r .id)
+cert=$(api POST "/projects/$project/certificates" "$(jq -n --arg issuer "$issuer" \
+  '{name: "www", dns_names: ["www.local.example.test", "local.example.test"], issuer_id: $issuer, key_algorithm: "ecdsa-p256"}')" | jq -r .id)
+echo "run-local: declared certificate $cert (project $project); waiting for it to be issued" >&2
+
+status=""
+for i in $(seq 1 300); do
+  body=$(api GET "/projects/$project/certificates/$cert")
+  status=$(jq -r .status <<<"$body")
+  [ "$status" = issued ] && break
+  [ $((i % 10)) = 0 ] && echo "run-local: $status $(jq -r '.last_error // ""' <<<"$body")" >&2
+  sleep 0.2
+done
+if [ "$status" != issued ]; then
+  echo "run-local: not issued: $(jq -c . <<<"$body")" >&2
+  exit 1
+fi
+jq -r .chain_pem <<<"$body" >"$dir/certs/$cert.pem"
+echo "run-local: issued. chain: $dir/certs/$cert.pem" >&2
+echo "run-local: sha256 fingerprint: $(jq -r .fingerprint_sha256 <<<"$body")  serial: $(jq -r .serial <<<"$body")  not after: $(jq -r .not_after <<<"$body")" >&2
+echo "run-local: API on http://$CAP_HTTP_ADDR (token in $dir/admin-token); logs in $dir/certautopilot.log; Ctrl-C stops it" >&2
 wait "$app_pid"

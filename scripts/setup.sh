@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the local stack and the test suite need, and nothing that is
 # already there: from Debian, cmake (to build the database), softhsm2 (the
-# PKCS#11 token the pkcs11 KEK provider is tested against) and rsyslog (the
-# SIEM forwarder's receiver in tests); and secantusd-rs, the MongoDB-protocol
-# server the tests run against. Safe to run again.
+# PKCS#11 token the pkcs11 KEK provider is tested against), rsyslog (the SIEM
+# forwarder's receiver in tests), pebble (the ACME server), haproxy (the load
+# balancer in front of api replicas), openssl (test certificates), and curl
+# and jq (the local run's API calls); and
+# secantusd-rs, the MongoDB-protocol server the tests run against. Safe to
+# run again.
 set -euo pipefail
 
 SECANTUS_VERSION="0.5.3-beta.196"
@@ -13,6 +16,11 @@ need_apt=()
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
 [ -x /usr/sbin/rsyslogd ] || need_apt+=(rsyslog)
+command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
+command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from Debian" >&2
   export DEBIAN_FRONTEND=noninteractive

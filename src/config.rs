@@ -109,6 +109,9 @@ pub struct WorkloadArgs {
     /// Address serving /healthz, /readyz, /metrics (and the API) [default: 127.0.0.1:8080]
     #[arg(long, env = "CAP_HTTP_ADDR")]
     pub http_addr: Option<String>,
+    /// A second listener (api role) serving nothing but ACME HTTP-01 challenges, e.g. 0.0.0.0:80 [default: none]
+    #[arg(long, env = "CAP_CHALLENGE_ADDR")]
+    pub challenge_addr: Option<String>,
     /// Job lease length in seconds [default: 60]
     #[arg(long, env = "CAP_JOB_LEASE_SECS")]
     pub job_lease_secs: Option<String>,
@@ -163,6 +166,9 @@ pub struct WorkloadArgs {
     /// How often an idle SIEM forwarder looks for new records, in milliseconds [default: 1000]
     #[arg(long, env = "CAP_SIEM_POLL_MS")]
     pub siem_poll_ms: Option<String>,
+    /// Fault injection for tests: a worker pauses (10 min) right after recording this ACME order stage [default: none]
+    #[arg(long, env = "CAP_FAULT_PAUSE_AFTER_STAGE")]
+    pub fault_pause_after_stage: Option<String>,
     /// Identity of this process in leases and job holders [default: hostname-pid-random]
     #[arg(long, env = "CAP_INSTANCE_ID")]
     pub instance_id: Option<String>,
@@ -198,6 +204,7 @@ pub struct CommonConfig {
 pub struct WorkloadConfig {
     pub common: CommonConfig,
     pub http_addr: SocketAddr,
+    pub challenge_addr: Option<SocketAddr>,
     pub job_lease: Duration,
     pub leader_lease: Duration,
     pub worker_concurrency: usize,
@@ -210,6 +217,7 @@ pub struct WorkloadConfig {
     pub job_retention: Duration,
     pub kek_rotation_check: Duration,
     pub siem: crate::siem::SiemConfig,
+    pub fault_pause_after_stage: Option<String>,
     pub instance_id: String,
     pub clock_offset_secs: i64,
 }
@@ -252,6 +260,14 @@ impl WorkloadArgs {
                 "invalid CAP_HTTP_ADDR {http_addr:?}: expected host:port with an IP address, e.g. 0.0.0.0:8080"
             ))
         })?;
+        let challenge_addr = match self.challenge_addr.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(a) => Some(a.parse().map_err(|_| {
+                ConfigError(format!(
+                    "invalid CAP_CHALLENGE_ADDR {a:?}: expected host:port with an IP address, e.g. 0.0.0.0:80"
+                ))
+            })?),
+        };
         let job_lease = secs(
             &self.job_lease_secs,
             "CAP_JOB_LEASE_SECS",
@@ -277,6 +293,7 @@ impl WorkloadArgs {
         Ok(WorkloadConfig {
             common,
             http_addr,
+            challenge_addr,
             job_lease,
             leader_lease,
             worker_concurrency: number(
@@ -329,6 +346,12 @@ impl WorkloadArgs {
                 1..=86_400,
             )?,
             siem: self.siem(&instance_id)?,
+            fault_pause_after_stage: self
+                .fault_pause_after_stage
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
             instance_id,
             clock_offset_secs: signed(&self.clock_offset_secs, "CAP_CLOCK_OFFSET_SECS", 0)?,
         })

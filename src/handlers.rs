@@ -13,9 +13,11 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use mongodb::bson::doc;
 
+use crate::acme::order::{OrderHandler, ISSUE_CERTIFICATE};
 use crate::audit::{self, Audit};
 use crate::jobs::{ClaimedJob, JobError, JobQueue};
 use crate::kek::KekProvider;
+use crate::metrics::Metrics;
 use crate::rotation::{KekRewrap, KEK_REWRAP};
 use crate::secrets::Secrets;
 
@@ -80,10 +82,19 @@ impl Handlers {
     pub fn standard(
         queue: JobQueue,
         kek: Arc<dyn KekProvider>,
+        metrics: Arc<Metrics>,
         job_retention: Duration,
+        pause_after_stage: Option<String>,
     ) -> Handlers {
         let store = queue.store().clone();
+        let orders = OrderHandler {
+            store: store.clone(),
+            secrets: Secrets::new(store.clone(), kek.clone()),
+            metrics,
+            pause_after: pause_after_stage.map(|stage| (stage, Duration::from_secs(600))),
+        };
         Handlers::new()
+            .register(ISSUE_CERTIFICATE, orders)
             .register(
                 HOUSEKEEPING,
                 Housekeeping {

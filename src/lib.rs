@@ -20,7 +20,10 @@
 //! - [`presence`] — each worker's short presence lease, so a dead worker's jobs are reclaimed in seconds rather than a job lease.
 //! - [`handlers`] — job handlers by kind (housekeeping, probe).
 //! - [`actors`] — ClaimActor, LeaseActor, the scheduler loop and supervision.
-//! - [`http`] — `/healthz`, `/readyz`, `/metrics` (and later the API).
+//! - [`http`] — `/healthz`, `/readyz`, `/metrics`.
+//! - [`api`] — the `/v1` API (projects, issuers, certificates, tokens), problem+json errors, the HTTP-01 responder.
+//! - [`acme`] — the ACME client (our HTTP client, metered, extra CA bundles), accounts, and the resumable order behind `issue-certificate` jobs.
+//! - [`certs`] — certificate keys, CSRs, reading issued chains.
 //! - [`metrics`] — the Prometheus registry and every metric we export.
 //! - [`readiness`] — what `/readyz` reports: database reachability with a grace period, schema fit, the KEK canary, shutting down.
 //! - [`health`] — the `certautopilot health` operator command.
@@ -28,9 +31,12 @@
 //! - [`shutdown`] — one shutdown signal threaded through every task.
 //! - [`workloads`] — wiring of `api`, `worker`, `scheduler` and `all`.
 
+pub mod acme;
 pub mod actors;
+pub mod api;
 pub mod audit;
 pub mod backoff;
+pub mod certs;
 pub mod clock;
 pub mod config;
 pub mod envelope;

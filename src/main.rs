@@ -48,6 +48,9 @@ enum Command {
     /// The audit log
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// API tokens
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Check the installation; exit 0 only when healthy
     Health {
         #[command(flatten)]
@@ -114,6 +117,26 @@ enum KekCommand {
 }
 
 #[derive(Subcommand)]
+enum TokenCommand {
+    /// Create an API token and print it (only it) on standard output; it is
+    /// stored only as a hash and cannot be shown again
+    Create {
+        /// admin, editor or viewer
+        #[arg(long)]
+        role: String,
+        /// The project the role is on; without it, --role admin makes a
+        /// global admin (the bootstrap token)
+        #[arg(long)]
+        project: Option<String>,
+        /// A note for whoever finds the token in the audit log
+        #[arg(long, default_value = "")]
+        description: String,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+#[derive(Subcommand)]
 enum AuditCommand {
     /// Walk the hash chain and its checkpoints; exit 0 when intact, 3 at the
     /// first tampered record
@@ -163,6 +186,12 @@ async fn run(command: Command) -> Result<ExitCode, Failure> {
         Command::Migrate(common) => return migrate(common).await,
         Command::Health { common, json } => return health(common, json).await,
         Command::Kek(command) => return kek(command).await,
+        Command::Token(TokenCommand::Create {
+            role,
+            project,
+            description,
+            common,
+        }) => return token_create(common, &role, project, &description).await,
         Command::Audit(AuditCommand::Verify { common, json }) => {
             return audit_verify(common, json).await
         }
@@ -499,4 +528,58 @@ fn render_kek_status(s: &certautopilot::kek::admin::KekStatus) -> String {
         s.progress_bar(40)
     ));
     out
+}
+
+async fn token_create(
+    common: CommonArgs,
+    role: &str,
+    project: Option<String>,
+    description: &str,
+) -> Result<ExitCode, Failure> {
+    use certautopilot::api::auth::{self, Role};
+    let role = Role::parse(role).ok_or_else(|| {
+        Failure::Config(ConfigError(format!(
+            "invalid --role {role:?}: expected admin, editor or viewer"
+        )))
+    })?;
+    let grants = match &project {
+        Some(p) => vec![(p.clone(), role)],
+        None if role == Role::Admin => Vec::new(),
+        None => {
+            return Err(Failure::Config(ConfigError(
+                "--role editor or viewer needs --project".into(),
+            )))
+        }
+    };
+    let store = connect(&common).await?;
+    if let Some(p) = &project {
+        let found = store
+            .collection("projects")
+            .find_one(doc! { "_id": p })
+            .await
+            .map_err(|e| Failure::Runtime(certautopilot::store::short(&e)))?;
+        if found.is_none() {
+            return Err(Failure::Runtime(format!("no project {p}")));
+        }
+    }
+    let token = auth::create(&store, project.is_none(), &grants, description)
+        .await
+        .map_err(|e| Failure::Runtime(certautopilot::store::short(&e)))?;
+    let event =
+        Event::new(operator(), "token.created", format!("tokens/{}", token.id)).with(doc! {
+            "global_admin": project.is_none(),
+            "project_id": project.clone(),
+            "role": role.as_str(),
+        });
+    audit(&store, event).await?;
+    eprintln!(
+        "created token {} ({}); it is shown once, below",
+        token.id,
+        match &project {
+            Some(p) => format!("{} on {p}", role.as_str()),
+            None => "global admin".into(),
+        }
+    );
+    println!("{}", token.secret);
+    Ok(ExitCode::SUCCESS)
 }

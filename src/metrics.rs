@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -37,6 +37,15 @@ pub struct Metrics {
     pub audit_appends_total: IntCounter,
     /// The highest audit `seq` the SIEM forwarder has delivered, by sink.
     pub audit_forwarded_seq: IntGaugeVec,
+    /// ACME requests by endpoint and HTTP status.
+    pub acme_requests_total: IntCounterVec,
+    pub acme_request_seconds: HistogramVec,
+    /// Certificates by status, read at scrape time.
+    pub certificates: IntGaugeVec,
+    /// ACME orders not yet finished, read at scrape time.
+    pub orders_in_flight: IntGauge,
+    /// Each issued certificate's notAfter (Unix seconds), read at scrape time.
+    pub certificate_expiry: IntGaugeVec,
 }
 
 impl Metrics {
@@ -127,6 +136,43 @@ impl Metrics {
             &["sink"],
         )
         .unwrap();
+        let acme_requests_total = IntCounterVec::new(
+            Opts::new(
+                "certautopilot_acme_requests_total",
+                "ACME requests by endpoint and HTTP status",
+            ),
+            &["endpoint", "status"],
+        )
+        .unwrap();
+        let acme_request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "certautopilot_acme_request_seconds",
+                "ACME request latency by endpoint",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["endpoint"],
+        )
+        .unwrap();
+        let certificates = IntGaugeVec::new(
+            Opts::new("certautopilot_certificates", "Certificates by status"),
+            &["status"],
+        )
+        .unwrap();
+        let orders_in_flight = IntGauge::new(
+            "certautopilot_acme_orders_in_flight",
+            "ACME orders opened and not yet finished",
+        )
+        .unwrap();
+        let certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "certautopilot_certificate_expiry_timestamp_seconds",
+                "notAfter of each issued certificate",
+            ),
+            &["project", "certificate"],
+        )
+        .unwrap();
         for c in [
             Box::new(queue_depth.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(jobs_total.clone()),
@@ -141,6 +187,11 @@ impl Metrics {
             Box::new(kek_rotation_remaining.clone()),
             Box::new(audit_appends_total.clone()),
             Box::new(audit_forwarded_seq.clone()),
+            Box::new(acme_requests_total.clone()),
+            Box::new(acme_request_seconds.clone()),
+            Box::new(certificates.clone()),
+            Box::new(orders_in_flight.clone()),
+            Box::new(certificate_expiry.clone()),
         ] {
             registry.register(c).unwrap();
         }
@@ -159,6 +210,11 @@ impl Metrics {
             kek_rotation_remaining,
             audit_appends_total,
             audit_forwarded_seq,
+            acme_requests_total,
+            acme_request_seconds,
+            certificates,
+            orders_in_flight,
+            certificate_expiry,
         })
     }
 

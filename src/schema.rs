@@ -58,7 +58,53 @@ const MIGRATIONS: &[Migration] = &[
         ],
         indexes: no_indexes,
     },
+    Migration {
+        version: 4,
+        name: "projects, issuers, certificates, ACME orders and challenges, API tokens",
+        collections: &[
+            "projects",
+            "issuers",
+            "certificates",
+            "orders",
+            "challenges",
+            "tokens",
+        ],
+        indexes: v4_indexes,
+    },
 ];
+
+fn v4_indexes() -> Vec<(&'static str, IndexModel)> {
+    vec![
+        // Every project-scoped list pages by id within its project.
+        (
+            "issuers",
+            index(doc! { "project_id": 1, "_id": 1 }, "project_id"),
+        ),
+        (
+            "certificates",
+            index(doc! { "project_id": 1, "_id": 1 }, "project_id"),
+        ),
+        (
+            "orders",
+            index(doc! { "certificate_id": 1, "_id": 1 }, "certificate_id"),
+        ),
+        // A re-claimed job finds its open order.
+        (
+            "orders",
+            index(doc! { "job_id": 1, "stage": 1 }, "job_stage"),
+        ),
+        ("orders", index(doc! { "stage": 1 }, "stage")),
+        ("tokens", unique(doc! { "id": 1 }, "id_unique")),
+        // "Is an issue job for this certificate in progress?"
+        (
+            "jobs",
+            index(
+                doc! { "payload.certificate_id": 1, "kind": 1 },
+                "certificate_jobs",
+            ),
+        ),
+    ]
+}
 
 /// The audit collections are read by `_id` (the seq) only.
 fn no_indexes() -> Vec<(&'static str, IndexModel)> {

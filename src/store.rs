@@ -153,6 +153,34 @@ impl Store {
     }
 
     /// Asks the primary for `hello` within `deadline`: the readiness probe.
+    /// Inserts a document with a fresh `_id`, riding through elections. A
+    /// retry whose first try had landed meets its own document: success.
+    pub async fn insert(
+        &self,
+        what: &str,
+        collection: &str,
+        document: Document,
+    ) -> Result<(), MongoError> {
+        let coll = self.collection(collection);
+        match self
+            .ride_through(what, || coll.insert_one(document.clone()))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => {
+                let id = document
+                    .get("_id")
+                    .cloned()
+                    .unwrap_or(mongodb::bson::Bson::Null);
+                match coll.find_one(mongodb::bson::doc! { "_id": id }).await? {
+                    Some(found) if found == document => Ok(()),
+                    _ => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn ping_primary(&self, deadline: Duration) -> Result<Document, String> {
         let cmd = self
             .db

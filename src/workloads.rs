@@ -18,6 +18,8 @@ use crate::actors::kek_rotation::KekRotationActor;
 use crate::actors::lease::{LeaseActor, LeaseSettings, StepDown};
 use crate::actors::scheduler::SchedulerActor;
 use crate::actors::siem::SiemActor;
+use crate::api::ApiState;
+use crate::audit::Audit;
 use crate::clock::LocalClock;
 use crate::config::WorkloadConfig;
 use crate::handlers::Handlers;
@@ -29,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::readiness::{self, Readiness};
 use crate::schema::{self, SchemaFit};
+use crate::secrets::Secrets;
 use crate::shutdown::{self, Shutdown};
 use crate::store::{short, Store};
 
@@ -103,7 +106,19 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
     let readiness = Readiness::new(cfg.readyz_grace);
     let shutdown = Shutdown::new();
     let queue = JobQueue::new(store.clone());
-    let handlers = Handlers::standard(queue.clone(), kek.clone(), cfg.job_retention);
+    let handlers = Handlers::standard(
+        queue.clone(),
+        kek.clone(),
+        metrics.clone(),
+        cfg.job_retention,
+        cfg.fault_pause_after_stage.clone(),
+    );
+    let api_state = ApiState {
+        store: store.clone(),
+        secrets: Secrets::new(store.clone(), kek.clone()),
+        queue: queue.clone(),
+        audit: Audit::new(store.clone()).with_metrics(metrics.clone()),
+    };
     actix::spawn(readiness::monitor(
         store.clone(),
         kek.clone(),
@@ -166,10 +181,18 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
         depth_cache: Arc::new(DepthCache::default()),
         kinds: handlers.kinds(),
     };
+    let serve_api = roles.api;
+    let api_state_for_challenges = api_state.clone();
     let server = HttpServer::new(move || {
-        App::new()
+        let app = App::new()
             .app_data(web::Data::new(state.clone()))
-            .configure(http::configure)
+            .app_data(web::Data::new(api_state.clone()))
+            .configure(http::configure);
+        if serve_api {
+            app.configure(crate::api::configure)
+        } else {
+            app
+        }
     })
     .workers(if roles.api { 2 } else { 1 })
     .disable_signals()
@@ -182,6 +205,25 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
     .run();
     let server_handle = server.handle();
     let server_task = actix::spawn(server);
+    let challenge_server = match (roles.api, cfg.challenge_addr) {
+        (true, Some(addr)) => {
+            let api_state = api_state_for_challenges;
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(web::Data::new(api_state.clone()))
+                    .configure(crate::api::configure_challenges_only)
+            })
+            .workers(1)
+            .disable_signals()
+            .shutdown_timeout(cfg.shutdown_grace.as_secs())
+            .bind(addr)
+            .map_err(|error| StartError::Bind { addr, error })?
+            .run();
+            let handle = server.handle();
+            Some((handle, actix::spawn(server)))
+        }
+        _ => None,
+    };
     tracing::info!(
         instance = %cfg.instance_id,
         http = %cfg.http_addr,
@@ -211,6 +253,10 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
     shutdown.trigger();
     server_handle.stop(true).await;
     let _ = server_task.await;
+    if let Some((handle, task)) = challenge_server {
+        handle.stop(true).await;
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -8,6 +8,8 @@
 //! this test process goes away, since statics are never dropped.
 #![allow(dead_code)]
 
+pub mod pebble;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -213,7 +215,12 @@ pub fn bin() -> &'static str {
 impl Proc {
     /// Starts `certautopilot <command>` against `db` with extra `CAP_*` settings.
     pub fn start(command: &str, db: &TestDb, id: &str, env: &[(&str, &str)]) -> Proc {
-        let http = free_addr();
+        // A test may pick the address (an ACME HTTP-01 port, say).
+        let http = env
+            .iter()
+            .find(|(k, _)| *k == "CAP_HTTP_ADDR")
+            .map(|(_, v)| v.parse().expect("CAP_HTTP_ADDR"))
+            .unwrap_or_else(free_addr);
         let mut cmd = Command::new(bin());
         cmd.arg(command)
             .env_clear()

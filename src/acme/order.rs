@@ -1,0 +1,544 @@
+//! The resumable ACME order behind an `issue-certificate` job.
+//!
+//! Every step is recorded in the `orders` document, under the job's fencing
+//! token, *before* the next external step, so a worker that re-claims the job
+//! continues the same order:
+//!
+//! ```text
+//! created ──► challenges_published ──► validating ──► finalizing ──► valid
+//!    │ (the CA's order URL)  │ (key authorizations     │ (the CA was    │ (key stored
+//!    │                       │  in `challenges`)        │  told)         │  encrypted, CSR sent)
+//!    └────────────── invalid: the CA's reason on the certificate; the job backs off
+//! ```
+//!
+//! A new order is opened only when this job has none, or its order is no
+//! longer usable at the CA (invalid or expired); the old one is then marked
+//! `abandoned`. The certificate's private key is generated here, stored only
+//! encrypted, and bound to the order before the CSR goes out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use instant_acme::{
+    Account, AuthorizationStatus, ChallengeType, Identifier, NewOrder, Order, OrderStatus,
+    RetryPolicy,
+};
+use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
+
+use super::{account, AcmeError, IssuerAcme};
+use crate::audit::{Audit, Event};
+use crate::certs::{self, KeyAlgorithm};
+use crate::handlers::{HandlerError, JobHandler};
+use crate::jobs::ClaimedJob;
+use crate::metrics::Metrics;
+use crate::secrets::Secrets;
+use crate::store::{short, Store};
+
+pub const ISSUE_CERTIFICATE: &str = "issue-certificate";
+pub const CERTIFICATES: &str = "certificates";
+pub const ISSUERS: &str = "issuers";
+pub const ORDERS: &str = "orders";
+pub const CHALLENGES: &str = "challenges";
+
+/// Our record of an order's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Created,
+    ChallengesPublished,
+    Validating,
+    Finalizing,
+    Valid,
+    Invalid,
+    Abandoned,
+}
+
+impl Stage {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Stage::Created => "created",
+            Stage::ChallengesPublished => "challenges_published",
+            Stage::Validating => "validating",
+            Stage::Finalizing => "finalizing",
+            Stage::Valid => "valid",
+            Stage::Invalid => "invalid",
+            Stage::Abandoned => "abandoned",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Stage> {
+        [
+            Stage::Created,
+            Stage::ChallengesPublished,
+            Stage::Validating,
+            Stage::Finalizing,
+            Stage::Valid,
+            Stage::Invalid,
+            Stage::Abandoned,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+}
+
+/// The unfinished stages, for queries.
+pub const OPEN_STAGES: [&str; 4] = [
+    "created",
+    "challenges_published",
+    "validating",
+    "finalizing",
+];
+
+/// The `issue-certificate` handler (the worker's OrderActor).
+pub struct OrderHandler {
+    pub store: Store,
+    pub secrets: Secrets,
+    pub metrics: Arc<Metrics>,
+    /// Fault injection for tests (`CAP_FAULT_PAUSE_AFTER_STAGE`): sleep this
+    /// long right after recording this stage, so a test can kill us there.
+    pub pause_after: Option<(String, Duration)>,
+}
+
+impl JobHandler for OrderHandler {
+    fn run(&self, job: ClaimedJob) -> BoxFuture<'static, Result<(), HandlerError>> {
+        let run = OrderRun {
+            store: self.store.clone(),
+            secrets: self.secrets.clone(),
+            metrics: self.metrics.clone(),
+            pause_after: self.pause_after.clone(),
+        };
+        Box::pin(async move { run.issue(job).await })
+    }
+}
+
+struct OrderRun {
+    store: Store,
+    secrets: Secrets,
+    metrics: Arc<Metrics>,
+    pause_after: Option<(String, Duration)>,
+}
+
+fn db(e: mongodb::error::Error) -> HandlerError {
+    HandlerError::Retryable(format!("database error: {}", short(&e)))
+}
+
+fn acme(e: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Retryable(format!("ACME: {e}"))
+}
+
+impl OrderRun {
+    async fn issue(&self, job: ClaimedJob) -> Result<(), HandlerError> {
+        let certificate_id = job
+            .payload
+            .get_str("certificate_id")
+            .map_err(|_| HandlerError::Permanent("job has no certificate_id".into()))?
+            .to_string();
+        let cert = self
+            .store
+            .collection(CERTIFICATES)
+            .find_one(doc! { "_id": &certificate_id })
+            .await
+            .map_err(db)?
+            .ok_or_else(|| {
+                HandlerError::Permanent(format!("certificate {certificate_id} no longer exists"))
+            })?;
+        let issuer = self
+            .issuer(cert.get_str("issuer_id").unwrap_or_default())
+            .await?;
+        let account = account(&issuer, &self.secrets, self.metrics.clone())
+            .await
+            .map_err(|e| match e {
+                AcmeError::CaBundle(_) | AcmeError::Damaged(_) => {
+                    HandlerError::Permanent(e.to_string())
+                }
+                e => HandlerError::Retryable(e.to_string()),
+            })?;
+        let result = self.drive(&job, &cert, &account).await;
+        let (reason, last_attempt) = match &result {
+            Err(HandlerError::Retryable(r)) => (r, job.attempt >= job.max_attempts),
+            Err(HandlerError::Permanent(r)) => (r, true),
+            _ => return result,
+        };
+        // Visible through the API at once, fenced like every write: `failed`
+        // once no attempt is left, else still `pending` (retrying).
+        let status = if last_attempt { "failed" } else { "pending" };
+        let _ = job
+            .lease
+            .fenced_update(
+                CERTIFICATES,
+                doc! { "_id": &certificate_id },
+                doc! { "$set": { "last_error": reason, "status": status }, "$currentDate": { "updated_at": true } },
+                false,
+            )
+            .await;
+        result
+    }
+
+    async fn issuer(&self, id: &str) -> Result<IssuerAcme, HandlerError> {
+        let d = self
+            .store
+            .collection(ISSUERS)
+            .find_one(doc! { "_id": id })
+            .await
+            .map_err(db)?
+            .ok_or_else(|| HandlerError::Permanent(format!("issuer {id} no longer exists")))?;
+        let eab = d.get_document("eab").ok().and_then(|e| {
+            Some((
+                e.get_str("kid").ok()?.to_string(),
+                e.get_str("hmac_key").ok()?.to_string(),
+            ))
+        });
+        Ok(IssuerAcme {
+            id: id.to_string(),
+            directory_url: d.get_str("directory_url").unwrap_or_default().to_string(),
+            contact: d.get_str("contact").unwrap_or_default().to_string(),
+            ca_bundle_pem: d.get_str("ca_bundle_pem").ok().map(str::to_string),
+            eab,
+        })
+    }
+
+    /// Finds this job's open order (resuming it at the CA) or opens one.
+    async fn open_order(
+        &self,
+        job: &ClaimedJob,
+        cert: &Document,
+        account: &Account,
+    ) -> Result<(Document, Order), HandlerError> {
+        let orders = self.store.collection(ORDERS);
+        let existing = orders
+            .find_one(doc! { "job_id": job.lease.job_id, "stage": { "$in": OPEN_STAGES.to_vec() } })
+            .await
+            .map_err(db)?;
+        if let Some(record) = existing {
+            let url = record.get_str("url").unwrap_or_default().to_string();
+            match account.order(url).await {
+                Ok(mut order) => {
+                    let status = order.refresh().await.map_err(acme)?.status;
+                    if status != OrderStatus::Invalid {
+                        tracing::info!(order = %record.get_str("_id").unwrap_or_default(), ?status, "resuming the ACME order");
+                        return Ok((record, order));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the recorded ACME order cannot be fetched; opening a new one")
+                }
+            }
+            self.set_stage(job, &record, Stage::Abandoned, doc! {})
+                .await?;
+        }
+        let names: Vec<String> = cert
+            .get_array("dns_names")
+            .map(|a| {
+                a.iter()
+                    .filter_map(|b| b.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let identifiers: Vec<Identifier> = names.iter().cloned().map(Identifier::Dns).collect();
+        let order = account
+            .new_order(&NewOrder::new(&identifiers))
+            .await
+            .map_err(acme)?;
+        let id = format!("ord_{}", ObjectId::new().to_hex());
+        let record = doc! {
+            "_id": &id,
+            "certificate_id": cert.get_str("_id").unwrap_or_default(),
+            "project_id": cert.get_str("project_id").unwrap_or_default(),
+            "job_id": job.lease.job_id,
+            "url": order.url(),
+            "dns_names": &names,
+            "stage": Stage::Created.as_str(),
+            "authorizations": [],
+            "created_at": self.store.server_now().await.map_err(db)?,
+        };
+        job.lease
+            .fenced_update(
+                ORDERS,
+                doc! { "_id": &id },
+                doc! { "$setOnInsert": record.clone() },
+                true,
+            )
+            .await?;
+        tracing::info!(order = %id, url = %order.url(), "opened an ACME order");
+        self.pause_if_asked(Stage::Created).await;
+        Ok((record, order))
+    }
+
+    async fn set_stage(
+        &self,
+        job: &ClaimedJob,
+        record: &Document,
+        stage: Stage,
+        extra: Document,
+    ) -> Result<(), HandlerError> {
+        let mut set = doc! { "stage": stage.as_str() };
+        set.extend(extra);
+        job.lease
+            .fenced_update(
+                ORDERS,
+                doc! { "_id": record.get_str("_id").unwrap_or_default() },
+                doc! { "$set": set, "$currentDate": { "updated_at": true } },
+                false,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn pause_if_asked(&self, stage: Stage) {
+        if let Some((at, pause)) = &self.pause_after {
+            if at == stage.as_str() {
+                tracing::warn!(
+                    stage = at,
+                    pause_secs = pause.as_secs(),
+                    "fault injection: pausing after this stage"
+                );
+                tokio::time::sleep(*pause).await;
+            }
+        }
+    }
+
+    async fn drive(
+        &self,
+        job: &ClaimedJob,
+        cert: &Document,
+        account: &Account,
+    ) -> Result<(), HandlerError> {
+        let certificate_id = cert.get_str("_id").unwrap_or_default().to_string();
+        job.lease
+            .fenced_update(
+                CERTIFICATES,
+                doc! { "_id": &certificate_id },
+                doc! { "$set": { "status": "issuing" }, "$currentDate": { "updated_at": true } },
+                false,
+            )
+            .await?;
+        let (mut record, mut order) = self.open_order(job, cert, account).await?;
+        let mut stage =
+            Stage::parse(record.get_str("stage").unwrap_or("created")).unwrap_or(Stage::Created);
+
+        if stage == Stage::Created {
+            // Publish every pending authorization's key authorization where
+            // each api replica can serve it, then record that.
+            let mut published = Vec::new();
+            let mut authorizations = order.authorizations();
+            while let Some(authz) = authorizations.next().await {
+                let mut authz = authz.map_err(acme)?;
+                let identifier = authz.identifier().to_string();
+                if authz.status != AuthorizationStatus::Pending {
+                    continue;
+                }
+                let url = authz.url().to_string();
+                let challenge = authz.challenge(ChallengeType::Http01).ok_or_else(|| {
+                    HandlerError::Permanent(format!(
+                        "the CA offers no http-01 challenge for {identifier}"
+                    ))
+                })?;
+                let token = challenge.token.clone();
+                let key_authorization = challenge.key_authorization().as_str().to_string();
+                job.lease
+                    .fenced_update(
+                        CHALLENGES,
+                        doc! { "_id": &token },
+                        doc! { "$set": {
+                            "key_authorization": key_authorization,
+                            "order_id": record.get_str("_id").unwrap_or_default(),
+                            "identifier": &identifier,
+                        }, "$currentDate": { "created_at": true } },
+                        true,
+                    )
+                    .await?;
+                published.push(doc! { "url": url, "identifier": identifier, "challenge_url": &challenge.url, "token": token });
+            }
+            self.set_stage(
+                job,
+                &record,
+                Stage::ChallengesPublished,
+                doc! { "authorizations": published },
+            )
+            .await?;
+            stage = Stage::ChallengesPublished;
+            self.pause_if_asked(stage).await;
+        }
+
+        if stage == Stage::ChallengesPublished {
+            // Recorded first: on a resume we only ask again for challenges
+            // still pending, which is harmless.
+            self.set_stage(job, &record, Stage::Validating, doc! {})
+                .await?;
+            stage = Stage::Validating;
+            let mut authorizations = order.authorizations();
+            while let Some(authz) = authorizations.next().await {
+                let mut authz = authz.map_err(acme)?;
+                if authz.status != AuthorizationStatus::Pending {
+                    continue;
+                }
+                if let Some(mut challenge) = authz.challenge(ChallengeType::Http01) {
+                    if challenge.status == instant_acme::ChallengeStatus::Pending {
+                        challenge.set_ready().await.map_err(acme)?;
+                    }
+                }
+            }
+            self.pause_if_asked(stage).await;
+        }
+
+        if stage == Stage::Validating {
+            let status = order
+                .poll_ready(&RetryPolicy::new().timeout(Duration::from_secs(90)))
+                .await
+                .map_err(acme)?;
+            match status {
+                OrderStatus::Ready | OrderStatus::Processing | OrderStatus::Valid => {}
+                OrderStatus::Invalid => {
+                    let reason = self.invalid_reason(&mut order).await;
+                    self.set_stage(job, &record, Stage::Invalid, doc! { "error": &reason })
+                        .await?;
+                    return Err(HandlerError::Retryable(reason));
+                }
+                OrderStatus::Pending => {
+                    return Err(HandlerError::Retryable(
+                        "the CA has not validated yet".into(),
+                    ))
+                }
+            }
+            // Generate and store the key (encrypted) before the CSR leaves.
+            let algorithm =
+                KeyAlgorithm::parse(cert.get_str("key_algorithm").unwrap_or("ecdsa-p256"))
+                    .ok_or_else(|| HandlerError::Permanent("unknown key algorithm".into()))?;
+            let key_secret = format!("cert-keys/{}", record.get_str("_id").unwrap_or_default());
+            let key = certs::generate_key(algorithm)
+                .map_err(|e| HandlerError::Retryable(e.to_string()))?;
+            self.secrets
+                .get_or_create(&key_secret, || key.as_bytes().to_vec())
+                .await
+                .map_err(|e| HandlerError::Retryable(e.to_string()))?;
+            self.set_stage(
+                job,
+                &record,
+                Stage::Finalizing,
+                doc! { "key_secret": &key_secret },
+            )
+            .await?;
+            record.insert("key_secret", &key_secret);
+            stage = Stage::Finalizing;
+        }
+
+        if stage == Stage::Finalizing {
+            let key_secret = record.get_str("key_secret").unwrap_or_default().to_string();
+            let key = self
+                .secrets
+                .get(&key_secret)
+                .await
+                .map_err(|e| HandlerError::Retryable(e.to_string()))?;
+            let key_pem = String::from_utf8(key.to_vec())
+                .map_err(|_| HandlerError::Permanent("stored key is not PEM".into()))?;
+            let status = order.refresh().await.map_err(acme)?.status;
+            if status == OrderStatus::Ready {
+                let algorithm =
+                    KeyAlgorithm::parse(cert.get_str("key_algorithm").unwrap_or("ecdsa-p256"))
+                        .ok_or_else(|| HandlerError::Permanent("unknown key algorithm".into()))?;
+                let names: Vec<String> = record
+                    .get_array("dns_names")
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|b| b.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let csr = certs::csr_der(&key_pem, algorithm, &names)
+                    .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+                order.finalize_csr(&csr).await.map_err(acme)?;
+                self.pause_if_asked(Stage::Finalizing).await;
+            }
+            let chain = order
+                .poll_certificate(&RetryPolicy::new().timeout(Duration::from_secs(90)))
+                .await
+                .map_err(acme)?;
+            self.store_issued(job, cert, &record, &chain, &key_pem)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The CA's reason an order failed: the first failed challenge's error.
+    async fn invalid_reason(&self, order: &mut Order) -> String {
+        let mut authorizations = order.authorizations();
+        while let Some(Ok(authz)) = authorizations.next().await {
+            if authz.status == AuthorizationStatus::Invalid {
+                for c in &authz.challenges {
+                    if let Some(e) = &c.error {
+                        return format!(
+                            "the CA refused {}: {}",
+                            authz.identifier(),
+                            e.detail
+                                .clone()
+                                .unwrap_or_else(|| e.r#type.clone().unwrap_or_default())
+                        );
+                    }
+                }
+                return format!("the CA refused {}", authz.identifier());
+            }
+        }
+        "the CA marked the order invalid".into()
+    }
+
+    async fn store_issued(
+        &self,
+        job: &ClaimedJob,
+        cert: &Document,
+        record: &Document,
+        chain: &str,
+        key_pem: &str,
+    ) -> Result<(), HandlerError> {
+        let issued =
+            certs::inspect_chain(chain).map_err(|e| HandlerError::Retryable(e.to_string()))?;
+        let key_public =
+            certs::public_key_der(key_pem).map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        if key_public != issued.public_key_der {
+            return Err(HandlerError::Permanent(
+                "the issued certificate does not match our key".into(),
+            ));
+        }
+        let certificate_id = cert.get_str("_id").unwrap_or_default();
+        let order_id = record.get_str("_id").unwrap_or_default();
+        job.lease
+            .fenced_update(
+                CERTIFICATES,
+                doc! { "_id": certificate_id },
+                doc! {
+                    "$set": {
+                        "status": "issued",
+                        "last_error": Bson::Null,
+                        "current": {
+                            "serial": &issued.serial,
+                            "fingerprint_sha256": &issued.fingerprint_sha256,
+                            "not_before": DateTime::from_millis(issued.not_before_ms),
+                            "not_after": DateTime::from_millis(issued.not_after_ms),
+                            "chain_pem": chain,
+                            "key_secret": record.get_str("key_secret").unwrap_or_default(),
+                            "order_id": order_id,
+                        },
+                    },
+                    "$inc": { "issued_count": 1i64 },
+                    "$currentDate": { "updated_at": true, "issued_at": true },
+                },
+                false,
+            )
+            .await?;
+        self.set_stage(job, record, Stage::Valid, doc! { "serial": &issued.serial })
+            .await?;
+        let event = Event::new(
+            &job.lease.holder,
+            "certificate.issued",
+            format!("certificates/{certificate_id}"),
+        )
+        .with(doc! {
+            "project_id": cert.get_str("project_id").unwrap_or_default(),
+            "order_id": order_id,
+            "serial": &issued.serial,
+            "not_after": DateTime::from_millis(issued.not_after_ms),
+        });
+        Audit::new(self.store.clone()).record(event).await;
+        tracing::info!(certificate = certificate_id, order = order_id, serial = %issued.serial, "certificate issued");
+        Ok(())
+    }
+}

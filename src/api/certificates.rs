@@ -1,0 +1,346 @@
+//! `/v1/projects/{project_id}/certificates`: what to issue, its state, the
+//! chain, and (explicitly, for admins, audited) the private key.
+
+use actix_web::{web, HttpResponse};
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::options::ReturnDocument;
+use serde::Deserialize;
+
+use super::auth::{Caller, Role};
+use super::problem::{ApiResult, Problem};
+use super::validate::{self, Reasons};
+use super::{audit, date, issuers, new_id, page, projects, string, ApiState, PageQuery};
+use crate::acme::order::{CERTIFICATES, ISSUE_CERTIFICATE, OPEN_STAGES, ORDERS};
+use crate::certs::{KeyAlgorithm, KEY_ALGORITHMS};
+use crate::jobs::{JobState, NewJob, JOBS_COLLECTION};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    let base = "/projects/{project_id}/certificates";
+    cfg.route(base, web::post().to(create))
+        .route(base, web::get().to(list))
+        .route(&format!("{base}/{{id}}"), web::get().to(get))
+        .route(&format!("{base}/{{id}}/issue"), web::post().to(issue))
+        .route(
+            &format!("{base}/{{id}}/private-key"),
+            web::get().to(private_key),
+        )
+        .route(&format!("{base}/{{id}}/orders"), web::get().to(orders))
+        .route(&format!("{base}/{{id}}/jobs"), web::get().to(jobs));
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewCertificate {
+    pub name: String,
+    pub dns_names: Vec<String>,
+    pub issuer_id: String,
+    #[serde(default = "default_algorithm")]
+    pub key_algorithm: String,
+    /// Renew this long before expiry (the next issue uses it).
+    pub renew_before_secs: Option<u64>,
+}
+
+fn default_algorithm() -> String {
+    "ecdsa-p256".into()
+}
+
+fn render(d: &Document) -> serde_json::Value {
+    let current = d.get_document("current").ok();
+    let field = |f: &str| {
+        current
+            .map(|c| string(c, f))
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let when = |f: &str| {
+        current
+            .map(|c| date(c, f))
+            .unwrap_or(serde_json::Value::Null)
+    };
+    serde_json::json!({
+        "id": d.get_str("_id").unwrap_or_default(),
+        "project_id": d.get_str("project_id").unwrap_or_default(),
+        "name": d.get_str("name").unwrap_or_default(),
+        "dns_names": d.get_array("dns_names").map(|a| a.iter().filter_map(Bson::as_str).collect::<Vec<_>>()).unwrap_or_default(),
+        "issuer_id": d.get_str("issuer_id").unwrap_or_default(),
+        "key_algorithm": d.get_str("key_algorithm").unwrap_or_default(),
+        "renew_before_secs": d.get_i64("renew_before_secs").ok(),
+        "status": d.get_str("status").unwrap_or_default(),
+        "last_error": string(d, "last_error"),
+        "serial": field("serial"),
+        "fingerprint_sha256": field("fingerprint_sha256"),
+        "not_before": when("not_before"),
+        "not_after": when("not_after"),
+        "chain_pem": field("chain_pem"),
+        "issued_count": d.get_i64("issued_count").unwrap_or(0),
+        "issued_at": date(d, "issued_at"),
+        "created_at": date(d, "created_at"),
+        "updated_at": date(d, "updated_at"),
+    })
+}
+
+async fn create(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: web::Json<NewCertificate>,
+) -> ApiResult<HttpResponse> {
+    let project_id = path.into_inner();
+    caller.require(&project_id, Role::Editor)?;
+    projects::load(&state, &project_id).await?;
+    let mut reasons = Reasons::default();
+    validate::name(&mut reasons, "name", &body.name);
+    if KeyAlgorithm::parse(&body.key_algorithm).is_none() {
+        reasons.add(
+            "key_algorithm",
+            format!(
+                "{:?}: expected one of {KEY_ALGORITHMS:?}",
+                body.key_algorithm
+            ),
+        );
+    }
+    if let Some(secs) = body.renew_before_secs {
+        if !(3600..=365 * 86_400).contains(&secs) {
+            reasons.add(
+                "renew_before_secs",
+                "expected 3600 (an hour) to 31536000 (a year)",
+            );
+        }
+    }
+    let issuer = match issuers::load(&state, &project_id, &body.issuer_id).await {
+        Ok(issuer) => Some(issuer),
+        Err(p) if p.status == 404 => {
+            reasons.add("issuer_id", "no such issuer in this project");
+            None
+        }
+        Err(p) => return Err(p),
+    };
+    let wildcard_allowed = issuer
+        .as_ref()
+        .is_some_and(|i| i.get_str("challenge") == Ok("dns-01"));
+    validate::dns_names(&mut reasons, &body.dns_names, wildcard_allowed);
+    if !reasons.is_empty() {
+        return Err(Problem::invalid(reasons.0));
+    }
+    let id = new_id("crt");
+    let mut record = doc! {
+        "_id": &id,
+        "project_id": &project_id,
+        "name": body.name.trim(),
+        "dns_names": &body.dns_names,
+        "issuer_id": &body.issuer_id,
+        "key_algorithm": &body.key_algorithm,
+        "status": "pending",
+        "last_error": Bson::Null,
+        "issue_requests": 1i64,
+        "issued_count": 0i64,
+        "created_at": state.store.server_now().await?,
+    };
+    if let Some(secs) = body.renew_before_secs {
+        record.insert("renew_before_secs", secs as i64);
+    }
+    state
+        .store
+        .insert("create certificate", CERTIFICATES, record.clone())
+        .await?;
+    let job = enqueue_issue(&state, &id, 1).await?;
+    audit(
+        &state,
+        caller.actor(),
+        "certificate.created",
+        format!("projects/{project_id}/certificates/{id}"),
+        doc! { "dns_names": &body.dns_names, "issuer_id": &body.issuer_id, "job_id": &job },
+    )
+    .await;
+    let mut out = render(&record);
+    out["job_id"] = serde_json::Value::String(job);
+    Ok(HttpResponse::Created().json(out))
+}
+
+/// Enqueues issue request number `generation` (idempotent per number).
+async fn enqueue_issue(
+    state: &ApiState,
+    certificate_id: &str,
+    generation: i64,
+) -> ApiResult<String> {
+    let job = NewJob::new(
+        ISSUE_CERTIFICATE,
+        format!("{ISSUE_CERTIFICATE}:{certificate_id}:{generation}"),
+        doc! { "certificate_id": certificate_id },
+    );
+    Ok(state.queue.enqueue(&job).await?.id.to_hex())
+}
+
+async fn list(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<String>,
+    query: web::Query<PageQuery>,
+) -> ApiResult<HttpResponse> {
+    let project_id = path.into_inner();
+    caller.require(&project_id, Role::Viewer)?;
+    let filter = doc! { "project_id": &project_id };
+    Ok(HttpResponse::Ok().json(page(&state.store, CERTIFICATES, filter, &query, render).await?))
+}
+
+async fn get(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    let (project_id, id) = path.into_inner();
+    caller.require(&project_id, Role::Viewer)?;
+    Ok(HttpResponse::Ok().json(render(&load(&state, &project_id, &id).await?)))
+}
+
+/// (Re)issue now: a new issue request, unless one is already in progress.
+async fn issue(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    let (project_id, id) = path.into_inner();
+    caller.require(&project_id, Role::Editor)?;
+    load(&state, &project_id, &id).await?;
+    let active = state
+        .store
+        .collection(JOBS_COLLECTION)
+        .find_one(doc! {
+            "kind": ISSUE_CERTIFICATE,
+            "payload.certificate_id": &id,
+            "state": { "$in": [JobState::Queued.as_str(), JobState::Running.as_str()] },
+        })
+        .await?;
+    if let Some(job) = active {
+        let job_id = job
+            .get_object_id("_id")
+            .map(|o| o.to_hex())
+            .unwrap_or_default();
+        return Ok(HttpResponse::Accepted()
+            .json(serde_json::json!({ "job_id": job_id, "already_in_progress": true })));
+    }
+    let updated = state
+        .store
+        .collection(CERTIFICATES)
+        .find_one_and_update(
+            doc! { "_id": &id, "project_id": &project_id },
+            doc! { "$inc": { "issue_requests": 1i64 }, "$currentDate": { "updated_at": true } },
+        )
+        .return_document(ReturnDocument::After)
+        .await?
+        .ok_or_else(|| Problem::not_found("certificate"))?;
+    let job = enqueue_issue(&state, &id, updated.get_i64("issue_requests").unwrap_or(1)).await?;
+    audit(
+        &state,
+        caller.actor(),
+        "certificate.issue_requested",
+        format!("projects/{project_id}/certificates/{id}"),
+        doc! { "job_id": &job },
+    )
+    .await;
+    Ok(HttpResponse::Accepted()
+        .json(serde_json::json!({ "job_id": job, "already_in_progress": false })))
+}
+
+/// The current private key, PEM. Admins only, and audited every time.
+async fn private_key(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    let (project_id, id) = path.into_inner();
+    caller.require(&project_id, Role::Admin)?;
+    let cert = load(&state, &project_id, &id).await?;
+    let secret = cert
+        .get_document("current")
+        .ok()
+        .and_then(|c| c.get_str("key_secret").ok())
+        .ok_or_else(|| Problem::conflict("the certificate has not been issued yet"))?;
+    let key = state.secrets.get(secret).await.map_err(|e| {
+        tracing::error!(certificate = %id, error = %e, "cannot open a certificate's private key");
+        Problem::unavailable(
+            "the private key cannot be decrypted right now (is the KEK available?)",
+        )
+    })?;
+    audit(
+        &state,
+        caller.actor(),
+        "certificate.private_key_read",
+        format!("projects/{project_id}/certificates/{id}"),
+        doc! {},
+    )
+    .await;
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-pem-file")
+        .insert_header(("Cache-Control", "no-store"))
+        .body(key.to_vec()))
+}
+
+async fn orders(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    query: web::Query<PageQuery>,
+) -> ApiResult<HttpResponse> {
+    let (project_id, id) = path.into_inner();
+    caller.require(&project_id, Role::Viewer)?;
+    load(&state, &project_id, &id).await?;
+    let filter = doc! { "certificate_id": &id };
+    let render = |o: &Document| {
+        serde_json::json!({
+            "id": o.get_str("_id").unwrap_or_default(),
+            "url": o.get_str("url").unwrap_or_default(),
+            "stage": o.get_str("stage").unwrap_or_default(),
+            "in_flight": OPEN_STAGES.contains(&o.get_str("stage").unwrap_or_default()),
+            "error": string(o, "error"),
+            "job_id": o.get_object_id("job_id").map(|j| j.to_hex()).ok(),
+            "created_at": date(o, "created_at"),
+            "updated_at": date(o, "updated_at"),
+        })
+    };
+    Ok(HttpResponse::Ok().json(page(&state.store, ORDERS, filter, &query, render).await?))
+}
+
+async fn jobs(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    let (project_id, id) = path.into_inner();
+    caller.require(&project_id, Role::Viewer)?;
+    load(&state, &project_id, &id).await?;
+    let found: Vec<Document> = state
+        .store
+        .collection(JOBS_COLLECTION)
+        .find(doc! { "kind": ISSUE_CERTIFICATE, "payload.certificate_id": &id })
+        .sort(doc! { "created_at": -1 })
+        .limit(super::MAX_PAGE)
+        .await?
+        .try_collect()
+        .await?;
+    let items: Vec<serde_json::Value> = found
+        .iter()
+        .map(|j| {
+            serde_json::json!({
+                "id": j.get_object_id("_id").map(|o| o.to_hex()).unwrap_or_default(),
+                "state": j.get_str("state").unwrap_or_default(),
+                "attempt": j.get_i32("attempt").unwrap_or(0),
+                "max_attempts": j.get_i32("max_attempts").unwrap_or(0),
+                "last_error": string(j, "last_error"),
+                "run_at": date(j, "run_at"),
+                "created_at": date(j, "created_at"),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items, "next": null })))
+}
+
+/// The certificate of this project, or 404.
+pub async fn load(state: &ApiState, project_id: &str, id: &str) -> ApiResult<Document> {
+    state
+        .store
+        .collection(CERTIFICATES)
+        .find_one(doc! { "_id": id, "project_id": project_id })
+        .await?
+        .ok_or_else(|| Problem::not_found("certificate"))
+}

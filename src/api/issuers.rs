@@ -1,0 +1,175 @@
+//! `/v1/projects/{project_id}/issuers`: ACME CAs a project issues from.
+
+use actix_web::{web, HttpResponse};
+use mongodb::bson::{doc, Document};
+use serde::Deserialize;
+
+use super::auth::{Caller, Role};
+use super::problem::{ApiResult, Problem};
+use super::validate::{self, Reasons};
+use super::{audit, date, new_id, page, projects, string, ApiState, PageQuery};
+use crate::acme::order::ISSUERS;
+
+pub const CHALLENGE_TYPES: &[&str] = &["http-01", "dns-01"];
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/projects/{project_id}/issuers", web::post().to(create))
+        .route("/projects/{project_id}/issuers", web::get().to(list))
+        .route("/projects/{project_id}/issuers/{id}", web::get().to(get));
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewIssuer {
+    pub name: String,
+    pub directory_url: String,
+    pub contact: String,
+    #[serde(default = "default_challenge")]
+    pub challenge: String,
+    pub ca_bundle_pem: Option<String>,
+    pub eab: Option<Eab>,
+}
+
+/// External Account Binding: the CA's key id and base64url HMAC key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Eab {
+    pub kid: String,
+    pub hmac_key: String,
+}
+
+fn default_challenge() -> String {
+    "http-01".into()
+}
+
+/// Never shows the EAB HMAC key.
+fn render(d: &Document) -> serde_json::Value {
+    serde_json::json!({
+        "id": d.get_str("_id").unwrap_or_default(),
+        "project_id": d.get_str("project_id").unwrap_or_default(),
+        "name": d.get_str("name").unwrap_or_default(),
+        "directory_url": d.get_str("directory_url").unwrap_or_default(),
+        "contact": d.get_str("contact").unwrap_or_default(),
+        "challenge": d.get_str("challenge").unwrap_or_default(),
+        "ca_bundle_pem": string(d, "ca_bundle_pem"),
+        "eab_kid": d.get_document("eab").ok().map(|e| string(e, "kid")).unwrap_or(serde_json::Value::Null),
+        "created_at": date(d, "created_at"),
+    })
+}
+
+fn check(body: &NewIssuer) -> Result<(), Problem> {
+    let mut reasons = Reasons::default();
+    validate::name(&mut reasons, "name", &body.name);
+    match url::Url::parse(&body.directory_url) {
+        Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
+        Ok(_) => reasons.add("directory_url", "must be an https:// URL"),
+        Err(e) => reasons.add("directory_url", format!("is not a URL: {e}")),
+    }
+    validate::email(&mut reasons, "contact", &body.contact);
+    if !CHALLENGE_TYPES.contains(&body.challenge.as_str()) {
+        reasons.add(
+            "challenge",
+            format!("{:?}: expected one of {CHALLENGE_TYPES:?}", body.challenge),
+        );
+    } else if body.challenge == "dns-01" {
+        reasons.add("challenge", "dns-01 is not available yet; use http-01");
+    }
+    if let Some(pem) = &body.ca_bundle_pem {
+        if let Err(e) = crate::acme::check_ca_bundle(pem) {
+            reasons.add("ca_bundle_pem", e);
+        }
+    }
+    if let Some(eab) = &body.eab {
+        if eab.kid.trim().is_empty() {
+            reasons.add("eab.kid", "must not be empty");
+        }
+        use base64::Engine;
+        if base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(eab.hmac_key.trim_end_matches('='))
+            .map(|k| k.is_empty())
+            .unwrap_or(true)
+        {
+            reasons.add("eab.hmac_key", "must be a non-empty base64url key");
+        }
+    }
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(Problem::invalid(reasons.0))
+    }
+}
+
+async fn create(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: web::Json<NewIssuer>,
+) -> ApiResult<HttpResponse> {
+    let project_id = path.into_inner();
+    caller.require(&project_id, Role::Editor)?;
+    projects::load(&state, &project_id).await?;
+    check(&body)?;
+    let id = new_id("iss");
+    let mut record = doc! {
+        "_id": &id,
+        "project_id": &project_id,
+        "name": body.name.trim(),
+        "directory_url": &body.directory_url,
+        "contact": &body.contact,
+        "challenge": &body.challenge,
+        "created_at": state.store.server_now().await?,
+    };
+    if let Some(pem) = &body.ca_bundle_pem {
+        record.insert("ca_bundle_pem", pem);
+    }
+    if let Some(eab) = &body.eab {
+        // The HMAC key is only used to bind the account once; it is kept
+        // with the issuer but never shown again.
+        record.insert("eab", doc! { "kid": &eab.kid, "hmac_key": &eab.hmac_key });
+    }
+    state
+        .store
+        .insert("create issuer", ISSUERS, record.clone())
+        .await?;
+    audit(
+        &state,
+        caller.actor(),
+        "issuer.created",
+        format!("projects/{project_id}/issuers/{id}"),
+        doc! { "directory_url": &body.directory_url },
+    )
+    .await;
+    Ok(HttpResponse::Created().json(render(&record)))
+}
+
+async fn list(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<String>,
+    query: web::Query<PageQuery>,
+) -> ApiResult<HttpResponse> {
+    let project_id = path.into_inner();
+    caller.require(&project_id, Role::Viewer)?;
+    let filter = doc! { "project_id": &project_id };
+    Ok(HttpResponse::Ok().json(page(&state.store, ISSUERS, filter, &query, render).await?))
+}
+
+async fn get(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    let (project_id, id) = path.into_inner();
+    caller.require(&project_id, Role::Viewer)?;
+    Ok(HttpResponse::Ok().json(render(&load(&state, &project_id, &id).await?)))
+}
+
+/// The issuer of this project, or 404.
+pub async fn load(state: &ApiState, project_id: &str, id: &str) -> ApiResult<Document> {
+    state
+        .store
+        .collection(ISSUERS)
+        .find_one(doc! { "_id": id, "project_id": project_id })
+        .await?
+        .ok_or_else(|| Problem::not_found("issuer"))
+}

@@ -1,0 +1,118 @@
+//! RFC 9457 problem details (`application/problem+json`), with field-level
+//! reasons. Every error the API gives is one of these; none is a bare 500.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, slug: &str, title: &str) -> Problem {
+        Problem {
+            kind: format!("https://certautopilot.dev/problems/{slug}"),
+            title: title.to_string(),
+            status: status.as_u16(),
+            detail: None,
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Problem {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request").detail(detail)
+    }
+
+    /// 422 with one reason per field.
+    pub fn invalid(errors: Vec<FieldError>) -> Problem {
+        let mut p = Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-fields",
+            "Invalid fields",
+        )
+        .detail("one or more fields are invalid; see errors");
+        p.errors = errors;
+        p
+    }
+
+    /// Also what a caller gets for another project's objects: their
+    /// existence is not revealed.
+    pub fn not_found(what: &str) -> Problem {
+        Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found")
+            .detail(format!("no such {what}"))
+    }
+
+    pub fn unauthorized() -> Problem {
+        Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized")
+            .detail("send an API token: Authorization: Bearer <token>")
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden").detail(detail)
+    }
+
+    pub fn conflict(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::CONFLICT, "conflict", "Conflict").detail(detail)
+    }
+
+    /// The database is away longer than the election window: retry later.
+    pub fn unavailable(detail: impl Into<String>) -> Problem {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+        )
+        .detail(detail)
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.title)
+    }
+}
+
+impl ResponseError for Problem {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if self.status == 503 {
+            response.insert_header(("Retry-After", "5"));
+        }
+        response
+            .content_type("application/problem+json")
+            .body(serde_json::to_string(self).expect("a problem serializes"))
+    }
+}
+
+impl From<mongodb::error::Error> for Problem {
+    fn from(e: mongodb::error::Error) -> Problem {
+        tracing::warn!(error = %crate::store::short(&e), "database error answering a request");
+        Problem::unavailable("the database is not reachable right now")
+    }
+}
+
+pub type ApiResult<T> = Result<T, Problem>;

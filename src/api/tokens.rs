@@ -1,0 +1,103 @@
+//! `/v1/tokens`: creating and revoking API tokens, audited. A global admin
+//! may grant anything; a project admin may grant roles on their projects.
+
+use actix_web::{web, HttpResponse};
+use mongodb::bson::doc;
+use serde::Deserialize;
+
+use super::auth::{self, Caller, Role};
+use super::problem::{ApiResult, Problem};
+use super::validate::Reasons;
+use super::{audit, ApiState};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/tokens", web::post().to(create))
+        .route("/tokens/{id}", web::delete().to(revoke));
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    #[serde(default)]
+    pub global_admin: bool,
+    #[serde(default)]
+    pub roles: Vec<Grant>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    pub project_id: String,
+    pub role: String,
+}
+
+async fn create(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    body: web::Json<NewToken>,
+) -> ApiResult<HttpResponse> {
+    if body.global_admin {
+        caller.require_global_admin()?;
+    }
+    let mut reasons = Reasons::default();
+    let mut grants = Vec::new();
+    for (i, g) in body.roles.iter().enumerate() {
+        match Role::parse(&g.role) {
+            Some(role) => {
+                caller.require(&g.project_id, Role::Admin)?;
+                grants.push((g.project_id.clone(), role));
+            }
+            None => reasons.add(
+                format!("roles[{i}].role"),
+                format!("{:?}: expected admin, editor or viewer", g.role),
+            ),
+        }
+    }
+    if !body.global_admin && body.roles.is_empty() {
+        reasons.add("roles", "grant at least one role (or global_admin)");
+    }
+    if !reasons.is_empty() {
+        return Err(Problem::invalid(reasons.0));
+    }
+    for (project, _) in &grants {
+        super::projects::load(&state, project).await?;
+    }
+    let token = auth::create(&state.store, body.global_admin, &grants, &body.description).await?;
+    let roles: Vec<_> = grants
+        .iter()
+        .map(|(p, r)| doc! { "project_id": p, "role": r.as_str() })
+        .collect();
+    audit(
+        &state,
+        caller.actor(),
+        "token.created",
+        format!("tokens/{}", token.id),
+        doc! { "global_admin": body.global_admin, "roles": roles },
+    )
+    .await;
+    Ok(HttpResponse::Created().json(serde_json::json!({ "id": token.id, "token": token.secret })))
+}
+
+async fn revoke(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    // Revoking needs the power to have granted it: global admins only.
+    caller.require_global_admin()?;
+    let id = path.into_inner();
+    if !auth::revoke(&state.store, &id).await? {
+        return Err(Problem::not_found("token"));
+    }
+    audit(
+        &state,
+        caller.actor(),
+        "token.revoked",
+        format!("tokens/{id}"),
+        doc! {},
+    )
+    .await;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,193 @@
+//! A real ACME server for tests: Debian's `pebble` with `pebble-challtestsrv`
+//! as its DNS (every name resolves to 127.0.0.1, no AAAA), bound to
+//! loopback, `PEBBLE_VA_NOSLEEP=1`. Pebble validates HTTP-01 challenges on
+//! the port the test gives, where the test's `api` (or load balancer) listens.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Pebble {
+    /// The ACME directory URL.
+    pub directory: String,
+    /// PEM of the CA that signed Pebble's own HTTPS listener (an issuer's
+    /// `ca_bundle_pem`).
+    pub listener_ca_pem: String,
+    /// Pebble's management interface (`/roots/0` is the issuing root).
+    pub management: String,
+    /// pebble-challtestsrv's management interface (`/add-a`, …).
+    pub challtest: String,
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Pebble {
+    /// Starts Pebble validating HTTP-01 on `http_port`, rejecting that
+    /// percentage of nonces as `badNonce` (Pebble's default is 5).
+    pub fn start(http_port: u16, nonce_reject_percent: u32) -> Pebble {
+        let dir = tempfile::tempdir().unwrap();
+        listener_certificate(dir.path());
+        let free = || super::free_addr().port();
+        let (acme, mgmt, tls, dns, chall_mgmt) = (free(), free(), free(), free(), free());
+        std::fs::write(
+            dir.path().join("pebble.json"),
+            serde_json::json!({
+                "pebble": {
+                    "listenAddress": format!("127.0.0.1:{acme}"),
+                    "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+                    "certificate": dir.path().join("cert.pem"),
+                    "privateKey": dir.path().join("key.pem"),
+                    "httpPort": http_port,
+                    "tlsPort": tls,
+                    "ocspResponderURL": "",
+                    "externalAccountBindingRequired": false,
+                }
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let challtestsrv = Command::new("pebble-challtestsrv")
+            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .args(["-dns01", &format!("127.0.0.1:{dns}")])
+            .args(["-management", &format!("127.0.0.1:{chall_mgmt}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pebble-challtestsrv (Debian package pebble; scripts/setup.sh installs it)");
+        let pebble = Command::new("pebble")
+            .args(["-config", dir.path().join("pebble.json").to_str().unwrap()])
+            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", nonce_reject_percent.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pebble (Debian package pebble; scripts/setup.sh installs it)");
+        for port in [acme, mgmt, chall_mgmt] {
+            wait_listening(port);
+        }
+        Pebble {
+            directory: format!("https://127.0.0.1:{acme}/dir"),
+            listener_ca_pem: std::fs::read_to_string(dir.path().join("ca.pem")).unwrap(),
+            management: format!("https://127.0.0.1:{mgmt}"),
+            challtest: format!("http://127.0.0.1:{chall_mgmt}"),
+            children: vec![challtestsrv, pebble],
+            _dir: dir,
+        }
+    }
+
+    /// The root that issued every certificate, from the management interface.
+    pub async fn issuing_root_pem(&self) -> String {
+        self.https_client()
+            .get(format!("{}/roots/0", self.management))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Makes `host` resolve to `ip` (e.g. an address where nothing listens).
+    pub async fn resolve(&self, host: &str, ip: &str) {
+        reqwest::Client::new()
+            .post(format!("{}/add-a", self.challtest))
+            .json(&serde_json::json!({ "host": host, "addresses": [ip] }))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+    }
+
+    fn https_client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.listener_ca_pem.as_bytes()).unwrap(),
+            )
+            .build()
+            .unwrap()
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A private CA and a certificate for 127.0.0.1/localhost, signed by it,
+/// for Pebble's HTTPS listener (`ca.pem`, `cert.pem`, `key.pem` in `dir`).
+pub fn listener_certificate(dir: &Path) -> PathBuf {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let new_key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &new_key,
+            &[
+                "-subj",
+                "/CN=test listener CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &new_key,
+            &[
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            ],
+            &[
+                "-addext",
+                "basicConstraints=critical,CA:FALSE",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+            ],
+            &["-keyout", "key.pem", "-out", "cert.pem"],
+        ]
+        .concat(),
+    );
+    dir.join("ca.pem")
+}

@@ -1,0 +1,197 @@
+//! A worker SIGKILLed at each stage of an ACME order: a peer finishes the
+//! *same* order, and across the run orders opened = certificates issued.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::pebble::Pebble;
+use common::{Proc, TestDb};
+use mongodb::bson::doc;
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+const STAGES: [&str; 4] = [
+    "created",
+    "challenges_published",
+    "validating",
+    "finalizing",
+];
+
+async fn call(
+    base: &str,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_peer_finishes_the_same_order_after_a_kill_at_every_stage() {
+    let http = common::free_addr();
+    let pebble = Pebble::start(http.port(), 5);
+    let db = TestDb::migrated("orders").await;
+    let api = Proc::start(
+        "api",
+        &db,
+        "orders-api",
+        &[("CAP_HTTP_ADDR", &http.to_string())],
+    );
+    api.wait_alive().await;
+    let out = Command::new(common::bin())
+        .args(["token", "create", "--role", "admin"])
+        .env_clear()
+        .env("CAP_MONGO_URI", &db.uri)
+        .env("CAP_KEK_FILE", &db.kek_file)
+        .output()
+        .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let base = format!("http://{http}/v1");
+    let post = |path: String, body: Value| {
+        let (base, token) = (base.clone(), token.clone());
+        async move { call(&base, &token, reqwest::Method::POST, &path, Some(body)).await }
+    };
+
+    // One worker per stage, each pausing right after recording its stage.
+    let fast = [
+        ("CAP_WORKER_PRESENCE_SECS", "3"),
+        ("CAP_CLAIM_POLL_MS", "100"),
+        ("CAP_WORKER_CONCURRENCY", "1"),
+    ];
+    let doomed: Vec<Proc> = STAGES
+        .iter()
+        .map(|stage| {
+            let mut env = fast.to_vec();
+            env.push(("CAP_FAULT_PAUSE_AFTER_STAGE", stage));
+            Proc::start("worker", &db, &format!("doomed-{stage}"), &env)
+        })
+        .collect();
+
+    let (_, project) = post("/projects".into(), json!({ "name": "kills" })).await;
+    let p = project["id"].as_str().unwrap().to_string();
+    let (_, issuer) = post(
+        format!("/projects/{p}/issuers"),
+        json!({ "name": "pebble", "directory_url": pebble.directory, "contact": "ops@example.test", "ca_bundle_pem": pebble.listener_ca_pem }),
+    )
+    .await;
+    let mut certs = Vec::new();
+    for i in 0..STAGES.len() {
+        let (status, cert) = post(
+            format!("/projects/{p}/certificates"),
+            json!({ "name": format!("c{i}"), "dns_names": [format!("c{i}.kills.example.test")], "issuer_id": issuer["id"] }),
+        )
+        .await;
+        assert_eq!(status, 201, "{cert}");
+        certs.push(cert["id"].as_str().unwrap().to_string());
+    }
+
+    // Each doomed worker holds one job, paused at its stage: kill them all there.
+    for w in &doomed {
+        let paused = common::wait_until(Duration::from_secs(60), || async {
+            !w.log_lines_with(&["fault injection: pausing"]).is_empty()
+        })
+        .await;
+        assert!(paused, "{} reached its stage; log:\n{}", w.id, w.log_text());
+    }
+    let store = db.store().await;
+    let orders_at_kill: Vec<(String, String)> = {
+        use futures::TryStreamExt;
+        let docs: Vec<mongodb::bson::Document> = store
+            .collection("orders")
+            .find(doc! {})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        docs.iter()
+            .map(|o| {
+                (
+                    o.get_str("certificate_id").unwrap().to_string(),
+                    o.get_str("url").unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let stages_at_kill: Vec<String> = {
+        use futures::TryStreamExt;
+        let docs: Vec<mongodb::bson::Document> = store
+            .collection("orders")
+            .find(doc! {})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        docs.iter()
+            .map(|o| o.get_str("stage").unwrap().to_string())
+            .collect()
+    };
+    for stage in STAGES {
+        assert!(
+            stages_at_kill.iter().any(|s| s == stage),
+            "an order stopped at {stage}: {stages_at_kill:?}"
+        );
+    }
+    for w in &doomed {
+        w.signal(Signal::SIGKILL);
+    }
+    drop(doomed);
+
+    let survivor = Proc::start("worker", &db, "survivor", &fast);
+    for id in &certs {
+        let path = format!("/projects/{p}/certificates/{id}");
+        let issued = common::wait_until(Duration::from_secs(90), || async {
+            call(&base, &token, reqwest::Method::GET, &path, None)
+                .await
+                .1["status"]
+                == "issued"
+        })
+        .await;
+        assert!(issued, "{id} issued; log:\n{}", survivor.log_text());
+    }
+
+    // The same orders, and no others: orders opened = certificates issued.
+    use futures::TryStreamExt;
+    let after: Vec<mongodb::bson::Document> = store
+        .collection("orders")
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(after.len(), certs.len(), "one order per certificate");
+    for o in &after {
+        assert_eq!(o.get_str("stage").unwrap(), "valid");
+        let key = (
+            o.get_str("certificate_id").unwrap().to_string(),
+            o.get_str("url").unwrap().to_string(),
+        );
+        assert!(
+            orders_at_kill.contains(&key),
+            "the order finished is the one begun: {key:?}"
+        );
+    }
+    assert!(
+        survivor
+            .log_lines_with(&["opened an ACME order"])
+            .is_empty(),
+        "the survivor opened no order of its own"
+    );
+    assert_eq!(
+        survivor.log_lines_with(&["resuming the ACME order"]).len(),
+        certs.len()
+    );
+}
