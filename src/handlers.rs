@@ -30,6 +30,10 @@ pub enum HandlerError {
     /// Try again later (after back-off), unless attempts are spent.
     #[error("{0}")]
     Retryable(String),
+    /// Try again, but not before `after` (the other side said when: an ACME
+    /// CA's `Retry-After` on `rateLimited`).
+    #[error("{reason}")]
+    RetryAfter { reason: String, after: Duration },
     /// Retrying cannot help: the job is dead at once, with this reason.
     #[error("{0}")]
     Permanent(String),

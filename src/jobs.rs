@@ -400,6 +400,19 @@ impl JobQueue {
         error: &str,
         permanent: bool,
     ) -> Result<FailOutcome, JobError> {
+        self.fail_not_before(job, error, permanent, Duration::ZERO)
+            .await
+    }
+
+    /// [`Self::fail`], retrying no sooner than `not_before` from now even if
+    /// the back-off is shorter.
+    pub async fn fail_not_before(
+        &self,
+        job: &ClaimedJob,
+        error: &str,
+        permanent: bool,
+        not_before: Duration,
+    ) -> Result<FailOutcome, JobError> {
         let error = truncate(error, 4000);
         if permanent || job.attempt >= job.max_attempts {
             let update = doc! {
@@ -410,7 +423,7 @@ impl JobQueue {
                 .await?;
             return Ok(FailOutcome::Dead);
         }
-        let delay = self.retry_backoff.delay(job.attempt);
+        let delay = self.retry_backoff.delay(job.attempt).max(not_before);
         let run_at = self.store.server_after(delay).await?;
         let update = doc! {
             "$set": { "state": JobState::Queued.as_str(), "holder": Bson::Null, "last_error": &error, "run_at": run_at },

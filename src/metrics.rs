@@ -46,6 +46,8 @@ pub struct Metrics {
     pub orders_in_flight: IntGauge,
     /// Each issued certificate's notAfter (Unix seconds), read at scrape time.
     pub certificate_expiry: IntGaugeVec,
+    /// HTTP-01 challenges this api process answered.
+    pub acme_challenges_served_total: IntCounter,
 }
 
 impl Metrics {
@@ -173,6 +175,11 @@ impl Metrics {
             &["project", "certificate"],
         )
         .unwrap();
+        let acme_challenges_served_total = IntCounter::new(
+            "certautopilot_acme_challenges_served_total",
+            "HTTP-01 challenges this process answered",
+        )
+        .unwrap();
         for c in [
             Box::new(queue_depth.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(jobs_total.clone()),
@@ -192,6 +199,7 @@ impl Metrics {
             Box::new(certificates.clone()),
             Box::new(orders_in_flight.clone()),
             Box::new(certificate_expiry.clone()),
+            Box::new(acme_challenges_served_total.clone()),
         ] {
             registry.register(c).unwrap();
         }
@@ -215,6 +223,7 @@ impl Metrics {
             certificates,
             orders_in_flight,
             certificate_expiry,
+            acme_challenges_served_total,
         })
     }
 

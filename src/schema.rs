@@ -71,7 +71,21 @@ const MIGRATIONS: &[Migration] = &[
         ],
         indexes: v4_indexes,
     },
+    Migration {
+        version: 5,
+        name: "certificate expiry index",
+        collections: &[],
+        indexes: v5_indexes,
+    },
 ];
+
+fn v5_indexes() -> Vec<(&'static str, IndexModel)> {
+    // The expiry metric reads the soonest-expiring certificates.
+    vec![(
+        "certificates",
+        index(doc! { "current.not_after": 1 }, "not_after"),
+    )]
+}
 
 fn v4_indexes() -> Vec<(&'static str, IndexModel)> {
     vec![

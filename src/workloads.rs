@@ -118,6 +118,7 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
         secrets: Secrets::new(store.clone(), kek.clone()),
         queue: queue.clone(),
         audit: Audit::new(store.clone()).with_metrics(metrics.clone()),
+        metrics: metrics.clone(),
     };
     actix::spawn(readiness::monitor(
         store.clone(),

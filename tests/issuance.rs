@@ -122,7 +122,7 @@ async fn a_certificate_declared_through_the_api_is_issued_by_pebble() {
         "issue-api",
         &[("CAP_HTTP_ADDR", &http.to_string())],
     );
-    let _worker = Proc::start(
+    let worker = Proc::start(
         "worker",
         &db,
         "issue-worker",
@@ -221,6 +221,38 @@ async fn a_certificate_declared_through_the_api_is_issued_by_pebble() {
             );
         }
     }
+    // Metrics: certificates by status, orders in flight, expiry, ACME requests.
+    assert_eq!(
+        api_proc
+            .metric("certautopilot_certificates", "status=\"issued\"")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        api_proc
+            .metric("certautopilot_acme_orders_in_flight", "")
+            .await,
+        Some(0.0)
+    );
+    let expiry = api_proc
+        .metric(
+            "certautopilot_certificate_expiry_timestamp_seconds",
+            cert["id"].as_str().unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(expiry as i64, leaf.not_after_ms / 1000);
+    assert!(
+        worker
+            .metric(
+                "certautopilot_acme_requests_total",
+                "endpoint=\"order-plz\""
+            )
+            .await
+            .unwrap()
+            >= 1.0
+    );
+
     let (_, orders) = api.get(&format!("{path}/orders")).await;
     assert_eq!(
         orders["items"].as_array().unwrap().len(),

@@ -64,10 +64,32 @@ pub fn check_ca_bundle(pem: &str) -> Result<(), String> {
     tls_config(Some(pem)).map(|_| ()).map_err(|e| e.to_string())
 }
 
+/// The last `Retry-After` a CA sent this client (instant-acme's errors do
+/// not carry it; a `rateLimited` answer is retried no sooner than this).
+#[derive(Clone, Default)]
+pub struct RetryAfter(Arc<std::sync::Mutex<Option<std::time::Duration>>>);
+
+impl RetryAfter {
+    pub fn last(&self) -> Option<std::time::Duration> {
+        *self.0.lock().unwrap()
+    }
+}
+
+/// `Retry-After` in seconds, or an HTTP date (taken as a minute: the CA
+/// wants us gone for a while; the job's back-off does the rest).
+fn parse_retry_after(value: &str) -> std::time::Duration {
+    value
+        .trim()
+        .parse::<u64>()
+        .map(std::time::Duration::from_secs)
+        .unwrap_or(std::time::Duration::from_secs(60))
+}
+
 /// The HTTP client instant-acme uses: ours, metered.
 pub fn http_client(
     extra_ca_pem: Option<&str>,
     metrics: Arc<Metrics>,
+    retry_after: RetryAfter,
 ) -> Result<Box<dyn HttpClient>, AcmeError> {
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls_config(extra_ca_pem)?)
@@ -80,12 +102,14 @@ pub fn http_client(
     Ok(Box::new(Metered {
         inner: Box::new(inner),
         metrics,
+        retry_after,
     }))
 }
 
 struct Metered {
     inner: Box<dyn HttpClient>,
     metrics: Arc<Metrics>,
+    retry_after: RetryAfter,
 }
 
 impl HttpClient for Metered {
@@ -95,12 +119,19 @@ impl HttpClient for Metered {
     ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
         let endpoint = endpoint_label(req.uri().path());
         let metrics = self.metrics.clone();
+        let retry_after = self.retry_after.clone();
         let started = Instant::now();
         let response = self.inner.request(req);
         Box::pin(async move {
             let result = response.await;
             let status = match &result {
-                Ok(r) => r.parts.status.as_u16().to_string(),
+                Ok(r) => {
+                    if let Some(v) = r.parts.headers.get(http::header::RETRY_AFTER) {
+                        *retry_after.0.lock().unwrap() =
+                            Some(parse_retry_after(v.to_str().unwrap_or_default()));
+                    }
+                    r.parts.status.as_u16().to_string()
+                }
                 Err(_) => "error".to_string(),
             };
             metrics
@@ -142,9 +173,16 @@ pub async fn account(
     issuer: &IssuerAcme,
     secrets: &Secrets,
     metrics: Arc<Metrics>,
+    retry_after: RetryAfter,
 ) -> Result<Account, AcmeError> {
     let secret_id = format!("acme-accounts/{}", issuer.id);
-    let http = || http_client(issuer.ca_bundle_pem.as_deref(), metrics.clone());
+    let http = || {
+        http_client(
+            issuer.ca_bundle_pem.as_deref(),
+            metrics.clone(),
+            retry_after.clone(),
+        )
+    };
     if let Ok(stored) = secrets.get(&secret_id).await {
         return from_stored(&stored, http()?).await;
     }
@@ -193,5 +231,17 @@ mod tests {
         assert_eq!(endpoint_label("/authZ/abc123"), "authZ");
         assert_eq!(endpoint_label("/dir"), "dir");
         assert_eq!(endpoint_label("/"), "root");
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_a_date() {
+        assert_eq!(
+            parse_retry_after("120"),
+            std::time::Duration::from_secs(120)
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2026 07:28:00 GMT"),
+            std::time::Duration::from_secs(60)
+        );
     }
 }

@@ -371,13 +371,23 @@ async fn run_job(
         },
         Ending::Finished(Err(HandlerError::LeaseLost)) => "lease_lost",
         Ending::Finished(Err(HandlerError::Retryable(reason))) => {
-            fail(&queue, &job, &reason, false).await
+            fail(&queue, &job, &reason, false, Duration::ZERO).await
+        }
+        Ending::Finished(Err(HandlerError::RetryAfter { reason, after })) => {
+            fail(&queue, &job, &reason, false, after).await
         }
         Ending::Finished(Err(HandlerError::Permanent(reason))) => {
-            fail(&queue, &job, &reason, true).await
+            fail(&queue, &job, &reason, true, Duration::ZERO).await
         }
         Ending::Panicked(message) => {
-            fail(&queue, &job, &format!("handler panicked: {message}"), false).await
+            fail(
+                &queue,
+                &job,
+                &format!("handler panicked: {message}"),
+                false,
+                Duration::ZERO,
+            )
+            .await
         }
         Ending::LeaseLost => "lease_lost",
         Ending::HandedBack => match queue.release(&lease).await {
@@ -401,9 +411,18 @@ async fn run_job(
     }
 }
 
-async fn fail(queue: &JobQueue, job: &ClaimedJob, reason: &str, permanent: bool) -> &'static str {
+async fn fail(
+    queue: &JobQueue,
+    job: &ClaimedJob,
+    reason: &str,
+    permanent: bool,
+    not_before: Duration,
+) -> &'static str {
     tracing::warn!(job = %job.lease.job_id, kind = %job.kind, attempt = job.attempt, reason, "job failed");
-    match queue.fail(job, reason, permanent).await {
+    match queue
+        .fail_not_before(job, reason, permanent, not_before)
+        .await
+    {
         Ok(FailOutcome::Retrying { .. }) => "retrying",
         Ok(FailOutcome::Dead) => "dead",
         Err(JobError::LeaseLost(_)) => "lease_lost",

@@ -28,13 +28,16 @@ pub async fn respond(state: web::Data<ApiState>, path: web::Path<String>) -> Htt
         .find_one(doc! { "_id": &token })
         .await
     {
-        Ok(Some(d)) => HttpResponse::Ok()
-            .content_type("application/octet-stream")
-            .body(
-                d.get_str("key_authorization")
-                    .unwrap_or_default()
-                    .to_string(),
-            ),
+        Ok(Some(d)) => {
+            state.metrics.acme_challenges_served_total.inc();
+            HttpResponse::Ok()
+                .content_type("application/octet-stream")
+                .body(
+                    d.get_str("key_authorization")
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+        }
         Ok(None) => HttpResponse::NotFound().finish(),
         Err(e) => {
             tracing::warn!(error = %crate::store::short(&e), "challenge lookup failed");

@@ -33,6 +33,7 @@ pub struct ApiState {
     pub secrets: Secrets,
     pub queue: JobQueue,
     pub audit: Audit,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

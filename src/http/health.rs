@@ -12,11 +12,14 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::AppState;
+use crate::acme::order::{CERTIFICATES, OPEN_STAGES, ORDERS};
 use crate::jobs::JobState;
 
 /// Queue depth read at most this often, however often `/metrics` is scraped.
 const DEPTH_MAX_AGE: Duration = Duration::from_secs(5);
 const DEPTH_DEADLINE: Duration = Duration::from_secs(2);
+/// Certificates with an expiry series: the soonest to expire.
+pub const EXPIRY_SERIES: i64 = 1000;
 
 #[derive(Default)]
 pub struct DepthCache {
@@ -37,20 +40,101 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    refresh_queue_depth(&state).await;
+    if refresh_due(&state) {
+        refresh_queue_depth(&state).await;
+        if let Err(e) = refresh_certificates(&state).await {
+            tracing::debug!(error = %e, "certificate metrics unavailable; serving the last values");
+        }
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())
 }
 
-async fn refresh_queue_depth(state: &AppState) {
-    {
-        let mut read_at = state.depth_cache.read_at.lock().unwrap();
-        if read_at.is_some_and(|t| t.elapsed() < DEPTH_MAX_AGE) {
-            return;
-        }
-        *read_at = Some(Instant::now());
+/// True at most once per [`DEPTH_MAX_AGE`], however often we are scraped.
+fn refresh_due(state: &AppState) -> bool {
+    let mut read_at = state.depth_cache.read_at.lock().unwrap();
+    if read_at.is_some_and(|t| t.elapsed() < DEPTH_MAX_AGE) {
+        return false;
     }
+    *read_at = Some(Instant::now());
+    true
+}
+
+/// Certificates by status, orders in flight, and the notAfter of the
+/// [`EXPIRY_SERIES`] certificates expiring soonest (a bounded number of
+/// series, from the `current.not_after` index).
+async fn refresh_certificates(state: &AppState) -> Result<(), String> {
+    use futures::TryStreamExt;
+    use mongodb::bson::{doc, Document};
+    let store = state.queue.store();
+    let short = |e: mongodb::error::Error| crate::store::short(&e);
+    let read = async {
+        let by_status: Vec<Document> = store
+            .collection(CERTIFICATES)
+            .aggregate(vec![
+                doc! { "$group": { "_id": "$status", "n": { "$sum": 1 } } },
+            ])
+            .await
+            .map_err(short)?
+            .try_collect()
+            .await
+            .map_err(short)?;
+        let in_flight = store
+            .collection(ORDERS)
+            .count_documents(doc! { "stage": { "$in": OPEN_STAGES.to_vec() } })
+            .await
+            .map_err(short)?;
+        let soonest: Vec<Document> = store
+            .collection(CERTIFICATES)
+            .find(doc! { "current.not_after": { "$exists": true } })
+            .sort(doc! { "current.not_after": 1 })
+            .limit(EXPIRY_SERIES)
+            .projection(doc! { "project_id": 1, "current.not_after": 1 })
+            .await
+            .map_err(short)?
+            .try_collect()
+            .await
+            .map_err(short)?;
+        Ok::<_, String>((by_status, in_flight, soonest))
+    };
+    let (by_status, in_flight, soonest) = tokio::time::timeout(DEPTH_DEADLINE, read)
+        .await
+        .map_err(|_| "timed out".to_string())??;
+    let m = &state.metrics;
+    m.certificates.reset();
+    for s in ["pending", "issuing", "issued", "failed"] {
+        m.certificates.with_label_values(&[s]).set(0);
+    }
+    for row in by_status {
+        let status = row.get_str("_id").unwrap_or("unknown").to_string();
+        let n = row
+            .get_i32("n")
+            .map(i64::from)
+            .or(row.get_i64("n"))
+            .unwrap_or(0);
+        m.certificates.with_label_values(&[&status]).set(n);
+    }
+    m.orders_in_flight.set(in_flight as i64);
+    m.certificate_expiry.reset();
+    for c in soonest {
+        let not_after = c
+            .get_document("current")
+            .ok()
+            .and_then(|cur| cur.get_datetime("not_after").ok())
+            .map(|t| t.timestamp_millis() / 1000)
+            .unwrap_or(0);
+        m.certificate_expiry
+            .with_label_values(&[
+                c.get_str("project_id").unwrap_or_default(),
+                c.get_str("_id").unwrap_or_default(),
+            ])
+            .set(not_after);
+    }
+    Ok(())
+}
+
+async fn refresh_queue_depth(state: &AppState) {
     match tokio::time::timeout(DEPTH_DEADLINE, state.queue.depth()).await {
         Ok(Ok(rows)) => {
             let gauge = &state.metrics.queue_depth;

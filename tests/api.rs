@@ -1,0 +1,443 @@
+//! The API's contract: tenant isolation, authentication, roles, bad input
+//! answered with problem+json, and a failing challenge reported with the
+//! CA's reason.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::pebble::Pebble;
+use common::{Proc, TestDb};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+struct Answer {
+    status: u16,
+    content_type: String,
+    body: Value,
+    text: String,
+}
+
+impl Client {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Answer {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("Content-Type", "application/json").body(b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let text = resp.text().await.unwrap();
+        Answer {
+            status,
+            content_type,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        }
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> Answer {
+        self.send(
+            Method::POST,
+            path,
+            Some(token),
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Answer {
+        self.send(Method::GET, path, Some(token), None).await
+    }
+}
+
+fn token(db: &TestDb, args: &[&str]) -> String {
+    let out = Command::new(common::bin())
+        .args(["token", "create"])
+        .args(args)
+        .env_clear()
+        .env("CAP_MONGO_URI", &db.uri)
+        .env("CAP_KEK_FILE", &db.kek_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+struct Fixture {
+    _pebble: Pebble,
+    db: TestDb,
+    _api: Proc,
+    client: Client,
+    admin: String,
+    pebble_directory: String,
+    pebble_ca: String,
+}
+
+async fn fixture(hint: &str) -> Fixture {
+    let http = common::free_addr();
+    let pebble = Pebble::start(http.port(), 0);
+    let db = TestDb::migrated(hint).await;
+    let api = Proc::start(
+        "api",
+        &db,
+        &format!("{hint}-api"),
+        &[("CAP_HTTP_ADDR", &http.to_string())],
+    );
+    api.wait_alive().await;
+    let admin = token(&db, &["--role", "admin"]);
+    Fixture {
+        pebble_directory: pebble.directory.clone(),
+        pebble_ca: pebble.listener_ca_pem.clone(),
+        _pebble: pebble,
+        db,
+        _api: api,
+        client: Client {
+            base: format!("http://{http}/v1"),
+            http: reqwest::Client::new(),
+        },
+        admin,
+    }
+}
+
+/// A project with an issuer and a certificate; returns their ids.
+async fn project(f: &Fixture, name: &str) -> (String, String, String) {
+    let p = f
+        .client
+        .post("/projects", &f.admin, json!({ "name": name }))
+        .await;
+    assert_eq!(p.status, 201, "{}", p.text);
+    let p = p.body["id"].as_str().unwrap().to_string();
+    let i = f
+        .client
+        .post(
+            &format!("/projects/{p}/issuers"),
+            &f.admin,
+            json!({ "name": "pebble", "directory_url": f.pebble_directory, "contact": "ops@example.test", "ca_bundle_pem": f.pebble_ca }),
+        )
+        .await;
+    assert_eq!(i.status, 201, "{}", i.text);
+    let i = i.body["id"].as_str().unwrap().to_string();
+    let c = f
+        .client
+        .post(
+            &format!("/projects/{p}/certificates"),
+            &f.admin,
+            json!({ "name": "site", "dns_names": [format!("{name}.example.test")], "issuer_id": i }),
+        )
+        .await;
+    assert_eq!(c.status, 201, "{}", c.text);
+    (p, i, c.body["id"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn another_projects_token_can_neither_read_nor_change_nor_learn_anything() {
+    let f = fixture("api_isolation").await;
+    let (a, _, _) = project(&f, "alpha").await;
+    let (b, b_issuer, b_cert) = project(&f, "bravo").await;
+    let a_admin = token(&f.db, &["--role", "admin", "--project", &a]);
+    let a_viewer = token(&f.db, &["--role", "viewer", "--project", &a]);
+
+    let b_paths = [
+        format!("/projects/{b}"),
+        format!("/projects/{b}/issuers"),
+        format!("/projects/{b}/issuers/{b_issuer}"),
+        format!("/projects/{b}/certificates"),
+        format!("/projects/{b}/certificates/{b_cert}"),
+        format!("/projects/{b}/certificates/{b_cert}/private-key"),
+        format!("/projects/{b}/certificates/{b_cert}/orders"),
+        format!("/projects/{b}/certificates/{b_cert}/jobs"),
+    ];
+    let unknown = "/projects/prj_000000000000000000000000";
+    let not_found_text = f.client.get(unknown, &a_admin).await.text;
+    for path in &b_paths {
+        let got = f.client.get(path, &a_admin).await;
+        assert_eq!(got.status, 404, "GET {path}: {}", got.text);
+        assert_eq!(
+            got.text, not_found_text,
+            "GET {path} says no more than for a project that does not exist"
+        );
+        assert!(
+            !got.text.contains(&b) && !got.text.contains("bravo"),
+            "{}",
+            got.text
+        );
+    }
+    for (path, body) in [
+        (
+            format!("/projects/{b}/issuers"),
+            json!({ "name": "x", "directory_url": f.pebble_directory, "contact": "a@example.test" }),
+        ),
+        (
+            format!("/projects/{b}/certificates"),
+            json!({ "name": "x", "dns_names": ["x.example.test"], "issuer_id": b_issuer }),
+        ),
+        (
+            format!("/projects/{b}/certificates/{b_cert}/issue"),
+            json!({}),
+        ),
+        (
+            "/tokens".to_string(),
+            json!({ "roles": [{ "project_id": b, "role": "viewer" }] }),
+        ),
+    ] {
+        let got = f.client.post(&path, &a_admin, body).await;
+        assert_eq!(got.status, 404, "POST {path}: {}", got.text);
+    }
+    // Listing projects shows only its own.
+    let listed = f.client.get("/projects", &a_admin).await;
+    let ids: Vec<&str> = listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![a.as_str()]);
+
+    // No token, or a wrong one: 401.
+    for t in [None, Some("cap_not-a-real-token")] {
+        let got = f
+            .client
+            .send(Method::GET, &format!("/projects/{a}"), t, None)
+            .await;
+        assert_eq!(got.status, 401, "{}", got.text);
+        assert_eq!(got.content_type, "application/problem+json");
+    }
+    // A viewer reads but cannot change anything, nor read the key.
+    assert_eq!(
+        f.client
+            .get(&format!("/projects/{a}/certificates"), &a_viewer)
+            .await
+            .status,
+        200
+    );
+    let (_, a_issuer, a_cert) = {
+        let i = f
+            .client
+            .get(&format!("/projects/{a}/issuers"), &a_admin)
+            .await;
+        let c = f
+            .client
+            .get(&format!("/projects/{a}/certificates"), &a_admin)
+            .await;
+        (
+            (),
+            i.body["items"][0]["id"].as_str().unwrap().to_string(),
+            c.body["items"][0]["id"].as_str().unwrap().to_string(),
+        )
+    };
+    for (path, body) in [
+        (
+            format!("/projects/{a}/certificates"),
+            json!({ "name": "x", "dns_names": ["y.example.test"], "issuer_id": a_issuer }),
+        ),
+        (
+            format!("/projects/{a}/certificates/{a_cert}/issue"),
+            json!({}),
+        ),
+    ] {
+        let got = f.client.post(&path, &a_viewer, body).await;
+        assert_eq!(got.status, 403, "POST {path}: {}", got.text);
+    }
+    assert_eq!(
+        f.client
+            .get(
+                &format!("/projects/{a}/certificates/{a_cert}/private-key"),
+                &a_viewer
+            )
+            .await
+            .status,
+        403
+    );
+    // Health and the challenge responder stay open.
+    let open = reqwest::get(format!("{}/../healthz", f.client.base).replace("/v1/..", ""))
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 200);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_4xx_problem_with_a_reason_never_a_500() {
+    let f = fixture("api_bad_input").await;
+    let (p, issuer, _) = project(&f, "inputs").await;
+    let certs = format!("/projects/{p}/certificates");
+    let send = |body: Vec<u8>| {
+        f.client
+            .send(Method::POST, &certs, Some(&f.admin), Some(body))
+    };
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("malformed JSON", b"{\"name\": ".to_vec(), 400, "invalid JSON"),
+        ("unknown field", json!({ "name": "x", "dns_names": ["a.example.test"], "issuer_id": issuer, "colour": "red" }).to_string().into_bytes(), 400, "unknown field"),
+        ("wrong type", json!({ "name": "x", "dns_names": "a.example.test", "issuer_id": issuer }).to_string().into_bytes(), 400, "invalid type"),
+        ("invalid DNS name", json!({ "name": "x", "dns_names": ["bad_name.example.test"], "issuer_id": issuer }).to_string().into_bytes(), 422, "dns_names[0]"),
+        ("wildcard with http-01", json!({ "name": "x", "dns_names": ["*.example.test"], "issuer_id": issuer }).to_string().into_bytes(), 422, "dns-01"),
+        ("IP address", json!({ "name": "x", "dns_names": ["192.0.2.7"], "issuer_id": issuer }).to_string().into_bytes(), 422, "IP address"),
+        ("name too long", json!({ "name": "x", "dns_names": [format!("{}.example.test", "a".repeat(250))], "issuer_id": issuer }).to_string().into_bytes(), 422, "at most"),
+        ("no names", json!({ "name": "x", "dns_names": [], "issuer_id": issuer }).to_string().into_bytes(), 422, "at least one"),
+        ("unknown key algorithm", json!({ "name": "x", "dns_names": ["a.example.test"], "issuer_id": issuer, "key_algorithm": "dsa" }).to_string().into_bytes(), 422, "key_algorithm"),
+        ("unknown issuer", json!({ "name": "x", "dns_names": ["a.example.test"], "issuer_id": "iss_000000000000000000000000" }).to_string().into_bytes(), 422, "issuer_id"),
+        ("oversized body", vec![b' '; 300 * 1024], 413, "at most"),
+    ];
+    for (what, body, status, reason) in cases {
+        let got = send(body).await;
+        assert_eq!(got.status, status, "{what}: {}", got.text);
+        assert_eq!(got.content_type, "application/problem+json", "{what}");
+        assert!(got.text.contains(reason), "{what}: {}", got.text);
+    }
+    let bad_issuer = f
+        .client
+        .post(
+            &format!("/projects/{p}/issuers"),
+            &f.admin,
+            json!({ "name": "", "directory_url": "http://insecure.example", "contact": "nobody", "challenge": "tls-alpn-01", "ca_bundle_pem": "not a pem" }),
+        )
+        .await;
+    assert_eq!(bad_issuer.status, 422, "{}", bad_issuer.text);
+    let fields: Vec<&str> = bad_issuer.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    for field in [
+        "name",
+        "directory_url",
+        "contact",
+        "challenge",
+        "ca_bundle_pem",
+    ] {
+        assert!(fields.contains(&field), "{field} has a reason: {fields:?}");
+    }
+    for path in [
+        format!("/projects/{p}/certificates/crt_000000000000000000000000"),
+        format!("/projects/{p}/issuers/nope"),
+        "/no-such-endpoint".to_string(),
+    ] {
+        let got = f.client.get(&path, &f.admin).await;
+        assert_eq!(got.status, 404, "{path}: {}", got.text);
+        assert_eq!(got.content_type, "application/problem+json");
+    }
+    let bad_page = f.client.get(&format!("{certs}?limit=0"), &f.admin).await;
+    assert_eq!(bad_page.status, 400, "{}", bad_page.text);
+}
+
+#[tokio::test]
+async fn a_failing_challenge_shows_the_cas_reason_and_backs_off() {
+    let http = common::free_addr();
+    let pebble = Pebble::start(http.port(), 0);
+    let db = TestDb::migrated("api_failing").await;
+    let api = Proc::start(
+        "api",
+        &db,
+        "failing-api",
+        &[("CAP_HTTP_ADDR", &http.to_string())],
+    );
+    let _worker = Proc::start(
+        "worker",
+        &db,
+        "failing-worker",
+        &[("CAP_CLAIM_POLL_MS", "100")],
+    );
+    api.wait_alive().await;
+    let admin = token(&db, &["--role", "admin"]);
+    let client = Client {
+        base: format!("http://{http}/v1"),
+        http: reqwest::Client::new(),
+    };
+    // Resolves to an address where nothing answers HTTP-01.
+    pebble.resolve("nowhere.example.test", "127.0.0.2").await;
+    let p = client
+        .post("/projects", &admin, json!({ "name": "failing" }))
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let i = client
+        .post(
+            &format!("/projects/{p}/issuers"),
+            &admin,
+            json!({ "name": "pebble", "directory_url": pebble.directory, "contact": "ops@example.test", "ca_bundle_pem": pebble.listener_ca_pem }),
+        )
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let c = client
+        .post(
+            &format!("/projects/{p}/certificates"),
+            &admin,
+            json!({ "name": "nowhere", "dns_names": ["nowhere.example.test"], "issuer_id": i }),
+        )
+        .await;
+    let path = format!(
+        "/projects/{p}/certificates/{}",
+        c.body["id"].as_str().unwrap()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let cert = loop {
+        let cert = client.get(&path, &admin).await.body;
+        if !cert["last_error"].is_null() {
+            break cert;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an error is reported: {cert}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let error = cert["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("the CA refused nowhere.example.test"),
+        "{error}"
+    );
+    assert!(
+        error.contains("127.0.0.2") || error.to_lowercase().contains("connection"),
+        "the CA's own reason: {error}"
+    );
+    assert_ne!(cert["status"], "issued");
+    let jobs = client.get(&format!("{path}/jobs"), &admin).await.body;
+    let job = &jobs["items"][0];
+    assert_eq!(job["state"], "queued", "{jobs}");
+    assert!(job["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("nowhere.example.test"));
+    let run_at = chrono_like(job["run_at"].as_str().unwrap());
+    assert!(
+        run_at > std::time::SystemTime::now(),
+        "it backs off before trying again: {job}"
+    );
+    let orders = client.get(&format!("{path}/orders"), &admin).await.body;
+    assert_eq!(orders["items"][0]["stage"], "invalid", "{orders}");
+}
+
+/// RFC 3339 (as the API writes it: `2026-11-28T04:24:46.123Z`) to a time.
+fn chrono_like(s: &str) -> std::time::SystemTime {
+    let dt = mongodb::bson::DateTime::parse_rfc3339_str(s).unwrap();
+    std::time::UNIX_EPOCH + Duration::from_millis(dt.timestamp_millis() as u64)
+}
