@@ -5,7 +5,8 @@ use actix_web::{web, HttpResponse};
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::ReturnDocument;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::auth::{Caller, Role};
 use super::problem::{ApiResult, Problem};
@@ -29,12 +30,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(&format!("{base}/{{id}}/jobs"), web::get().to(jobs));
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCertificate {
     pub name: String,
+    /// 1 to 100 DNS names; a wildcard only with a dns-01 issuer.
     pub dns_names: Vec<String>,
     pub issuer_id: String,
+    /// ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096 [default: ecdsa-p256]
     #[serde(default = "default_algorithm")]
     pub key_algorithm: String,
     /// Renew this long before expiry (the next issue uses it).
@@ -45,41 +48,128 @@ fn default_algorithm() -> String {
     "ecdsa-p256".into()
 }
 
-fn render(d: &Document) -> serde_json::Value {
-    let current = d.get_document("current").ok();
-    let field = |f: &str| {
-        current
-            .map(|c| string(c, f))
-            .unwrap_or(serde_json::Value::Null)
-    };
-    let when = |f: &str| {
-        current
-            .map(|c| date(c, f))
-            .unwrap_or(serde_json::Value::Null)
-    };
-    serde_json::json!({
-        "id": d.get_str("_id").unwrap_or_default(),
-        "project_id": d.get_str("project_id").unwrap_or_default(),
-        "name": d.get_str("name").unwrap_or_default(),
-        "dns_names": d.get_array("dns_names").map(|a| a.iter().filter_map(Bson::as_str).collect::<Vec<_>>()).unwrap_or_default(),
-        "issuer_id": d.get_str("issuer_id").unwrap_or_default(),
-        "key_algorithm": d.get_str("key_algorithm").unwrap_or_default(),
-        "renew_before_secs": d.get_i64("renew_before_secs").ok(),
-        "status": d.get_str("status").unwrap_or_default(),
-        "last_error": string(d, "last_error"),
-        "serial": field("serial"),
-        "fingerprint_sha256": field("fingerprint_sha256"),
-        "not_before": when("not_before"),
-        "not_after": when("not_after"),
-        "chain_pem": field("chain_pem"),
-        "issued_count": d.get_i64("issued_count").unwrap_or(0),
-        "issued_at": date(d, "issued_at"),
-        "created_at": date(d, "created_at"),
-        "updated_at": date(d, "updated_at"),
-    })
+/// A certificate: what was asked for, its state, and the current issue.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CertificateView {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub dns_names: Vec<String>,
+    pub issuer_id: String,
+    pub key_algorithm: String,
+    pub renew_before_secs: Option<i64>,
+    /// pending, issuing, issued or failed.
+    pub status: String,
+    pub last_error: Option<String>,
+    /// Hex, lower case.
+    pub serial: Option<String>,
+    pub fingerprint_sha256: Option<String>,
+    pub not_before: Option<String>,
+    pub not_after: Option<String>,
+    /// Leaf first.
+    pub chain_pem: Option<String>,
+    pub issued_count: i64,
+    pub issued_at: Option<String>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+    /// Only when just created: the issue job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
 }
 
-async fn create(
+#[derive(Serialize, ToSchema)]
+pub struct CertificatePage {
+    pub items: Vec<CertificateView>,
+    pub next: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct IssueAccepted {
+    pub job_id: String,
+    pub already_in_progress: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OrderView {
+    pub id: String,
+    pub url: String,
+    /// created, challenges_published, validating, finalizing, valid, invalid or abandoned.
+    pub stage: String,
+    pub in_flight: bool,
+    pub error: Option<String>,
+    pub job_id: Option<String>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OrderPage {
+    pub items: Vec<OrderView>,
+    pub next: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobView {
+    pub id: String,
+    /// queued, running, done or dead.
+    pub state: String,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub last_error: Option<String>,
+    pub run_at: Option<String>,
+    pub created_at: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobPage {
+    pub items: Vec<JobView>,
+    pub next: Option<String>,
+}
+
+fn view(d: &Document) -> CertificateView {
+    let current = d.get_document("current").ok();
+    let field = |f: &str| current.and_then(|c| string(c, f));
+    let when = |f: &str| current.and_then(|c| date(c, f));
+    let s = |f: &str| d.get_str(f).unwrap_or_default().to_string();
+    CertificateView {
+        id: s("_id"),
+        project_id: s("project_id"),
+        name: s("name"),
+        dns_names: d
+            .get_array("dns_names")
+            .map(|a| {
+                a.iter()
+                    .filter_map(Bson::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        issuer_id: s("issuer_id"),
+        key_algorithm: s("key_algorithm"),
+        renew_before_secs: d.get_i64("renew_before_secs").ok(),
+        status: s("status"),
+        last_error: string(d, "last_error"),
+        serial: field("serial"),
+        fingerprint_sha256: field("fingerprint_sha256"),
+        not_before: when("not_before"),
+        not_after: when("not_after"),
+        chain_pem: field("chain_pem"),
+        issued_count: d.get_i64("issued_count").unwrap_or(0),
+        issued_at: date(d, "issued_at"),
+        created_at: date(d, "created_at"),
+        updated_at: date(d, "updated_at"),
+        job_id: None,
+    }
+}
+
+fn render(d: &Document) -> serde_json::Value {
+    serde_json::to_value(view(d)).expect("a view serializes")
+}
+
+#[utoipa::path(post, path = "/v1/projects/{project_id}/certificates", tag = "certificates", request_body = NewCertificate,
+    params(("project_id" = String, Path)),
+    responses((status = 201, body = CertificateView), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn create(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -152,8 +242,8 @@ async fn create(
         doc! { "dns_names": &body.dns_names, "issuer_id": &body.issuer_id, "job_id": &job },
     )
     .await;
-    let mut out = render(&record);
-    out["job_id"] = serde_json::Value::String(job);
+    let mut out = view(&record);
+    out.job_id = Some(job);
     Ok(HttpResponse::Created().json(out))
 }
 
@@ -171,7 +261,10 @@ async fn enqueue_issue(
     Ok(state.queue.enqueue(&job).await?.id.to_hex())
 }
 
-async fn list(
+#[utoipa::path(get, path = "/v1/projects/{project_id}/certificates", tag = "certificates",
+    params(("project_id" = String, Path), PageQuery),
+    responses((status = 200, body = CertificatePage), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn list(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -183,7 +276,9 @@ async fn list(
     Ok(HttpResponse::Ok().json(page(&state.store, CERTIFICATES, filter, &query, render).await?))
 }
 
-async fn get(
+#[utoipa::path(get, path = "/v1/projects/{project_id}/certificates/{id}", tag = "certificates", params(("project_id" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = CertificateView), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn get(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<(String, String)>,
@@ -194,7 +289,9 @@ async fn get(
 }
 
 /// (Re)issue now: a new issue request, unless one is already in progress.
-async fn issue(
+#[utoipa::path(post, path = "/v1/projects/{project_id}/certificates/{id}/issue", tag = "certificates", params(("project_id" = String, Path), ("id" = String, Path)),
+    responses((status = 202, body = IssueAccepted), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn issue(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<(String, String)>,
@@ -243,7 +340,9 @@ async fn issue(
 }
 
 /// The current private key, PEM. Admins only, and audited every time.
-async fn private_key(
+#[utoipa::path(get, path = "/v1/projects/{project_id}/certificates/{id}/private-key", tag = "certificates", params(("project_id" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = String, content_type = "application/x-pem-file"), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn private_key(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<(String, String)>,
@@ -276,7 +375,10 @@ async fn private_key(
         .body(key.to_vec()))
 }
 
-async fn orders(
+#[utoipa::path(get, path = "/v1/projects/{project_id}/certificates/{id}/orders", tag = "certificates",
+    params(("project_id" = String, Path), ("id" = String, Path), PageQuery),
+    responses((status = 200, body = OrderPage), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn orders(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<(String, String)>,
@@ -287,21 +389,25 @@ async fn orders(
     load(&state, &project_id, &id).await?;
     let filter = doc! { "certificate_id": &id };
     let render = |o: &Document| {
-        serde_json::json!({
-            "id": o.get_str("_id").unwrap_or_default(),
-            "url": o.get_str("url").unwrap_or_default(),
-            "stage": o.get_str("stage").unwrap_or_default(),
-            "in_flight": OPEN_STAGES.contains(&o.get_str("stage").unwrap_or_default()),
-            "error": string(o, "error"),
-            "job_id": o.get_object_id("job_id").map(|j| j.to_hex()).ok(),
-            "created_at": date(o, "created_at"),
-            "updated_at": date(o, "updated_at"),
+        let stage = o.get_str("stage").unwrap_or_default();
+        serde_json::to_value(OrderView {
+            id: o.get_str("_id").unwrap_or_default().into(),
+            url: o.get_str("url").unwrap_or_default().into(),
+            stage: stage.into(),
+            in_flight: OPEN_STAGES.contains(&stage),
+            error: string(o, "error"),
+            job_id: o.get_object_id("job_id").map(|j| j.to_hex()).ok(),
+            created_at: date(o, "created_at"),
+            updated_at: date(o, "updated_at"),
         })
+        .expect("a view serializes")
     };
     Ok(HttpResponse::Ok().json(page(&state.store, ORDERS, filter, &query, render).await?))
 }
 
-async fn jobs(
+#[utoipa::path(get, path = "/v1/projects/{project_id}/certificates/{id}/jobs", tag = "certificates", params(("project_id" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = JobPage), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn jobs(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<(String, String)>,
@@ -318,21 +424,22 @@ async fn jobs(
         .await?
         .try_collect()
         .await?;
-    let items: Vec<serde_json::Value> = found
+    let items: Vec<JobView> = found
         .iter()
-        .map(|j| {
-            serde_json::json!({
-                "id": j.get_object_id("_id").map(|o| o.to_hex()).unwrap_or_default(),
-                "state": j.get_str("state").unwrap_or_default(),
-                "attempt": j.get_i32("attempt").unwrap_or(0),
-                "max_attempts": j.get_i32("max_attempts").unwrap_or(0),
-                "last_error": string(j, "last_error"),
-                "run_at": date(j, "run_at"),
-                "created_at": date(j, "created_at"),
-            })
+        .map(|j| JobView {
+            id: j
+                .get_object_id("_id")
+                .map(|o| o.to_hex())
+                .unwrap_or_default(),
+            state: j.get_str("state").unwrap_or_default().into(),
+            attempt: j.get_i32("attempt").unwrap_or(0),
+            max_attempts: j.get_i32("max_attempts").unwrap_or(0),
+            last_error: string(j, "last_error"),
+            run_at: date(j, "run_at"),
+            created_at: date(j, "created_at"),
         })
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items, "next": null })))
+    Ok(HttpResponse::Ok().json(JobPage { items, next: None }))
 }
 
 /// The certificate of this project, or 404.

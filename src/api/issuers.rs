@@ -2,7 +2,8 @@
 
 use actix_web::{web, HttpResponse};
 use mongodb::bson::{doc, Document};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::auth::{Caller, Role};
 use super::problem::{ApiResult, Problem};
@@ -18,20 +19,24 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/projects/{project_id}/issuers/{id}", web::get().to(get));
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewIssuer {
     pub name: String,
+    /// The CA's ACME directory, https://.
     pub directory_url: String,
+    /// E-mail address registered with the CA.
     pub contact: String,
+    /// `http-01` [default: http-01]
     #[serde(default = "default_challenge")]
     pub challenge: String,
+    /// Extra CA certificates (PEM) to trust for a private ACME CA.
     pub ca_bundle_pem: Option<String>,
     pub eab: Option<Eab>,
 }
 
 /// External Account Binding: the CA's key id and base64url HMAC key.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Eab {
     pub kid: String,
@@ -42,19 +47,40 @@ fn default_challenge() -> String {
     "http-01".into()
 }
 
-/// Never shows the EAB HMAC key.
+/// An issuer; never shows the EAB HMAC key.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IssuerView {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub directory_url: String,
+    pub contact: String,
+    pub challenge: String,
+    pub ca_bundle_pem: Option<String>,
+    pub eab_kid: Option<String>,
+    pub created_at: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct IssuerPage {
+    pub items: Vec<IssuerView>,
+    pub next: Option<String>,
+}
+
 fn render(d: &Document) -> serde_json::Value {
-    serde_json::json!({
-        "id": d.get_str("_id").unwrap_or_default(),
-        "project_id": d.get_str("project_id").unwrap_or_default(),
-        "name": d.get_str("name").unwrap_or_default(),
-        "directory_url": d.get_str("directory_url").unwrap_or_default(),
-        "contact": d.get_str("contact").unwrap_or_default(),
-        "challenge": d.get_str("challenge").unwrap_or_default(),
-        "ca_bundle_pem": string(d, "ca_bundle_pem"),
-        "eab_kid": d.get_document("eab").ok().map(|e| string(e, "kid")).unwrap_or(serde_json::Value::Null),
-        "created_at": date(d, "created_at"),
+    let s = |f: &str| d.get_str(f).unwrap_or_default().to_string();
+    serde_json::to_value(IssuerView {
+        id: s("_id"),
+        project_id: s("project_id"),
+        name: s("name"),
+        directory_url: s("directory_url"),
+        contact: s("contact"),
+        challenge: s("challenge"),
+        ca_bundle_pem: string(d, "ca_bundle_pem"),
+        eab_kid: d.get_document("eab").ok().and_then(|e| string(e, "kid")),
+        created_at: date(d, "created_at"),
     })
+    .expect("a view serializes")
 }
 
 fn check(body: &NewIssuer) -> Result<(), Problem> {
@@ -99,7 +125,11 @@ fn check(body: &NewIssuer) -> Result<(), Problem> {
     }
 }
 
-async fn create(
+#[utoipa::path(post, path = "/v1/projects/{project_id}/issuers", tag = "issuers", request_body = NewIssuer,
+    params(("project_id" = String, Path)),
+    responses((status = 201, body = IssuerView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn create(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -142,7 +172,11 @@ async fn create(
     Ok(HttpResponse::Created().json(render(&record)))
 }
 
-async fn list(
+#[utoipa::path(get, path = "/v1/projects/{project_id}/issuers", tag = "issuers",
+    params(("project_id" = String, Path), PageQuery),
+    responses((status = 200, body = IssuerPage), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn list(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -154,7 +188,11 @@ async fn list(
     Ok(HttpResponse::Ok().json(page(&state.store, ISSUERS, filter, &query, render).await?))
 }
 
-async fn get(
+#[utoipa::path(get, path = "/v1/projects/{project_id}/issuers/{id}", tag = "issuers",
+    params(("project_id" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = IssuerView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn get(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<(String, String)>,

@@ -1,11 +1,13 @@
 //! The HTTP API under `/v1`, JSON in and out, errors as problem+json
 //! ([`problem`]); every endpoint authorizes its caller ([`auth`]). The ACME
-//! HTTP-01 responder ([`challenges`]) and the health endpoints stay open.
+//! HTTP-01 responder ([`challenges`]), the OpenAPI document ([`openapi`],
+//! at `/openapi.json`) and the health endpoints stay open.
 
 pub mod auth;
 pub mod certificates;
 pub mod challenges;
 pub mod issuers;
+pub mod openapi;
 pub mod problem;
 pub mod projects;
 pub mod tokens;
@@ -54,6 +56,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/.well-known/acme-challenge/{token}",
         web::get().to(challenges::respond),
     )
+    .route("/openapi.json", web::get().to(openapi::serve))
     .service(
         web::scope("/v1")
             .configure(projects::routes)
@@ -108,10 +111,13 @@ pub fn new_id(prefix: &str) -> String {
 }
 
 /// `?limit=&after=`: pages ordered by id.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// 1 to 200 [default: 50]
     pub limit: Option<i64>,
+    /// The `next` of the previous page.
     pub after: Option<String>,
 }
 
@@ -173,17 +179,13 @@ pub async fn audit(
         .await;
 }
 
-/// A date as RFC 3339, or null.
-pub fn date(d: &Document, field: &str) -> serde_json::Value {
+/// A date as RFC 3339.
+pub fn date(d: &Document, field: &str) -> Option<String> {
     d.get_datetime(field)
         .ok()
         .and_then(|t| t.try_to_rfc3339_string().ok())
-        .map(serde_json::Value::String)
-        .unwrap_or(serde_json::Value::Null)
 }
 
-pub fn string(d: &Document, field: &str) -> serde_json::Value {
-    d.get_str(field)
-        .map(|s| serde_json::Value::String(s.to_string()))
-        .unwrap_or(serde_json::Value::Null)
+pub fn string(d: &Document, field: &str) -> Option<String> {
+    d.get_str(field).ok().map(str::to_string)
 }

@@ -3,7 +3,8 @@
 
 use actix_web::{web, HttpResponse};
 use mongodb::bson::{doc, Document};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::auth::{Caller, Role};
 use super::problem::{ApiResult, Problem};
@@ -18,21 +19,40 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/projects/{project_id}", web::get().to(get));
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProject {
+    /// 1 to 100 characters.
     pub name: String,
 }
 
-fn render(d: &Document) -> serde_json::Value {
-    serde_json::json!({
-        "id": d.get_str("_id").unwrap_or_default(),
-        "name": d.get_str("name").unwrap_or_default(),
-        "created_at": date(d, "created_at"),
-    })
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectView {
+    pub id: String,
+    pub name: String,
+    /// RFC 3339.
+    pub created_at: Option<String>,
 }
 
-async fn create(
+#[derive(Serialize, ToSchema)]
+pub struct ProjectPage {
+    pub items: Vec<ProjectView>,
+    /// Pass as `after` for the next page; null on the last.
+    pub next: Option<String>,
+}
+
+fn render(d: &Document) -> serde_json::Value {
+    serde_json::to_value(ProjectView {
+        id: d.get_str("_id").unwrap_or_default().into(),
+        name: d.get_str("name").unwrap_or_default().into(),
+        created_at: date(d, "created_at"),
+    })
+    .expect("a view serializes")
+}
+
+#[utoipa::path(post, path = "/v1/projects", tag = "projects", request_body = NewProject,
+    responses((status = 201, body = ProjectView), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn create(
     state: web::Data<ApiState>,
     caller: Caller,
     body: web::Json<NewProject>,
@@ -64,7 +84,9 @@ async fn create(
     Ok(HttpResponse::Created().json(render(&record)))
 }
 
-async fn list(
+#[utoipa::path(get, path = "/v1/projects", tag = "projects", params(PageQuery),
+    responses((status = 200, body = ProjectPage), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn list(
     state: web::Data<ApiState>,
     caller: Caller,
     query: web::Query<PageQuery>,
@@ -78,7 +100,9 @@ async fn list(
     Ok(HttpResponse::Ok().json(page(&state.store, PROJECTS, filter, &query, render).await?))
 }
 
-async fn get(
+#[utoipa::path(get, path = "/v1/projects/{project_id}", tag = "projects", params(("project_id" = String, Path)),
+    responses((status = 200, body = ProjectView), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn get(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,

@@ -3,7 +3,8 @@
 
 use actix_web::{web, HttpResponse};
 use mongodb::bson::doc;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::auth::{self, Caller, Role};
 use super::problem::{ApiResult, Problem};
@@ -15,7 +16,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/tokens/{id}", web::delete().to(revoke));
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     #[serde(default)]
@@ -26,14 +27,24 @@ pub struct NewToken {
     pub description: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Grant {
     pub project_id: String,
+    /// admin, editor or viewer.
     pub role: String,
 }
 
-async fn create(
+/// The token itself is shown only here, once.
+#[derive(Serialize, ToSchema)]
+pub struct TokenCreated {
+    pub id: String,
+    pub token: String,
+}
+
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = NewToken,
+    responses((status = 201, body = TokenCreated), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn create(
     state: web::Data<ApiState>,
     caller: Caller,
     body: web::Json<NewToken>,
@@ -77,10 +88,15 @@ async fn create(
         doc! { "global_admin": body.global_admin, "roles": roles },
     )
     .await;
-    Ok(HttpResponse::Created().json(serde_json::json!({ "id": token.id, "token": token.secret })))
+    Ok(HttpResponse::Created().json(TokenCreated {
+        id: token.id,
+        token: token.secret,
+    }))
 }
 
-async fn revoke(
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path)),
+    responses((status = 204), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn revoke(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,

@@ -1,0 +1,214 @@
+//! Certificates per second, end to end (API request to certificate stored),
+//! against one local Pebble (`PEBBLE_VA_NOSLEEP=1`, its default 5 % bad
+//! nonces): ours with 1, 4 and 8 worker processes, then the same number with
+//! `certbot` and with `lego` (Debian packages) one after another, as their
+//! users would script them, against the same Pebble in the same run.
+//!
+//! `cargo bench --bench issuance`. Knobs: CAP_BENCH_CERTS (default 100),
+//! CAP_BENCH_PEER_CERTS (certificates for certbot and lego; default the same).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::pebble::Pebble;
+use common::{Proc, TestDb};
+use mongodb::bson::doc;
+use serde_json::{json, Value};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn post(client: &reqwest::Client, url: String, token: &str, body: Value) -> Value {
+    let resp = client
+        .post(url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    resp.json().await.unwrap()
+}
+
+/// Ours: `workers` worker processes, one api on Pebble's HTTP-01 port.
+async fn ours(pebble: &Pebble, http: std::net::SocketAddr, workers: usize, certs: usize) -> f64 {
+    let db = TestDb::migrated(&format!("bench_issue_{workers}")).await;
+    let api = Proc::start(
+        "api",
+        &db,
+        "bench-api",
+        &[
+            ("CAP_HTTP_ADDR", &http.to_string()),
+            ("CAP_LOG_FORMAT", "json"),
+        ],
+    );
+    api.wait_alive().await;
+    let _workers: Vec<Proc> = (0..workers)
+        .map(|i| {
+            Proc::start(
+                "worker",
+                &db,
+                &format!("bench-worker-{i}"),
+                &[("CAP_CLAIM_POLL_MS", "50")],
+            )
+        })
+        .collect();
+    let out = Command::new(common::bin())
+        .args(["token", "create", "--role", "admin"])
+        .env_clear()
+        .env("CAP_MONGO_URI", &db.uri)
+        .env("CAP_KEK_FILE", &db.kek_file)
+        .output()
+        .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let client = reqwest::Client::new();
+    let base = format!("http://{http}/v1");
+    let p = post(
+        &client,
+        format!("{base}/projects"),
+        &token,
+        json!({ "name": "bench" }),
+    )
+    .await;
+    let p = p["id"].as_str().unwrap();
+    let i = post(
+        &client,
+        format!("{base}/projects/{p}/issuers"),
+        &token,
+        json!({ "name": "pebble", "directory_url": pebble.directory, "contact": "ops@example.test", "ca_bundle_pem": pebble.listener_ca_pem }),
+    )
+    .await;
+    let store = db.store().await;
+    let started = Instant::now();
+    for n in 0..certs {
+        post(
+            &client,
+            format!("{base}/projects/{p}/certificates"),
+            &token,
+            json!({ "name": format!("c{n}"), "dns_names": [format!("c{n}.w{workers}.bench.example.test")], "issuer_id": i["id"] }),
+        )
+        .await;
+    }
+    loop {
+        let issued = store
+            .collection("certificates")
+            .count_documents(doc! { "status": "issued" })
+            .await
+            .unwrap();
+        if issued as usize >= certs {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "stuck at {issued}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rate = certs as f64 / started.elapsed().as_secs_f64();
+    store.db().drop().await.unwrap();
+    rate
+}
+
+/// A peer client run once per certificate, sequentially; returns certs/s.
+fn peer(name: &str, certs: usize, command: impl Fn(usize) -> Command) -> f64 {
+    let started = Instant::now();
+    for n in 0..certs {
+        let out = command(n)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            out.status.success(),
+            "{name} #{n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    certs as f64 / started.elapsed().as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() {
+    let certs = env_usize("CAP_BENCH_CERTS", 100);
+    let peer_certs = env_usize("CAP_BENCH_PEER_CERTS", certs);
+    let http = common::free_addr();
+    let pebble = Pebble::start(http.port(), 5);
+    println!("certificates per second, end to end, one local Pebble (VA no-sleep, 5 % bad nonces)");
+    let mut ours_rates = Vec::new();
+    for workers in [1, 4, 8] {
+        let rate = ours(&pebble, http, workers, certs).await;
+        println!("certautopilot, {workers} worker(s): {certs} certificates, {rate:.2}/s");
+        ours_rates.push((workers, rate));
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("pebble-listener-ca.pem");
+    std::fs::write(&ca, &pebble.listener_ca_pem).unwrap();
+    let port = http.port().to_string();
+    let certbot = peer("certbot", peer_certs, |n| {
+        let mut c = Command::new("certbot");
+        let d = dir.path().join("certbot");
+        c.args([
+            "certonly",
+            "--standalone",
+            "--non-interactive",
+            "--agree-tos",
+            "-m",
+            "ops@example.test",
+        ])
+        .args([
+            "--server",
+            &pebble.directory,
+            "--http-01-address",
+            "127.0.0.1",
+            "--http-01-port",
+            &port,
+        ])
+        .args(["--config-dir", d.join("config").to_str().unwrap()])
+        .args(["--work-dir", d.join("work").to_str().unwrap()])
+        .args(["--logs-dir", d.join("logs").to_str().unwrap()])
+        .args(["-d", &format!("c{n}.certbot.bench.example.test")])
+        .env("REQUESTS_CA_BUNDLE", &ca);
+        c
+    });
+    println!("certbot (sequential): {peer_certs} certificates, {certbot:.2}/s");
+    let lego = peer("lego", peer_certs, |n| {
+        let mut c = Command::new("lego");
+        c.args([
+            "--server",
+            &pebble.directory,
+            "--email",
+            "ops@example.test",
+            "--accept-tos",
+        ])
+        .args(["--path", dir.path().join("lego").to_str().unwrap()])
+        .args(["--http", "--http.port", &format!("127.0.0.1:{port}")])
+        .args(["--domains", &format!("c{n}.lego.bench.example.test"), "run"])
+        .env("LEGO_CA_CERTIFICATES", &ca);
+        c
+    });
+    println!("lego (sequential): {peer_certs} certificates, {lego:.2}/s");
+
+    println!(
+        "\n{:<28} {:>10} {:>12} {:>10}",
+        "", "certs/s", "vs certbot", "vs lego"
+    );
+    for (workers, rate) in ours_rates {
+        println!(
+            "{:<28} {rate:>10.2} {:>11.1}x {:>9.1}x",
+            format!("certautopilot, {workers} worker(s)"),
+            rate / certbot,
+            rate / lego
+        );
+    }
+    println!("{:<28} {certbot:>10.2}", "certbot");
+    println!("{:<28} {lego:>10.2}", "lego");
+    std::process::exit(0);
+}
