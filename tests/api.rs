@@ -170,6 +170,7 @@ async fn another_projects_token_can_neither_read_nor_change_nor_learn_anything()
         format!("/projects/{b}/certificates/{b_cert}/private-key"),
         format!("/projects/{b}/certificates/{b_cert}/orders"),
         format!("/projects/{b}/certificates/{b_cert}/jobs"),
+        format!("/projects/{b}/audit"),
     ];
     let unknown = "/projects/prj_000000000000000000000000";
     let not_found_text = f.client.get(unknown, &a_admin).await.text;
@@ -207,6 +208,44 @@ async fn another_projects_token_can_neither_read_nor_change_nor_learn_anything()
         let got = f.client.post(&path, &a_admin, body).await;
         assert_eq!(got.status, 404, "POST {path}: {}", got.text);
     }
+    // Its own audit log shows its project's changes and nothing of B's;
+    // the whole log is for global admins only.
+    let own = f
+        .client
+        .get(
+            &format!("/projects/{a}/audit?action=certificate."),
+            &a_admin,
+        )
+        .await;
+    assert_eq!(own.status, 200, "{}", own.text);
+    let actions: Vec<&str> = own.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, vec!["certificate.created"], "{}", own.text);
+    assert!(!own.text.contains(&b), "{}", own.text);
+    let paged = f
+        .client
+        .get(&format!("/projects/{a}/audit?limit=1"), &a_admin)
+        .await;
+    assert_eq!(paged.body["items"].as_array().unwrap().len(), 1);
+    let next = paged.body["next"].as_i64().expect("a next page");
+    let second = f
+        .client
+        .get(
+            &format!("/projects/{a}/audit?limit=1&after={next}"),
+            &a_admin,
+        )
+        .await;
+    assert!(
+        second.body["items"][0]["seq"].as_i64().unwrap() > next,
+        "{}",
+        second.text
+    );
+    assert_eq!(f.client.get("/audit", &a_admin).await.status, 403);
+    assert_eq!(f.client.get("/audit", &f.admin).await.status, 200);
     // Listing projects shows only its own.
     let listed = f.client.get("/projects", &a_admin).await;
     let ids: Vec<&str> = listed.body["items"]

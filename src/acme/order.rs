@@ -593,7 +593,10 @@ impl OrderRun {
         let event = Event::new(
             &job.lease.holder,
             "certificate.issued",
-            format!("certificates/{certificate_id}"),
+            format!(
+                "projects/{}/certificates/{certificate_id}",
+                cert.get_str("project_id").unwrap_or_default()
+            ),
         )
         .with(doc! {
             "project_id": cert.get_str("project_id").unwrap_or_default(),

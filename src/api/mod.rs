@@ -3,6 +3,7 @@
 //! HTTP-01 responder ([`challenges`]), the OpenAPI document ([`openapi`],
 //! at `/openapi.json`) and the health endpoints stay open.
 
+pub mod audit_log;
 pub mod auth;
 pub mod certificates;
 pub mod challenges;
@@ -63,6 +64,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(issuers::routes)
             .configure(certificates::routes)
             .configure(tokens::routes)
+            .configure(audit_log::routes)
             .default_service(web::to(|| async {
                 Err::<actix_web::HttpResponse, _>(Problem::not_found("endpoint"))
             })),

@@ -7,7 +7,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{certificates, issuers, projects, tokens};
+use super::{audit_log, certificates, issuers, projects, tokens};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,6 +21,7 @@ use super::{certificates, issuers, projects, tokens};
         certificates::create, certificates::list, certificates::get, certificates::issue,
         certificates::private_key, certificates::orders, certificates::jobs,
         tokens::create, tokens::revoke,
+        audit_log::all, audit_log::project,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -28,6 +29,7 @@ use super::{certificates, issuers, projects, tokens};
         (name = "issuers", description = "ACME CAs a project issues from"),
         (name = "certificates", description = "What to issue, its state, chain and key"),
         (name = "tokens", description = "API tokens"),
+        (name = "audit", description = "The audit log"),
     )
 )]
 pub struct ApiDoc;
