@@ -13,7 +13,10 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use mongodb::bson::doc;
 
-use crate::acme::order::{OrderHandler, ISSUE_CERTIFICATE};
+use actix::Supervisor;
+
+use crate::acme::order::{OrderSettings, ISSUE_CERTIFICATE};
+use crate::actors::order::{IssueCertificate, OrderActor};
 use crate::audit::{self, Audit};
 use crate::jobs::{ClaimedJob, JobError, JobQueue};
 use crate::kek::KekProvider;
@@ -91,14 +94,15 @@ impl Handlers {
         pause_after_stage: Option<String>,
     ) -> Handlers {
         let store = queue.store().clone();
-        let orders = OrderHandler {
+        let settings = OrderSettings {
             store: store.clone(),
             secrets: Secrets::new(store.clone(), kek.clone()),
             metrics,
             pause_after: pause_after_stage.map(|stage| (stage, Duration::from_secs(600))),
         };
+        let orders = Supervisor::start(move |_| OrderActor::new(settings));
         Handlers::new()
-            .register(ISSUE_CERTIFICATE, orders)
+            .register(ISSUE_CERTIFICATE, IssueCertificate(orders))
             .register(
                 HOUSEKEEPING,
                 Housekeeping {

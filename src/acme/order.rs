@@ -19,7 +19,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use instant_acme::{
     Account, AuthorizationStatus, ChallengeType, Identifier, NewOrder, Order, OrderStatus,
     RetryPolicy,
@@ -29,7 +28,7 @@ use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 use super::{account, AcmeError, IssuerAcme, RetryAfter};
 use crate::audit::{Audit, Event};
 use crate::certs::{self, KeyAlgorithm};
-use crate::handlers::{HandlerError, JobHandler};
+use crate::handlers::HandlerError;
 use crate::jobs::ClaimedJob;
 use crate::metrics::Metrics;
 use crate::secrets::Secrets;
@@ -89,8 +88,10 @@ pub const OPEN_STAGES: [&str; 4] = [
     "finalizing",
 ];
 
-/// The `issue-certificate` handler (the worker's OrderActor).
-pub struct OrderHandler {
+/// What running an order needs; the worker's [`crate::actors::order::OrderActor`]
+/// holds one and starts each order with it.
+#[derive(Clone)]
+pub struct OrderSettings {
     pub store: Store,
     pub secrets: Secrets,
     pub metrics: Arc<Metrics>,
@@ -99,17 +100,16 @@ pub struct OrderHandler {
     pub pause_after: Option<(String, Duration)>,
 }
 
-impl JobHandler for OrderHandler {
-    fn run(&self, job: ClaimedJob) -> BoxFuture<'static, Result<(), HandlerError>> {
-        let run = OrderRun {
-            store: self.store.clone(),
-            secrets: self.secrets.clone(),
-            metrics: self.metrics.clone(),
-            pause_after: self.pause_after.clone(),
-            retry_after: RetryAfter::default(),
-        };
-        Box::pin(async move { run.issue(job).await })
-    }
+/// Drives the order behind one claim of an `issue-certificate` job.
+pub async fn issue(settings: OrderSettings, job: ClaimedJob) -> Result<(), HandlerError> {
+    let run = OrderRun {
+        store: settings.store,
+        secrets: settings.secrets,
+        metrics: settings.metrics,
+        pause_after: settings.pause_after,
+        retry_after: RetryAfter::default(),
+    };
+    run.issue(job).await
 }
 
 struct OrderRun {

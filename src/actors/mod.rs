@@ -4,6 +4,7 @@
 //! - [`claim::ClaimActor`] — claims jobs, heartbeats them, runs handlers, hands jobs back on shutdown.
 //! - [`lease::LeaseActor`] — leader election on a lease document.
 //! - [`scheduler::SchedulerActor`] — while leader, enqueues time-driven work.
+//! - [`order::OrderActor`] — runs the ACME order behind each `issue-certificate` job, each in a task of its own.
 //! - [`siem::SiemActor`] — while leader, forwards audit records to syslog and a webhook.
 //! - [`kek_rotation::KekRotationActor`] — while leader, reports data keys per KEK version and enqueues re-wrap jobs until a rotation is complete.
 //!
@@ -14,6 +15,7 @@
 pub mod claim;
 pub mod kek_rotation;
 pub mod lease;
+pub mod order;
 pub mod scheduler;
 pub mod siem;
 pub mod supervision;
