@@ -13,10 +13,11 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::api::{bootstrap_token, ApiClient};
 use common::pebble::Pebble;
 use common::{Proc, TestDb};
 use mongodb::bson::doc;
-use serde_json::{json, Value};
+use serde_json::json;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -25,22 +26,10 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-async fn post(client: &reqwest::Client, url: String, token: &str, body: Value) -> Value {
-    let resp = client
-        .post(url)
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.status());
-    resp.json().await.unwrap()
-}
-
 /// Ours: `workers` worker processes, one api on Pebble's HTTP-01 port.
 async fn ours(pebble: &Pebble, http: std::net::SocketAddr, workers: usize, certs: usize) -> f64 {
     let db = TestDb::migrated(&format!("bench_issue_{workers}")).await;
-    let api = Proc::start(
+    let api_proc = Proc::start(
         "api",
         &db,
         "bench-api",
@@ -49,7 +38,7 @@ async fn ours(pebble: &Pebble, http: std::net::SocketAddr, workers: usize, certs
             ("CAP_LOG_FORMAT", "json"),
         ],
     );
-    api.wait_alive().await;
+    api_proc.wait_alive().await;
     let _workers: Vec<Proc> = (0..workers)
         .map(|i| {
             Proc::start(
@@ -60,41 +49,25 @@ async fn ours(pebble: &Pebble, http: std::net::SocketAddr, workers: usize, certs
             )
         })
         .collect();
-    let out = Command::new(common::bin())
-        .args(["token", "create", "--role", "admin"])
-        .env_clear()
-        .env("CAP_MONGO_URI", &db.uri)
-        .env("CAP_KEK_FILE", &db.kek_file)
-        .output()
-        .unwrap();
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let client = reqwest::Client::new();
-    let base = format!("http://{http}/v1");
-    let p = post(
-        &client,
-        format!("{base}/projects"),
-        &token,
-        json!({ "name": "bench" }),
-    )
-    .await;
+    let api = ApiClient::new(format!("http://{http}/v1"), bootstrap_token(&db));
+    let (_, p) = api.post("/projects", json!({ "name": "bench" })).await;
     let p = p["id"].as_str().unwrap();
-    let i = post(
-        &client,
-        format!("{base}/projects/{p}/issuers"),
-        &token,
-        json!({ "name": "pebble", "directory_url": pebble.directory, "contact": "ops@example.test", "ca_bundle_pem": pebble.listener_ca_pem }),
-    )
-    .await;
+    let (_, i) = api
+        .post(
+            &format!("/projects/{p}/issuers"),
+            json!({ "name": "pebble", "directory_url": pebble.directory, "contact": "ops@example.test", "ca_bundle_pem": pebble.listener_ca_pem }),
+        )
+        .await;
     let store = db.store().await;
     let started = Instant::now();
     for n in 0..certs {
-        post(
-            &client,
-            format!("{base}/projects/{p}/certificates"),
-            &token,
-            json!({ "name": format!("c{n}"), "dns_names": [format!("c{n}.w{workers}.bench.example.test")], "issuer_id": i["id"] }),
-        )
-        .await;
+        let (status, body) = api
+            .post(
+                &format!("/projects/{p}/certificates"),
+                json!({ "name": format!("c{n}"), "dns_names": [format!("c{n}.w{workers}.bench.example.test")], "issuer_id": i["id"] }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
     }
     loop {
         let issued = store
@@ -114,7 +87,7 @@ async fn ours(pebble: &Pebble, http: std::net::SocketAddr, workers: usize, certs
     let rate = certs as f64 / started.elapsed().as_secs_f64();
     // Stop every process first: this server's drop waits out concurrent writers.
     drop(_workers);
-    drop(api);
+    drop(api_proc);
     store.db().drop().await.unwrap();
     rate
 }

@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
+use common::api::token;
 use common::pebble::Pebble;
 use common::{Proc, TestDb};
 use reqwest::Method;
@@ -68,23 +68,6 @@ impl Client {
     async fn get(&self, path: &str, token: &str) -> Answer {
         self.send(Method::GET, path, Some(token), None).await
     }
-}
-
-fn token(db: &TestDb, args: &[&str]) -> String {
-    let out = Command::new(common::bin())
-        .args(["token", "create"])
-        .args(args)
-        .env_clear()
-        .env("CAP_MONGO_URI", &db.uri)
-        .env("CAP_KEK_FILE", &db.kek_file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 struct Fixture {

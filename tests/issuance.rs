@@ -3,72 +3,15 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
+use common::api::{assert_only_ciphertext, bootstrap_token, verify_chain, ApiClient};
 use common::pebble::Pebble;
 use common::{Proc, TestDb};
-use futures::TryStreamExt;
-use mongodb::bson::{doc, Document};
+use mongodb::bson::doc;
 use serde_json::{json, Value};
 
-/// An API client with a bearer token.
-pub struct Api {
-    pub base: String,
-    pub token: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    pub async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::POST, path, Some(body)).await
-    }
-
-    pub async fn get(&self, path: &str) -> (u16, Value) {
-        self.call(reqwest::Method::GET, path, None).await
-    }
-}
-
-/// A global admin token, made the way an operator bootstraps one.
-fn bootstrap_token(db: &TestDb) -> String {
-    let out = Command::new(common::bin())
-        .args(["token", "create", "--role", "admin"])
-        .env_clear()
-        .env("CAP_MONGO_URI", &db.uri)
-        .env("CAP_KEK_FILE", &db.kek_file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-async fn wait_issued(api: &Api, path: &str, timeout: Duration) -> Value {
+async fn wait_issued(api: &ApiClient, path: &str, timeout: Duration) -> Value {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let (_, body) = api.get(path).await;
@@ -81,34 +24,6 @@ async fn wait_issued(api: &Api, path: &str, timeout: Duration) -> Value {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn openssl_verify(root: &str, chain: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let certs: Vec<&str> = chain
-        .split_inclusive("-----END CERTIFICATE-----")
-        .filter(|c| c.contains("BEGIN"))
-        .collect();
-    std::fs::write(dir.path().join("root.pem"), root).unwrap();
-    std::fs::write(dir.path().join("leaf.pem"), certs[0].trim()).unwrap();
-    std::fs::write(dir.path().join("untrusted.pem"), certs[1..].concat()).unwrap();
-    let out = Command::new("openssl")
-        .args([
-            "verify",
-            "-CAfile",
-            "root.pem",
-            "-untrusted",
-            "untrusted.pem",
-            "leaf.pem",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[tokio::test]
@@ -129,11 +44,7 @@ async fn a_certificate_declared_through_the_api_is_issued_by_pebble() {
         &[("CAP_CLAIM_POLL_MS", "100")],
     );
     api_proc.wait_alive().await;
-    let api = Api {
-        base: format!("http://{http}/v1"),
-        token: bootstrap_token(&db),
-        http: reqwest::Client::new(),
-    };
+    let api = ApiClient::new(format!("http://{http}/v1"), bootstrap_token(&db));
 
     let (status, project) = api.post("/projects", json!({ "name": "shop" })).await;
     assert_eq!(status, 201, "{project}");
@@ -172,8 +83,7 @@ async fn a_certificate_declared_through_the_api_is_issued_by_pebble() {
     // The chain verifies against Pebble's issuing root.
     let root = pebble.issuing_root_pem().await;
     let chain = issued["chain_pem"].as_str().unwrap();
-    let verdict = openssl_verify(&root, chain);
-    assert!(verdict.contains("leaf.pem: OK"), "{verdict}");
+    verify_chain(&root, chain).unwrap();
     let leaf = certautopilot::certs::inspect_chain(chain).unwrap();
     assert_eq!(issued["fingerprint_sha256"], leaf.fingerprint_sha256);
     assert_eq!(issued["serial"], leaf.serial);
@@ -182,16 +92,7 @@ async fn a_certificate_declared_through_the_api_is_issued_by_pebble() {
     assert_eq!(names, vec!["shop.example.test", "www.shop.example.test"]);
 
     // Its key matches, and reading it is audited.
-    let key = api
-        .http
-        .get(format!("{}{path}/private-key", api.base))
-        .bearer_auth(&api.token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let key = api.get_text(&format!("{path}/private-key")).await;
     assert_eq!(
         certautopilot::certs::public_key_der(&key).unwrap(),
         leaf.public_key_der
@@ -199,28 +100,7 @@ async fn a_certificate_declared_through_the_api_is_issued_by_pebble() {
 
     // MongoDB holds only its ciphertext.
     let store = db.store().await;
-    for name in store.db().list_collection_names().await.unwrap() {
-        let docs: Vec<Document> = store
-            .collection(&name)
-            .find(doc! {})
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        for d in docs {
-            let raw = mongodb::bson::to_vec(&d).unwrap();
-            assert!(
-                !raw.windows(11).any(|w| w == b"PRIVATE KEY"),
-                "PEM key marker in {name}"
-            );
-            let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
-            assert!(
-                !String::from_utf8_lossy(&raw).contains(&body[..40]),
-                "key bytes in {name}"
-            );
-        }
-    }
+    assert_only_ciphertext(&store, &key).await;
     // Metrics: certificates by status, orders in flight, expiry, ACME requests.
     assert_eq!(
         api_proc

@@ -8,11 +8,12 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::api::{assert_only_ciphertext, bootstrap_token, verify_chain, ApiClient};
 use common::pebble::Pebble;
 use common::{Proc, TestDb};
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
-use serde_json::{json, Value};
+use serde_json::json;
 
 struct Haproxy {
     child: Child,
@@ -52,24 +53,6 @@ impl Drop for Haproxy {
     }
 }
 
-async fn call(
-    base: &str,
-    token: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{base}{path}"))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn fifty_certificates_through_a_load_balancer_with_bad_nonces_all_issue() {
     let front = common::free_addr();
@@ -92,15 +75,7 @@ async fn fifty_certificates_through_a_load_balancer_with_bad_nonces_all_issue() 
             )
         })
         .collect();
-    let out = Command::new(common::bin())
-        .args(["token", "create", "--role", "admin"])
-        .env_clear()
-        .env("CAP_MONGO_URI", &db.uri)
-        .env("CAP_KEK_FILE", &db.kek_file)
-        .output()
-        .unwrap();
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let base = format!("http://{front}/v1");
+    let api = ApiClient::new(format!("http://{front}/v1"), bootstrap_token(&db));
     let up = common::wait_until(Duration::from_secs(20), || async {
         reqwest::get(format!("http://{front}/healthz"))
             .await
@@ -110,22 +85,18 @@ async fn fifty_certificates_through_a_load_balancer_with_bad_nonces_all_issue() 
     .await;
     assert!(up, "haproxy forwards to the apis");
 
-    let post = |path: String, body: Value| {
-        let (base, token) = (base.clone(), token.clone());
-        async move { call(&base, &token, reqwest::Method::POST, &path, Some(body)).await }
-    };
-    let (_, project) = post("/projects".into(), json!({ "name": "fleet" })).await;
+    let (_, project) = api.post("/projects", json!({ "name": "fleet" })).await;
     let p = project["id"].as_str().unwrap().to_string();
-    let (_, issuer) = post(
-        format!("/projects/{p}/issuers"),
+    let (_, issuer) = api.post(
+        &format!("/projects/{p}/issuers"),
         json!({ "name": "pebble", "directory_url": pebble.directory, "contact": "ops@example.test", "ca_bundle_pem": pebble.listener_ca_pem }),
     )
     .await;
     let total = 50;
     let mut ids = Vec::new();
     for i in 0..total {
-        let (status, cert) = post(
-            format!("/projects/{p}/certificates"),
+        let (status, cert) = api.post(
+            &format!("/projects/{p}/certificates"),
             json!({ "name": format!("site-{i}"), "dns_names": [format!("site-{i}.fleet.example.test")], "issuer_id": issuer["id"] }),
         )
         .await;
@@ -178,79 +149,16 @@ async fn fifty_certificates_through_a_load_balancer_with_bad_nonces_all_issue() 
     }
 
     // One of them, all the way down: chain to Pebble's root, key, ciphertext.
-    let (_, cert) = call(
-        &base,
-        &token,
-        reqwest::Method::GET,
-        &format!("/projects/{p}/certificates/{}", ids[0]),
-        None,
-    )
-    .await;
+    let path = format!("/projects/{p}/certificates/{}", ids[0]);
+    let (_, cert) = api.get(&path).await;
     let chain = cert["chain_pem"].as_str().unwrap();
-    let root = pebble.issuing_root_pem().await;
-    let dir = tempfile::tempdir().unwrap();
-    let certs: Vec<&str> = chain
-        .split_inclusive("-----END CERTIFICATE-----")
-        .filter(|c| c.contains("BEGIN"))
-        .collect();
-    std::fs::write(dir.path().join("root.pem"), &root).unwrap();
-    std::fs::write(dir.path().join("leaf.pem"), certs[0].trim()).unwrap();
-    std::fs::write(dir.path().join("rest.pem"), certs[1..].concat()).unwrap();
-    let verify = Command::new("openssl")
-        .args([
-            "verify",
-            "-CAfile",
-            "root.pem",
-            "-untrusted",
-            "rest.pem",
-            "leaf.pem",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
-    let key = reqwest::Client::new()
-        .get(format!(
-            "{base}/projects/{p}/certificates/{}/private-key",
-            ids[0]
-        ))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    verify_chain(&pebble.issuing_root_pem().await, chain).unwrap();
+    let key = api.get_text(&format!("{path}/private-key")).await;
     let leaf = certautopilot::certs::inspect_chain(chain).unwrap();
     assert_eq!(
         certautopilot::certs::public_key_der(&key).unwrap(),
         leaf.public_key_der
     );
-    let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
-    for name in store.db().list_collection_names().await.unwrap() {
-        let docs: Vec<Document> = store
-            .collection(&name)
-            .find(doc! {})
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        for d in docs {
-            let raw = mongodb::bson::to_vec(&d).unwrap();
-            assert!(
-                !raw.windows(11).any(|w| w == b"PRIVATE KEY"),
-                "PEM key marker in {name}"
-            );
-            assert!(
-                !String::from_utf8_lossy(&raw).contains(&body[..40]),
-                "key bytes in {name}"
-            );
-        }
-    }
+    assert_only_ciphertext(&store, &key).await;
     drop(workers);
 }

@@ -3,14 +3,14 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
+use common::api::{bootstrap_token, ApiClient};
 use common::pebble::Pebble;
 use common::{Proc, TestDb};
 use mongodb::bson::doc;
 use nix::sys::signal::Signal;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const STAGES: [&str; 4] = [
     "created",
@@ -18,24 +18,6 @@ const STAGES: [&str; 4] = [
     "validating",
     "finalizing",
 ];
-
-async fn call(
-    base: &str,
-    token: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{base}{path}"))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
 
 #[tokio::test]
 async fn a_peer_finishes_the_same_order_after_a_kill_at_every_stage() {
@@ -49,19 +31,7 @@ async fn a_peer_finishes_the_same_order_after_a_kill_at_every_stage() {
         &[("CAP_HTTP_ADDR", &http.to_string())],
     );
     api.wait_alive().await;
-    let out = Command::new(common::bin())
-        .args(["token", "create", "--role", "admin"])
-        .env_clear()
-        .env("CAP_MONGO_URI", &db.uri)
-        .env("CAP_KEK_FILE", &db.kek_file)
-        .output()
-        .unwrap();
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let base = format!("http://{http}/v1");
-    let post = |path: String, body: Value| {
-        let (base, token) = (base.clone(), token.clone());
-        async move { call(&base, &token, reqwest::Method::POST, &path, Some(body)).await }
-    };
+    let api = ApiClient::new(format!("http://{http}/v1"), bootstrap_token(&db));
 
     // One worker per stage, each pausing right after recording its stage.
     let fast = [
@@ -78,17 +48,17 @@ async fn a_peer_finishes_the_same_order_after_a_kill_at_every_stage() {
         })
         .collect();
 
-    let (_, project) = post("/projects".into(), json!({ "name": "kills" })).await;
+    let (_, project) = api.post("/projects", json!({ "name": "kills" })).await;
     let p = project["id"].as_str().unwrap().to_string();
-    let (_, issuer) = post(
-        format!("/projects/{p}/issuers"),
+    let (_, issuer) = api.post(
+        &format!("/projects/{p}/issuers"),
         json!({ "name": "pebble", "directory_url": pebble.directory, "contact": "ops@example.test", "ca_bundle_pem": pebble.listener_ca_pem }),
     )
     .await;
     let mut certs = Vec::new();
     for i in 0..STAGES.len() {
-        let (status, cert) = post(
-            format!("/projects/{p}/certificates"),
+        let (status, cert) = api.post(
+            &format!("/projects/{p}/certificates"),
             json!({ "name": format!("c{i}"), "dns_names": [format!("c{i}.kills.example.test")], "issuer_id": issuer["id"] }),
         )
         .await;
@@ -105,42 +75,23 @@ async fn a_peer_finishes_the_same_order_after_a_kill_at_every_stage() {
         assert!(paused, "{} reached its stage; log:\n{}", w.id, w.log_text());
     }
     let store = db.store().await;
-    let orders_at_kill: Vec<(String, String)> = {
-        use futures::TryStreamExt;
-        let docs: Vec<mongodb::bson::Document> = store
-            .collection("orders")
-            .find(doc! {})
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        docs.iter()
-            .map(|o| {
-                (
-                    o.get_str("certificate_id").unwrap().to_string(),
-                    o.get_str("url").unwrap().to_string(),
-                )
-            })
-            .collect()
-    };
-    let stages_at_kill: Vec<String> = {
-        use futures::TryStreamExt;
-        let docs: Vec<mongodb::bson::Document> = store
-            .collection("orders")
-            .find(doc! {})
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        docs.iter()
-            .map(|o| o.get_str("stage").unwrap().to_string())
-            .collect()
-    };
+    let at_kill = all_orders(&store).await;
+    let orders_at_kill: Vec<(String, String)> = at_kill
+        .iter()
+        .map(|o| {
+            (
+                o.get_str("certificate_id").unwrap().to_string(),
+                o.get_str("url").unwrap().to_string(),
+            )
+        })
+        .collect();
+    let stages_at_kill: Vec<&str> = at_kill
+        .iter()
+        .map(|o| o.get_str("stage").unwrap())
+        .collect();
     for stage in STAGES {
         assert!(
-            stages_at_kill.iter().any(|s| s == stage),
+            stages_at_kill.contains(&stage),
             "an order stopped at {stage}: {stages_at_kill:?}"
         );
     }
@@ -153,25 +104,14 @@ async fn a_peer_finishes_the_same_order_after_a_kill_at_every_stage() {
     for id in &certs {
         let path = format!("/projects/{p}/certificates/{id}");
         let issued = common::wait_until(Duration::from_secs(90), || async {
-            call(&base, &token, reqwest::Method::GET, &path, None)
-                .await
-                .1["status"]
-                == "issued"
+            api.get(&path).await.1["status"] == "issued"
         })
         .await;
         assert!(issued, "{id} issued; log:\n{}", survivor.log_text());
     }
 
     // The same orders, and no others: orders opened = certificates issued.
-    use futures::TryStreamExt;
-    let after: Vec<mongodb::bson::Document> = store
-        .collection("orders")
-        .find(doc! {})
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let after = all_orders(&store).await;
     assert_eq!(after.len(), certs.len(), "one order per certificate");
     for o in &after {
         assert_eq!(o.get_str("stage").unwrap(), "valid");
@@ -194,4 +134,16 @@ async fn a_peer_finishes_the_same_order_after_a_kill_at_every_stage() {
         survivor.log_lines_with(&["resuming the ACME order"]).len(),
         certs.len()
     );
+}
+
+async fn all_orders(store: &certautopilot::store::Store) -> Vec<mongodb::bson::Document> {
+    use futures::TryStreamExt;
+    store
+        .collection("orders")
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
 }

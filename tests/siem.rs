@@ -252,69 +252,9 @@ async fn tls_receiver(dir: &std::path::Path) -> (u16, PathBuf, Arc<Mutex<Vec<Str
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
-    let (ca, cert, key) = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    );
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let new_key = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "1",
-    ];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &new_key,
-            &[
-                "-subj",
-                "/CN=test CA",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-            ],
-        ]
-        .concat(),
-    );
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &new_key,
-            &[
-                "-subj",
-                "/CN=siem.test",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-            ],
-            &[
-                "-addext",
-                "basicConstraints=critical,CA:FALSE",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-            ],
-            &["-keyout", "key.pem", "-out", "cert.pem"],
-        ]
-        .concat(),
-    );
+    // A private CA and a certificate for 127.0.0.1 signed by it.
+    let ca = common::pebble::listener_certificate(dir);
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -8,6 +8,7 @@
 //! this test process goes away, since statics are never dropped.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod pebble;
 
 use std::io::{BufRead, BufReader};

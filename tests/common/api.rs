@@ -1,0 +1,152 @@
+//! Talking to a running `api` as a user would, and checking what it issued.
+
+use std::process::Command;
+
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Document};
+use serde_json::Value;
+
+use super::TestDb;
+use certautopilot::store::Store;
+
+/// A global admin token, made the way an operator bootstraps one.
+pub fn bootstrap_token(db: &TestDb) -> String {
+    token(db, &["--role", "admin"])
+}
+
+/// `certautopilot token create ARGS`: the token it prints.
+pub fn token(db: &TestDb, args: &[&str]) -> String {
+    let out = Command::new(super::bin())
+        .args(["token", "create"])
+        .args(args)
+        .env_clear()
+        .env("CAP_MONGO_URI", &db.uri)
+        .env("CAP_KEK_FILE", &db.kek_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// JSON calls to `base` (`http://host:port/v1`) with a bearer token.
+pub struct ApiClient {
+    pub base: String,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+impl ApiClient {
+    pub fn new(base: String, token: String) -> ApiClient {
+        ApiClient {
+            base,
+            token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    /// The body of a GET, as text (a PEM key, say).
+    pub async fn get_text(&self, path: &str) -> String {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+/// `openssl verify` of a PEM chain (leaf first) against `root`.
+pub fn verify_chain(root: &str, chain: &str) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let certs: Vec<&str> = chain
+        .split_inclusive("-----END CERTIFICATE-----")
+        .filter(|c| c.contains("BEGIN"))
+        .collect();
+    std::fs::write(dir.path().join("root.pem"), root).unwrap();
+    std::fs::write(dir.path().join("leaf.pem"), certs[0].trim()).unwrap();
+    std::fs::write(dir.path().join("rest.pem"), certs[1..].concat()).unwrap();
+    let out = Command::new("openssl")
+        .args([
+            "verify",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "rest.pem",
+            "leaf.pem",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+/// A raw scan of every collection: no PEM private-key marker anywhere, and
+/// not the first 40 base64 characters of `key_pem`'s body either.
+pub async fn assert_only_ciphertext(store: &Store, key_pem: &str) {
+    let body: String = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    for name in store.db().list_collection_names().await.unwrap() {
+        let docs: Vec<Document> = store
+            .collection(&name)
+            .find(doc! {})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        for d in docs {
+            let raw = mongodb::bson::to_vec(&d).unwrap();
+            assert!(
+                !raw.windows(11).any(|w| w == b"PRIVATE KEY"),
+                "PEM key marker in {name}"
+            );
+            assert!(
+                !String::from_utf8_lossy(&raw).contains(&body[..40]),
+                "key bytes in {name}"
+            );
+        }
+    }
+}
