@@ -378,6 +378,23 @@ async fn bad_input_gets_a_4xx_problem_with_a_reason_never_a_500() {
     }
     let bad_page = f.client.get(&format!("{certs}?limit=0"), &f.admin).await;
     assert_eq!(bad_page.status, 400, "{}", bad_page.text);
+    let listed = f.client.get(&certs, &f.admin).await;
+    let cert_id = listed.body["items"][0]["id"].as_str().unwrap();
+    let jobs = f
+        .client
+        .get(&format!("{certs}/{cert_id}/jobs?limit=1"), &f.admin)
+        .await;
+    assert_eq!(
+        jobs.body["items"].as_array().unwrap().len(),
+        1,
+        "{}",
+        jobs.text
+    );
+    let bad_after = f
+        .client
+        .get(&format!("{certs}/{cert_id}/jobs?after=nope"), &f.admin)
+        .await;
+    assert_eq!(bad_after.status, 400, "{}", bad_after.text);
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 use actix_web::{web, HttpResponse};
 use futures::TryStreamExt;
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -405,32 +405,46 @@ pub async fn orders(
     Ok(HttpResponse::Ok().json(page(&state.store, ORDERS, filter, &query, render).await?))
 }
 
-#[utoipa::path(get, path = "/v1/projects/{project_id}/certificates/{id}/jobs", tag = "certificates", params(("project_id" = String, Path), ("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/projects/{project_id}/certificates/{id}/jobs", tag = "certificates",
+    params(("project_id" = String, Path), ("id" = String, Path), PageQuery),
     responses((status = 200, body = JobPage), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn jobs(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<(String, String)>,
+    query: web::Query<PageQuery>,
 ) -> ApiResult<HttpResponse> {
     let (project_id, id) = path.into_inner();
     caller.require(&project_id, Role::Viewer)?;
     load(&state, &project_id, &id).await?;
+    let limit = query.limit()?;
+    let mut filter = doc! { "kind": ISSUE_CERTIFICATE, "payload.certificate_id": &id };
+    if let Some(after) = &query.after {
+        // Job ids are ObjectIds: in creation order, like the pages.
+        let after = ObjectId::parse_str(after)
+            .map_err(|_| Problem::bad_request(format!("after {after:?}: not a job id")))?;
+        filter.insert("_id", doc! { "$gt": after });
+    }
     let found: Vec<Document> = state
         .store
         .collection(JOBS_COLLECTION)
-        .find(doc! { "kind": ISSUE_CERTIFICATE, "payload.certificate_id": &id })
-        .sort(doc! { "created_at": -1 })
-        .limit(super::MAX_PAGE)
+        .find(filter)
+        .sort(doc! { "_id": 1 })
+        .limit(limit + 1)
         .await?
         .try_collect()
         .await?;
+    let id_of = |j: &Document| {
+        j.get_object_id("_id")
+            .map(|o| o.to_hex())
+            .unwrap_or_default()
+    };
+    let next = (found.len() as i64 > limit).then(|| id_of(&found[limit as usize - 1]));
     let items: Vec<JobView> = found
         .iter()
+        .take(limit as usize)
         .map(|j| JobView {
-            id: j
-                .get_object_id("_id")
-                .map(|o| o.to_hex())
-                .unwrap_or_default(),
+            id: id_of(j),
             state: j.get_str("state").unwrap_or_default().into(),
             attempt: j.get_i32("attempt").unwrap_or(0),
             max_attempts: j.get_i32("max_attempts").unwrap_or(0),
@@ -439,7 +453,7 @@ pub async fn jobs(
             created_at: date(j, "created_at"),
         })
         .collect();
-    Ok(HttpResponse::Ok().json(JobPage { items, next: None }))
+    Ok(HttpResponse::Ok().json(JobPage { items, next }))
 }
 
 /// The certificate of this project, or 404.

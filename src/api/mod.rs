@@ -124,7 +124,7 @@ pub struct PageQuery {
 }
 
 impl PageQuery {
-    fn limit(&self) -> ApiResult<i64> {
+    pub fn limit(&self) -> ApiResult<i64> {
         match self.limit {
             None => Ok(DEFAULT_PAGE),
             Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
