@@ -127,6 +127,8 @@ pub struct Issued {
     /// The leaf's SubjectPublicKeyInfo (DER), to match it with its key.
     pub public_key_der: Vec<u8>,
     pub dns_names: Vec<String>,
+    /// The leaf itself (DER): what revocation and ARI name.
+    pub leaf_der: Vec<u8>,
 }
 
 /// Reads the leaf (first certificate) of a PEM chain.
@@ -157,6 +159,7 @@ pub fn inspect_chain(chain_pem: &str) -> Result<Issued, CertError> {
         fingerprint_sha256: hex(&Sha256::digest(&pem.contents)),
         public_key_der: leaf.public_key().raw.to_vec(),
         dns_names,
+        leaf_der: pem.contents.clone(),
     })
 }
 

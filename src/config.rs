@@ -20,6 +20,9 @@ pub const DEFAULT_ELECTION_RETRY_SECS: u64 = 30;
 pub const DEFAULT_READYZ_GRACE_SECS: u64 = 10;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
 pub const DEFAULT_HOUSEKEEPING_SECS: u64 = 60;
+pub const DEFAULT_RENEWAL_SCAN_SECS: u64 = 30;
+pub const DEFAULT_ISSUE_BACKOFF_BASE_SECS: u64 = 60;
+pub const DEFAULT_ISSUE_BACKOFF_MAX_SECS: u64 = 6 * 3600;
 pub const DEFAULT_JOB_MAX_ATTEMPTS: u32 = 5;
 pub const DEFAULT_JOB_RETENTION_SECS: u64 = 7 * 24 * 3600;
 pub const DEFAULT_LOG_FORMAT: &str = "json";
@@ -166,7 +169,17 @@ pub struct WorkloadArgs {
     /// How often an idle SIEM forwarder looks for new records, in milliseconds [default: 1000]
     #[arg(long, env = "CAP_SIEM_POLL_MS")]
     pub siem_poll_ms: Option<String>,
-    /// Fault injection for tests: a worker pauses (10 min) right after recording this ACME order stage [default: none]
+    /// How often the scheduler leader looks for certificates due for renewal [default: 30]
+    #[arg(long, env = "CAP_RENEWAL_SCAN_SECS")]
+    pub renewal_scan_secs: Option<String>,
+    /// First delay after a failed issuance or renewal; doubles with each consecutive failure [default: 60]
+    #[arg(long, env = "CAP_ISSUE_BACKOFF_BASE_SECS")]
+    pub issue_backoff_base_secs: Option<String>,
+    /// Longest delay between issuance or renewal attempts [default: 21600]
+    #[arg(long, env = "CAP_ISSUE_BACKOFF_MAX_SECS")]
+    pub issue_backoff_max_secs: Option<String>,
+    /// Fault injection for tests: a worker pauses (10 min) right after recording this ACME order stage;
+    /// `renewal_enqueued` makes the scheduler leader pause between a renewal's enqueue and its mark [default: none]
     #[arg(long, env = "CAP_FAULT_PAUSE_AFTER_STAGE")]
     pub fault_pause_after_stage: Option<String>,
     /// Identity of this process in leases and job holders [default: hostname-pid-random]
@@ -216,6 +229,8 @@ pub struct WorkloadConfig {
     pub job_max_attempts: u32,
     pub job_retention: Duration,
     pub kek_rotation_check: Duration,
+    pub renewal_scan: Duration,
+    pub issue_backoff: crate::backoff::Backoff,
     pub siem: crate::siem::SiemConfig,
     pub fault_pause_after_stage: Option<String>,
     pub instance_id: String,
@@ -252,6 +267,28 @@ impl CommonArgs {
 }
 
 impl WorkloadArgs {
+    fn issue_backoff(&self) -> Result<crate::backoff::Backoff, ConfigError> {
+        let base = secs(
+            &self.issue_backoff_base_secs,
+            "CAP_ISSUE_BACKOFF_BASE_SECS",
+            DEFAULT_ISSUE_BACKOFF_BASE_SECS,
+            1..=86_400,
+        )?;
+        let max = secs(
+            &self.issue_backoff_max_secs,
+            "CAP_ISSUE_BACKOFF_MAX_SECS",
+            DEFAULT_ISSUE_BACKOFF_MAX_SECS,
+            1..=7 * 86_400,
+        )?;
+        if max < base {
+            return Err(ConfigError(
+                "CAP_ISSUE_BACKOFF_MAX_SECS must not be shorter than CAP_ISSUE_BACKOFF_BASE_SECS"
+                    .into(),
+            ));
+        }
+        Ok(crate::backoff::Backoff::new(base, max))
+    }
+
     pub fn resolve(&self) -> Result<WorkloadConfig, ConfigError> {
         let common = self.common.resolve()?;
         let http_addr = self.http_addr.as_deref().unwrap_or(DEFAULT_HTTP_ADDR);
@@ -345,6 +382,13 @@ impl WorkloadArgs {
                 DEFAULT_KEK_ROTATION_CHECK_SECS,
                 1..=86_400,
             )?,
+            renewal_scan: secs(
+                &self.renewal_scan_secs,
+                "CAP_RENEWAL_SCAN_SECS",
+                DEFAULT_RENEWAL_SCAN_SECS,
+                1..=3600,
+            )?,
+            issue_backoff: self.issue_backoff()?,
             siem: self.siem(&instance_id)?,
             fault_pause_after_stage: self
                 .fault_pause_after_stage

@@ -91,6 +91,7 @@ impl Handlers {
         kek: Arc<dyn KekProvider>,
         metrics: Arc<Metrics>,
         job_retention: Duration,
+        issue_backoff: crate::backoff::Backoff,
         pause_after_stage: Option<String>,
     ) -> Handlers {
         let store = queue.store().clone();
@@ -98,6 +99,7 @@ impl Handlers {
             store: store.clone(),
             secrets: Secrets::new(store.clone(), kek.clone()),
             metrics,
+            backoff: issue_backoff,
             pause_after: pause_after_stage.map(|stage| (stage, Duration::from_secs(600))),
         };
         let orders = Supervisor::start(move |_| OrderActor::new(settings));

@@ -195,19 +195,20 @@ impl Leases {
     }
 
     /// Updates one document on behalf of a leader, only while its term is
-    /// current (the SIEM forwarder's position, for one).
+    /// current (the SIEM forwarder's position, a certificate's renewal mark).
     pub async fn update_as_leader(
         &self,
         term: &Term,
         collection: &str,
         filter: Document,
         update: Document,
+        upsert: bool,
     ) -> Result<(), LeaseError> {
         let write = FencedWrite::UpdateOne {
             collection: collection.to_string(),
             filter,
             update,
-            upsert: true,
+            upsert,
         };
         match write_fenced(&self.store, LEASES_COLLECTION, leader_fence(term), write).await {
             Ok(()) => Ok(()),

@@ -11,6 +11,7 @@
 //! - [`kek`] — key-encryption keys behind one provider interface (`file`, `pkcs11`), rotation commands, backup bundles.
 //! - [`envelope`] — AES-256-GCM envelope encryption: a data key per secret, wrapped by a KEK.
 //! - [`secrets`] — secrets at rest in `keys`, sealed under their record id.
+//! - [`renewal`] — renewal windows (default, `renew_before_secs`, ARI) and the leader's scan that enqueues renewals.
 //! - [`rotation`] — re-wrapping data keys onto the current KEK version (`kek-rewrap` jobs).
 //! - [`audit`] — the hash-chained audit log, its checkpoints and `audit verify`.
 //! - [`siem`] — forwarding audit records to syslog (RFC 5424/6587, optional TLS) and a webhook.
@@ -51,6 +52,7 @@ pub mod logging;
 pub mod metrics;
 pub mod presence;
 pub mod readiness;
+pub mod renewal;
 pub mod rotation;
 pub mod schema;
 pub mod secrets;

@@ -48,6 +48,14 @@ pub struct Metrics {
     pub certificate_expiry: IntGaugeVec,
     /// HTTP-01 challenges this api process answered.
     pub acme_challenges_served_total: IntCounter,
+    /// Renewal attempts by outcome (succeeded, failed), counted by workers.
+    pub renewals_total: IntCounterVec,
+    /// When each certificate is due for renewal (Unix seconds), for the
+    /// soonest due, read at scrape time.
+    pub certificate_renewal_due: IntGaugeVec,
+    /// Consecutive failed issuance or renewal attempts, for each failing
+    /// certificate (the most failing first), read at scrape time.
+    pub certificate_consecutive_failures: IntGaugeVec,
 }
 
 impl Metrics {
@@ -180,6 +188,30 @@ impl Metrics {
             "HTTP-01 challenges this process answered",
         )
         .unwrap();
+        let renewals_total = IntCounterVec::new(
+            Opts::new(
+                "certautopilot_renewals_total",
+                "Renewal attempts by outcome (succeeded, failed)",
+            ),
+            &["outcome"],
+        )
+        .unwrap();
+        let certificate_renewal_due = IntGaugeVec::new(
+            Opts::new(
+                "certautopilot_certificate_renewal_due_timestamp_seconds",
+                "When each certificate is due for renewal (the soonest due)",
+            ),
+            &["project", "certificate"],
+        )
+        .unwrap();
+        let certificate_consecutive_failures = IntGaugeVec::new(
+            Opts::new(
+                "certautopilot_certificate_consecutive_failures",
+                "Consecutive failed issuance or renewal attempts of each failing certificate",
+            ),
+            &["project", "certificate"],
+        )
+        .unwrap();
         for c in [
             Box::new(queue_depth.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(jobs_total.clone()),
@@ -200,6 +232,9 @@ impl Metrics {
             Box::new(orders_in_flight.clone()),
             Box::new(certificate_expiry.clone()),
             Box::new(acme_challenges_served_total.clone()),
+            Box::new(renewals_total.clone()),
+            Box::new(certificate_renewal_due.clone()),
+            Box::new(certificate_consecutive_failures.clone()),
         ] {
             registry.register(c).unwrap();
         }
@@ -224,6 +259,9 @@ impl Metrics {
             orders_in_flight,
             certificate_expiry,
             acme_challenges_served_total,
+            renewals_total,
+            certificate_renewal_due,
+            certificate_consecutive_failures,
         })
     }
 

@@ -77,7 +77,33 @@ const MIGRATIONS: &[Migration] = &[
         collections: &[],
         indexes: v5_indexes,
     },
+    Migration {
+        version: 6,
+        name: "renewal scan, renewal due and failing-certificate indexes",
+        collections: &[],
+        indexes: v6_indexes,
+    },
 ];
+
+fn v6_indexes() -> Vec<(&'static str, IndexModel)> {
+    vec![
+        // The scheduler's renewal scan: only certificates due and not queued
+        // carry `renewal_next_at`, so a tick reads what is due and no more.
+        (
+            "certificates",
+            index(doc! { "renewal_next_at": 1 }, "renewal_next_at"),
+        ),
+        // The metrics: the soonest due, and the most failing.
+        (
+            "certificates",
+            index(doc! { "renewal_due_at": 1 }, "renewal_due_at"),
+        ),
+        (
+            "certificates",
+            index(doc! { "consecutive_failures": -1 }, "consecutive_failures"),
+        ),
+    ]
+}
 
 fn v5_indexes() -> Vec<(&'static str, IndexModel)> {
     // The expiry metric reads the soonest-expiring certificates.

@@ -355,6 +355,7 @@ async fn forward(
                     FORWARDERS_COLLECTION,
                     doc! { "_id": name },
                     doc! { "$set": { "seq": last }, "$currentDate": { "updated_at": true } },
+                    true,
                 )
                 .await
                 .map_err(|e| e.to_string())?;

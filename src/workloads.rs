@@ -16,7 +16,7 @@ use actix_web::{web, App, HttpServer};
 use crate::actors::claim::{ClaimActor, ClaimSettings, Drain};
 use crate::actors::kek_rotation::KekRotationActor;
 use crate::actors::lease::{LeaseActor, LeaseSettings, StepDown};
-use crate::actors::scheduler::SchedulerActor;
+use crate::actors::scheduler::{SchedulerActor, SchedulerSettings};
 use crate::actors::siem::SiemActor;
 use crate::api::ApiState;
 use crate::audit::Audit;
@@ -111,6 +111,7 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
         kek.clone(),
         metrics.clone(),
         cfg.job_retention,
+        cfg.issue_backoff,
         cfg.fault_pause_after_stage.clone(),
     );
     let api_state = ApiState {
@@ -150,8 +151,15 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
         let leases = Leases::new(store.clone());
         let scheduler = Supervisor::start({
             let leases = leases.clone();
-            let every = cfg.housekeeping_interval;
-            move |_| SchedulerActor::new(leases, every)
+            let settings = SchedulerSettings {
+                housekeeping_every: cfg.housekeeping_interval,
+                renewal_scan_every: cfg.renewal_scan,
+                renewal_batch: crate::renewal::DEFAULT_SCAN_BATCH,
+                pause_after_renewal_enqueue: (cfg.fault_pause_after_stage.as_deref()
+                    == Some("renewal_enqueued"))
+                .then_some(Duration::from_secs(600)),
+            };
+            move |_| SchedulerActor::new(leases, settings.clone())
         });
         let rotation = Supervisor::start({
             let (leases, kek, metrics) = (leases.clone(), kek.clone(), metrics.clone());

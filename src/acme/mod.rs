@@ -4,6 +4,7 @@
 //! Account credentials are secrets ([`crate::secrets`]), created once per
 //! issuer and reused.
 
+pub mod ari;
 pub mod order;
 
 use std::future::Future;

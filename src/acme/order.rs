@@ -20,17 +20,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use instant_acme::{
-    Account, AuthorizationStatus, ChallengeType, Identifier, NewOrder, Order, OrderStatus,
-    RetryPolicy,
+    Account, AuthorizationStatus, ChallengeType, Identifier, Order, OrderStatus, RetryPolicy,
 };
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 
+use super::ari::{self, AriWindow};
 use super::{account, AcmeError, IssuerAcme, RetryAfter};
 use crate::audit::{Audit, Event};
+use crate::backoff::Backoff;
 use crate::certs::{self, KeyAlgorithm};
 use crate::handlers::HandlerError;
 use crate::jobs::ClaimedJob;
 use crate::metrics::Metrics;
+use crate::renewal::{self, ari_due_ms, renewal_due_ms};
 use crate::secrets::Secrets;
 use crate::store::{short, Store};
 
@@ -95,6 +97,9 @@ pub struct OrderSettings {
     pub store: Store,
     pub secrets: Secrets,
     pub metrics: Arc<Metrics>,
+    /// Delay after each consecutive failure of a certificate
+    /// (`CAP_ISSUE_BACKOFF_BASE_SECS`, `CAP_ISSUE_BACKOFF_MAX_SECS`).
+    pub backoff: Backoff,
     /// Fault injection for tests (`CAP_FAULT_PAUSE_AFTER_STAGE`): sleep this
     /// long right after recording this stage, so a test can kill us there.
     pub pause_after: Option<(String, Duration)>,
@@ -106,6 +111,7 @@ pub async fn issue(settings: OrderSettings, job: ClaimedJob) -> Result<(), Handl
         store: settings.store,
         secrets: settings.secrets,
         metrics: settings.metrics,
+        backoff: settings.backoff,
         pause_after: settings.pause_after,
         retry_after: RetryAfter::default(),
     };
@@ -116,6 +122,7 @@ struct OrderRun {
     store: Store,
     secrets: Secrets,
     metrics: Arc<Metrics>,
+    backoff: Backoff,
     pause_after: Option<(String, Duration)>,
     retry_after: RetryAfter,
 }
@@ -179,6 +186,36 @@ impl OrderRun {
             .ok_or_else(|| {
                 HandlerError::Permanent(format!("certificate {certificate_id} no longer exists"))
             })?;
+        let result = self.account_and_drive(&job, &cert).await;
+        let renewal = job.payload.get_str("renews").is_ok();
+        match result {
+            Ok(()) => {
+                if renewal {
+                    self.metrics
+                        .renewals_total
+                        .with_label_values(&["succeeded"])
+                        .inc();
+                }
+                Ok(())
+            }
+            Err(HandlerError::LeaseLost) => Err(HandlerError::LeaseLost),
+            Err(e) => {
+                if renewal {
+                    self.metrics
+                        .renewals_total
+                        .with_label_values(&["failed"])
+                        .inc();
+                }
+                self.record_failure(&job, &cert, e).await
+            }
+        }
+    }
+
+    async fn account_and_drive(
+        &self,
+        job: &ClaimedJob,
+        cert: &Document,
+    ) -> Result<(), HandlerError> {
         let issuer = self
             .issuer(cert.get_str("issuer_id").unwrap_or_default())
             .await?;
@@ -195,27 +232,69 @@ impl OrderRun {
             }
             e => HandlerError::Retryable(e.to_string()),
         })?;
-        let result = self.drive(&job, &cert, &account).await;
-        let (reason, last_attempt) = match &result {
-            Err(HandlerError::Retryable(r) | HandlerError::RetryAfter { reason: r, .. }) => {
-                (r, job.attempt >= job.max_attempts)
-            }
-            Err(HandlerError::Permanent(r)) => (r, true),
-            _ => return result,
+        self.drive(job, cert, &account).await
+    }
+
+    /// A failed attempt, persisted with the certificate so that it survives
+    /// restarts and re-claims: one more consecutive failure, and no new
+    /// attempt before `retry_at` (exponential, capped). The job retries then;
+    /// once its attempts are spent, a certificate that has a current
+    /// certificate is handed back to the renewal scan at `retry_at`, under a
+    /// new job key (the failure count is part of it).
+    async fn record_failure(
+        &self,
+        job: &ClaimedJob,
+        cert: &Document,
+        error: HandlerError,
+    ) -> Result<(), HandlerError> {
+        let (reason, hint, permanent) = match &error {
+            HandlerError::Retryable(r) => (r.clone(), Duration::ZERO, false),
+            HandlerError::RetryAfter { reason, after } => (reason.clone(), *after, false),
+            HandlerError::Permanent(r) => (r.clone(), Duration::ZERO, true),
+            HandlerError::LeaseLost => return Err(HandlerError::LeaseLost),
         };
-        // Visible through the API at once, fenced like every write: `failed`
-        // once no attempt is left, else still `pending` (retrying).
-        let status = if last_attempt { "failed" } else { "pending" };
+        let last_attempt = permanent || job.attempt >= job.max_attempts;
+        let failures = count(cert, "consecutive_failures") + 1;
+        let delay = self.backoff.delay(failures as u32).max(hint);
+        let retry_at = self.store.server_after(delay).await.map_err(db)?;
+        let has_current = cert.get_document("current").is_ok();
+        // A certificate in service stays `issued` while its renewal retries.
+        let status = match (has_current, last_attempt) {
+            (true, _) => cert
+                .get_str("status")
+                .ok()
+                .filter(|s| *s == "revoked")
+                .unwrap_or("issued"),
+            (false, true) => "failed",
+            (false, false) => "pending",
+        };
+        let mut set = doc! {
+            "last_error": &reason,
+            "status": status,
+            "consecutive_failures": failures,
+            "retry_at": retry_at,
+        };
+        if last_attempt && has_current && !permanent {
+            set.insert("renewal_next_at", retry_at);
+        }
         let _ = job
             .lease
             .fenced_update(
                 CERTIFICATES,
-                doc! { "_id": &certificate_id },
-                doc! { "$set": { "last_error": reason, "status": status }, "$currentDate": { "updated_at": true } },
+                doc! { "_id": cert.get_str("_id").unwrap_or_default() },
+                doc! { "$set": set, "$currentDate": { "updated_at": true, "last_failure_at": true } },
                 false,
             )
             .await;
-        result
+        tracing::warn!(certificate = cert.get_str("_id").unwrap_or_default(), failures, retry_in_secs = delay.as_secs(), error = %reason, "issuance failed");
+        if permanent {
+            Err(HandlerError::Permanent(reason))
+        } else {
+            Err(HandlerError::RetryAfter {
+                reason,
+                after: delay,
+            })
+        }
     }
 
     async fn issuer(&self, id: &str) -> Result<IssuerAcme, HandlerError> {
@@ -280,8 +359,13 @@ impl OrderRun {
             })
             .unwrap_or_default();
         let identifiers: Vec<Identifier> = names.iter().cloned().map(Identifier::Dns).collect();
-        let order = nonce_retry!(account.new_order(&NewOrder::new(&identifiers)).await)
-            .map_err(|e| self.acme(e))?;
+        let replaces = replaced_certificate(job, cert);
+        let order = nonce_retry!(
+            account
+                .new_order(&ari::new_order(&identifiers, replaces.clone()))
+                .await
+        )
+        .map_err(|e| self.acme(e))?;
         let id = format!("ord_{}", ObjectId::new().to_hex());
         let record = doc! {
             "_id": &id,
@@ -292,6 +376,7 @@ impl OrderRun {
             "dns_names": &names,
             "stage": Stage::Created.as_str(),
             "authorizations": [],
+            "replaces": replaces.map(|r| r.to_string()),
             "created_at": self.store.server_now().await.map_err(db)?,
         };
         job.lease
@@ -347,14 +432,17 @@ impl OrderRun {
         account: &Account,
     ) -> Result<(), HandlerError> {
         let certificate_id = cert.get_str("_id").unwrap_or_default().to_string();
-        job.lease
-            .fenced_update(
-                CERTIFICATES,
-                doc! { "_id": &certificate_id },
-                doc! { "$set": { "status": "issuing" }, "$currentDate": { "updated_at": true } },
-                false,
-            )
-            .await?;
+        // A certificate in service keeps its status while it renews.
+        if cert.get_document("current").is_err() {
+            job.lease
+                .fenced_update(
+                    CERTIFICATES,
+                    doc! { "_id": &certificate_id },
+                    doc! { "$set": { "status": "issuing" }, "$currentDate": { "updated_at": true } },
+                    false,
+                )
+                .await?;
+        }
         let (mut record, mut order) = self.open_order(job, cert, account).await?;
         let mut stage =
             Stage::parse(record.get_str("stage").unwrap_or("created")).unwrap_or(Stage::Created);
@@ -504,10 +592,28 @@ impl OrderRun {
                     .await
             )
             .map_err(|e| self.acme(e))?;
-            self.store_issued(job, cert, &record, &chain, &key_pem)
+            self.store_issued(job, cert, &record, &chain, &key_pem, account)
                 .await?;
         }
         Ok(())
+    }
+
+    /// The CA's suggested renewal window, when its directory offers ARI.
+    /// Any failure leaves the default window in force (and is logged).
+    async fn renewal_window(&self, account: &Account, issued: &certs::Issued) -> Option<AriWindow> {
+        let id = ari::certificate_id(&issued.leaf_der)
+            .map_err(|e| tracing::warn!(error = %e, "no ARI identifier for the certificate"))
+            .ok()?;
+        match account.renewal_info(&id).await {
+            Ok((info, retry_after)) => AriWindow::from_response(&info, retry_after)
+                .map_err(|e| tracing::warn!(error = %e, "ARI window refused"))
+                .ok(),
+            Err(instant_acme::Error::Unsupported(_)) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "fetching the ARI window failed; using the default window");
+                None
+            }
+        }
     }
 
     /// The CA's reason an order failed: the first failed challenge's error,
@@ -552,6 +658,7 @@ impl OrderRun {
         record: &Document,
         chain: &str,
         key_pem: &str,
+        account: &Account,
     ) -> Result<(), HandlerError> {
         let issued =
             certs::inspect_chain(chain).map_err(|e| HandlerError::Retryable(e.to_string()))?;
@@ -564,25 +671,45 @@ impl OrderRun {
         }
         let certificate_id = cert.get_str("_id").unwrap_or_default();
         let order_id = record.get_str("_id").unwrap_or_default();
+        let renewal = job.payload.get_str("renews").is_ok();
+        let ari = self.renewal_window(account, &issued).await;
+        let due = match &ari {
+            Some(w) => ari_due_ms(certificate_id, &issued.serial, w.start_ms, w.end_ms),
+            None => renewal_due_ms(
+                certificate_id,
+                &issued.serial,
+                issued.not_before_ms,
+                issued.not_after_ms,
+                cert.get_i64("renew_before_secs").ok(),
+            ),
+        };
+        let mut set = renewal::schedule_fields(DateTime::from_millis(due));
+        set.extend(doc! {
+            "ari": ari_fields(&ari),
+            "status": "issued",
+            "last_error": Bson::Null,
+            "consecutive_failures": 0i64,
+            "current": {
+                "serial": &issued.serial,
+                "fingerprint_sha256": &issued.fingerprint_sha256,
+                "not_before": DateTime::from_millis(issued.not_before_ms),
+                "not_after": DateTime::from_millis(issued.not_after_ms),
+                "chain_pem": chain,
+                "key_secret": record.get_str("key_secret").unwrap_or_default(),
+                "order_id": order_id,
+            },
+        });
+        // One update, and none at all when a resumed run stored this serial
+        // already: the counters move once per certificate issued.
         job.lease
             .fenced_update(
                 CERTIFICATES,
-                doc! { "_id": certificate_id },
+                doc! { "_id": certificate_id, "current.serial": { "$ne": &issued.serial } },
                 doc! {
-                    "$set": {
-                        "status": "issued",
-                        "last_error": Bson::Null,
-                        "current": {
-                            "serial": &issued.serial,
-                            "fingerprint_sha256": &issued.fingerprint_sha256,
-                            "not_before": DateTime::from_millis(issued.not_before_ms),
-                            "not_after": DateTime::from_millis(issued.not_after_ms),
-                            "chain_pem": chain,
-                            "key_secret": record.get_str("key_secret").unwrap_or_default(),
-                            "order_id": order_id,
-                        },
-                    },
-                    "$inc": { "issued_count": 1i64 },
+                    "$set": set,
+                    "$unset": { "retry_at": "", "renewal_job_id": "" },
+                    "$push": { "issued_fingerprints": { "$each": [&issued.fingerprint_sha256], "$slice": -50 } },
+                    "$inc": { "issued_count": 1i64, "renewal_count": if renewal { 1i64 } else { 0 } },
                     "$currentDate": { "updated_at": true, "issued_at": true },
                 },
                 false,
@@ -607,5 +734,46 @@ impl OrderRun {
         Audit::new(self.store.clone()).record(event).await;
         tracing::info!(certificate = certificate_id, order = order_id, serial = %issued.serial, "certificate issued");
         Ok(())
+    }
+}
+
+/// What the certificate records of its CA's ARI window (null without one).
+fn ari_fields(window: &Option<AriWindow>) -> Bson {
+    match window {
+        None => Bson::Null,
+        Some(w) => Bson::Document(doc! {
+            "window_start": DateTime::from_millis(w.start_ms),
+            "window_end": DateTime::from_millis(w.end_ms),
+            "explanation_url": w.explanation_url.clone(),
+            "refresh_after_secs": w.refresh_after.as_secs() as i64,
+        }),
+    }
+}
+
+/// The certificate a renewal replaces, named for the CA (RFC 9773
+/// `replaces`) when the CA gave it an ARI window: a CA without ARI refuses
+/// the field.
+fn replaced_certificate(
+    job: &ClaimedJob,
+    cert: &Document,
+) -> Option<instant_acme::CertificateIdentifier<'static>> {
+    job.payload.get_str("renews").ok()?;
+    if !matches!(cert.get("ari"), Some(Bson::Document(_))) {
+        return None;
+    }
+    let chain = cert
+        .get_document("current")
+        .ok()?
+        .get_str("chain_pem")
+        .ok()?;
+    let leaf = certs::inspect_chain(chain).ok()?;
+    ari::certificate_id(&leaf.leaf_der).ok()
+}
+
+fn count(d: &Document, field: &str) -> i64 {
+    match d.get(field) {
+        Some(Bson::Int64(n)) => *n,
+        Some(Bson::Int32(n)) => *n as i64,
+        _ => 0,
     }
 }

@@ -1,11 +1,12 @@
-//! `SchedulerActor`: while this process leads, enqueues time-driven work.
+//! `SchedulerActor`: while this process leads, enqueues time-driven work —
+//! housekeeping, and renewals of certificates whose window has opened.
 //!
-//! Invariant kept: every enqueue carries a deterministic key (the kind and
-//! the time bucket, by the database's clock) and goes through
+//! Invariant kept: every enqueue carries a deterministic key (housekeeping:
+//! the time bucket by the database's clock; a renewal: the certificate, the
+//! serial it replaces and its failure count) and goes through
 //! [`Leases::enqueue_as_leader`], which refuses a deposed leader. So two
-//! leaders by mistake, or one that just lost its lease, cannot enqueue the same
-//! work twice. Today the only time-driven work is housekeeping; renewal
-//! windows, drift scans and KEK rotation steps join it in later issues.
+//! leaders by mistake, or one that just lost its lease, cannot enqueue the
+//! same work twice.
 
 use std::time::Duration;
 
@@ -16,21 +17,35 @@ use crate::actors::lease::LeadershipChanged;
 use crate::handlers::HOUSEKEEPING;
 use crate::jobs::NewJob;
 use crate::lease::{LeaseError, Leases, Term};
+use crate::renewal;
+
+#[derive(Debug, Clone)]
+pub struct SchedulerSettings {
+    pub housekeeping_every: Duration,
+    pub renewal_scan_every: Duration,
+    /// Renewals enqueued per tick at most.
+    pub renewal_batch: i64,
+    /// Fault injection for tests (`CAP_FAULT_PAUSE_AFTER_STAGE=renewal_enqueued`).
+    pub pause_after_renewal_enqueue: Option<Duration>,
+}
 
 pub struct SchedulerActor {
     leases: Leases,
-    housekeeping_every: Duration,
+    settings: SchedulerSettings,
     term: Option<Term>,
-    timer: Option<SpawnHandle>,
+    timers: Vec<SpawnHandle>,
+    /// A renewal scan is running: the next tick skips rather than overlap it.
+    scanning: bool,
 }
 
 impl SchedulerActor {
-    pub fn new(leases: Leases, housekeeping_every: Duration) -> SchedulerActor {
+    pub fn new(leases: Leases, settings: SchedulerSettings) -> SchedulerActor {
         SchedulerActor {
             leases,
-            housekeeping_every,
+            settings,
             term: None,
-            timer: None,
+            timers: Vec::new(),
+            scanning: false,
         }
     }
 
@@ -39,7 +54,7 @@ impl SchedulerActor {
             return;
         };
         let leases = self.leases.clone();
-        let every = self.housekeeping_every;
+        let every = self.settings.housekeeping_every;
         let store = self.leases.store().clone();
         ctx.spawn(
             async move {
@@ -61,6 +76,43 @@ impl SchedulerActor {
             }),
         );
     }
+
+    fn scan_renewals(&mut self, ctx: &mut Context<Self>) {
+        let Some(term) = self.term.clone() else {
+            return;
+        };
+        if self.scanning {
+            return;
+        }
+        self.scanning = true;
+        let leases = self.leases.clone();
+        let (batch, pause) = (
+            self.settings.renewal_batch,
+            self.settings.pause_after_renewal_enqueue,
+        );
+        ctx.spawn(
+            async move {
+                let started = std::time::Instant::now();
+                let report = renewal::enqueue_due(&leases, &term, batch, pause).await;
+                (report, started.elapsed())
+            }
+            .into_actor(self)
+            .map(|(result, took), act, _ctx| {
+                act.scanning = false;
+                match result {
+                    Ok(r) if r.due > 0 => tracing::info!(
+                        due = r.due,
+                        enqueued = r.enqueued,
+                        already_queued = r.already_queued,
+                        took_ms = took.as_millis() as u64,
+                        "renewal scan"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "renewal scan failed"),
+                }
+            }),
+        );
+    }
 }
 
 impl Actor for SchedulerActor {
@@ -72,15 +124,21 @@ impl Supervised for SchedulerActor {}
 impl Handler<LeadershipChanged> for SchedulerActor {
     type Result = ();
     fn handle(&mut self, msg: LeadershipChanged, ctx: &mut Context<Self>) {
-        if let Some(timer) = self.timer.take() {
+        for timer in self.timers.drain(..) {
             ctx.cancel_future(timer);
         }
         self.term = msg.0;
         if self.term.is_some() {
             self.enqueue_housekeeping(ctx);
-            self.timer = Some(ctx.run_interval(self.housekeeping_every, |act, ctx| {
-                act.enqueue_housekeeping(ctx)
-            }));
+            self.scan_renewals(ctx);
+            self.timers = vec![
+                ctx.run_interval(self.settings.housekeeping_every, |act, ctx| {
+                    act.enqueue_housekeeping(ctx)
+                }),
+                ctx.run_interval(self.settings.renewal_scan_every, |act, ctx| {
+                    act.scan_renewals(ctx)
+                }),
+            ];
         }
     }
 }

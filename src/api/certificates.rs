@@ -70,11 +70,29 @@ pub struct CertificateView {
     pub chain_pem: Option<String>,
     pub issued_count: i64,
     pub issued_at: Option<String>,
+    /// When the current certificate is due for renewal: two thirds into its
+    /// lifetime, `renew_before_secs` before expiry, or inside the CA's ARI window.
+    pub renewal_due_at: Option<String>,
+    /// Renewals so far (issues after the first that the schedule asked for).
+    pub renewal_count: i64,
+    /// The CA's suggested renewal window (RFC 9773), when it offers one.
+    pub ari_window: Option<AriWindowView>,
+    /// Failed issuance or renewal attempts in a row (0 after a success).
+    pub consecutive_failures: i64,
+    /// No new attempt before this time (the failure back-off).
+    pub retry_at: Option<String>,
     pub created_at: Option<String>,
     pub updated_at: Option<String>,
     /// Only when just created: the issue job.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AriWindowView {
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub explanation_url: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -156,6 +174,15 @@ fn view(d: &Document) -> CertificateView {
         chain_pem: field("chain_pem"),
         issued_count: d.get_i64("issued_count").unwrap_or(0),
         issued_at: date(d, "issued_at"),
+        renewal_due_at: date(d, "renewal_due_at"),
+        renewal_count: d.get_i64("renewal_count").unwrap_or(0),
+        ari_window: d.get_document("ari").ok().map(|a| AriWindowView {
+            start: date(a, "window_start"),
+            end: date(a, "window_end"),
+            explanation_url: string(a, "explanation_url"),
+        }),
+        consecutive_failures: d.get_i64("consecutive_failures").unwrap_or(0),
+        retry_at: date(d, "retry_at"),
         created_at: date(d, "created_at"),
         updated_at: date(d, "updated_at"),
         job_id: None,

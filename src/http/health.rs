@@ -96,14 +96,37 @@ async fn refresh_certificates(state: &AppState) -> Result<(), String> {
             .try_collect()
             .await
             .map_err(short)?;
-        Ok::<_, String>((by_status, in_flight, soonest))
+        let due_soonest: Vec<Document> = store
+            .collection(CERTIFICATES)
+            .find(doc! { "renewal_due_at": { "$exists": true } })
+            .sort(doc! { "renewal_due_at": 1 })
+            .limit(EXPIRY_SERIES)
+            .projection(doc! { "project_id": 1, "renewal_due_at": 1 })
+            .await
+            .map_err(short)?
+            .try_collect()
+            .await
+            .map_err(short)?;
+        let failing: Vec<Document> = store
+            .collection(CERTIFICATES)
+            .find(doc! { "consecutive_failures": { "$gt": 0 } })
+            .sort(doc! { "consecutive_failures": -1 })
+            .limit(EXPIRY_SERIES)
+            .projection(doc! { "project_id": 1, "consecutive_failures": 1 })
+            .await
+            .map_err(short)?
+            .try_collect()
+            .await
+            .map_err(short)?;
+        Ok::<_, String>((by_status, in_flight, soonest, due_soonest, failing))
     };
-    let (by_status, in_flight, soonest) = tokio::time::timeout(DEPTH_DEADLINE, read)
-        .await
-        .map_err(|_| "timed out".to_string())??;
+    let (by_status, in_flight, soonest, due_soonest, failing) =
+        tokio::time::timeout(DEPTH_DEADLINE, read)
+            .await
+            .map_err(|_| "timed out".to_string())??;
     let m = &state.metrics;
     m.certificates.reset();
-    for s in ["pending", "issuing", "issued", "failed"] {
+    for s in ["pending", "issuing", "issued", "failed", "revoked"] {
         m.certificates.with_label_values(&[s]).set(0);
     }
     for row in by_status {
@@ -130,6 +153,29 @@ async fn refresh_certificates(state: &AppState) -> Result<(), String> {
                 c.get_str("_id").unwrap_or_default(),
             ])
             .set(not_after);
+    }
+    let labels = |c: &Document| {
+        [
+            c.get_str("project_id").unwrap_or_default().to_string(),
+            c.get_str("_id").unwrap_or_default().to_string(),
+        ]
+    };
+    m.certificate_renewal_due.reset();
+    for c in due_soonest {
+        let due = c
+            .get_datetime("renewal_due_at")
+            .map(|t| t.timestamp_millis() / 1000)
+            .unwrap_or(0);
+        m.certificate_renewal_due
+            .with_label_values(&labels(&c))
+            .set(due);
+    }
+    m.certificate_consecutive_failures.reset();
+    for c in failing {
+        let n = c.get_i64("consecutive_failures").unwrap_or(0);
+        m.certificate_consecutive_failures
+            .with_label_values(&labels(&c))
+            .set(n);
     }
     Ok(())
 }

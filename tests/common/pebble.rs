@@ -25,6 +25,17 @@ impl Pebble {
     /// Starts Pebble validating HTTP-01 on `http_port`, rejecting that
     /// percentage of nonces as `badNonce` (Pebble's default is 5).
     pub fn start(http_port: u16, nonce_reject_percent: u32) -> Pebble {
+        Pebble::start_with_validity(http_port, nonce_reject_percent, None)
+    }
+
+    /// [`Pebble::start`], issuing certificates valid this long (Pebble's
+    /// `certificateValidityPeriod`; its default is 5 years), so a test can
+    /// watch a renewal window open.
+    pub fn start_with_validity(
+        http_port: u16,
+        nonce_reject_percent: u32,
+        validity_secs: Option<u64>,
+    ) -> Pebble {
         let dir = tempfile::tempdir().unwrap();
         listener_certificate(dir.path());
         let free = || super::free_addr().port();
@@ -41,6 +52,7 @@ impl Pebble {
                     "tlsPort": tls,
                     "ocspResponderURL": "",
                     "externalAccountBindingRequired": false,
+                    "certificateValidityPeriod": validity_secs.unwrap_or(157_766_400),
                 }
             })
             .to_string(),
