@@ -16,6 +16,7 @@ use mongodb::bson::doc;
 use actix::Supervisor;
 
 use crate::acme::order::{OrderSettings, ISSUE_CERTIFICATE};
+use crate::acme::revoke::{RevokeCertificate, REVOKE_CERTIFICATE};
 use crate::actors::order::{IssueCertificate, OrderActor};
 use crate::audit::{self, Audit};
 use crate::jobs::{ClaimedJob, JobError, JobQueue};
@@ -98,13 +99,19 @@ impl Handlers {
         let settings = OrderSettings {
             store: store.clone(),
             secrets: Secrets::new(store.clone(), kek.clone()),
-            metrics,
+            metrics: metrics.clone(),
             backoff: issue_backoff,
             pause_after: pause_after_stage.map(|stage| (stage, Duration::from_secs(600))),
         };
         let orders = Supervisor::start(move |_| OrderActor::new(settings));
+        let revoke = RevokeCertificate {
+            queue: queue.clone(),
+            secrets: Secrets::new(store.clone(), kek.clone()),
+            metrics: metrics.clone(),
+        };
         Handlers::new()
             .register(ISSUE_CERTIFICATE, IssueCertificate(orders))
+            .register(REVOKE_CERTIFICATE, revoke)
             .register(
                 HOUSEKEEPING,
                 Housekeeping {

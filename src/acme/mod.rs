@@ -6,6 +6,7 @@
 
 pub mod ari;
 pub mod order;
+pub mod revoke;
 
 use std::future::Future;
 use std::pin::Pin;

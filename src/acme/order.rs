@@ -211,14 +211,16 @@ impl OrderRun {
         }
     }
 
+    async fn issuer_of_cert(&self, cert: &Document) -> Result<IssuerAcme, HandlerError> {
+        issuer_of(&self.store, cert.get_str("issuer_id").unwrap_or_default()).await
+    }
+
     async fn account_and_drive(
         &self,
         job: &ClaimedJob,
         cert: &Document,
     ) -> Result<(), HandlerError> {
-        let issuer = self
-            .issuer(cert.get_str("issuer_id").unwrap_or_default())
-            .await?;
+        let issuer = self.issuer_of_cert(cert).await?;
         let account = account(
             &issuer,
             &self.secrets,
@@ -295,29 +297,6 @@ impl OrderRun {
                 after: delay,
             })
         }
-    }
-
-    async fn issuer(&self, id: &str) -> Result<IssuerAcme, HandlerError> {
-        let d = self
-            .store
-            .collection(ISSUERS)
-            .find_one(doc! { "_id": id })
-            .await
-            .map_err(db)?
-            .ok_or_else(|| HandlerError::Permanent(format!("issuer {id} no longer exists")))?;
-        let eab = d.get_document("eab").ok().and_then(|e| {
-            Some((
-                e.get_str("kid").ok()?.to_string(),
-                e.get_str("hmac_key").ok()?.to_string(),
-            ))
-        });
-        Ok(IssuerAcme {
-            id: id.to_string(),
-            directory_url: d.get_str("directory_url").unwrap_or_default().to_string(),
-            contact: d.get_str("contact").unwrap_or_default().to_string(),
-            ca_bundle_pem: d.get_str("ca_bundle_pem").ok().map(str::to_string),
-            eab,
-        })
     }
 
     /// Finds this job's open order (resuming it at the CA) or opens one.
@@ -776,4 +755,27 @@ fn count(d: &Document, field: &str) -> i64 {
         Some(Bson::Int32(n)) => *n as i64,
         _ => 0,
     }
+}
+
+/// An issuer's ACME settings, as orders and revocations need them.
+pub async fn issuer_of(store: &Store, id: &str) -> Result<IssuerAcme, HandlerError> {
+    let d = store
+        .collection(ISSUERS)
+        .find_one(doc! { "_id": id })
+        .await
+        .map_err(db)?
+        .ok_or_else(|| HandlerError::Permanent(format!("issuer {id} no longer exists")))?;
+    let eab = d.get_document("eab").ok().and_then(|e| {
+        Some((
+            e.get_str("kid").ok()?.to_string(),
+            e.get_str("hmac_key").ok()?.to_string(),
+        ))
+    });
+    Ok(IssuerAcme {
+        id: id.to_string(),
+        directory_url: d.get_str("directory_url").unwrap_or_default().to_string(),
+        contact: d.get_str("contact").unwrap_or_default().to_string(),
+        ca_bundle_pem: d.get_str("ca_bundle_pem").ok().map(str::to_string),
+        eab,
+    })
 }

@@ -13,6 +13,7 @@ use super::problem::{ApiResult, Problem};
 use super::validate::{self, Reasons};
 use super::{audit, date, issuers, new_id, page, projects, string, ApiState, PageQuery};
 use crate::acme::order::{CERTIFICATES, ISSUE_CERTIFICATE, OPEN_STAGES, ORDERS};
+use crate::acme::revoke::{reason_named, REASONS, REVOKE_CERTIFICATE};
 use crate::certs::{KeyAlgorithm, KEY_ALGORITHMS};
 use crate::jobs::{JobState, NewJob, JOBS_COLLECTION};
 
@@ -22,6 +23,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(base, web::get().to(list))
         .route(&format!("{base}/{{id}}"), web::get().to(get))
         .route(&format!("{base}/{{id}}/issue"), web::post().to(issue))
+        .route(&format!("{base}/{{id}}/revoke"), web::post().to(revoke))
         .route(
             &format!("{base}/{{id}}/private-key"),
             web::get().to(private_key),
@@ -40,8 +42,32 @@ pub struct NewCertificate {
     /// ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096 [default: ecdsa-p256]
     #[serde(default = "default_algorithm")]
     pub key_algorithm: String,
-    /// Renew this long before expiry (the next issue uses it).
+    /// Renew this long before expiry [default: two thirds into the lifetime,
+    /// or the CA's ARI window].
     pub renew_before_secs: Option<u64>,
+    /// Issue a replacement at once when the certificate is revoked [default: true].
+    #[serde(default = "yes")]
+    pub replace_on_revoke: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// RFC 5280 reason: unspecified, keyCompromise, affiliationChanged,
+    /// superseded, cessationOfOperation, privilegeWithdrawn or caCompromise
+    /// [default: unspecified].
+    #[serde(default = "unspecified")]
+    pub reason: String,
+    /// Issue a replacement [default: the certificate's `replace_on_revoke`].
+    pub replace: Option<bool>,
+}
+
+fn unspecified() -> String {
+    "unspecified".into()
 }
 
 fn default_algorithm() -> String {
@@ -58,8 +84,12 @@ pub struct CertificateView {
     pub issuer_id: String,
     pub key_algorithm: String,
     pub renew_before_secs: Option<i64>,
-    /// pending, issuing, issued or failed.
+    /// pending, issuing, issued, failed or revoked.
     pub status: String,
+    pub replace_on_revoke: bool,
+    /// When the current certificate was revoked, and why.
+    pub revoked_at: Option<String>,
+    pub revocation_reason: Option<String>,
     pub last_error: Option<String>,
     /// Hex, lower case.
     pub serial: Option<String>,
@@ -166,6 +196,9 @@ fn view(d: &Document) -> CertificateView {
         key_algorithm: s("key_algorithm"),
         renew_before_secs: d.get_i64("renew_before_secs").ok(),
         status: s("status"),
+        replace_on_revoke: d.get_bool("replace_on_revoke").unwrap_or(true),
+        revoked_at: when("revoked_at"),
+        revocation_reason: field("revocation_reason"),
         last_error: string(d, "last_error"),
         serial: field("serial"),
         fingerprint_sha256: field("fingerprint_sha256"),
@@ -251,6 +284,7 @@ pub async fn create(
         "last_error": Bson::Null,
         "issue_requests": 1i64,
         "issued_count": 0i64,
+        "replace_on_revoke": body.replace_on_revoke,
         "created_at": state.store.server_now().await?,
     };
     if let Some(secs) = body.renew_before_secs {
@@ -364,6 +398,60 @@ pub async fn issue(
     .await;
     Ok(HttpResponse::Accepted()
         .json(serde_json::json!({ "job_id": job, "already_in_progress": false })))
+}
+
+/// Revokes the current certificate at its CA (RFC 8555 `revokeCert`), and
+/// replaces it when asked (or when its policy says so). Admins only, audited.
+#[utoipa::path(post, path = "/v1/projects/{project_id}/certificates/{id}/revoke", tag = "certificates", request_body = RevokeRequest,
+    params(("project_id" = String, Path), ("id" = String, Path)),
+    responses((status = 202, body = IssueAccepted), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn revoke(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    body: web::Json<RevokeRequest>,
+) -> ApiResult<HttpResponse> {
+    let (project_id, id) = path.into_inner();
+    caller.require(&project_id, Role::Admin)?;
+    let cert = load(&state, &project_id, &id).await?;
+    if reason_named(&body.reason).is_none() {
+        let names: Vec<&str> = REASONS.iter().map(|(n, _)| *n).collect();
+        let mut reasons = Reasons::default();
+        reasons.add(
+            "reason",
+            format!("{:?}: expected one of {names:?}", body.reason),
+        );
+        return Err(Problem::invalid(reasons.0));
+    }
+    let serial = cert
+        .get_document("current")
+        .ok()
+        .and_then(|c| c.get_str("serial").ok())
+        .ok_or_else(|| Problem::conflict("the certificate has not been issued yet"))?
+        .to_string();
+    let replace = body
+        .replace
+        .unwrap_or_else(|| cert.get_bool("replace_on_revoke").unwrap_or(true));
+    let job = NewJob::new(
+        REVOKE_CERTIFICATE,
+        format!("revoke:{id}:{serial}"),
+        doc! { "certificate_id": &id, "serial": &serial, "reason": &body.reason, "replace": replace },
+    );
+    let enqueued = state.queue.enqueue(&job).await?;
+    if enqueued.created {
+        audit(
+            &state,
+            caller.actor(),
+            "certificate.revoke_requested",
+            format!("projects/{project_id}/certificates/{id}"),
+            doc! { "serial": &serial, "reason": &body.reason, "replace": replace, "job_id": enqueued.id.to_hex() },
+        )
+        .await;
+    }
+    Ok(HttpResponse::Accepted().json(serde_json::json!({
+        "job_id": enqueued.id.to_hex(),
+        "already_in_progress": !enqueued.created,
+    })))
 }
 
 /// The current private key, PEM. Admins only, and audited every time.

@@ -101,6 +101,22 @@ impl Pebble {
             .unwrap()
     }
 
+    /// Pebble's own record of a certificate (`Status`: `Valid` or
+    /// `Revoked`, with `Reason`), by serial (hex, as the API shows it).
+    pub async fn certificate_status(&self, serial_hex: &str) -> serde_json::Value {
+        self.https_client()
+            .get(format!(
+                "{}/cert-status-by-serial/{serial_hex}",
+                self.management
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or(serde_json::Value::Null)
+    }
+
     /// Makes `host` resolve to `ip` (e.g. an address where nothing listens).
     pub async fn resolve(&self, host: &str, ip: &str) {
         reqwest::Client::new()

@@ -1,0 +1,143 @@
+//! Revocation against a real ACME server (Pebble): the CA records the
+//! revocation with its reason, the API and the audit log show it, and a
+//! certificate whose policy asks for it is replaced.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::api::{bootstrap_token, ApiClient};
+use common::pebble::Pebble;
+use common::{Proc, TestDb};
+use serde_json::{json, Value};
+
+async fn wait_for(api: &ApiClient, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = api.get(path).await;
+        if done(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{what}: not in time: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_revocation_reaches_the_ca_shows_in_the_api_and_audit_and_replaces_when_asked() {
+    let http = common::free_addr();
+    let pebble = Pebble::start(http.port(), 5);
+    let db = TestDb::migrated("revocation").await;
+    let api_proc = Proc::start(
+        "api",
+        &db,
+        "revoke-api",
+        &[("CAP_HTTP_ADDR", &http.to_string())],
+    );
+    let _worker = Proc::start(
+        "worker",
+        &db,
+        "revoke-worker",
+        &[("CAP_CLAIM_POLL_MS", "100")],
+    );
+    api_proc.wait_alive().await;
+    let api = ApiClient::new(format!("http://{http}/v1"), bootstrap_token(&db));
+    let (_, project) = api.post("/projects", json!({ "name": "revoking" })).await;
+    let p = project["id"].as_str().unwrap().to_string();
+    let (_, issuer) = api
+        .post(
+            &format!("/projects/{p}/issuers"),
+            json!({ "name": "pebble", "directory_url": pebble.directory, "contact": "ops@example.test",
+                    "challenge": "http-01", "ca_bundle_pem": pebble.listener_ca_pem }),
+        )
+        .await;
+    let create = |name: &str, replace: bool| {
+        json!({ "name": name, "dns_names": [format!("{name}.revoke.example.test")],
+                "issuer_id": issuer["id"], "replace_on_revoke": replace })
+    };
+
+    // Kept revoked: its policy does not ask for a replacement.
+    let (status, cert) = api
+        .post(
+            &format!("/projects/{p}/certificates"),
+            create("kept", false),
+        )
+        .await;
+    assert_eq!(status, 201, "{cert}");
+    let path = format!(
+        "/projects/{p}/certificates/{}",
+        cert["id"].as_str().unwrap()
+    );
+    let issued = wait_for(&api, &path, "issued", |c| c["status"] == "issued").await;
+    let serial = issued["serial"].as_str().unwrap().to_string();
+    assert_eq!(pebble.certificate_status(&serial).await["Status"], "Valid");
+
+    // Bad input first: an unknown reason, and a field that does not exist.
+    let (status, problem) = api
+        .post(&format!("{path}/revoke"), json!({ "reason": "boredom" }))
+        .await;
+    assert_eq!(status, 422, "{problem}");
+    assert!(problem.to_string().contains("keyCompromise"), "{problem}");
+    let (status, _) = api
+        .post(&format!("{path}/revoke"), json!({ "why": "x" }))
+        .await;
+    assert!((400..500).contains(&status));
+
+    let (status, accepted) = api
+        .post(
+            &format!("{path}/revoke"),
+            json!({ "reason": "keyCompromise" }),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let revoked = wait_for(&api, &path, "revoked", |c| c["status"] == "revoked").await;
+    assert_eq!(revoked["revocation_reason"], "keyCompromise");
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+    assert_eq!(revoked["serial"], serial.as_str(), "not replaced");
+    let at_ca = pebble.certificate_status(&serial).await;
+    assert_eq!(at_ca["Status"], "Revoked", "{at_ca}");
+    assert_eq!(at_ca["Reason"], 1, "keyCompromise is reason 1: {at_ca}");
+    // Asking again changes nothing.
+    let (status, again) = api
+        .post(
+            &format!("{path}/revoke"),
+            json!({ "reason": "keyCompromise" }),
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(again["job_id"], accepted["job_id"]);
+    let (_, audit) = api
+        .get(&format!("/projects/{p}/audit?action=certificate.revoked"))
+        .await;
+    let records = audit["items"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{audit}");
+    assert_eq!(records[0]["details"]["serial"], serial.as_str());
+    assert_eq!(records[0]["details"]["reason"], "keyCompromise");
+
+    // Replaced: the default policy.
+    let (_, cert) = api
+        .post(
+            &format!("/projects/{p}/certificates"),
+            create("replaced", true),
+        )
+        .await;
+    let path = format!(
+        "/projects/{p}/certificates/{}",
+        cert["id"].as_str().unwrap()
+    );
+    let issued = wait_for(&api, &path, "issued", |c| c["status"] == "issued").await;
+    let old = issued["serial"].as_str().unwrap().to_string();
+    let (status, _) = api
+        .post(&format!("{path}/revoke"), json!({ "reason": "superseded" }))
+        .await;
+    assert_eq!(status, 202);
+    let replaced = wait_for(&api, &path, "replaced", |c| {
+        c["status"] == "issued" && c["serial"].as_str().is_some_and(|s| s != old)
+    })
+    .await;
+    assert!(
+        replaced["revoked_at"].is_null(),
+        "the new certificate is not revoked: {replaced}"
+    );
+    assert_eq!(pebble.certificate_status(&old).await["Status"], "Revoked");
+}
