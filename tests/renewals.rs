@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::api::{bootstrap_token, ApiClient};
 use common::pebble::Pebble;
@@ -32,24 +32,6 @@ async fn project_with_issuer(api: &ApiClient, pebble: &Pebble) -> (String, Strin
         .await;
     assert_eq!(status, 201, "{issuer}");
     (p, issuer["id"].as_str().unwrap().to_string())
-}
-
-async fn wait_for(
-    api: &ApiClient,
-    path: &str,
-    timeout: Duration,
-    what: &str,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (_, body) = api.get(path).await;
-        if done(&body) {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "{what}: not in time: {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 async fn find(db: &TestDb, collection: &str, filter: Document) -> Vec<Document> {
@@ -113,10 +95,11 @@ async fn a_due_certificate_is_renewed_exactly_once_though_the_leader_dies_mid_ti
     assert_eq!(status, 201, "{cert}");
     let id = cert["id"].as_str().unwrap().to_string();
     let path = format!("/projects/{p}/certificates/{id}");
-    let issued = wait_for(&api, &path, Duration::from_secs(60), "issued", |c| {
-        c["status"] == "issued"
-    })
-    .await;
+    let issued = api
+        .wait_for(&path, Duration::from_secs(60), "issued", |c| {
+            c["status"] == "issued"
+        })
+        .await;
     let first_serial = issued["serial"].as_str().unwrap().to_string();
     assert_eq!(issued["renewal_count"], 0);
     let due =
@@ -175,10 +158,11 @@ async fn a_due_certificate_is_renewed_exactly_once_though_the_leader_dies_mid_ti
         "renew-worker-2",
         &[("CAP_CLAIM_POLL_MS", "100")],
     );
-    let renewed = wait_for(&api, &path, Duration::from_secs(60), "renewed", |c| {
-        c["serial"].as_str().is_some_and(|s| s != first_serial)
-    })
-    .await;
+    let renewed = api
+        .wait_for(&path, Duration::from_secs(60), "renewed", |c| {
+            c["serial"].as_str().is_some_and(|s| s != first_serial)
+        })
+        .await;
     assert_eq!(renewed["renewal_count"], 1, "{renewed}");
     assert_eq!(renewed["issued_count"], 2, "{renewed}");
     assert_eq!(
@@ -246,10 +230,11 @@ async fn a_failing_certificate_backs_off_and_keeps_its_back_off_across_a_worker_
         .timestamp_millis()
     };
 
-    let first = wait_for(&api, &path, Duration::from_secs(60), "first failure", |c| {
-        c["consecutive_failures"] == 1
-    })
-    .await;
+    let first = api
+        .wait_for(&path, Duration::from_secs(60), "first failure", |c| {
+            c["consecutive_failures"] == 1
+        })
+        .await;
     assert!(
         first["last_error"]
             .as_str()
@@ -265,10 +250,11 @@ async fn a_failing_certificate_backs_off_and_keeps_its_back_off_across_a_worker_
 
     let mut previous = first;
     for failures in 2..=3 {
-        let now = wait_for(&api, &path, Duration::from_secs(60), "next failure", |c| {
-            c["consecutive_failures"].as_i64().unwrap_or(0) >= failures
-        })
-        .await;
+        let now = api
+            .wait_for(&path, Duration::from_secs(60), "next failure", |c| {
+                c["consecutive_failures"].as_i64().unwrap_or(0) >= failures
+            })
+            .await;
         assert_eq!(
             now["consecutive_failures"], failures,
             "counted on, not reset: {now}"

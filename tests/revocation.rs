@@ -4,24 +4,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::api::{bootstrap_token, ApiClient};
 use common::pebble::Pebble;
 use common::{Proc, TestDb};
-use serde_json::{json, Value};
-
-async fn wait_for(api: &ApiClient, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, body) = api.get(path).await;
-        if done(&body) {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "{what}: not in time: {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use serde_json::json;
 
 #[tokio::test]
 async fn a_revocation_reaches_the_ca_shows_in_the_api_and_audit_and_replaces_when_asked() {
@@ -68,7 +56,11 @@ async fn a_revocation_reaches_the_ca_shows_in_the_api_and_audit_and_replaces_whe
         "/projects/{p}/certificates/{}",
         cert["id"].as_str().unwrap()
     );
-    let issued = wait_for(&api, &path, "issued", |c| c["status"] == "issued").await;
+    let issued = api
+        .wait_for(&path, Duration::from_secs(60), "issued", |c| {
+            c["status"] == "issued"
+        })
+        .await;
     let serial = issued["serial"].as_str().unwrap().to_string();
     assert_eq!(pebble.certificate_status(&serial).await["Status"], "Valid");
 
@@ -90,7 +82,11 @@ async fn a_revocation_reaches_the_ca_shows_in_the_api_and_audit_and_replaces_whe
         )
         .await;
     assert_eq!(status, 202, "{accepted}");
-    let revoked = wait_for(&api, &path, "revoked", |c| c["status"] == "revoked").await;
+    let revoked = api
+        .wait_for(&path, Duration::from_secs(60), "revoked", |c| {
+            c["status"] == "revoked"
+        })
+        .await;
     assert_eq!(revoked["revocation_reason"], "keyCompromise");
     assert!(revoked["revoked_at"].is_string(), "{revoked}");
     assert_eq!(revoked["serial"], serial.as_str(), "not replaced");
@@ -125,16 +121,21 @@ async fn a_revocation_reaches_the_ca_shows_in_the_api_and_audit_and_replaces_whe
         "/projects/{p}/certificates/{}",
         cert["id"].as_str().unwrap()
     );
-    let issued = wait_for(&api, &path, "issued", |c| c["status"] == "issued").await;
+    let issued = api
+        .wait_for(&path, Duration::from_secs(60), "issued", |c| {
+            c["status"] == "issued"
+        })
+        .await;
     let old = issued["serial"].as_str().unwrap().to_string();
     let (status, _) = api
         .post(&format!("{path}/revoke"), json!({ "reason": "superseded" }))
         .await;
     assert_eq!(status, 202);
-    let replaced = wait_for(&api, &path, "replaced", |c| {
-        c["status"] == "issued" && c["serial"].as_str().is_some_and(|s| s != old)
-    })
-    .await;
+    let replaced = api
+        .wait_for(&path, Duration::from_secs(60), "replaced", |c| {
+            c["status"] == "issued" && c["serial"].as_str().is_some_and(|s| s != old)
+        })
+        .await;
     assert!(
         replaced["revoked_at"].is_null(),
         "the new certificate is not revoked: {replaced}"

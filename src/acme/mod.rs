@@ -38,6 +38,17 @@ pub enum AcmeError {
     Damaged(String),
 }
 
+/// An account that cannot be had, as a job outcome: a bad CA bundle or a
+/// damaged stored account will not mend by retrying; anything else may.
+impl From<AcmeError> for crate::handlers::HandlerError {
+    fn from(e: AcmeError) -> Self {
+        match e {
+            AcmeError::CaBundle(_) | AcmeError::Damaged(_) => Self::Permanent(e.to_string()),
+            e => Self::Retryable(e.to_string()),
+        }
+    }
+}
+
 /// The TLS client config for ACME: Mozilla roots plus `extra_ca_pem`.
 fn tls_config(extra_ca_pem: Option<&str>) -> Result<rustls::ClientConfig, AcmeError> {
     let mut roots = rustls::RootCertStore::empty();

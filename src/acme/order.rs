@@ -25,7 +25,7 @@ use instant_acme::{
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 
 use super::ari::{self, AriWindow};
-use super::{account, AcmeError, IssuerAcme, RetryAfter};
+use super::{account, IssuerAcme, RetryAfter};
 use crate::audit::{Audit, Event};
 use crate::backoff::Backoff;
 use crate::certs::{self, KeyAlgorithm};
@@ -150,7 +150,7 @@ macro_rules! nonce_retry {
     }};
 }
 
-fn db(e: mongodb::error::Error) -> HandlerError {
+pub(super) fn db(e: mongodb::error::Error) -> HandlerError {
     HandlerError::Retryable(format!("database error: {}", short(&e)))
 }
 
@@ -177,15 +177,7 @@ impl OrderRun {
             .get_str("certificate_id")
             .map_err(|_| HandlerError::Permanent("job has no certificate_id".into()))?
             .to_string();
-        let cert = self
-            .store
-            .collection(CERTIFICATES)
-            .find_one(doc! { "_id": &certificate_id })
-            .await
-            .map_err(db)?
-            .ok_or_else(|| {
-                HandlerError::Permanent(format!("certificate {certificate_id} no longer exists"))
-            })?;
+        let cert = certificate_of(&self.store, &certificate_id).await?;
         let result = self.account_and_drive(&job, &cert).await;
         let renewal = job.payload.get_str("renews").is_ok();
         match result {
@@ -227,13 +219,7 @@ impl OrderRun {
             self.metrics.clone(),
             self.retry_after.clone(),
         )
-        .await
-        .map_err(|e| match e {
-            AcmeError::CaBundle(_) | AcmeError::Damaged(_) => {
-                HandlerError::Permanent(e.to_string())
-            }
-            e => HandlerError::Retryable(e.to_string()),
-        })?;
+        .await?;
         self.drive(job, cert, &account).await
     }
 
@@ -755,6 +741,16 @@ fn count(d: &Document, field: &str) -> i64 {
         Some(Bson::Int32(n)) => *n as i64,
         _ => 0,
     }
+}
+
+/// A job's certificate; gone is permanent (the job cannot succeed).
+pub async fn certificate_of(store: &Store, id: &str) -> Result<Document, HandlerError> {
+    store
+        .collection(CERTIFICATES)
+        .find_one(doc! { "_id": id })
+        .await
+        .map_err(db)?
+        .ok_or_else(|| HandlerError::Permanent(format!("certificate {id} no longer exists")))
 }
 
 /// An issuer's ACME settings, as orders and revocations need them.

@@ -11,8 +11,8 @@ use instant_acme::{RevocationReason, RevocationRequest};
 use mongodb::bson::doc;
 use rustls_pki_types::CertificateDer;
 
-use super::order::{issuer_of, CERTIFICATES, ISSUE_CERTIFICATE};
-use super::{account, AcmeError, RetryAfter};
+use super::order::{certificate_of, db, issuer_of, CERTIFICATES, ISSUE_CERTIFICATE};
+use super::{account, RetryAfter};
 use crate::audit::{Audit, Event};
 use crate::certs;
 use crate::handlers::{HandlerError, JobHandler};
@@ -61,10 +61,6 @@ impl JobHandler for RevokeCertificate {
     }
 }
 
-fn db(e: mongodb::error::Error) -> HandlerError {
-    HandlerError::Retryable(format!("database error: {}", crate::store::short(&e)))
-}
-
 async fn revoke(
     queue: JobQueue,
     secrets: Secrets,
@@ -81,14 +77,7 @@ async fn revoke(
     let reason = reason_named(&reason_name).ok_or_else(|| {
         HandlerError::Permanent(format!("unknown revocation reason {reason_name:?}"))
     })?;
-    let cert = store
-        .collection(CERTIFICATES)
-        .find_one(doc! { "_id": &certificate_id })
-        .await
-        .map_err(db)?
-        .ok_or_else(|| {
-            HandlerError::Permanent(format!("certificate {certificate_id} no longer exists"))
-        })?;
+    let cert = certificate_of(&store, &certificate_id).await?;
     let current = cert
         .get_document("current")
         .map_err(|_| HandlerError::Permanent("the certificate was never issued".into()))?;
@@ -103,14 +92,7 @@ async fn revoke(
     // Asking twice is harmless: the CA answers `alreadyRevoked`.
     if current.get_datetime("revoked_at").is_err() {
         let issuer = issuer_of(&store, cert.get_str("issuer_id").unwrap_or_default()).await?;
-        let account = account(&issuer, &secrets, metrics, RetryAfter::default())
-            .await
-            .map_err(|e| match e {
-                AcmeError::CaBundle(_) | AcmeError::Damaged(_) => {
-                    HandlerError::Permanent(e.to_string())
-                }
-                e => HandlerError::Retryable(e.to_string()),
-            })?;
+        let account = account(&issuer, &secrets, metrics, RetryAfter::default()).await?;
         let der = CertificateDer::from(leaf.leaf_der.clone());
         let request = RevocationRequest {
             certificate: &der,

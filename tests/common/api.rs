@@ -78,6 +78,29 @@ impl ApiClient {
         self.call(reqwest::Method::GET, path, None).await
     }
 
+    /// GETs `path` every 200 ms until `done` holds of its body (which it
+    /// returns); panics with `what` and the last body after `timeout`.
+    pub async fn wait_for(
+        &self,
+        path: &str,
+        timeout: std::time::Duration,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let (_, body) = self.get(path).await;
+            if done(&body) {
+                return body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not in time: {body}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     /// The body of a GET, as text (a PEM key, say).
     pub async fn get_text(&self, path: &str) -> String {
         self.http
