@@ -97,7 +97,29 @@ pub struct FileKek {
 
 struct Loaded {
     ring: KeyRing,
+    stamp: Option<Stamp>,
+}
+
+/// What tells us the file changed. The modification time alone is not
+/// enough: two rewrites within one timestamp tick (a few ms on some
+/// filesystems) share it. Each rewrite is a rename of a new file, so the
+/// inode changes too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
     modified: Option<SystemTime>,
+    inode: u64,
+    len: u64,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            modified: meta.modified().ok(),
+            inode: meta.ino(),
+            len: meta.len(),
+        }
+    }
 }
 
 impl FileKek {
@@ -212,8 +234,8 @@ impl KekProvider for FileKek {
     }
 
     fn refresh(&self) -> Result<(), KekError> {
-        let modified = modified(&self.path)?;
-        if self.ring.read().unwrap().modified == Some(modified) {
+        let stamp = stamp(&self.path)?;
+        if self.ring.read().unwrap().stamp == Some(stamp) {
             return Ok(());
         }
         *self.ring.write().unwrap() = read(&self.path)?;
@@ -242,9 +264,9 @@ impl KekProvider for FileKek {
     }
 }
 
-fn modified(path: &Path) -> Result<SystemTime, KekError> {
+fn stamp(path: &Path) -> Result<Stamp, KekError> {
     std::fs::metadata(path)
-        .and_then(|m| m.modified())
+        .map(|m| Stamp::of(&m))
         .map_err(|error| KekError::Io {
             path: path.to_path_buf(),
             error,
@@ -267,7 +289,7 @@ fn read(path: &Path) -> Result<Loaded, KekError> {
     let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
     Ok(Loaded {
         ring: KeyRing::parse(&text, path)?,
-        modified: meta.modified().ok(),
+        stamp: Some(Stamp::of(&meta)),
     })
 }
 
