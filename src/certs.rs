@@ -169,7 +169,7 @@ pub fn public_key_der(key_pem: &str) -> Result<Vec<u8>, CertError> {
     Ok(rcgen::PublicKeyData::subject_public_key_info(&key))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

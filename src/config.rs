@@ -21,6 +21,7 @@ pub const DEFAULT_READYZ_GRACE_SECS: u64 = 10;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
 pub const DEFAULT_HOUSEKEEPING_SECS: u64 = 60;
 pub const DEFAULT_RENEWAL_SCAN_SECS: u64 = 30;
+pub const DEFAULT_DRIFT_SCAN_SECS: u64 = 3600;
 pub const DEFAULT_ISSUE_BACKOFF_BASE_SECS: u64 = 60;
 pub const DEFAULT_ISSUE_BACKOFF_MAX_SECS: u64 = 6 * 3600;
 pub const DEFAULT_JOB_MAX_ATTEMPTS: u32 = 5;
@@ -172,6 +173,9 @@ pub struct WorkloadArgs {
     /// How often the scheduler leader looks for certificates due for renewal [default: 30]
     #[arg(long, env = "CAP_RENEWAL_SCAN_SECS")]
     pub renewal_scan_secs: Option<String>,
+    /// How often each certificate's declared endpoints are scanned for drift [default: 3600]
+    #[arg(long, env = "CAP_DRIFT_SCAN_SECS")]
+    pub drift_scan_secs: Option<String>,
     /// First delay after a failed issuance or renewal; doubles with each consecutive failure [default: 60]
     #[arg(long, env = "CAP_ISSUE_BACKOFF_BASE_SECS")]
     pub issue_backoff_base_secs: Option<String>,
@@ -230,6 +234,7 @@ pub struct WorkloadConfig {
     pub job_retention: Duration,
     pub kek_rotation_check: Duration,
     pub renewal_scan: Duration,
+    pub drift_scan: Duration,
     pub issue_backoff: crate::backoff::Backoff,
     pub siem: crate::siem::SiemConfig,
     pub fault_pause_after_stage: Option<String>,
@@ -387,6 +392,12 @@ impl WorkloadArgs {
                 "CAP_RENEWAL_SCAN_SECS",
                 DEFAULT_RENEWAL_SCAN_SECS,
                 1..=3600,
+            )?,
+            drift_scan: secs(
+                &self.drift_scan_secs,
+                "CAP_DRIFT_SCAN_SECS",
+                DEFAULT_DRIFT_SCAN_SECS,
+                1..=7 * 86_400,
             )?,
             issue_backoff: self.issue_backoff()?,
             siem: self.siem(&instance_id)?,

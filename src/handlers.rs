@@ -19,6 +19,7 @@ use crate::acme::order::{OrderSettings, ISSUE_CERTIFICATE};
 use crate::acme::revoke::{RevokeCertificate, REVOKE_CERTIFICATE};
 use crate::actors::order::{IssueCertificate, OrderActor};
 use crate::audit::{self, Audit};
+use crate::drift::{ScanDrift, SCAN_DRIFT};
 use crate::jobs::{ClaimedJob, JobError, JobQueue};
 use crate::kek::KekProvider;
 use crate::metrics::Metrics;
@@ -121,6 +122,12 @@ impl Handlers {
                 },
             )
             .register(KEK_REWRAP, KekRewrap { store, kek })
+            .register(
+                SCAN_DRIFT,
+                ScanDrift {
+                    connect_timeout: crate::drift::DEFAULT_CONNECT_TIMEOUT,
+                },
+            )
             .register(PROBE, Probe)
     }
 }

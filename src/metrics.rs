@@ -56,6 +56,7 @@ pub struct Metrics {
     /// Consecutive failed issuance or renewal attempts, for each failing
     /// certificate (the most failing first), read at scrape time.
     pub certificate_consecutive_failures: IntGaugeVec,
+    pub certificates_by_drift: IntGaugeVec,
 }
 
 impl Metrics {
@@ -212,6 +213,14 @@ impl Metrics {
             &["project", "certificate"],
         )
         .unwrap();
+        let certificates_by_drift = IntGaugeVec::new(
+            Opts::new(
+                "certautopilot_certificates_by_drift",
+                "Certificates with endpoints, by their worst endpoint at the last scan (in_sync, unreachable, stale, foreign)",
+            ),
+            &["state"],
+        )
+        .unwrap();
         for c in [
             Box::new(queue_depth.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(jobs_total.clone()),
@@ -235,6 +244,7 @@ impl Metrics {
             Box::new(renewals_total.clone()),
             Box::new(certificate_renewal_due.clone()),
             Box::new(certificate_consecutive_failures.clone()),
+            Box::new(certificates_by_drift.clone()),
         ] {
             registry.register(c).unwrap();
         }
@@ -262,6 +272,7 @@ impl Metrics {
             renewals_total,
             certificate_renewal_due,
             certificate_consecutive_failures,
+            certificates_by_drift,
         })
     }
 

@@ -83,7 +83,29 @@ const MIGRATIONS: &[Migration] = &[
         collections: &[],
         indexes: v6_indexes,
     },
+    Migration {
+        version: 7,
+        name: "drift scan indexes",
+        collections: &[],
+        indexes: v7_indexes,
+    },
 ];
+
+fn v7_indexes() -> Vec<(&'static str, IndexModel)> {
+    vec![
+        // The scheduler's drift scan: only certificates with endpoints carry
+        // `drift_next_at`, so a tick reads what is due and no more.
+        (
+            "certificates",
+            index(doc! { "drift_next_at": 1 }, "drift_next_at"),
+        ),
+        // The metric: certificates by drift state.
+        (
+            "certificates",
+            index(doc! { "drift_state": 1 }, "drift_state"),
+        ),
+    ]
+}
 
 fn v6_indexes() -> Vec<(&'static str, IndexModel)> {
     vec![

@@ -155,6 +155,7 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
                 housekeeping_every: cfg.housekeeping_interval,
                 renewal_scan_every: cfg.renewal_scan,
                 renewal_batch: crate::renewal::DEFAULT_SCAN_BATCH,
+                drift_scan_every: cfg.drift_scan,
                 pause_after_renewal_enqueue: (cfg.fault_pause_after_stage.as_deref()
                     == Some("renewal_enqueued"))
                 .then_some(Duration::from_secs(600)),

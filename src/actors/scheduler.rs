@@ -1,9 +1,11 @@
 //! `SchedulerActor`: while this process leads, enqueues time-driven work —
-//! housekeeping, and renewals of certificates whose window has opened.
+//! housekeeping, renewals of certificates whose window has opened, and drift
+//! scans of certificates whose endpoints are due for a look.
 //!
 //! Invariant kept: every enqueue carries a deterministic key (housekeeping:
 //! the time bucket by the database's clock; a renewal: the certificate, the
-//! serial it replaces and its failure count) and goes through
+//! serial it replaces and its failure count; a drift scan: the certificate
+//! and the time it was due) and goes through
 //! [`Leases::enqueue_as_leader`], which refuses a deposed leader. So two
 //! leaders by mistake, or one that just lost its lease, cannot enqueue the
 //! same work twice.
@@ -17,7 +19,7 @@ use crate::actors::lease::LeadershipChanged;
 use crate::handlers::HOUSEKEEPING;
 use crate::jobs::NewJob;
 use crate::lease::{LeaseError, Leases, Term};
-use crate::renewal;
+use crate::{drift, renewal};
 
 #[derive(Debug, Clone)]
 pub struct SchedulerSettings {
@@ -25,6 +27,9 @@ pub struct SchedulerSettings {
     pub renewal_scan_every: Duration,
     /// Renewals enqueued per tick at most.
     pub renewal_batch: i64,
+    /// How often each certificate's endpoints are scanned for drift (the
+    /// due scans are looked for on the renewal scan's timer).
+    pub drift_scan_every: Duration,
     /// Fault injection for tests (`CAP_FAULT_PAUSE_AFTER_STAGE=renewal_enqueued`).
     pub pause_after_renewal_enqueue: Option<Duration>,
 }
@@ -34,7 +39,7 @@ pub struct SchedulerActor {
     settings: SchedulerSettings,
     term: Option<Term>,
     timers: Vec<SpawnHandle>,
-    /// A renewal scan is running: the next tick skips rather than overlap it.
+    /// A renewal and drift scan is running: the next tick skips rather than overlap it.
     scanning: bool,
 }
 
@@ -86,31 +91,42 @@ impl SchedulerActor {
         }
         self.scanning = true;
         let leases = self.leases.clone();
-        let (batch, pause) = (
+        let (batch, pause, drift_every) = (
             self.settings.renewal_batch,
             self.settings.pause_after_renewal_enqueue,
+            self.settings.drift_scan_every,
         );
         ctx.spawn(
             async move {
                 let started = std::time::Instant::now();
-                let report = renewal::enqueue_due(&leases, &term, batch, pause).await;
-                (report, started.elapsed())
-            }
-            .into_actor(self)
-            .map(|(result, took), act, _ctx| {
-                act.scanning = false;
-                match result {
+                match renewal::enqueue_due(&leases, &term, batch, pause).await {
                     Ok(r) if r.due > 0 => tracing::info!(
                         due = r.due,
                         enqueued = r.enqueued,
                         already_queued = r.already_queued,
-                        took_ms = took.as_millis() as u64,
+                        took_ms = started.elapsed().as_millis() as u64,
                         "renewal scan"
                     ),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "renewal scan failed"),
                 }
-            }),
+                let started = std::time::Instant::now();
+                match drift::enqueue_due(&leases, &term, drift::DEFAULT_SCAN_BATCH, drift_every)
+                    .await
+                {
+                    Ok(r) if r.due > 0 => tracing::info!(
+                        due = r.due,
+                        enqueued = r.enqueued,
+                        already_queued = r.already_queued,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "drift scan scheduling"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "drift scan scheduling failed"),
+                }
+            }
+            .into_actor(self)
+            .map(|(), act, _ctx| act.scanning = false),
         );
     }
 }

@@ -15,6 +15,7 @@ use super::{audit, date, issuers, new_id, page, projects, string, ApiState, Page
 use crate::acme::order::{CERTIFICATES, ISSUE_CERTIFICATE, OPEN_STAGES, ORDERS};
 use crate::acme::revoke::{reason_named, REASONS, REVOKE_CERTIFICATE};
 use crate::certs::{KeyAlgorithm, KEY_ALGORITHMS};
+use crate::drift::{endpoint_problems, Endpoint};
 use crate::jobs::{JobState, NewJob, JOBS_COLLECTION};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -24,6 +25,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(&format!("{base}/{{id}}"), web::get().to(get))
         .route(&format!("{base}/{{id}}/issue"), web::post().to(issue))
         .route(&format!("{base}/{{id}}/revoke"), web::post().to(revoke))
+        .route(
+            &format!("{base}/{{id}}/endpoints"),
+            web::put().to(set_endpoints),
+        )
         .route(
             &format!("{base}/{{id}}/private-key"),
             web::get().to(private_key),
@@ -48,6 +53,17 @@ pub struct NewCertificate {
     /// Issue a replacement at once when the certificate is revoked [default: true].
     #[serde(default = "yes")]
     pub replace_on_revoke: bool,
+    /// Where the certificate is served, to be scanned for drift (at most 20)
+    /// [default: none].
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointsUpdate {
+    /// The whole list (at most 20); an empty list stops drift scans.
+    pub endpoints: Vec<Endpoint>,
 }
 
 fn yes() -> bool {
@@ -111,11 +127,37 @@ pub struct CertificateView {
     pub consecutive_failures: i64,
     /// No new attempt before this time (the failure back-off).
     pub retry_at: Option<String>,
+    /// Where the certificate is served.
+    pub endpoints: Vec<Endpoint>,
+    /// What each endpoint served at the last scan (empty until scanned).
+    pub drift: Vec<DriftView>,
+    /// The worst state over all endpoints: in_sync, unreachable, stale or foreign.
+    pub drift_state: Option<String>,
+    pub drift_checked_at: Option<String>,
     pub created_at: Option<String>,
     pub updated_at: Option<String>,
     /// Only when just created: the issue job.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
+}
+
+/// One endpoint at the last drift scan.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DriftView {
+    pub host: String,
+    pub port: u16,
+    pub sni: Option<String>,
+    /// in_sync (serves the current certificate), stale (an older one of
+    /// ours), foreign (someone else's) or unreachable.
+    pub state: String,
+    pub checked_at: Option<String>,
+    /// Since when the endpoint has been in this state.
+    pub since: Option<String>,
+    pub served_serial: Option<String>,
+    pub served_fingerprint_sha256: Option<String>,
+    pub served_not_after: Option<String>,
+    /// Why the endpoint was unreachable.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -216,10 +258,37 @@ fn view(d: &Document) -> CertificateView {
         }),
         consecutive_failures: d.get_i64("consecutive_failures").unwrap_or(0),
         retry_at: date(d, "retry_at"),
+        endpoints: documents(d, "endpoints")
+            .filter_map(Endpoint::from_document)
+            .collect(),
+        drift: documents(d, "drift")
+            .map(|e| DriftView {
+                host: e.get_str("host").unwrap_or_default().to_string(),
+                port: e.get_i32("port").unwrap_or(0) as u16,
+                sni: string(e, "sni"),
+                state: e.get_str("state").unwrap_or_default().to_string(),
+                checked_at: date(e, "checked_at"),
+                since: date(e, "since"),
+                served_serial: string(e, "served_serial"),
+                served_fingerprint_sha256: string(e, "served_fingerprint_sha256"),
+                served_not_after: date(e, "served_not_after"),
+                error: string(e, "error"),
+            })
+            .collect(),
+        drift_state: string(d, "drift_state"),
+        drift_checked_at: date(d, "drift_checked_at"),
         created_at: date(d, "created_at"),
         updated_at: date(d, "updated_at"),
         job_id: None,
     }
+}
+
+fn documents<'a>(d: &'a Document, field: &str) -> impl Iterator<Item = &'a Document> {
+    d.get_array(field)
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Bson::as_document)
 }
 
 fn render(d: &Document) -> serde_json::Value {
@@ -269,10 +338,14 @@ pub async fn create(
         .as_ref()
         .is_some_and(|i| i.get_str("challenge") == Ok("dns-01"));
     validate::dns_names(&mut reasons, &body.dns_names, wildcard_allowed);
+    for (field, reason) in endpoint_problems(&body.endpoints) {
+        reasons.add(field, reason);
+    }
     if !reasons.is_empty() {
         return Err(Problem::invalid(reasons.0));
     }
     let id = new_id("crt");
+    let now = state.store.server_now().await?;
     let mut record = doc! {
         "_id": &id,
         "project_id": &project_id,
@@ -285,8 +358,13 @@ pub async fn create(
         "issue_requests": 1i64,
         "issued_count": 0i64,
         "replace_on_revoke": body.replace_on_revoke,
-        "created_at": state.store.server_now().await?,
+        "endpoints": body.endpoints.iter().map(Endpoint::to_document).collect::<Vec<_>>(),
+        "created_at": now,
     };
+    if !body.endpoints.is_empty() {
+        // The first scan at the scheduler's next tick.
+        record.insert("drift_next_at", now);
+    }
     if let Some(secs) = body.renew_before_secs {
         record.insert("renew_before_secs", secs as i64);
     }
@@ -452,6 +530,65 @@ pub async fn revoke(
         "job_id": enqueued.id.to_hex(),
         "already_in_progress": !enqueued.created,
     })))
+}
+
+/// Replaces the endpoints scanned for drift and scans them at the
+/// scheduler's next tick. Drift recorded for endpoints no longer listed is
+/// dropped.
+#[utoipa::path(put, path = "/v1/projects/{project_id}/certificates/{id}/endpoints", tag = "certificates", request_body = EndpointsUpdate,
+    params(("project_id" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = CertificateView), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn set_endpoints(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    body: web::Json<EndpointsUpdate>,
+) -> ApiResult<HttpResponse> {
+    let (project_id, id) = path.into_inner();
+    caller.require(&project_id, Role::Editor)?;
+    let cert = load(&state, &project_id, &id).await?;
+    let mut reasons = Reasons::default();
+    for (field, reason) in endpoint_problems(&body.endpoints) {
+        reasons.add(field, reason);
+    }
+    if !reasons.is_empty() {
+        return Err(Problem::invalid(reasons.0));
+    }
+    let endpoints: Vec<Document> = body.endpoints.iter().map(Endpoint::to_document).collect();
+    let update = if endpoints.is_empty() {
+        doc! {
+            "$set": { "endpoints": [] },
+            "$unset": { "drift": "", "drift_state": "", "drift_next_at": "", "drift_checked_at": "" },
+            "$currentDate": { "updated_at": true },
+        }
+    } else {
+        // Keep what was seen of the endpoints still listed.
+        let kept: Vec<Document> = documents(&cert, "drift")
+            .filter(|d| Endpoint::from_document(d).is_some_and(|e| body.endpoints.contains(&e)))
+            .cloned()
+            .collect();
+        let now = state.store.server_now().await?;
+        doc! {
+            "$set": { "endpoints": &endpoints, "drift": kept, "drift_next_at": now },
+            "$currentDate": { "updated_at": true },
+        }
+    };
+    let updated = state
+        .store
+        .collection(CERTIFICATES)
+        .find_one_and_update(doc! { "_id": &id, "project_id": &project_id }, update)
+        .return_document(ReturnDocument::After)
+        .await?
+        .ok_or_else(|| Problem::not_found("certificate"))?;
+    audit(
+        &state,
+        caller.actor(),
+        "certificate.endpoints_changed",
+        format!("projects/{project_id}/certificates/{id}"),
+        doc! { "endpoints": endpoints },
+    )
+    .await;
+    Ok(HttpResponse::Ok().json(render(&updated)))
 }
 
 /// The current private key, PEM. Admins only, and audited every time.

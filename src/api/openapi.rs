@@ -18,7 +18,7 @@ use super::{audit_log, certificates, issuers, projects, tokens};
     paths(
         projects::create, projects::list, projects::get,
         issuers::create, issuers::list, issuers::get,
-        certificates::create, certificates::list, certificates::get, certificates::issue, certificates::revoke,
+        certificates::create, certificates::list, certificates::get, certificates::issue, certificates::revoke, certificates::set_endpoints,
         certificates::private_key, certificates::orders, certificates::jobs,
         tokens::create, tokens::revoke,
         audit_log::all, audit_log::project,

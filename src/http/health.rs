@@ -118,9 +118,27 @@ async fn refresh_certificates(state: &AppState) -> Result<(), String> {
             .try_collect()
             .await
             .map_err(short)?;
-        Ok::<_, String>((by_status, in_flight, soonest, due_soonest, failing))
+        let by_drift: Vec<Document> = store
+            .collection(CERTIFICATES)
+            .aggregate(vec![
+                doc! { "$match": { "drift_state": { "$exists": true } } },
+                doc! { "$group": { "_id": "$drift_state", "n": { "$sum": 1 } } },
+            ])
+            .await
+            .map_err(short)?
+            .try_collect()
+            .await
+            .map_err(short)?;
+        Ok::<_, String>((
+            by_status,
+            in_flight,
+            soonest,
+            due_soonest,
+            failing,
+            by_drift,
+        ))
     };
-    let (by_status, in_flight, soonest, due_soonest, failing) =
+    let (by_status, in_flight, soonest, due_soonest, failing, by_drift) =
         tokio::time::timeout(DEPTH_DEADLINE, read)
             .await
             .map_err(|_| "timed out".to_string())??;
@@ -129,14 +147,28 @@ async fn refresh_certificates(state: &AppState) -> Result<(), String> {
     for s in ["pending", "issuing", "issued", "failed", "revoked"] {
         m.certificates.with_label_values(&[s]).set(0);
     }
-    for row in by_status {
-        let status = row.get_str("_id").unwrap_or("unknown").to_string();
-        let n = row
-            .get_i32("n")
+    let count = |row: &Document| {
+        row.get_i32("n")
             .map(i64::from)
             .or(row.get_i64("n"))
-            .unwrap_or(0);
-        m.certificates.with_label_values(&[&status]).set(n);
+            .unwrap_or(0)
+    };
+    for row in by_status {
+        let status = row.get_str("_id").unwrap_or("unknown").to_string();
+        m.certificates
+            .with_label_values(&[&status])
+            .set(count(&row));
+    }
+    for state in crate::drift::DriftState::ALL {
+        m.certificates_by_drift
+            .with_label_values(&[state.as_str()])
+            .set(0);
+    }
+    for row in by_drift {
+        let state = row.get_str("_id").unwrap_or("unknown").to_string();
+        m.certificates_by_drift
+            .with_label_values(&[&state])
+            .set(count(&row));
     }
     m.orders_in_flight.set(in_flight as i64);
     m.certificate_expiry.reset();
