@@ -3,7 +3,8 @@
 # already there: from Debian, cmake (to build the database), softhsm2 (the
 # PKCS#11 token the pkcs11 KEK provider is tested against), rsyslog (the SIEM
 # forwarder's receiver in tests), pebble (the ACME server), haproxy (the load
-# balancer in front of api replicas), openssl (test certificates), and curl
+# balancer in front of api replicas), openssl (test certificates), bind9 and
+# bind9-dnsutils (the DNS-01 tests' primary name server, and dig), and curl
 # and jq (the local run's API calls); and
 # secantusd-rs, the MongoDB-protocol server the tests run against. Safe to
 # run again.
@@ -19,6 +20,8 @@ command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
 command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
 command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+[ -x /usr/sbin/named ] || need_apt+=(bind9)
+command -v dig >/dev/null 2>&1 || need_apt+=(bind9-dnsutils)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 if [ "${#need_apt[@]}" -gt 0 ]; then

@@ -40,6 +40,7 @@ pub mod backoff;
 pub mod certs;
 pub mod clock;
 pub mod config;
+pub mod dns;
 pub mod drift;
 pub mod envelope;
 pub mod fence;

@@ -5,6 +5,7 @@
 //! issuer and reused.
 
 pub mod ari;
+pub mod dns01;
 pub mod order;
 pub mod revoke;
 
@@ -178,6 +179,8 @@ pub struct IssuerAcme {
     pub contact: String,
     pub ca_bundle_pem: Option<String>,
     pub eab: Option<(String, String)>,
+    /// DNS-01 through RFC 2136, when the issuer uses that challenge.
+    pub dns: Option<dns01::DnsSettings>,
 }
 
 /// The issuer's ACME account: loaded from its stored credentials, or

@@ -25,6 +25,7 @@ use instant_acme::{
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 
 use super::ari::{self, AriWindow};
+use super::dns01::{self, Dns01, DnsSettings, TxtRecord};
 use super::{account, IssuerAcme, RetryAfter};
 use crate::audit::{Audit, Event};
 use crate::backoff::Backoff;
@@ -220,7 +221,11 @@ impl OrderRun {
             self.retry_after.clone(),
         )
         .await?;
-        self.drive(job, cert, &account).await
+        let dns01 = match &issuer.dns {
+            Some(settings) => Some(Dns01::load(&issuer.id, settings.clone(), &self.secrets).await?),
+            None => None,
+        };
+        self.drive(job, cert, &account, dns01.as_ref()).await
     }
 
     /// A failed attempt, persisted with the certificate so that it survives
@@ -395,8 +400,13 @@ impl OrderRun {
         job: &ClaimedJob,
         cert: &Document,
         account: &Account,
+        dns01: Option<&Dns01>,
     ) -> Result<(), HandlerError> {
         let certificate_id = cert.get_str("_id").unwrap_or_default().to_string();
+        let challenge_type = match dns01 {
+            Some(_) => ChallengeType::Dns01,
+            None => ChallengeType::Http01,
+        };
         // A certificate in service keeps its status while it renews.
         if cert.get_document("current").is_err() {
             job.lease
@@ -411,11 +421,14 @@ impl OrderRun {
         let (mut record, mut order) = self.open_order(job, cert, account).await?;
         let mut stage =
             Stage::parse(record.get_str("stage").unwrap_or("created")).unwrap_or(Stage::Created);
+        let resumed_at = stage;
 
         if stage == Stage::Created {
-            // Publish every pending authorization's key authorization where
-            // each api replica can serve it, then record that.
+            // Publish every pending authorization's key authorization — in
+            // `challenges`, where each api replica can serve it (HTTP-01), or
+            // in the zone (DNS-01) — then record that.
             let mut published = Vec::new();
+            let mut records = Vec::new();
             let mut authorizations = order.authorizations();
             while let Some(authz) = authorizations.next().await {
                 let mut authz = authz.map_err(|e| self.acme(e))?;
@@ -424,39 +437,66 @@ impl OrderRun {
                     continue;
                 }
                 let url = authz.url().to_string();
-                let challenge = authz.challenge(ChallengeType::Http01).ok_or_else(|| {
+                let challenge = authz.challenge(challenge_type.clone()).ok_or_else(|| {
                     HandlerError::Permanent(format!(
-                        "the CA offers no http-01 challenge for {identifier}"
+                        "the CA offers no {challenge_type:?} challenge for {identifier}"
                     ))
                 })?;
                 let token = challenge.token.clone();
-                let key_authorization = challenge.key_authorization().as_str().to_string();
-                job.lease
-                    .fenced_update(
-                        CHALLENGES,
-                        doc! { "_id": &token },
-                        doc! { "$set": {
-                            "key_authorization": key_authorization,
-                            "order_id": record.get_str("_id").unwrap_or_default(),
-                            "identifier": &identifier,
-                        }, "$currentDate": { "created_at": true } },
-                        true,
-                    )
-                    .await?;
-                published.push(doc! { "url": url, "identifier": identifier, "challenge_url": &challenge.url, "token": token });
+                let key_authorization = challenge.key_authorization();
+                let mut entry = doc! { "url": url, "identifier": &identifier, "challenge_url": &challenge.url, "token": &token };
+                if dns01.is_some() {
+                    let record = TxtRecord {
+                        name: dns01::record_name(&identifier),
+                        value: key_authorization.dns_value(),
+                    };
+                    entry.extend(dns01::record_document(&record));
+                    records.push(record);
+                } else {
+                    job.lease
+                        .fenced_update(
+                            CHALLENGES,
+                            doc! { "_id": &token },
+                            doc! { "$set": {
+                                "key_authorization": key_authorization.as_str(),
+                                "order_id": record.get_str("_id").unwrap_or_default(),
+                                "identifier": &identifier,
+                            }, "$currentDate": { "created_at": true } },
+                            true,
+                        )
+                        .await?;
+                }
+                published.push(entry);
+            }
+            if let (Some(dns01), false) = (dns01, records.is_empty()) {
+                dns01.publish(&records).await?;
             }
             self.set_stage(
                 job,
                 &record,
                 Stage::ChallengesPublished,
-                doc! { "authorizations": published },
+                doc! { "authorizations": &published },
             )
             .await?;
+            record.insert("authorizations", published);
             stage = Stage::ChallengesPublished;
             self.pause_if_asked(stage).await;
         }
 
+        let txt_records = dns01::published_records(&authorizations_of(&record));
         if stage == Stage::ChallengesPublished {
+            // The CA may look at any authoritative server: all must answer.
+            // (Published again first: a resumed order may find them removed
+            // by a failed wait of an earlier attempt, below.)
+            if let (Some(dns01), false) = (dns01, txt_records.is_empty()) {
+                if resumed_at == Stage::ChallengesPublished {
+                    dns01.publish(&txt_records).await?;
+                }
+                if let Err(e) = dns01.wait_visible(&txt_records).await {
+                    dns01.clean_up(&txt_records).await;
+                    return Err(e);
+                }
+            }
             // Recorded first: on a resume we only ask again for challenges
             // still pending, which is harmless.
             self.set_stage(job, &record, Stage::Validating, doc! {})
@@ -468,7 +508,7 @@ impl OrderRun {
                 if authz.status != AuthorizationStatus::Pending {
                     continue;
                 }
-                if let Some(mut challenge) = authz.challenge(ChallengeType::Http01) {
+                if let Some(mut challenge) = authz.challenge(challenge_type.clone()) {
                     if challenge.status == instant_acme::ChallengeStatus::Pending {
                         nonce_retry!(challenge.set_ready().await).map_err(|e| self.acme(e))?;
                     }
@@ -495,6 +535,10 @@ impl OrderRun {
                 Err(instant_acme::Error::Api(problem)) => Some(Some(problem)),
                 Err(e) => return Err(self.acme(e)),
             };
+            // The CA has decided: the challenge records have served.
+            if let (Some(dns01), false) = (dns01, txt_records.is_empty()) {
+                dns01.clean_up(&txt_records).await;
+            }
             if let Some(problem) = refused {
                 let reason = self.invalid_reason(&mut order, problem).await;
                 self.set_stage(job, &record, Stage::Invalid, doc! { "error": &reason })
@@ -743,6 +787,13 @@ fn count(d: &Document, field: &str) -> i64 {
     }
 }
 
+fn authorizations_of(order: &Document) -> Vec<Document> {
+    order
+        .get_array("authorizations")
+        .map(|a| a.iter().filter_map(|b| b.as_document().cloned()).collect())
+        .unwrap_or_default()
+}
+
 /// A job's certificate; gone is permanent (the job cannot succeed).
 pub async fn certificate_of(store: &Store, id: &str) -> Result<Document, HandlerError> {
     store
@@ -767,7 +818,14 @@ pub async fn issuer_of(store: &Store, id: &str) -> Result<IssuerAcme, HandlerErr
             e.get_str("hmac_key").ok()?.to_string(),
         ))
     });
+    let dns = match d.get_document("dns") {
+        Ok(settings) if d.get_str("challenge") == Ok("dns-01") => {
+            Some(DnsSettings::from_document(settings).map_err(HandlerError::Permanent)?)
+        }
+        _ => None,
+    };
     Ok(IssuerAcme {
+        dns,
         id: id.to_string(),
         directory_url: d.get_str("directory_url").unwrap_or_default().to_string(),
         contact: d.get_str("contact").unwrap_or_default().to_string(),

@@ -338,6 +338,20 @@ pub async fn create(
         .as_ref()
         .is_some_and(|i| i.get_str("challenge") == Ok("dns-01"));
     validate::dns_names(&mut reasons, &body.dns_names, wildcard_allowed);
+    if let Some(zone) = issuer
+        .as_ref()
+        .and_then(|i| i.get_document("dns").ok())
+        .and_then(|d| d.get_str("zone").ok())
+    {
+        for (i, name) in body.dns_names.iter().enumerate() {
+            if !crate::acme::dns01::in_zone(name, zone) {
+                reasons.add(
+                    format!("dns_names[{i}]"),
+                    format!("{name:?} is outside the issuer's DNS zone {zone}"),
+                );
+            }
+        }
+    }
     for (field, reason) in endpoint_problems(&body.endpoints) {
         reasons.add(field, reason);
     }

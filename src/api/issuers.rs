@@ -9,6 +9,7 @@ use super::auth::{Caller, Role};
 use super::problem::{ApiResult, Problem};
 use super::validate::{self, Reasons};
 use super::{audit, date, new_id, page, projects, string, ApiState, PageQuery};
+use crate::acme::dns01::{tsig_secret_id, DEFAULT_PROPAGATION_TIMEOUT_SECS, DEFAULT_TTL};
 use crate::acme::order::ISSUERS;
 
 pub const CHALLENGE_TYPES: &[&str] = &["http-01", "dns-01"];
@@ -33,6 +34,36 @@ pub struct NewIssuer {
     /// Extra CA certificates (PEM) to trust for a private ACME CA.
     pub ca_bundle_pem: Option<String>,
     pub eab: Option<Eab>,
+    /// Required with the dns-01 challenge, refused otherwise.
+    pub dns: Option<NewDnsSettings>,
+}
+
+/// Where and how DNS-01 records are published (RFC 2136 with TSIG).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDnsSettings {
+    /// The zone's primary, host:port, which takes the dynamic updates.
+    pub primary: String,
+    /// The zone every certificate name of this issuer lies in, e.g. example.com.
+    pub zone: String,
+    pub tsig_key_name: String,
+    /// hmac-sha256 or hmac-sha512 [default: hmac-sha256]
+    #[serde(default = "default_tsig_algorithm")]
+    pub tsig_algorithm: String,
+    /// The TSIG secret, base64 (as in a BIND key file); stored encrypted, never shown again.
+    pub tsig_secret: String,
+    /// The servers that must all answer the TXT record before the CA is asked
+    /// to validate, host:port [default: the zone's NS records, port 53].
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    /// How long they may take [default: 120].
+    pub propagation_timeout_secs: Option<u64>,
+    /// TTL of the challenge records [default: 60].
+    pub ttl: Option<u32>,
+}
+
+fn default_tsig_algorithm() -> String {
+    "hmac-sha256".into()
 }
 
 /// External Account Binding: the CA's key id and base64url HMAC key.
@@ -58,7 +89,20 @@ pub struct IssuerView {
     pub challenge: String,
     pub ca_bundle_pem: Option<String>,
     pub eab_kid: Option<String>,
+    /// DNS-01 settings (without the TSIG secret).
+    pub dns: Option<DnsView>,
     pub created_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DnsView {
+    pub primary: String,
+    pub zone: String,
+    pub tsig_key_name: String,
+    pub tsig_algorithm: String,
+    pub nameservers: Vec<String>,
+    pub propagation_timeout_secs: i64,
+    pub ttl: i64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -78,6 +122,22 @@ fn render(d: &Document) -> serde_json::Value {
         challenge: s("challenge"),
         ca_bundle_pem: string(d, "ca_bundle_pem"),
         eab_kid: d.get_document("eab").ok().and_then(|e| string(e, "kid")),
+        dns: d.get_document("dns").ok().map(|n| DnsView {
+            primary: n.get_str("primary").unwrap_or_default().into(),
+            zone: n.get_str("zone").unwrap_or_default().into(),
+            tsig_key_name: n.get_str("tsig_key_name").unwrap_or_default().into(),
+            tsig_algorithm: n.get_str("tsig_algorithm").unwrap_or_default().into(),
+            nameservers: n
+                .get_array("nameservers")
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|b| b.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            propagation_timeout_secs: n.get_i64("propagation_timeout_secs").unwrap_or(0),
+            ttl: n.get_i64("ttl").unwrap_or(0),
+        }),
         created_at: date(d, "created_at"),
     })
     .expect("a view serializes")
@@ -97,8 +157,12 @@ fn check(body: &NewIssuer) -> Result<(), Problem> {
             "challenge",
             format!("{:?}: expected one of {CHALLENGE_TYPES:?}", body.challenge),
         );
-    } else if body.challenge == "dns-01" {
-        reasons.add("challenge", "dns-01 is not available yet; use http-01");
+    }
+    match (&body.dns, body.challenge.as_str()) {
+        (Some(dns), "dns-01") => check_dns(&mut reasons, dns),
+        (None, "dns-01") => reasons.add("dns", "is required with the dns-01 challenge"),
+        (Some(_), _) => reasons.add("dns", "is only for the dns-01 challenge"),
+        (None, _) => {}
     }
     if let Some(pem) = &body.ca_bundle_pem {
         if let Err(e) = crate::acme::check_ca_bundle(pem) {
@@ -122,6 +186,67 @@ fn check(body: &NewIssuer) -> Result<(), Problem> {
         Ok(())
     } else {
         Err(Problem::invalid(reasons.0))
+    }
+}
+
+fn check_dns(reasons: &mut Reasons, dns: &NewDnsSettings) {
+    use crate::dns::{server_address_problem, TsigAlgorithm};
+    if let Some(p) = server_address_problem(&dns.primary) {
+        reasons.add("dns.primary", p);
+    }
+    if let Some(p) = validate::dns_name_problem(dns.zone.trim_end_matches('.'), false) {
+        reasons.add("dns.zone", format!("{:?} {p}", dns.zone));
+    }
+    if dns.tsig_key_name.is_empty()
+        || dns.tsig_key_name.len() > 253
+        || !dns
+            .tsig_key_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+    {
+        reasons.add(
+            "dns.tsig_key_name",
+            "must be a key name of letters, digits, '-', '_' and '.'",
+        );
+    }
+    if TsigAlgorithm::parse(&dns.tsig_algorithm).is_none() {
+        reasons.add(
+            "dns.tsig_algorithm",
+            format!(
+                "{:?}: expected one of {:?}",
+                dns.tsig_algorithm,
+                TsigAlgorithm::NAMES
+            ),
+        );
+    }
+    use base64::Engine;
+    if base64::engine::general_purpose::STANDARD
+        .decode(&dns.tsig_secret)
+        .map(|k| k.len() < 16)
+        .unwrap_or(true)
+    {
+        reasons.add(
+            "dns.tsig_secret",
+            "must be base64 of at least 16 bytes (tsig-keygen makes one)",
+        );
+    }
+    if dns.nameservers.len() > 10 {
+        reasons.add("dns.nameservers", "at most 10");
+    }
+    for (i, ns) in dns.nameservers.iter().enumerate() {
+        if let Some(p) = server_address_problem(ns) {
+            reasons.add(format!("dns.nameservers[{i}]"), p);
+        }
+    }
+    if let Some(t) = dns.propagation_timeout_secs {
+        if !(1..=3600).contains(&t) {
+            reasons.add("dns.propagation_timeout_secs", "expected 1 to 3600");
+        }
+    }
+    if let Some(t) = dns.ttl {
+        if !(1..=86_400).contains(&t) {
+            reasons.add("dns.ttl", "expected 1 to 86400");
+        }
     }
 }
 
@@ -156,6 +281,31 @@ pub async fn create(
         // The HMAC key is only used to bind the account once; it is kept
         // with the issuer but never shown again.
         record.insert("eab", doc! { "kid": &eab.kid, "hmac_key": &eab.hmac_key });
+    }
+    if let Some(dns) = &body.dns {
+        // The secret first: an issuer never exists without its key.
+        state
+            .secrets
+            .put(&tsig_secret_id(&id), dns.tsig_secret.as_bytes())
+            .await
+            .map_err(|e| {
+                tracing::error!(issuer = %id, error = %e, "cannot seal a TSIG secret");
+                Problem::unavailable(
+                    "the TSIG secret cannot be sealed right now (is the KEK available?)",
+                )
+            })?;
+        record.insert(
+            "dns",
+            doc! {
+                "primary": &dns.primary,
+                "zone": dns.zone.trim_end_matches('.'),
+                "tsig_key_name": &dns.tsig_key_name,
+                "tsig_algorithm": &dns.tsig_algorithm,
+                "nameservers": &dns.nameservers,
+                "propagation_timeout_secs": dns.propagation_timeout_secs.map(|t| t as i64).unwrap_or(DEFAULT_PROPAGATION_TIMEOUT_SECS),
+                "ttl": dns.ttl.unwrap_or(DEFAULT_TTL) as i64,
+            },
+        );
     }
     state
         .store

@@ -36,6 +36,22 @@ impl Pebble {
         nonce_reject_percent: u32,
         validity_secs: Option<u64>,
     ) -> Pebble {
+        Pebble::start_with(http_port, nonce_reject_percent, validity_secs, None)
+    }
+
+    /// [`Pebble::start`], resolving names through `dns_server` (host:port,
+    /// e.g. a test's bind9) instead of pebble-challtestsrv: DNS-01 then
+    /// reads the records that server holds.
+    pub fn start_with_dns(http_port: u16, dns_server: &str) -> Pebble {
+        Pebble::start_with(http_port, 0, None, Some(dns_server.to_string()))
+    }
+
+    fn start_with(
+        http_port: u16,
+        nonce_reject_percent: u32,
+        validity_secs: Option<u64>,
+        dns_server: Option<String>,
+    ) -> Pebble {
         let dir = tempfile::tempdir().unwrap();
         listener_certificate(dir.path());
         let free = || super::free_addr().port();
@@ -69,7 +85,10 @@ impl Pebble {
             .expect("pebble-challtestsrv (Debian package pebble; scripts/setup.sh installs it)");
         let pebble = Command::new("pebble")
             .args(["-config", dir.path().join("pebble.json").to_str().unwrap()])
-            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+            .args([
+                "-dnsserver",
+                &dns_server.unwrap_or(format!("127.0.0.1:{dns}")),
+            ])
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", nonce_reject_percent.to_string())
             .stdout(Stdio::null())
