@@ -2,11 +2,8 @@
 //! certificate we issued last?
 //!
 //! A certificate may list `endpoints` (`host`, `port`, optional `sni`). The
-//! scheduler leader finds certificates whose `drift_next_at` has passed (an
-//! indexed query, like renewals), enqueues a `scan-drift` job keyed by the
-//! certificate and that time, and moves `drift_next_at` one interval on —
-//! both as the leader, so a deposed leader enqueues nothing and a successor
-//! that meets the same mark meets the same key.
+//! scheduler leader finds certificates whose `drift_next_at` has passed and
+//! enqueues a `scan-drift` job for each ([`crate::periodic`]).
 //!
 //! A worker then connects to every endpoint with TLS, takes the leaf the
 //! server presents (whoever signed it: we compare, we do not trust) and
@@ -28,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
@@ -41,19 +38,16 @@ use tokio::net::TcpStream;
 use crate::acme::order::CERTIFICATES;
 use crate::audit::{Audit, Event};
 use crate::handlers::{HandlerError, JobHandler};
-use crate::jobs::{ClaimedJob, JobError, NewJob};
-use crate::lease::{LeaseError, Leases, Term};
+use crate::jobs::{ClaimedJob, JobError};
+use crate::periodic::Periodic;
 
 pub const SCAN_DRIFT: &str = "scan-drift";
 /// Endpoints one certificate may declare.
 pub const MAX_ENDPOINTS: usize = 20;
-/// Certificates one tick schedules at most (the rest wait for the next tick).
-pub const DEFAULT_SCAN_BATCH: i64 = 1000;
 /// How long one endpoint may take to connect and complete its handshake.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Endpoints of one certificate probed at once.
 const PROBE_CONCURRENCY: usize = 8;
-const ENQUEUE_CONCURRENCY: usize = 8;
 
 /// An endpoint serving a certificate, as declared on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -302,79 +296,12 @@ fn host_name_problem(name: &str) -> Option<String> {
     None
 }
 
-/// What one scheduling tick did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct TickReport {
-    pub due: usize,
-    pub enqueued: usize,
-    pub already_queued: usize,
-}
-
-/// The job key of one scan: the certificate and the time it was due, so the
-/// same due scan is enqueued once, whoever leads.
-pub fn scan_job_key(certificate_id: &str, due: DateTime) -> String {
-    format!("drift:{certificate_id}:{}", due.timestamp_millis())
-}
-
-/// Enqueues a scan for up to `batch` certificates whose next scan is due, as
-/// the leader of `term`, and moves each one's next scan `every` on.
-pub async fn enqueue_due(
-    leases: &Leases,
-    term: &Term,
-    batch: i64,
-    every: Duration,
-) -> Result<TickReport, LeaseError> {
-    let store = leases.store();
-    let now = store.server_now().await?;
-    let due: Vec<Document> = store
-        .collection(CERTIFICATES)
-        .find(doc! { "drift_next_at": { "$lte": now } })
-        .sort(doc! { "drift_next_at": 1 })
-        .limit(batch)
-        .projection(doc! { "_id": 1, "drift_next_at": 1 })
-        .await
-        .map_err(LeaseError::Db)?
-        .try_collect()
-        .await
-        .map_err(LeaseError::Db)?;
-    let next = DateTime::from_millis(now.timestamp_millis() + every.as_millis() as i64);
-    let mut report = TickReport {
-        due: due.len(),
-        ..TickReport::default()
-    };
-    let outcomes: Vec<Result<bool, LeaseError>> = futures::stream::iter(due)
-        .map(|cert| async move {
-            let id = cert.get_str("_id").unwrap_or_default().to_string();
-            let due_at = cert.get_datetime("drift_next_at").copied().unwrap_or(now);
-            let job = NewJob::new(
-                SCAN_DRIFT,
-                scan_job_key(&id, due_at),
-                doc! { "certificate_id": &id },
-            );
-            let enqueued = leases.enqueue_as_leader(term, &job).await?;
-            // Only if nobody rescheduled it meanwhile (an endpoints change).
-            leases
-                .update_as_leader(
-                    term,
-                    CERTIFICATES,
-                    doc! { "_id": &id, "drift_next_at": due_at },
-                    doc! { "$set": { "drift_next_at": next } },
-                    false,
-                )
-                .await?;
-            Ok(enqueued.created)
-        })
-        .buffer_unordered(ENQUEUE_CONCURRENCY)
-        .collect()
-        .await;
-    for outcome in outcomes {
-        match outcome? {
-            true => report.enqueued += 1,
-            false => report.already_queued += 1,
-        }
-    }
-    Ok(report)
-}
+/// Drift scans as periodic work of the scheduler leader.
+pub const PERIODIC: Periodic = Periodic {
+    kind: SCAN_DRIFT,
+    next_field: "drift_next_at",
+    key_prefix: "drift",
+};
 
 /// The worker side: probes every endpoint and records the drift.
 pub struct ScanDrift {

@@ -15,6 +15,7 @@ use mongodb::bson::doc;
 
 use actix::Supervisor;
 
+use crate::acme::ari::{RefreshAri, REFRESH_ARI};
 use crate::acme::order::{OrderSettings, ISSUE_CERTIFICATE};
 use crate::acme::revoke::{RevokeCertificate, REVOKE_CERTIFICATE};
 use crate::actors::order::{IssueCertificate, OrderActor};
@@ -121,13 +122,20 @@ impl Handlers {
                     job_retention,
                 },
             )
-            .register(KEK_REWRAP, KekRewrap { store, kek })
+            .register(
+                REFRESH_ARI,
+                RefreshAri {
+                    secrets: Secrets::new(store.clone(), kek.clone()),
+                    metrics: metrics.clone(),
+                },
+            )
             .register(
                 SCAN_DRIFT,
                 ScanDrift {
                     connect_timeout: crate::drift::DEFAULT_CONNECT_TIMEOUT,
                 },
             )
+            .register(KEK_REWRAP, KekRewrap { store, kek })
             .register(PROBE, Probe)
     }
 }

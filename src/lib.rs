@@ -52,6 +52,7 @@ pub mod kek;
 pub mod lease;
 pub mod logging;
 pub mod metrics;
+pub mod periodic;
 pub mod presence;
 pub mod readiness;
 pub mod renewal;

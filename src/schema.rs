@@ -89,7 +89,22 @@ const MIGRATIONS: &[Migration] = &[
         collections: &[],
         indexes: v7_indexes,
     },
+    Migration {
+        version: 8,
+        name: "ARI refresh index",
+        collections: &[],
+        indexes: v8_indexes,
+    },
 ];
+
+fn v8_indexes() -> Vec<(&'static str, IndexModel)> {
+    // The scheduler's ARI refresh scan: only certificates with a CA window
+    // carry `ari_next_fetch_at`.
+    vec![(
+        "certificates",
+        index(doc! { "ari_next_fetch_at": 1 }, "ari_next_fetch_at"),
+    )]
+}
 
 fn v7_indexes() -> Vec<(&'static str, IndexModel)> {
     vec![

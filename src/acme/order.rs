@@ -693,8 +693,18 @@ impl OrderRun {
             ),
         };
         let mut set = renewal::schedule_fields(DateTime::from_millis(due));
+        let mut unset = doc! { "retry_at": "", "renewal_job_id": "" };
+        match &ari {
+            Some(w) => {
+                let next_fetch = self.store.server_after(w.refresh_after).await.map_err(db)?;
+                set.insert("ari_next_fetch_at", next_fetch);
+            }
+            None => {
+                unset.insert("ari_next_fetch_at", "");
+            }
+        }
         set.extend(doc! {
-            "ari": ari_fields(&ari),
+            "ari": ari.as_ref().map(|w| Bson::Document(ari::window_document(w))).unwrap_or(Bson::Null),
             "status": "issued",
             "last_error": Bson::Null,
             "consecutive_failures": 0i64,
@@ -716,7 +726,7 @@ impl OrderRun {
                 doc! { "_id": certificate_id, "current.serial": { "$ne": &issued.serial } },
                 doc! {
                     "$set": set,
-                    "$unset": { "retry_at": "", "renewal_job_id": "" },
+                    "$unset": unset,
                     "$push": { "issued_fingerprints": { "$each": [&issued.fingerprint_sha256], "$slice": -50 } },
                     "$inc": { "issued_count": 1i64, "renewal_count": if renewal { 1i64 } else { 0 } },
                     "$currentDate": { "updated_at": true, "issued_at": true },
@@ -743,19 +753,6 @@ impl OrderRun {
         Audit::new(self.store.clone()).record(event).await;
         tracing::info!(certificate = certificate_id, order = order_id, serial = %issued.serial, "certificate issued");
         Ok(())
-    }
-}
-
-/// What the certificate records of its CA's ARI window (null without one).
-fn ari_fields(window: &Option<AriWindow>) -> Bson {
-    match window {
-        None => Bson::Null,
-        Some(w) => Bson::Document(doc! {
-            "window_start": DateTime::from_millis(w.start_ms),
-            "window_end": DateTime::from_millis(w.end_ms),
-            "explanation_url": w.explanation_url.clone(),
-            "refresh_after_secs": w.refresh_after.as_secs() as i64,
-        }),
     }
 }
 

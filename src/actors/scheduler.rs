@@ -1,10 +1,11 @@
 //! `SchedulerActor`: while this process leads, enqueues time-driven work —
-//! housekeeping, renewals of certificates whose window has opened, and drift
-//! scans of certificates whose endpoints are due for a look.
+//! housekeeping, renewals of certificates whose window has opened, drift
+//! scans of certificates whose endpoints are due for a look, and refreshes of
+//! CAs' renewal windows (ARI).
 //!
 //! Invariant kept: every enqueue carries a deterministic key (housekeeping:
 //! the time bucket by the database's clock; a renewal: the certificate, the
-//! serial it replaces and its failure count; a drift scan: the certificate
+//! serial it replaces and its failure count; periodic work: the certificate
 //! and the time it was due) and goes through
 //! [`Leases::enqueue_as_leader`], which refuses a deposed leader. So two
 //! leaders by mistake, or one that just lost its lease, cannot enqueue the
@@ -15,11 +16,12 @@ use std::time::Duration;
 use actix::prelude::*;
 use mongodb::bson::doc;
 
+use crate::acme::ari;
 use crate::actors::lease::LeadershipChanged;
 use crate::handlers::HOUSEKEEPING;
 use crate::jobs::NewJob;
 use crate::lease::{LeaseError, Leases, Term};
-use crate::{drift, renewal};
+use crate::{drift, periodic, renewal};
 
 #[derive(Debug, Clone)]
 pub struct SchedulerSettings {
@@ -110,19 +112,23 @@ impl SchedulerActor {
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "renewal scan failed"),
                 }
-                let started = std::time::Instant::now();
-                match drift::enqueue_due(&leases, &term, drift::DEFAULT_SCAN_BATCH, drift_every)
-                    .await
-                {
-                    Ok(r) if r.due > 0 => tracing::info!(
-                        due = r.due,
-                        enqueued = r.enqueued,
-                        already_queued = r.already_queued,
-                        took_ms = started.elapsed().as_millis() as u64,
-                        "drift scan scheduling"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "drift scan scheduling failed"),
+                for (work, every) in [
+                    (drift::PERIODIC, drift_every),
+                    (ari::PERIODIC, ari::PROVISIONAL_REFRESH),
+                ] {
+                    let started = std::time::Instant::now();
+                    match periodic::enqueue_due(&leases, &term, work, periodic::DEFAULT_BATCH, every).await {
+                        Ok(r) if r.due > 0 => tracing::info!(
+                            kind = work.kind,
+                            due = r.due,
+                            enqueued = r.enqueued,
+                            already_queued = r.already_queued,
+                            took_ms = started.elapsed().as_millis() as u64,
+                            "periodic work scheduled"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(kind = work.kind, error = %e, "scheduling periodic work failed"),
+                    }
                 }
             }
             .into_actor(self)
