@@ -395,6 +395,22 @@ async fn bad_input_gets_a_4xx_problem_with_a_reason_never_a_500() {
         .get(&format!("{certs}/{cert_id}/jobs?after=nope"), &f.admin)
         .await;
     assert_eq!(bad_after.status, 400, "{}", bad_after.text);
+
+    // An EAB HMAC key is accepted, sealed, and never shown again.
+    let hmac_key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let eab = f
+        .client
+        .post(
+            &format!("/projects/{p}/issuers"),
+            &f.admin,
+            json!({ "name": "with-eab", "directory_url": f.pebble_directory, "contact": "ops@example.test",
+                    "eab": { "kid": "kid-1", "hmac_key": hmac_key } }),
+        )
+        .await;
+    assert_eq!(eab.status, 201, "{}", eab.text);
+    assert_eq!(eab.body["eab_kid"], "kid-1");
+    assert!(!eab.text.contains(hmac_key), "{}", eab.text);
+    common::api::assert_not_stored(&f.db.store().await, hmac_key).await;
 }
 
 #[tokio::test]

@@ -88,6 +88,7 @@ async fn ordinary_and_wildcard_certificates_are_issued_over_rfc2136_and_cleaned_
         "the TSIG secret is never shown: {issuer}"
     );
     let issuer_id = issuer["id"].as_str().unwrap().to_string();
+    common::api::assert_not_stored(&db.store().await, &bind.key_secret).await;
 
     // Outside the zone: refused before anything is ordered.
     let (status, problem) = api

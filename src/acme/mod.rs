@@ -178,9 +178,17 @@ pub struct IssuerAcme {
     pub directory_url: String,
     pub contact: String,
     pub ca_bundle_pem: Option<String>,
-    pub eab: Option<(String, String)>,
+    /// The EAB key id; its HMAC key is the secret [`eab_secret_id`].
+    pub eab_kid: Option<String>,
+    /// An HMAC key stored in the clear by builds before it was sealed.
+    pub eab_legacy_hmac: Option<String>,
     /// DNS-01 through RFC 2136, when the issuer uses that challenge.
     pub dns: Option<dns01::DnsSettings>,
+}
+
+/// The secret holding an issuer's EAB HMAC key.
+pub fn eab_secret_id(issuer_id: &str) -> String {
+    format!("issuer-eab/{issuer_id}")
 }
 
 /// The issuer's ACME account: loaded from its stored credentials, or
@@ -203,9 +211,17 @@ pub async fn account(
         return from_stored(&stored, http()?).await;
     }
     let contact = format!("mailto:{}", issuer.contact);
-    let eab = match &issuer.eab {
-        Some((kid, hmac_b64)) => {
+    let eab = match &issuer.eab_kid {
+        Some(kid) => {
             use base64::Engine;
+            let hmac_b64 = match &issuer.eab_legacy_hmac {
+                Some(legacy) => legacy.clone(),
+                None => {
+                    let sealed = secrets.get(&eab_secret_id(&issuer.id)).await?;
+                    String::from_utf8(sealed.to_vec())
+                        .map_err(|_| AcmeError::Damaged("EAB HMAC key is not text".into()))?
+                }
+            };
             let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(hmac_b64.trim_end_matches('='))
                 .map_err(|e| AcmeError::Damaged(format!("EAB HMAC key: {e}")))?;

@@ -809,12 +809,8 @@ pub async fn issuer_of(store: &Store, id: &str) -> Result<IssuerAcme, HandlerErr
         .await
         .map_err(db)?
         .ok_or_else(|| HandlerError::Permanent(format!("issuer {id} no longer exists")))?;
-    let eab = d.get_document("eab").ok().and_then(|e| {
-        Some((
-            e.get_str("kid").ok()?.to_string(),
-            e.get_str("hmac_key").ok()?.to_string(),
-        ))
-    });
+    let eab = d.get_document("eab").ok();
+    let eab_field = |f: &str| eab.and_then(|e| e.get_str(f).ok()).map(str::to_string);
     let dns = match d.get_document("dns") {
         Ok(settings) if d.get_str("challenge") == Ok("dns-01") => {
             Some(DnsSettings::from_document(settings).map_err(HandlerError::Permanent)?)
@@ -827,6 +823,7 @@ pub async fn issuer_of(store: &Store, id: &str) -> Result<IssuerAcme, HandlerErr
         directory_url: d.get_str("directory_url").unwrap_or_default().to_string(),
         contact: d.get_str("contact").unwrap_or_default().to_string(),
         ca_bundle_pem: d.get_str("ca_bundle_pem").ok().map(str::to_string),
-        eab,
+        eab_kid: eab_field("kid"),
+        eab_legacy_hmac: eab_field("hmac_key"),
     })
 }

@@ -10,6 +10,7 @@ use super::problem::{ApiResult, Problem};
 use super::validate::{self, Reasons};
 use super::{audit, date, new_id, page, projects, string, ApiState, PageQuery};
 use crate::acme::dns01::{tsig_secret_id, DEFAULT_PROPAGATION_TIMEOUT_SECS, DEFAULT_TTL};
+use crate::acme::eab_secret_id;
 use crate::acme::order::ISSUERS;
 
 pub const CHALLENGE_TYPES: &[&str] = &["http-01", "dns-01"];
@@ -250,6 +251,19 @@ fn check_dns(reasons: &mut Reasons, dns: &NewDnsSettings) {
     }
 }
 
+/// Seals an issuer's key before the issuer is stored: an issuer never
+/// exists without its keys.
+async fn seal(state: &ApiState, issuer_id: &str, secret_id: &str, value: &str) -> ApiResult<()> {
+    state
+        .secrets
+        .put(secret_id, value.as_bytes())
+        .await
+        .map_err(|e| {
+            tracing::error!(issuer = %issuer_id, secret = %secret_id, error = %e, "cannot seal an issuer key");
+            Problem::unavailable("the key cannot be sealed right now (is the KEK available?)")
+        })
+}
+
 #[utoipa::path(post, path = "/v1/projects/{project_id}/issuers", tag = "issuers", request_body = NewIssuer,
     params(("project_id" = String, Path)),
     responses((status = 201, body = IssuerView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
@@ -278,22 +292,13 @@ pub async fn create(
         record.insert("ca_bundle_pem", pem);
     }
     if let Some(eab) = &body.eab {
-        // The HMAC key is only used to bind the account once; it is kept
-        // with the issuer but never shown again.
-        record.insert("eab", doc! { "kid": &eab.kid, "hmac_key": &eab.hmac_key });
+        // The HMAC key binds the account once; it is sealed like every key
+        // and never shown again.
+        seal(&state, &id, &eab_secret_id(&id), &eab.hmac_key).await?;
+        record.insert("eab", doc! { "kid": &eab.kid });
     }
     if let Some(dns) = &body.dns {
-        // The secret first: an issuer never exists without its key.
-        state
-            .secrets
-            .put(&tsig_secret_id(&id), dns.tsig_secret.as_bytes())
-            .await
-            .map_err(|e| {
-                tracing::error!(issuer = %id, error = %e, "cannot seal a TSIG secret");
-                Problem::unavailable(
-                    "the TSIG secret cannot be sealed right now (is the KEK available?)",
-                )
-            })?;
+        seal(&state, &id, &tsig_secret_id(&id), &dns.tsig_secret).await?;
         record.insert(
             "dns",
             doc! {

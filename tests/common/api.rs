@@ -173,3 +173,24 @@ pub async fn assert_only_ciphertext(store: &Store, key_pem: &str) {
         }
     }
 }
+
+/// A raw scan of every collection: `secret` appears nowhere.
+pub async fn assert_not_stored(store: &Store, secret: &str) {
+    for name in store.db().list_collection_names().await.unwrap() {
+        let docs: Vec<Document> = store
+            .collection(&name)
+            .find(doc! {})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        for d in docs {
+            let raw = mongodb::bson::to_vec(&d).unwrap();
+            assert!(
+                !String::from_utf8_lossy(&raw).contains(secret),
+                "the secret is stored in the clear in {name}"
+            );
+        }
+    }
+}
