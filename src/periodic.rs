@@ -18,10 +18,12 @@ use mongodb::bson::{doc, DateTime, Document};
 use crate::acme::order::CERTIFICATES;
 use crate::jobs::NewJob;
 use crate::lease::{LeaseError, Leases, Term};
+use crate::store::Store;
 
 /// Certificates one tick schedules at most, per kind (the rest wait).
 pub const DEFAULT_BATCH: i64 = 1000;
-const ENQUEUE_CONCURRENCY: usize = 8;
+/// Enqueues in flight at once during a tick.
+pub const ENQUEUE_CONCURRENCY: usize = 8;
 
 /// One kind of periodic work.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +45,46 @@ pub struct TickReport {
     pub already_queued: usize,
 }
 
+impl TickReport {
+    /// Counts a tick's enqueues (`true`: created); the first error wins.
+    pub fn of(outcomes: Vec<Result<bool, LeaseError>>) -> Result<TickReport, LeaseError> {
+        let mut report = TickReport {
+            due: outcomes.len(),
+            ..TickReport::default()
+        };
+        for outcome in outcomes {
+            match outcome? {
+                true => report.enqueued += 1,
+                false => report.already_queued += 1,
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Up to `batch` certificates whose `field` (an indexed time) has passed by
+/// the database's clock, the longest due first, with `projection`.
+pub async fn due_certificates(
+    store: &Store,
+    field: &str,
+    batch: i64,
+    projection: Document,
+) -> Result<(DateTime, Vec<Document>), LeaseError> {
+    let now = store.server_now().await?;
+    let due = store
+        .collection(CERTIFICATES)
+        .find(doc! { field: { "$lte": now } })
+        .sort(doc! { field: 1 })
+        .limit(batch)
+        .projection(projection)
+        .await
+        .map_err(LeaseError::Db)?
+        .try_collect()
+        .await
+        .map_err(LeaseError::Db)?;
+    Ok((now, due))
+}
+
 pub fn job_key(periodic: &Periodic, certificate_id: &str, due: DateTime) -> String {
     format!(
         "{}:{certificate_id}:{}",
@@ -60,25 +102,10 @@ pub async fn enqueue_due(
     batch: i64,
     every: Duration,
 ) -> Result<TickReport, LeaseError> {
-    let store = leases.store();
-    let now = store.server_now().await?;
     let field = periodic.next_field;
-    let due: Vec<Document> = store
-        .collection(CERTIFICATES)
-        .find(doc! { field: { "$lte": now } })
-        .sort(doc! { field: 1 })
-        .limit(batch)
-        .projection(doc! { "_id": 1, field: 1 })
-        .await
-        .map_err(LeaseError::Db)?
-        .try_collect()
-        .await
-        .map_err(LeaseError::Db)?;
+    let (now, due) =
+        due_certificates(leases.store(), field, batch, doc! { "_id": 1, field: 1 }).await?;
     let next = DateTime::from_millis(now.timestamp_millis() + every.as_millis() as i64);
-    let mut report = TickReport {
-        due: due.len(),
-        ..TickReport::default()
-    };
     let outcomes: Vec<Result<bool, LeaseError>> = futures::stream::iter(due)
         .map(|cert| async move {
             let id = cert.get_str("_id").unwrap_or_default().to_string();
@@ -103,11 +130,5 @@ pub async fn enqueue_due(
         .buffer_unordered(ENQUEUE_CONCURRENCY)
         .collect()
         .await;
-    for outcome in outcomes {
-        match outcome? {
-            true => report.enqueued += 1,
-            false => report.already_queued += 1,
-        }
-    }
-    Ok(report)
+    TickReport::of(outcomes)
 }

@@ -14,13 +14,15 @@
 
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use sha2::{Digest, Sha256};
 
 use crate::acme::order::{CERTIFICATES, ISSUE_CERTIFICATE};
 use crate::jobs::NewJob;
 use crate::lease::{LeaseError, Leases, Term};
+pub use crate::periodic::TickReport;
+use crate::periodic::{due_certificates, ENQUEUE_CONCURRENCY};
 
 /// The share of a certificate's lifetime after which it is renewed, unless
 /// it says otherwise (`renew_before_secs`) or its CA suggests a window (ARI).
@@ -31,8 +33,6 @@ const DEFAULT_RENEW_AT: f64 = 2.0 / 3.0;
 const JITTER_SHARE: f64 = 1.0 / 30.0;
 /// Certificates a tick enqueues at most (the rest wait for the next tick).
 pub const DEFAULT_SCAN_BATCH: i64 = 1000;
-/// Enqueues in flight at once during a tick.
-const ENQUEUE_CONCURRENCY: usize = 8;
 
 /// A number in [0, 1) fixed for this certificate and serial, so every
 /// process computes the same renewal time.
@@ -79,15 +79,6 @@ pub fn renewal_job_key(certificate_id: &str, serial: &str, failures: i64) -> Str
     format!("renew:{certificate_id}:{serial}:{failures}")
 }
 
-/// What one tick did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct TickReport {
-    pub due: usize,
-    pub enqueued: usize,
-    /// Already queued by an earlier tick (ours or another leader's).
-    pub already_queued: usize,
-}
-
 /// One scan: enqueues a renewal for up to `batch` certificates whose time has
 /// come, as the leader of `term`. `pause_after_enqueue` is fault injection for
 /// tests: sleep between the enqueue and the mark, so a test can kill us there.
@@ -97,35 +88,19 @@ pub async fn enqueue_due(
     batch: i64,
     pause_after_enqueue: Option<Duration>,
 ) -> Result<TickReport, LeaseError> {
-    let store = leases.store();
-    let now = store.server_now().await?;
-    let due: Vec<Document> = store
-        .collection(CERTIFICATES)
-        .find(doc! { "renewal_next_at": { "$lte": now } })
-        .sort(doc! { "renewal_next_at": 1 })
-        .limit(batch)
-        .projection(doc! { "_id": 1, "current.serial": 1, "consecutive_failures": 1 })
-        .await
-        .map_err(LeaseError::Db)?
-        .try_collect()
-        .await
-        .map_err(LeaseError::Db)?;
-    let mut report = TickReport {
-        due: due.len(),
-        ..TickReport::default()
-    };
+    let (_, due) = due_certificates(
+        leases.store(),
+        "renewal_next_at",
+        batch,
+        doc! { "_id": 1, "current.serial": 1, "consecutive_failures": 1 },
+    )
+    .await?;
     let outcomes: Vec<Result<bool, LeaseError>> = futures::stream::iter(due)
         .map(|cert| enqueue_one(leases, term, cert, pause_after_enqueue))
         .buffer_unordered(ENQUEUE_CONCURRENCY)
         .collect()
         .await;
-    for outcome in outcomes {
-        match outcome? {
-            true => report.enqueued += 1,
-            false => report.already_queued += 1,
-        }
-    }
-    Ok(report)
+    TickReport::of(outcomes)
 }
 
 async fn enqueue_one(

@@ -102,21 +102,13 @@ async fn endpoints_serving_current_older_foreign_or_nothing_are_told_apart() {
     );
     api_proc.wait_alive().await;
     let api = ApiClient::new(format!("http://{http}/v1"), bootstrap_token(&db));
-    let (_, project) = api.post("/projects", json!({ "name": "drifting" })).await;
-    let p = project["id"].as_str().unwrap().to_string();
-    let (_, issuer) = api
-        .post(
-            &format!("/projects/{p}/issuers"),
-            json!({ "name": "pebble", "directory_url": pebble.directory, "contact": "ops@example.test",
-                    "challenge": "http-01", "ca_bundle_pem": pebble.listener_ca_pem }),
-        )
-        .await;
+    let (p, issuer) = api.project_with_issuer("drifting", &pebble).await;
 
     // Bad endpoints are refused, each with its reason.
     let (status, problem) = api
         .post(
             &format!("/projects/{p}/certificates"),
-            json!({ "name": "bad", "dns_names": ["www.drift.example.test"], "issuer_id": issuer["id"],
+            json!({ "name": "bad", "dns_names": ["www.drift.example.test"], "issuer_id": issuer,
                     "endpoints": [{ "host": "not a host", "port": 443 }, { "host": "ok.example.test", "port": 0 }] }),
         )
         .await;
@@ -131,7 +123,7 @@ async fn endpoints_serving_current_older_foreign_or_nothing_are_told_apart() {
     let (status, cert) = api
         .post(
             &format!("/projects/{p}/certificates"),
-            json!({ "name": "www", "dns_names": ["www.drift.example.test"], "issuer_id": issuer["id"] }),
+            json!({ "name": "www", "dns_names": ["www.drift.example.test"], "issuer_id": issuer }),
         )
         .await;
     assert_eq!(status, 201, "{cert}");

@@ -15,25 +15,6 @@ use mongodb::bson::{doc, Document};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
-/// A project with a Pebble issuer; returns (project id, issuer id).
-async fn project_with_issuer(api: &ApiClient, pebble: &Pebble) -> (String, String) {
-    let (status, project) = api.post("/projects", json!({ "name": "renewals" })).await;
-    assert_eq!(status, 201, "{project}");
-    let p = project["id"].as_str().unwrap().to_string();
-    let (status, issuer) = api
-        .post(
-            &format!("/projects/{p}/issuers"),
-            json!({
-                "name": "pebble", "directory_url": pebble.directory,
-                "contact": "ops@example.test", "challenge": "http-01",
-                "ca_bundle_pem": pebble.listener_ca_pem,
-            }),
-        )
-        .await;
-    assert_eq!(status, 201, "{issuer}");
-    (p, issuer["id"].as_str().unwrap().to_string())
-}
-
 async fn find(db: &TestDb, collection: &str, filter: Document) -> Vec<Document> {
     db.store()
         .await
@@ -85,7 +66,7 @@ async fn a_due_certificate_is_renewed_exactly_once_though_the_leader_dies_mid_ti
     standby.wait_alive().await;
 
     let api = ApiClient::new(format!("http://{http}/v1"), bootstrap_token(&db));
-    let (p, issuer) = project_with_issuer(&api, &pebble).await;
+    let (p, issuer) = api.project_with_issuer("renewals", &pebble).await;
     let (status, cert) = api
         .post(
             &format!("/projects/{p}/certificates"),
@@ -138,7 +119,7 @@ async fn a_due_certificate_is_renewed_exactly_once_though_the_leader_dies_mid_ti
     assert!(
         common::wait_until(Duration::from_secs(30), || async {
             !standby
-                .log_lines_with(&["renewal scan", "\"already_queued\":1"])
+                .log_lines_with(&["\"kind\":\"renewal\"", "\"already_queued\":1"])
                 .is_empty()
         })
         .await,
@@ -211,7 +192,7 @@ async fn a_failing_certificate_backs_off_and_keeps_its_back_off_across_a_worker_
     // Resolves to an address where nothing answers HTTP-01.
     pebble.resolve("down.example.test", "127.0.0.2").await;
     let api = ApiClient::new(format!("http://{http}/v1"), bootstrap_token(&db));
-    let (p, issuer) = project_with_issuer(&api, &pebble).await;
+    let (p, issuer) = api.project_with_issuer("renewals", &pebble).await;
     let (_, cert) = api
         .post(
             &format!("/projects/{p}/certificates"),

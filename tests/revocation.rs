@@ -30,18 +30,10 @@ async fn a_revocation_reaches_the_ca_shows_in_the_api_and_audit_and_replaces_whe
     );
     api_proc.wait_alive().await;
     let api = ApiClient::new(format!("http://{http}/v1"), bootstrap_token(&db));
-    let (_, project) = api.post("/projects", json!({ "name": "revoking" })).await;
-    let p = project["id"].as_str().unwrap().to_string();
-    let (_, issuer) = api
-        .post(
-            &format!("/projects/{p}/issuers"),
-            json!({ "name": "pebble", "directory_url": pebble.directory, "contact": "ops@example.test",
-                    "challenge": "http-01", "ca_bundle_pem": pebble.listener_ca_pem }),
-        )
-        .await;
+    let (p, issuer) = api.project_with_issuer("revoking", &pebble).await;
     let create = |name: &str, replace: bool| {
         json!({ "name": name, "dns_names": [format!("{name}.revoke.example.test")],
-                "issuer_id": issuer["id"], "replace_on_revoke": replace })
+                "issuer_id": issuer, "replace_on_revoke": replace })
     };
 
     // Kept revoked: its policy does not ask for a replacement.

@@ -11,7 +11,7 @@
 //! leaders by mistake, or one that just lost its lease, cannot enqueue the
 //! same work twice.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use mongodb::bson::doc;
@@ -21,6 +21,7 @@ use crate::actors::lease::LeadershipChanged;
 use crate::handlers::HOUSEKEEPING;
 use crate::jobs::NewJob;
 use crate::lease::{LeaseError, Leases, Term};
+use crate::periodic::TickReport;
 use crate::{drift, periodic, renewal};
 
 #[derive(Debug, Clone)]
@@ -100,40 +101,39 @@ impl SchedulerActor {
         );
         ctx.spawn(
             async move {
-                let started = std::time::Instant::now();
-                match renewal::enqueue_due(&leases, &term, batch, pause).await {
-                    Ok(r) if r.due > 0 => tracing::info!(
-                        due = r.due,
-                        enqueued = r.enqueued,
-                        already_queued = r.already_queued,
-                        took_ms = started.elapsed().as_millis() as u64,
-                        "renewal scan"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "renewal scan failed"),
-                }
+                let started = Instant::now();
+                let renewals = renewal::enqueue_due(&leases, &term, batch, pause).await;
+                log_tick("renewal", started, renewals);
                 for (work, every) in [
                     (drift::PERIODIC, drift_every),
                     (ari::PERIODIC, ari::PROVISIONAL_REFRESH),
                 ] {
-                    let started = std::time::Instant::now();
-                    match periodic::enqueue_due(&leases, &term, work, periodic::DEFAULT_BATCH, every).await {
-                        Ok(r) if r.due > 0 => tracing::info!(
-                            kind = work.kind,
-                            due = r.due,
-                            enqueued = r.enqueued,
-                            already_queued = r.already_queued,
-                            took_ms = started.elapsed().as_millis() as u64,
-                            "periodic work scheduled"
-                        ),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(kind = work.kind, error = %e, "scheduling periodic work failed"),
-                    }
+                    let started = Instant::now();
+                    let report =
+                        periodic::enqueue_due(&leases, &term, work, periodic::DEFAULT_BATCH, every)
+                            .await;
+                    log_tick(work.kind, started, report);
                 }
             }
             .into_actor(self)
             .map(|(), act, _ctx| act.scanning = false),
         );
+    }
+}
+
+/// One line per tick that found work (or failed); quiet ticks say nothing.
+fn log_tick(kind: &str, started: Instant, result: Result<TickReport, LeaseError>) {
+    match result {
+        Ok(r) if r.due > 0 => tracing::info!(
+            kind,
+            due = r.due,
+            enqueued = r.enqueued,
+            already_queued = r.already_queued,
+            took_ms = started.elapsed().as_millis() as u64,
+            "scheduled due work"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(kind, error = %e, "scheduling due work failed"),
     }
 }
 

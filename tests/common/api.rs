@@ -101,6 +101,31 @@ impl ApiClient {
         }
     }
 
+    /// A new project with a Pebble issuer (HTTP-01); returns their ids.
+    pub async fn project_with_issuer(
+        &self,
+        name: &str,
+        pebble: &super::pebble::Pebble,
+    ) -> (String, String) {
+        let (status, project) = self
+            .post("/projects", serde_json::json!({ "name": name }))
+            .await;
+        assert_eq!(status, 201, "{project}");
+        let p = project["id"].as_str().unwrap().to_string();
+        let (status, issuer) = self
+            .post(
+                &format!("/projects/{p}/issuers"),
+                serde_json::json!({
+                    "name": "pebble", "directory_url": pebble.directory,
+                    "contact": "ops@example.test", "challenge": "http-01",
+                    "ca_bundle_pem": pebble.listener_ca_pem,
+                }),
+            )
+            .await;
+        assert_eq!(status, 201, "{issuer}");
+        (p, issuer["id"].as_str().unwrap().to_string())
+    }
+
     /// The body of a GET, as text (a PEM key, say).
     pub async fn get_text(&self, path: &str) -> String {
         self.http
@@ -144,6 +169,25 @@ pub fn verify_chain(root: &str, chain: &str) -> Result<(), String> {
     }
 }
 
+/// Every document of every collection, raw, with its collection's name.
+async fn raw_documents(store: &Store) -> Vec<(String, Vec<u8>)> {
+    let mut all = Vec::new();
+    for name in store.db().list_collection_names().await.unwrap() {
+        let docs: Vec<Document> = store
+            .collection(&name)
+            .find(doc! {})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        for d in docs {
+            all.push((name.clone(), mongodb::bson::to_vec(&d).unwrap()));
+        }
+    }
+    all
+}
+
 /// A raw scan of every collection: no PEM private-key marker anywhere, and
 /// not the first 40 base64 characters of `key_pem`'s body either.
 pub async fn assert_only_ciphertext(store: &Store, key_pem: &str) {
@@ -151,46 +195,24 @@ pub async fn assert_only_ciphertext(store: &Store, key_pem: &str) {
         .lines()
         .filter(|l| !l.starts_with("-----"))
         .collect();
-    for name in store.db().list_collection_names().await.unwrap() {
-        let docs: Vec<Document> = store
-            .collection(&name)
-            .find(doc! {})
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        for d in docs {
-            let raw = mongodb::bson::to_vec(&d).unwrap();
-            assert!(
-                !raw.windows(11).any(|w| w == b"PRIVATE KEY"),
-                "PEM key marker in {name}"
-            );
-            assert!(
-                !String::from_utf8_lossy(&raw).contains(&body[..40]),
-                "key bytes in {name}"
-            );
-        }
+    for (name, raw) in raw_documents(store).await {
+        assert!(
+            !raw.windows(11).any(|w| w == b"PRIVATE KEY"),
+            "PEM key marker in {name}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&raw).contains(&body[..40]),
+            "key bytes in {name}"
+        );
     }
 }
 
 /// A raw scan of every collection: `secret` appears nowhere.
 pub async fn assert_not_stored(store: &Store, secret: &str) {
-    for name in store.db().list_collection_names().await.unwrap() {
-        let docs: Vec<Document> = store
-            .collection(&name)
-            .find(doc! {})
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        for d in docs {
-            let raw = mongodb::bson::to_vec(&d).unwrap();
-            assert!(
-                !String::from_utf8_lossy(&raw).contains(secret),
-                "the secret is stored in the clear in {name}"
-            );
-        }
+    for (name, raw) in raw_documents(store).await {
+        assert!(
+            !String::from_utf8_lossy(&raw).contains(secret),
+            "the secret is stored in the clear in {name}"
+        );
     }
 }
