@@ -164,10 +164,30 @@ impl JobHandler for Housekeeping {
             let forgotten = crate::presence::forget_departed(&store)
                 .await
                 .map_err(JobError::from)?;
-            tracing::info!(job = %job.lease.job_id, purged_jobs = purged, forgotten_workers = forgotten, audit_checkpoint = sealed, "housekeeping done");
+            let challenges = purge_challenges(&store, retention)
+                .await
+                .map_err(JobError::from)?;
+            tracing::info!(job = %job.lease.job_id, purged_jobs = purged, forgotten_workers = forgotten, purged_challenges = challenges, audit_checkpoint = sealed, "housekeeping done");
             Ok(())
         })
     }
+}
+
+/// Deletes HTTP-01 key authorizations older than `retention`: those of
+/// orders whose worker died between the CA's decision and their removal.
+async fn purge_challenges(
+    store: &crate::store::Store,
+    retention: Duration,
+) -> Result<u64, mongodb::error::Error> {
+    let cutoff = store.server_now().await?.timestamp_millis() - retention.as_millis() as i64;
+    let filter = doc! { "created_at": { "$lt": mongodb::bson::DateTime::from_millis(cutoff) } };
+    let challenges = store.collection(crate::acme::order::CHALLENGES);
+    let result = store
+        .ride_through("purge challenges", || {
+            challenges.delete_many(filter.clone())
+        })
+        .await?;
+    Ok(result.deleted_count)
 }
 
 /// Writes a checkpoint at the audit chain's head (idempotent: its id is the

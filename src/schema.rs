@@ -95,7 +95,22 @@ const MIGRATIONS: &[Migration] = &[
         collections: &[],
         indexes: v8_indexes,
     },
+    Migration {
+        version: 9,
+        name: "HTTP-01 challenge clean-up indexes",
+        collections: &[],
+        indexes: v9_indexes,
+    },
 ];
+
+fn v9_indexes() -> Vec<(&'static str, IndexModel)> {
+    // An order's challenges go when the CA has decided; housekeeping
+    // removes the old ones left behind.
+    vec![
+        ("challenges", index(doc! { "order_id": 1 }, "order_id")),
+        ("challenges", index(doc! { "created_at": 1 }, "created_at")),
+    ]
+}
 
 fn v8_indexes() -> Vec<(&'static str, IndexModel)> {
     // The scheduler's ARI refresh scan: only certificates with a CA window

@@ -101,6 +101,15 @@ async fn a_certificate_declared_through_the_api_is_issued_by_pebble() {
     // MongoDB holds only its ciphertext.
     let store = db.store().await;
     assert_only_ciphertext(&store, &key).await;
+    // The HTTP-01 key authorizations went once the CA had decided.
+    assert_eq!(
+        store
+            .collection("challenges")
+            .count_documents(mongodb::bson::doc! {})
+            .await
+            .unwrap(),
+        0
+    );
     // Metrics: certificates by status, orders in flight, expiry, ACME requests.
     assert_eq!(
         api_proc

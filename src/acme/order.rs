@@ -536,8 +536,10 @@ impl OrderRun {
                 Err(e) => return Err(self.acme(e)),
             };
             // The CA has decided: the challenge records have served.
-            if let (Some(dns01), false) = (dns01, txt_records.is_empty()) {
-                dns01.clean_up(&txt_records).await;
+            match dns01 {
+                Some(dns01) if !txt_records.is_empty() => dns01.clean_up(&txt_records).await,
+                Some(_) => {}
+                None => self.forget_http01_challenges(&record).await,
             }
             if let Some(problem) = refused {
                 let reason = self.invalid_reason(&mut order, problem).await;
@@ -605,6 +607,16 @@ impl OrderRun {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Deletes an order's HTTP-01 key authorizations once the CA has
+    /// decided (housekeeping removes any left behind by a crash here).
+    async fn forget_http01_challenges(&self, order: &Document) {
+        let order_id = order.get_str("_id").unwrap_or_default();
+        let challenges = self.store.collection(CHALLENGES);
+        if let Err(e) = challenges.delete_many(doc! { "order_id": order_id }).await {
+            tracing::warn!(order = order_id, error = %short(&e), "HTTP-01 challenges not removed");
+        }
     }
 
     /// The CA's suggested renewal window, when its directory offers ARI.
