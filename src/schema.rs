@@ -101,7 +101,18 @@ const MIGRATIONS: &[Migration] = &[
         collections: &[],
         indexes: v9_indexes,
     },
+    Migration {
+        version: 10,
+        name: "audit target index",
+        collections: &[],
+        indexes: v10_indexes,
+    },
 ];
+
+fn v10_indexes() -> Vec<(&'static str, IndexModel)> {
+    // A project's audit log: its target, or an anchored prefix of it.
+    vec![("audit", index(doc! { "target": 1 }, "target"))]
+}
 
 fn v9_indexes() -> Vec<(&'static str, IndexModel)> {
     // An order's challenges go when the CA has decided; housekeeping

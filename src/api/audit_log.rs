@@ -77,9 +77,13 @@ pub async fn project(
     let project_id = path.into_inner();
     caller.require(&project_id, Role::Viewer)?;
     super::projects::load(&state, &project_id).await?;
-    // Every record about a project's objects names it in its target.
-    let scope =
-        doc! { "target": { "$regex": format!("^projects/{}(/|$)", regex_escape(&project_id)) } };
+    // Every record about a project's objects names it in its target: the
+    // project itself, or a path below it — an exact match and an anchored
+    // literal prefix, both answered from the `target` index.
+    let scope = doc! { "$or": [
+        { "target": format!("projects/{project_id}") },
+        { "target": { "$regex": format!("^projects/{}/", regex_escape(&project_id)) } },
+    ] };
     Ok(HttpResponse::Ok().json(page(&state, scope, &query).await?))
 }
 
