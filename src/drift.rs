@@ -108,6 +108,10 @@ impl DriftState {
         DriftState::Foreign,
     ];
 
+    pub fn parse(s: &str) -> Option<DriftState> {
+        DriftState::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             DriftState::InSync => "in_sync",

@@ -295,6 +295,19 @@ async fn endpoints_serving_current_older_foreign_or_nothing_are_told_apart() {
         "{audit}"
     );
 
+    // Only the endpoint in sync stays: what was seen of it is kept, and the
+    // summary says so at once.
+    let (status, narrowed) = api
+        .call(
+            reqwest::Method::PUT,
+            &format!("{path}/endpoints"),
+            Some(json!({ "endpoints": [endpoint(serving_current.addr)] })),
+        )
+        .await;
+    assert_eq!(status, 200, "{narrowed}");
+    assert_eq!(narrowed["drift"].as_array().unwrap().len(), 1, "{narrowed}");
+    assert_eq!(narrowed["drift_state"], "in_sync", "{narrowed}");
+
     // No endpoints: no more scans, no drift.
     let (status, cleared) = api
         .call(

@@ -42,7 +42,7 @@ pub struct SchedulerActor {
     settings: SchedulerSettings,
     term: Option<Term>,
     timers: Vec<SpawnHandle>,
-    /// A renewal and drift scan is running: the next tick skips rather than overlap it.
+    /// A scan for due work is running: the next tick skips rather than overlap it.
     scanning: bool,
 }
 
@@ -85,7 +85,7 @@ impl SchedulerActor {
         );
     }
 
-    fn scan_renewals(&mut self, ctx: &mut Context<Self>) {
+    fn scan_due(&mut self, ctx: &mut Context<Self>) {
         let Some(term) = self.term.clone() else {
             return;
         };
@@ -152,13 +152,13 @@ impl Handler<LeadershipChanged> for SchedulerActor {
         self.term = msg.0;
         if self.term.is_some() {
             self.enqueue_housekeeping(ctx);
-            self.scan_renewals(ctx);
+            self.scan_due(ctx);
             self.timers = vec![
                 ctx.run_interval(self.settings.housekeeping_every, |act, ctx| {
                     act.enqueue_housekeeping(ctx)
                 }),
                 ctx.run_interval(self.settings.renewal_scan_every, |act, ctx| {
-                    act.scan_renewals(ctx)
+                    act.scan_due(ctx)
                 }),
             ];
         }

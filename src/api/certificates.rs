@@ -15,7 +15,7 @@ use super::{audit, date, issuers, new_id, page, projects, string, ApiState, Page
 use crate::acme::order::{CERTIFICATES, ISSUE_CERTIFICATE, OPEN_STAGES, ORDERS};
 use crate::acme::revoke::{reason_named, REASONS, REVOKE_CERTIFICATE};
 use crate::certs::{KeyAlgorithm, KEY_ALGORITHMS};
-use crate::drift::{endpoint_problems, Endpoint};
+use crate::drift::{endpoint_problems, DriftState, Endpoint};
 use crate::jobs::{JobState, NewJob, JOBS_COLLECTION};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -581,10 +581,23 @@ pub async fn set_endpoints(
             .filter(|d| Endpoint::from_document(d).is_some_and(|e| body.endpoints.contains(&e)))
             .cloned()
             .collect();
+        // ...and the summary of what is kept, until the scan says more.
+        let summary = kept
+            .iter()
+            .filter_map(|d| d.get_str("state").ok().and_then(DriftState::parse))
+            .max();
         let now = state.store.server_now().await?;
-        doc! {
-            "$set": { "endpoints": &endpoints, "drift": kept, "drift_next_at": now },
-            "$currentDate": { "updated_at": true },
+        let mut set = doc! { "endpoints": &endpoints, "drift": &kept, "drift_next_at": now };
+        match summary {
+            Some(s) => {
+                set.insert("drift_state", s.as_str());
+                doc! { "$set": set, "$currentDate": { "updated_at": true } }
+            }
+            None => doc! {
+                "$set": set,
+                "$unset": { "drift_state": "" },
+                "$currentDate": { "updated_at": true },
+            },
         }
     };
     let updated = state
