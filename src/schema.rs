@@ -103,15 +103,19 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 10,
-        name: "audit target index",
+        name: "audit target and certificate status indexes",
         collections: &[],
         indexes: v10_indexes,
     },
 ];
 
 fn v10_indexes() -> Vec<(&'static str, IndexModel)> {
-    // A project's audit log: its target, or an anchored prefix of it.
-    vec![("audit", index(doc! { "target": 1 }, "target"))]
+    vec![
+        // A project's audit log: its target, or an anchored prefix of it.
+        ("audit", index(doc! { "target": 1 }, "target")),
+        // The metrics count certificates per status from the index.
+        ("certificates", index(doc! { "status": 1 }, "status")),
+    ]
 }
 
 fn v9_indexes() -> Vec<(&'static str, IndexModel)> {

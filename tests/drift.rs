@@ -92,7 +92,12 @@ async fn endpoints_serving_current_older_foreign_or_nothing_are_told_apart() {
         "worker",
         &db,
         "drift-worker",
-        &[("CAP_CLAIM_POLL_MS", "100")],
+        // A first attempt that fails for any reason retries soon: this test
+        // is about drift, not issuance.
+        &[
+            ("CAP_CLAIM_POLL_MS", "100"),
+            ("CAP_ISSUE_BACKOFF_BASE_SECS", "2"),
+        ],
     );
     let _scheduler = Proc::start(
         "scheduler",

@@ -98,6 +98,9 @@ impl Pebble {
         for port in [acme, mgmt, chall_mgmt] {
             wait_listening(port);
         }
+        // challtestsrv opens its UDP DNS listener last; Pebble resolves over
+        // UDP, and a validation that found no answer would fail the order.
+        wait_answering_dns(dns);
         Pebble {
             directory: format!("https://127.0.0.1:{acme}/dir"),
             listener_ca_pem: std::fs::read_to_string(dir.path().join("ca.pem")).unwrap(),
@@ -172,6 +175,29 @@ fn wait_listening(port: u16) {
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "port {port} never listened");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until something answers a DNS query over UDP on loopback `port`.
+fn wait_answering_dns(port: u16) {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    // id 1, RD, one question: "a.test" A IN.
+    let query =
+        b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01a\x04test\x00\x00\x01\x00\x01";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut answer = [0u8; 512];
+    loop {
+        let _ = socket.send_to(query, ("127.0.0.1", port));
+        if socket.recv(&mut answer).is_ok() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "DNS on port {port} never answered"
+        );
     }
 }
 
