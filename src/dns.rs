@@ -34,12 +34,13 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum DnsError {
     #[error("DNS server {server}: {reason}")]
     Unreachable { server: String, reason: String },
-    #[error("DNS server {server} refused the {what}: {rcode}{tsig}")]
+    #[error("DNS server {server} refused the {what}: {rcode}{detail}")]
     Refused {
         server: String,
         what: &'static str,
         rcode: String,
-        tsig: String,
+        /// The TSIG error, or the name asked about.
+        detail: String,
     },
     #[error("DNS server {server} sent a malformed answer: {reason}")]
     Malformed { server: String, reason: String },
@@ -139,7 +140,7 @@ pub async fn update(
             server: primary.to_string(),
             what: "update",
             rcode: rcode_name(response.rcode),
-            tsig: response
+            detail: response
                 .tsig_error(&answer)
                 .map(tsig_hint)
                 .unwrap_or_default(),
@@ -218,13 +219,13 @@ async fn query(server: &str, name: &str, rtype: u16) -> Result<(Vec<u8>, Respons
             server: server.to_string(),
             what: "query",
             rcode: "an answer that is not authoritative".into(),
-            tsig: format!(" for {name}: is it a name server of the zone?"),
+            detail: format!(" for {name}: is it a name server of the zone?"),
         }),
         rcode => Err(DnsError::Refused {
             server: server.to_string(),
             what: "query",
             rcode: rcode_name(rcode),
-            tsig: format!(" for {name}"),
+            detail: format!(" for {name}"),
         }),
     }
 }

@@ -103,19 +103,15 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 10,
-        name: "audit target and certificate status indexes",
+        name: "audit target index",
         collections: &[],
         indexes: v10_indexes,
     },
 ];
 
 fn v10_indexes() -> Vec<(&'static str, IndexModel)> {
-    vec![
-        // A project's audit log: its target, or an anchored prefix of it.
-        ("audit", index(doc! { "target": 1 }, "target")),
-        // The metrics count certificates per status from the index.
-        ("certificates", index(doc! { "status": 1 }, "status")),
-    ]
+    // A project's audit log: its target, or an anchored prefix of it.
+    vec![("audit", index(doc! { "target": 1 }, "target"))]
 }
 
 fn v9_indexes() -> Vec<(&'static str, IndexModel)> {

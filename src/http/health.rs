@@ -61,41 +61,23 @@ fn refresh_due(state: &AppState) -> bool {
     true
 }
 
-/// Every status a certificate can have.
-pub const CERTIFICATE_STATUSES: [&str; 5] = ["pending", "issuing", "issued", "failed", "revoked"];
-
-/// How many certificates have each of `values` in `field`: one count per
-/// value, each answered from the field's index (a `$group` would read every
-/// certificate at every refresh).
-async fn count_each(
-    store: &crate::store::Store,
-    field: &str,
-    values: &[&'static str],
-) -> Result<Vec<(&'static str, i64)>, mongodb::error::Error> {
-    let certificates = store.collection(CERTIFICATES);
-    futures::future::try_join_all(values.iter().map(|v| {
-        let certificates = certificates.clone();
-        async move {
-            let n = certificates
-                .count_documents(mongodb::bson::doc! { field: *v })
-                .await?;
-            Ok((*v, n as i64))
-        }
-    }))
-    .await
-}
-
-/// Certificates by status and by drift, orders in flight, and the notAfter
-/// of the [`EXPIRY_SERIES`] certificates expiring soonest (a bounded number
-/// of series, from the `current.not_after` index).
+/// Certificates by status, orders in flight, and the notAfter of the
+/// [`EXPIRY_SERIES`] certificates expiring soonest (a bounded number of
+/// series, from the `current.not_after` index).
 async fn refresh_certificates(state: &AppState) -> Result<(), String> {
     use futures::TryStreamExt;
     use mongodb::bson::{doc, Document};
     let store = state.queue.store();
     let short = |e: mongodb::error::Error| crate::store::short(&e);
-    let drift_states = crate::drift::DriftState::ALL.map(|s| s.as_str());
     let read = async {
-        let by_status = count_each(store, "status", &CERTIFICATE_STATUSES)
+        let by_status: Vec<Document> = store
+            .collection(CERTIFICATES)
+            .aggregate(vec![
+                doc! { "$group": { "_id": "$status", "n": { "$sum": 1 } } },
+            ])
+            .await
+            .map_err(short)?
+            .try_collect()
             .await
             .map_err(short)?;
         let in_flight = store
@@ -136,7 +118,15 @@ async fn refresh_certificates(state: &AppState) -> Result<(), String> {
             .try_collect()
             .await
             .map_err(short)?;
-        let by_drift = count_each(store, "drift_state", &drift_states)
+        let by_drift: Vec<Document> = store
+            .collection(CERTIFICATES)
+            .aggregate(vec![
+                doc! { "$match": { "drift_state": { "$exists": true } } },
+                doc! { "$group": { "_id": "$drift_state", "n": { "$sum": 1 } } },
+            ])
+            .await
+            .map_err(short)?
+            .try_collect()
             .await
             .map_err(short)?;
         Ok::<_, String>((
@@ -153,11 +143,32 @@ async fn refresh_certificates(state: &AppState) -> Result<(), String> {
             .await
             .map_err(|_| "timed out".to_string())??;
     let m = &state.metrics;
-    for (status, n) in by_status {
-        m.certificates.with_label_values(&[status]).set(n);
+    m.certificates.reset();
+    for s in ["pending", "issuing", "issued", "failed", "revoked"] {
+        m.certificates.with_label_values(&[s]).set(0);
     }
-    for (drift, n) in by_drift {
-        m.certificates_by_drift.with_label_values(&[drift]).set(n);
+    let count = |row: &Document| {
+        row.get_i32("n")
+            .map(i64::from)
+            .or(row.get_i64("n"))
+            .unwrap_or(0)
+    };
+    for row in by_status {
+        let status = row.get_str("_id").unwrap_or("unknown").to_string();
+        m.certificates
+            .with_label_values(&[&status])
+            .set(count(&row));
+    }
+    for state in crate::drift::DriftState::ALL {
+        m.certificates_by_drift
+            .with_label_values(&[state.as_str()])
+            .set(0);
+    }
+    for row in by_drift {
+        let state = row.get_str("_id").unwrap_or("unknown").to_string();
+        m.certificates_by_drift
+            .with_label_values(&[&state])
+            .set(count(&row));
     }
     m.orders_in_flight.set(in_flight as i64);
     m.certificate_expiry.reset();
