@@ -61,5 +61,6 @@ pub mod schema;
 pub mod secrets;
 pub mod shutdown;
 pub mod siem;
+pub mod stats;
 pub mod store;
 pub mod workloads;

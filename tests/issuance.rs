@@ -110,12 +110,18 @@ async fn a_certificate_declared_through_the_api_is_issued_by_pebble() {
             .unwrap(),
         0
     );
-    // Metrics: certificates by status, orders in flight, expiry, ACME requests.
-    assert_eq!(
-        api_proc
-            .metric("certautopilot_certificates", "status=\"issued\"")
-            .await,
-        Some(1.0)
+    // Metrics: certificates by status (counted in the background, shared
+    // by every replica: soon, not at once), orders in flight, expiry, ACME
+    // requests.
+    assert!(
+        common::wait_until(Duration::from_secs(20), || async {
+            api_proc
+                .metric("certautopilot_certificates", "status=\"issued\"")
+                .await
+                == Some(1.0)
+        })
+        .await,
+        "one issued certificate counted"
     );
     assert_eq!(
         api_proc

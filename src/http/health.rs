@@ -61,7 +61,8 @@ fn refresh_due(state: &AppState) -> bool {
     true
 }
 
-/// Certificates by status, orders in flight, and the notAfter of the
+/// Certificates by status and drift (the shared counts of
+/// [`crate::stats`]), orders in flight, and the notAfter of the
 /// [`EXPIRY_SERIES`] certificates expiring soonest (a bounded number of
 /// series, from the `current.not_after` index).
 async fn refresh_certificates(state: &AppState) -> Result<(), String> {
@@ -70,16 +71,17 @@ async fn refresh_certificates(state: &AppState) -> Result<(), String> {
     let store = state.queue.store();
     let short = |e: mongodb::error::Error| crate::store::short(&e);
     let read = async {
-        let by_status: Vec<Document> = store
-            .collection(CERTIFICATES)
-            .aggregate(vec![
-                doc! { "$group": { "_id": "$status", "n": { "$sum": 1 } } },
-            ])
-            .await
-            .map_err(short)?
-            .try_collect()
-            .await
-            .map_err(short)?;
+        let (counts, claimed) = crate::stats::read_or_claim(store).await.map_err(short)?;
+        if claimed {
+            // Counted in the background: a large collection takes longer
+            // than a scrape may wait; until then the last counts serve.
+            let store = store.clone();
+            actix_web::rt::spawn(async move {
+                if let Err(e) = crate::stats::count(&store).await {
+                    tracing::warn!(error = %crate::store::short(&e), "counting certificates failed");
+                }
+            });
+        }
         let in_flight = store
             .collection(ORDERS)
             .count_documents(doc! { "stage": { "$in": OPEN_STAGES.to_vec() } })
@@ -118,57 +120,31 @@ async fn refresh_certificates(state: &AppState) -> Result<(), String> {
             .try_collect()
             .await
             .map_err(short)?;
-        let by_drift: Vec<Document> = store
-            .collection(CERTIFICATES)
-            .aggregate(vec![
-                doc! { "$match": { "drift_state": { "$exists": true } } },
-                doc! { "$group": { "_id": "$drift_state", "n": { "$sum": 1 } } },
-            ])
-            .await
-            .map_err(short)?
-            .try_collect()
-            .await
-            .map_err(short)?;
-        Ok::<_, String>((
-            by_status,
-            in_flight,
-            soonest,
-            due_soonest,
-            failing,
-            by_drift,
-        ))
+
+        Ok::<_, String>((counts, in_flight, soonest, due_soonest, failing))
     };
-    let (by_status, in_flight, soonest, due_soonest, failing, by_drift) =
+    let (counts, in_flight, soonest, due_soonest, failing) =
         tokio::time::timeout(DEPTH_DEADLINE, read)
             .await
             .map_err(|_| "timed out".to_string())??;
     let m = &state.metrics;
-    m.certificates.reset();
-    for s in ["pending", "issuing", "issued", "failed", "revoked"] {
-        m.certificates.with_label_values(&[s]).set(0);
-    }
-    let count = |row: &Document| {
-        row.get_i32("n")
-            .map(i64::from)
-            .or(row.get_i64("n"))
-            .unwrap_or(0)
-    };
-    for row in by_status {
-        let status = row.get_str("_id").unwrap_or("unknown").to_string();
-        m.certificates
-            .with_label_values(&[&status])
-            .set(count(&row));
-    }
-    for state in crate::drift::DriftState::ALL {
-        m.certificates_by_drift
-            .with_label_values(&[state.as_str()])
-            .set(0);
-    }
-    for row in by_drift {
-        let state = row.get_str("_id").unwrap_or("unknown").to_string();
-        m.certificates_by_drift
-            .with_label_values(&[&state])
-            .set(count(&row));
+    if let Some(counts) = counts {
+        m.certificates.reset();
+        for s in ["pending", "issuing", "issued", "failed", "revoked"] {
+            m.certificates.with_label_values(&[s]).set(0);
+        }
+        for (status, n) in &counts.by_status {
+            m.certificates.with_label_values(&[status]).set(*n);
+        }
+        m.certificates_by_drift.reset();
+        for state in crate::drift::DriftState::ALL {
+            m.certificates_by_drift
+                .with_label_values(&[state.as_str()])
+                .set(0);
+        }
+        for (state, n) in &counts.by_drift {
+            m.certificates_by_drift.with_label_values(&[state]).set(*n);
+        }
     }
     m.orders_in_flight.set(in_flight as i64);
     m.certificate_expiry.reset();
