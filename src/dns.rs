@@ -80,7 +80,8 @@ impl TsigAlgorithm {
         }
     }
 
-    fn wire_name(self) -> &'static str {
+    /// The algorithm's name, in the API and on the wire.
+    pub fn name(self) -> &'static str {
         match self {
             TsigAlgorithm::HmacSha256 => "hmac-sha256",
             TsigAlgorithm::HmacSha512 => "hmac-sha512",
@@ -337,7 +338,7 @@ fn sign(msg: &mut Vec<u8>, key: &TsigKey, now: u64) {
     put_name(&mut signed, &key.name);
     put_u16(&mut signed, CLASS_ANY);
     signed.extend_from_slice(&0u32.to_be_bytes());
-    put_name(&mut signed, key.algorithm.wire_name());
+    put_name(&mut signed, key.algorithm.name());
     signed.extend_from_slice(time);
     put_u16(&mut signed, TSIG_FUDGE);
     put_u16(&mut signed, 0); // error
@@ -345,7 +346,7 @@ fn sign(msg: &mut Vec<u8>, key: &TsigKey, now: u64) {
     let mac = key.algorithm.mac(&key.secret, &signed);
 
     let mut rdata = Vec::with_capacity(64 + mac.len());
-    put_name(&mut rdata, key.algorithm.wire_name());
+    put_name(&mut rdata, key.algorithm.name());
     rdata.extend_from_slice(time);
     put_u16(&mut rdata, TSIG_FUDGE);
     put_u16(&mut rdata, mac.len() as u16);

@@ -170,7 +170,7 @@ async fn handshake(endpoint: &Endpoint) -> Result<CertificateDer<'static>, Strin
     let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(inspecting_config()))
+    let tls = tokio_rustls::TlsConnector::from(inspecting_config())
         .connect(name, tcp)
         .await
         .map_err(|e| format!("TLS handshake: {e}"))?;
@@ -183,15 +183,22 @@ async fn handshake(endpoint: &Endpoint) -> Result<CertificateDer<'static>, Strin
 }
 
 /// A client that completes the handshake with any certificate (we only read
-/// it), while still checking the server's handshake signatures.
-fn inspecting_config() -> rustls::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyLeaf(provider)))
-        .with_no_client_auth()
+/// it), while still checking the server's handshake signatures. Built once:
+/// every probe shares it.
+fn inspecting_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default protocol versions")
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyLeaf(provider)))
+                .with_no_client_auth();
+            Arc::new(config)
+        })
+        .clone()
 }
 
 #[derive(Debug)]

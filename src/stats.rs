@@ -135,6 +135,19 @@ pub async fn count(store: &Store) -> Result<Counts, MongoError> {
     })
 }
 
+/// Gives up a claimed count that failed, so the next reader counts at once
+/// instead of after the claim's 5 minutes.
+pub async fn release(store: &Store) -> Result<(), MongoError> {
+    store
+        .collection(STATS_COLLECTION)
+        .update_one(
+            doc! { "_id": COUNTS_ID },
+            doc! { "$unset": { "counting_until": "" } },
+        )
+        .await?;
+    Ok(())
+}
+
 fn pairs(d: &Document, field: &str) -> Vec<(String, i64)> {
     d.get_document(field)
         .map(|m| {

@@ -83,6 +83,9 @@ async fn ordinary_and_wildcard_certificates_are_issued_over_rfc2136_and_cleaned_
         )
         .await;
     assert_eq!(status, 201, "{issuer}");
+    assert_eq!(issuer["dns"]["zone"], ZONE, "{issuer}");
+    assert_eq!(issuer["dns"]["tsig_algorithm"], "hmac-sha256", "{issuer}");
+    assert_eq!(issuer["dns"]["propagation_timeout_secs"], 3, "{issuer}");
     assert!(
         !issuer.to_string().contains(&bind.key_secret),
         "the TSIG secret is never shown: {issuer}"

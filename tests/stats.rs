@@ -4,7 +4,7 @@
 
 mod common;
 
-use certautopilot::stats::{count, read_or_claim};
+use certautopilot::stats::{count, read_or_claim, release};
 use common::TestDb;
 use mongodb::bson::doc;
 
@@ -35,6 +35,12 @@ async fn one_replica_counts_and_every_replica_reads_the_counts() {
         claimed.iter().all(|(counts, _)| counts.is_none()),
         "nothing counted yet"
     );
+
+    // A counter whose count failed gives its claim up: the next one counts
+    // at once rather than after the claim's five minutes.
+    release(&store).await.unwrap();
+    let (_, reclaimed) = read_or_claim(&store).await.unwrap();
+    assert!(reclaimed, "released claims can be taken again");
 
     let counted = count(&store).await.unwrap();
     let (read, claimed_again) = read_or_claim(&store).await.unwrap();

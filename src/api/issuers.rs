@@ -9,7 +9,9 @@ use super::auth::{Caller, Role};
 use super::problem::{ApiResult, Problem};
 use super::validate::{self, Reasons};
 use super::{audit, date, new_id, page, projects, string, ApiState, PageQuery};
-use crate::acme::dns01::{tsig_secret_id, DEFAULT_PROPAGATION_TIMEOUT_SECS, DEFAULT_TTL};
+use crate::acme::dns01::{
+    tsig_secret_id, DnsSettings, DEFAULT_PROPAGATION_TIMEOUT_SECS, DEFAULT_TTL,
+};
 use crate::acme::eab_secret_id;
 use crate::acme::order::ISSUERS;
 
@@ -123,22 +125,20 @@ fn render(d: &Document) -> serde_json::Value {
         challenge: s("challenge"),
         ca_bundle_pem: string(d, "ca_bundle_pem"),
         eab_kid: d.get_document("eab").ok().and_then(|e| string(e, "kid")),
-        dns: d.get_document("dns").ok().map(|n| DnsView {
-            primary: n.get_str("primary").unwrap_or_default().into(),
-            zone: n.get_str("zone").unwrap_or_default().into(),
-            tsig_key_name: n.get_str("tsig_key_name").unwrap_or_default().into(),
-            tsig_algorithm: n.get_str("tsig_algorithm").unwrap_or_default().into(),
-            nameservers: n
-                .get_array("nameservers")
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|b| b.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            propagation_timeout_secs: n.get_i64("propagation_timeout_secs").unwrap_or(0),
-            ttl: n.get_i64("ttl").unwrap_or(0),
-        }),
+        // Read the way the workers read it, so the two cannot disagree.
+        dns: d
+            .get_document("dns")
+            .ok()
+            .and_then(|n| DnsSettings::from_document(n).ok())
+            .map(|s| DnsView {
+                primary: s.primary,
+                zone: s.zone,
+                tsig_key_name: s.tsig_name,
+                tsig_algorithm: s.tsig_algorithm.name().into(),
+                nameservers: s.nameservers,
+                propagation_timeout_secs: s.propagation_timeout.as_secs() as i64,
+                ttl: s.ttl as i64,
+            }),
         created_at: date(d, "created_at"),
     })
     .expect("a view serializes")

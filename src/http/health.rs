@@ -79,6 +79,7 @@ async fn refresh_certificates(state: &AppState) -> Result<(), String> {
             actix_web::rt::spawn(async move {
                 if let Err(e) = crate::stats::count(&store).await {
                     tracing::warn!(error = %crate::store::short(&e), "counting certificates failed");
+                    let _ = crate::stats::release(&store).await;
                 }
             });
         }
