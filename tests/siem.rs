@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use certautopilot::audit::{Audit, Event};
+use certautopilot::audit::{Audit, Event, AUDIT_COLLECTION};
 use common::{Proc, TestDb};
 use mongodb::bson::doc;
 use nix::sys::signal::Signal;
@@ -123,6 +123,16 @@ async fn total(db: &TestDb) -> i64 {
     Audit::new(db.store().await).head().await.unwrap().0
 }
 
+/// Whether `instance` has recorded its `leader.takeover`. The scheduler
+/// appends that record itself, possibly after forwarding began, so a test
+/// compares what arrived with the log's total only once it is there:
+/// before, the total can still grow by one.
+async fn took_over(db: &TestDb, instance: &str) -> bool {
+    let filter = doc! { "action": "leader.takeover", "actor": instance };
+    let audit = db.store().await.collection(AUDIT_COLLECTION);
+    audit.count_documents(filter).await.unwrap() > 0
+}
+
 #[tokio::test]
 async fn syslog_receives_every_record_in_order_across_a_forwarder_crash() {
     let rsyslog = Rsyslog::start();
@@ -151,6 +161,9 @@ async fn syslog_receives_every_record_in_order_across_a_forwarder_crash() {
 
     let second = Proc::start("scheduler", &db, "forwarder-2", &env);
     let all = common::wait_until(Duration::from_secs(60), || async {
+        if !took_over(&db, "forwarder-2").await {
+            return false;
+        }
         let n = total(&db).await;
         rsyslog.received().iter().collect::<BTreeSet<_>>().len() as i64 == n
     })
@@ -236,7 +249,8 @@ async fn the_webhook_receives_json_batches_in_order() {
             .collect()
     };
     let done = common::wait_until(Duration::from_secs(30), || async {
-        arrived().iter().collect::<BTreeSet<_>>().len() as i64 == total(&db).await
+        took_over(&db, "webhook-forwarder").await
+            && arrived().iter().collect::<BTreeSet<_>>().len() as i64 == total(&db).await
     })
     .await;
     assert!(done, "log:\n{}", forwarder.log_text());
@@ -313,6 +327,9 @@ async fn syslog_over_tls_trusts_the_configured_ca() {
     ];
     let forwarder = Proc::start("scheduler", &db, "tls-forwarder", &env);
     let done = common::wait_until(Duration::from_secs(30), || async {
+        if !took_over(&db, "tls-forwarder").await {
+            return false;
+        }
         let n = total(&db).await;
         seqs(&messages.lock().unwrap().join("\n"))
             .iter()
