@@ -28,6 +28,30 @@ fn dns_issuer(pebble: &Pebble, bind: &Bind, secret: &str, nameservers: &[String]
     })
 }
 
+/// Creates a certificate for `dns_name` with `issuer` and waits for its
+/// first failed attempt; returns its path and the certificate then.
+async fn first_failure(
+    api: &ApiClient,
+    p: &str,
+    issuer: &Value,
+    name: &str,
+    dns_name: &str,
+) -> (String, Value) {
+    let body = json!({ "name": name, "dns_names": [dns_name], "issuer_id": issuer["id"] });
+    let (status, cert) = api.post(&format!("/projects/{p}/certificates"), body).await;
+    assert_eq!(status, 201, "{cert}");
+    let path = format!(
+        "/projects/{p}/certificates/{}",
+        cert["id"].as_str().unwrap()
+    );
+    let failed = api
+        .wait_for(&path, Duration::from_secs(60), name, |c| {
+            !c["last_error"].is_null()
+        })
+        .await;
+    (path, failed)
+}
+
 #[tokio::test]
 async fn ordinary_and_wildcard_certificates_are_issued_over_rfc2136_and_cleaned_up() {
     let bind = Bind::start(ZONE);
@@ -112,21 +136,12 @@ async fn ordinary_and_wildcard_certificates_are_issued_over_rfc2136_and_cleaned_
         ("ordinary", json!([format!("www.{ZONE}")])),
         ("wildcard", json!([ZONE, format!("*.{ZONE}")])),
     ] {
-        let (status, cert) = api
-            .post(
-                &format!("/projects/{p}/certificates"),
+        let (_, issued) = api
+            .issue(
+                &p,
                 json!({ "name": name, "dns_names": names, "issuer_id": issuer_id }),
+                Duration::from_secs(90),
             )
-            .await;
-        assert_eq!(status, 201, "{cert}");
-        let path = format!(
-            "/projects/{p}/certificates/{}",
-            cert["id"].as_str().unwrap()
-        );
-        let issued = api
-            .wait_for(&path, Duration::from_secs(90), name, |c| {
-                c["status"] == "issued"
-            })
             .await;
         let chain = issued["chain_pem"].as_str().unwrap();
         let (_, pem) = x509_parser::pem::parse_x509_pem(chain.as_bytes()).unwrap();
@@ -168,21 +183,7 @@ async fn ordinary_and_wildcard_certificates_are_issued_over_rfc2136_and_cleaned_
             dns_issuer(&pebble, &bind, &bind.key_secret, &servers),
         )
         .await;
-    let (_, cert) = api
-        .post(
-            &format!("/projects/{p}/certificates"),
-            json!({ "name": "lagging", "dns_names": [format!("lag.{ZONE}")], "issuer_id": issuer["id"] }),
-        )
-        .await;
-    let path = format!(
-        "/projects/{p}/certificates/{}",
-        cert["id"].as_str().unwrap()
-    );
-    let stuck = api
-        .wait_for(&path, Duration::from_secs(60), "propagation failure", |c| {
-            !c["last_error"].is_null()
-        })
-        .await;
+    let (path, stuck) = first_failure(&api, &p, &issuer, "lagging", &format!("lag.{ZONE}")).await;
     let error = stuck["last_error"].as_str().unwrap();
     assert!(
         error.contains(&lagging.addr.to_string())
@@ -208,21 +209,7 @@ async fn ordinary_and_wildcard_certificates_are_issued_over_rfc2136_and_cleaned_
             dns_issuer(&pebble, &bind, &wrong, &[]),
         )
         .await;
-    let (_, cert) = api
-        .post(
-            &format!("/projects/{p}/certificates"),
-            json!({ "name": "wrong-key", "dns_names": [format!("key.{ZONE}")], "issuer_id": issuer["id"] }),
-        )
-        .await;
-    let path = format!(
-        "/projects/{p}/certificates/{}",
-        cert["id"].as_str().unwrap()
-    );
-    let refused = api
-        .wait_for(&path, Duration::from_secs(60), "TSIG refusal", |c| {
-            !c["last_error"].is_null()
-        })
-        .await;
+    let (_, refused) = first_failure(&api, &p, &issuer, "wrong-key", &format!("key.{ZONE}")).await;
     let error = refused["last_error"].as_str().unwrap();
     assert!(
         error.contains("refused the update") && error.contains("TSIG"),

@@ -125,21 +125,12 @@ async fn endpoints_serving_current_older_foreign_or_nothing_are_told_apart() {
     );
 
     // Issued twice: the first certificate becomes an older one of ours.
-    let (status, cert) = api
-        .post(
-            &format!("/projects/{p}/certificates"),
+    let (path, first) = api
+        .issue(
+            &p,
             json!({ "name": "www", "dns_names": ["www.drift.example.test"], "issuer_id": issuer }),
+            Duration::from_secs(60),
         )
-        .await;
-    assert_eq!(status, 201, "{cert}");
-    let path = format!(
-        "/projects/{p}/certificates/{}",
-        cert["id"].as_str().unwrap()
-    );
-    let first = api
-        .wait_for(&path, Duration::from_secs(60), "issued", |c| {
-            c["status"] == "issued"
-        })
         .await;
     let first_key = api.get_text(&format!("{path}/private-key")).await;
     let (status, _) = api.post(&format!("{path}/issue"), json!({})).await;

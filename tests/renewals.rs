@@ -67,20 +67,14 @@ async fn a_due_certificate_is_renewed_exactly_once_though_the_leader_dies_mid_ti
 
     let api = ApiClient::new(format!("http://{http}/v1"), bootstrap_token(&db));
     let (p, issuer) = api.project_with_issuer("renewals", &pebble).await;
-    let (status, cert) = api
-        .post(
-            &format!("/projects/{p}/certificates"),
+    let (path, issued) = api
+        .issue(
+            &p,
             json!({ "name": "www", "dns_names": ["www.renew.example.test"], "issuer_id": issuer }),
+            Duration::from_secs(60),
         )
         .await;
-    assert_eq!(status, 201, "{cert}");
-    let id = cert["id"].as_str().unwrap().to_string();
-    let path = format!("/projects/{p}/certificates/{id}");
-    let issued = api
-        .wait_for(&path, Duration::from_secs(60), "issued", |c| {
-            c["status"] == "issued"
-        })
-        .await;
+    let id = issued["id"].as_str().unwrap().to_string();
     let first_serial = issued["serial"].as_str().unwrap().to_string();
     assert_eq!(issued["renewal_count"], 0);
     let due =

@@ -37,21 +37,8 @@ async fn a_revocation_reaches_the_ca_shows_in_the_api_and_audit_and_replaces_whe
     };
 
     // Kept revoked: its policy does not ask for a replacement.
-    let (status, cert) = api
-        .post(
-            &format!("/projects/{p}/certificates"),
-            create("kept", false),
-        )
-        .await;
-    assert_eq!(status, 201, "{cert}");
-    let path = format!(
-        "/projects/{p}/certificates/{}",
-        cert["id"].as_str().unwrap()
-    );
-    let issued = api
-        .wait_for(&path, Duration::from_secs(60), "issued", |c| {
-            c["status"] == "issued"
-        })
+    let (path, issued) = api
+        .issue(&p, create("kept", false), Duration::from_secs(60))
         .await;
     let serial = issued["serial"].as_str().unwrap().to_string();
     assert_eq!(pebble.certificate_status(&serial).await["Status"], "Valid");
@@ -103,20 +90,8 @@ async fn a_revocation_reaches_the_ca_shows_in_the_api_and_audit_and_replaces_whe
     assert_eq!(records[0]["details"]["reason"], "keyCompromise");
 
     // Replaced: the default policy.
-    let (_, cert) = api
-        .post(
-            &format!("/projects/{p}/certificates"),
-            create("replaced", true),
-        )
-        .await;
-    let path = format!(
-        "/projects/{p}/certificates/{}",
-        cert["id"].as_str().unwrap()
-    );
-    let issued = api
-        .wait_for(&path, Duration::from_secs(60), "issued", |c| {
-            c["status"] == "issued"
-        })
+    let (path, issued) = api
+        .issue(&p, create("replaced", true), Duration::from_secs(60))
         .await;
     let old = issued["serial"].as_str().unwrap().to_string();
     let (status, _) = api

@@ -101,6 +101,28 @@ impl ApiClient {
         }
     }
 
+    /// Creates a certificate in project `p` from `body` and waits until it
+    /// is issued; returns its path and the issued certificate.
+    pub async fn issue(
+        &self,
+        p: &str,
+        body: Value,
+        timeout: std::time::Duration,
+    ) -> (String, Value) {
+        let (status, cert) = self
+            .post(&format!("/projects/{p}/certificates"), body)
+            .await;
+        assert_eq!(status, 201, "{cert}");
+        let path = format!(
+            "/projects/{p}/certificates/{}",
+            cert["id"].as_str().unwrap()
+        );
+        let issued = self
+            .wait_for(&path, timeout, "issued", |c| c["status"] == "issued")
+            .await;
+        (path, issued)
+    }
+
     /// A new project with a Pebble issuer (HTTP-01); returns their ids.
     pub async fn project_with_issuer(
         &self,
