@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 
-use crate::acme::order::CERTIFICATES;
+use crate::acme::order::{find_certificate, CERTIFICATES};
 use crate::audit::{Audit, Event};
 use crate::handlers::{HandlerError, JobHandler};
 use crate::jobs::{ClaimedJob, JobError};
@@ -77,6 +77,18 @@ impl Endpoint {
             port: u16::try_from(d.get_i32("port").ok()?).ok()?,
             sni: d.get_str("sni").ok().map(str::to_string),
         })
+    }
+
+    /// The endpoints a certificate document declares.
+    pub fn of_certificate(cert: &Document) -> Vec<Endpoint> {
+        cert.get_array("endpoints")
+            .map(|a| {
+                a.iter()
+                    .filter_map(Bson::as_document)
+                    .filter_map(Endpoint::from_document)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The name the handshake carries; an IP address sends no SNI.
@@ -333,23 +345,10 @@ async fn scan(job: ClaimedJob, timeout: Duration) -> Result<(), HandlerError> {
         .get_str("certificate_id")
         .unwrap_or_default()
         .to_string();
-    let Some(cert) = store
-        .collection(CERTIFICATES)
-        .find_one(doc! { "_id": &id })
-        .await
-        .map_err(JobError::from)?
-    else {
+    let Some(cert) = find_certificate(&store, &id).await? else {
         return Ok(()); // deleted since: nothing to watch
     };
-    let endpoints: Vec<Endpoint> = cert
-        .get_array("endpoints")
-        .map(|a| {
-            a.iter()
-                .filter_map(Bson::as_document)
-                .filter_map(Endpoint::from_document)
-                .collect()
-        })
-        .unwrap_or_default();
+    let endpoints = Endpoint::of_certificate(&cert);
     let current = cert
         .get_document("current")
         .ok()

@@ -19,7 +19,7 @@ use instant_acme::{CertificateIdentifier, Identifier, NewOrder, RenewalInfo};
 use mongodb::bson::{doc, DateTime, Document};
 use rustls_pki_types::CertificateDer;
 
-use super::order::{certificate_of, issuer_of, CERTIFICATES};
+use super::order::{find_certificate, issuer_of, CERTIFICATES};
 use super::{account, RetryAfter};
 use crate::certs;
 use crate::handlers::{HandlerError, JobHandler};
@@ -130,7 +130,9 @@ async fn refresh(
         .get_str("certificate_id")
         .unwrap_or_default()
         .to_string();
-    let cert = certificate_of(&store, &id).await?;
+    let Some(cert) = find_certificate(&store, &id).await? else {
+        return Ok(()); // deleted since: no window to refresh
+    };
     let Ok(current) = cert.get_document("current") else {
         return Ok(());
     };

@@ -805,12 +805,19 @@ fn authorizations_of(order: &Document) -> Vec<Document> {
 
 /// A job's certificate; gone is permanent (the job cannot succeed).
 pub async fn certificate_of(store: &Store, id: &str) -> Result<Document, HandlerError> {
+    find_certificate(store, id)
+        .await?
+        .ok_or_else(|| HandlerError::Permanent(format!("certificate {id} no longer exists")))
+}
+
+/// The certificate `id`, or `None` once it has been deleted: for periodic
+/// work, which has nothing left to do then.
+pub async fn find_certificate(store: &Store, id: &str) -> Result<Option<Document>, HandlerError> {
     store
         .collection(CERTIFICATES)
         .find_one(doc! { "_id": id })
         .await
-        .map_err(db)?
-        .ok_or_else(|| HandlerError::Permanent(format!("certificate {id} no longer exists")))
+        .map_err(db)
 }
 
 /// An issuer's ACME settings, as orders and revocations need them.

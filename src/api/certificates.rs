@@ -258,9 +258,7 @@ fn view(d: &Document) -> CertificateView {
         }),
         consecutive_failures: d.get_i64("consecutive_failures").unwrap_or(0),
         retry_at: date(d, "retry_at"),
-        endpoints: documents(d, "endpoints")
-            .filter_map(Endpoint::from_document)
-            .collect(),
+        endpoints: Endpoint::of_certificate(d),
         drift: documents(d, "drift")
             .map(|e| DriftView {
                 host: e.get_str("host").unwrap_or_default().to_string(),
