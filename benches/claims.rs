@@ -8,14 +8,14 @@
 //! CAP_BENCH_BATCH: jobs per claim for ours (default 8, a worker's default
 //! concurrency).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use certautopilot::jobs::{JobQueue, NewJob};
+use certautopilot::queue::jobs::{JobQueue, NewJob};
 use certautopilot::store::Store;
 use common::TestDb;
 use mongodb::bson::{doc, Document};

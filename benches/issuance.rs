@@ -7,7 +7,7 @@
 //! `cargo bench --bench issuance`. Knobs: CAP_BENCH_CERTS (default 100),
 //! CAP_BENCH_PEER_CERTS (certificates for certbot and lego; default the same).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod common;
 
 use std::process::{Command, Stdio};

@@ -10,14 +10,14 @@
 //! not pass/fail. CAP_BENCH_SIZES: comma-separated totals (default
 //! 10000,100000,1000000); CAP_BENCH_DUE: certificates due (default 1000).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};
 
-use certautopilot::lease::Leases;
-use certautopilot::renewal;
+use certautopilot::queue::lease::Leases;
 use certautopilot::store::Store;
+use certautopilot::work::renewal;
 use common::TestDb;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, DateTime, Document};

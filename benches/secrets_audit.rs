@@ -9,7 +9,7 @@
 //! CAP_BENCH_VERIFY_SIZES (chain lengths, default "10000,100000"; add
 //! 1000000 for the million-record run).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use certautopilot::audit::{self, Audit, Event};
-use certautopilot::secrets::Secrets;
+use certautopilot::crypto::secrets::Secrets;
 use common::TestDb;
 use mongodb::bson::{doc, spec::BinarySubtype, Binary, DateTime, Document};
 

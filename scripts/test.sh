@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs what it needs (scripts/setup.sh), then
-# unit and integration tests against a throw-away secantusd-rs per test
-# binary — or against a real replica set when CAP_TEST_MONGO_URI is set.
+# the unit tests and the one integration-test binary (tests/it) against a
+# throw-away secantusd-rs — or against a real replica set when
+# CAP_TEST_MONGO_URI is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"

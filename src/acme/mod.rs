@@ -1,10 +1,11 @@
 //! ACME through `instant-acme`, with our own HTTP client injected: it
 //! trusts the Mozilla roots plus an issuer's extra CA bundle (for private ACME
 //! CAs), and records every request (endpoint, status, latency) in metrics.
-//! Account credentials are secrets ([`crate::secrets`]), created once per
+//! Account credentials are secrets ([`crate::crypto::secrets`]), created once per
 //! issuer and reused.
 
 pub mod ari;
+pub mod dns;
 pub mod dns01;
 pub mod order;
 pub mod revoke;
@@ -24,31 +25,117 @@ use instant_acme::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
-use crate::metrics::Metrics;
-use crate::secrets::{SecretError, Secrets};
+use crate::crypto::secrets::{SecretError, Secrets};
+use crate::domain::issuer::{eab_secret_id, Issuer};
+use crate::observe::metrics::Metrics;
 
-#[derive(Debug, thiserror::Error)]
+/// What went wrong talking to a CA, decided in one place
+/// ([`AcmeError::from_acme`]) and turned into a job outcome by the work that
+/// asked ([`crate::work::outcome`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AcmeError {
-    #[error("issuer CA bundle: {0}")]
-    CaBundle(String),
+    /// Retrying cannot help: a bad CA bundle, a damaged stored account, a
+    /// challenge the CA does not offer, a key that does not match.
+    #[error("{0}")]
+    Permanent(String),
+    /// May mend by itself: the network, the CA's 5xx, the KEK away for a
+    /// moment, a DNS server not answering yet.
+    #[error("{0}")]
+    Transient(String),
+    /// The CA answered with a problem document of its own (RFC 8555 §6.7)
+    /// other than the two below: whether retrying helps depends on the request.
     #[error("ACME: {0}")]
-    Acme(#[from] instant_acme::Error),
-    #[error(transparent)]
-    Secret(#[from] SecretError),
-    #[error("stored ACME account is damaged: {0}")]
-    Damaged(String),
+    Refused(String),
+    /// `rateLimited`: not before the CA's `Retry-After`.
+    #[error("{reason}")]
+    RateLimited {
+        reason: String,
+        retry_after: std::time::Duration,
+    },
+    /// `badNonce` still, after every resend: the CA did nothing.
+    #[error("ACME: {0}")]
+    BadNonce(String),
 }
 
-/// An account that cannot be had, as a job outcome: a bad CA bundle or a
-/// damaged stored account will not mend by retrying; anything else may.
-impl From<AcmeError> for crate::handlers::HandlerError {
-    fn from(e: AcmeError) -> Self {
+const BAD_NONCE: &str = "urn:ietf:params:acme:error:badNonce";
+const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
+/// How long a `rateLimited` answer without `Retry-After` keeps us away.
+const DEFAULT_RATE_LIMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether an instant-acme error is the CA's problem document of `kind`.
+pub fn is_problem(e: &instant_acme::Error, kind: &str) -> bool {
+    matches!(e, instant_acme::Error::Api(p) if p.r#type.as_deref() == Some(kind))
+}
+
+impl AcmeError {
+    /// The one classification of instant-acme's errors: `retry_after` is
+    /// the last `Retry-After` the CA sent this client.
+    pub fn from_acme(e: instant_acme::Error, retry_after: &RetryAfter) -> AcmeError {
+        if is_problem(&e, BAD_NONCE) {
+            return AcmeError::BadNonce(e.to_string());
+        }
+        if is_problem(&e, RATE_LIMITED) {
+            return AcmeError::RateLimited {
+                reason: format!("ACME: {e}"),
+                retry_after: retry_after.last().unwrap_or(DEFAULT_RATE_LIMIT_WAIT),
+            };
+        }
         match e {
-            AcmeError::CaBundle(_) | AcmeError::Damaged(_) => Self::Permanent(e.to_string()),
-            e => Self::Retryable(e.to_string()),
+            instant_acme::Error::Api(_) => AcmeError::Refused(e.to_string()),
+            e => AcmeError::Transient(format!("ACME: {e}")),
         }
     }
 }
+
+impl From<SecretError> for AcmeError {
+    fn from(e: SecretError) -> Self {
+        AcmeError::Transient(e.to_string())
+    }
+}
+
+/// How often a request the CA answered `badNonce` is sent in all.
+/// instant-acme already retries a `badNonce` three times inside one call;
+/// past that (one request in 8,000 at Pebble's 5 %), the whole call is made
+/// again here. A rejected nonce means the CA did nothing, so resending is
+/// safe even for a new order.
+pub const NONCE_ATTEMPTS: u32 = 5;
+
+/// Whether the `attempt`th answer `e` of a call is worth sending again:
+/// the CA rejected our nonce, and did nothing.
+pub fn resend(e: &instant_acme::Error, attempt: u32) -> bool {
+    is_problem(e, BAD_NONCE) && attempt < NONCE_ATTEMPTS
+}
+
+/// Makes an instant-acme call, sending it again while [`resend`] says so,
+/// and classifies its error ([`AcmeError::from_acme`]). With `accept`, an
+/// error it maps to a value counts as success (`alreadyRevoked`). A macro
+/// because the calls borrow the order mutably, which a closure returning a
+/// future cannot.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! acme_call {
+    ($retry_after:expr, $call:expr) => {
+        $crate::acme::acme_call!($retry_after, $call, accept = |_| None)
+    };
+    ($retry_after:expr, $call:expr, accept = $accept:expr) => {{
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match $call {
+                Ok(v) => break Ok(v),
+                Err(e) => match ($accept)(&e) {
+                    Some(v) => break Ok(v),
+                    None if $crate::acme::resend(&e, attempt) => {
+                        tracing::debug!(attempt, "badNonce again; sending the request again");
+                        continue;
+                    }
+                    None => break Err($crate::acme::AcmeError::from_acme(e, $retry_after)),
+                },
+            }
+        }
+    }};
+}
+pub use acme_call;
 
 /// The TLS client config for ACME: Mozilla roots plus `extra_ca_pem`.
 fn tls_config(extra_ca_pem: Option<&str>) -> Result<rustls::ClientConfig, AcmeError> {
@@ -57,19 +144,21 @@ fn tls_config(extra_ca_pem: Option<&str>) -> Result<rustls::ClientConfig, AcmeEr
     if let Some(pem) = extra_ca_pem {
         let mut added = 0;
         for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            let cert = cert.map_err(|e| AcmeError::CaBundle(e.to_string()))?;
+            let cert = cert.map_err(|e| AcmeError::Permanent(format!("issuer CA bundle: {e}")))?;
             roots
                 .add(cert)
-                .map_err(|e| AcmeError::CaBundle(e.to_string()))?;
+                .map_err(|e| AcmeError::Permanent(format!("issuer CA bundle: {e}")))?;
             added += 1;
         }
         if added == 0 {
-            return Err(AcmeError::CaBundle("no PEM certificate in it".into()));
+            return Err(AcmeError::Permanent(
+                "issuer CA bundle: no PEM certificate in it".into(),
+            ));
         }
     }
     rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| AcmeError::CaBundle(e.to_string()))
+        .map_err(|e| AcmeError::Permanent(format!("issuer CA bundle: {e}")))
         .map(|b| b.with_root_certificates(roots).with_no_client_auth())
 }
 
@@ -171,30 +260,15 @@ fn endpoint_label(path: &str) -> String {
         .unwrap_or_else(|| "root".into())
 }
 
-/// The issuer's fields the ACME client needs.
-#[derive(Debug, Clone)]
-pub struct IssuerAcme {
-    pub id: String,
-    pub directory_url: String,
-    pub contact: String,
-    pub ca_bundle_pem: Option<String>,
-    /// The EAB key id; its HMAC key is the secret [`eab_secret_id`].
-    pub eab_kid: Option<String>,
-    /// An HMAC key stored in the clear by builds before it was sealed.
-    pub eab_legacy_hmac: Option<String>,
-    /// DNS-01 through RFC 2136, when the issuer uses that challenge.
-    pub dns: Option<dns01::DnsSettings>,
-}
-
-/// The secret holding an issuer's EAB HMAC key.
-pub fn eab_secret_id(issuer_id: &str) -> String {
-    format!("issuer-eab/{issuer_id}")
+/// A stored account that cannot be read will not mend by retrying.
+fn damaged(what: impl std::fmt::Display) -> AcmeError {
+    AcmeError::Permanent(format!("stored ACME account is damaged: {what}"))
 }
 
 /// The issuer's ACME account: loaded from its stored credentials, or
 /// registered once and stored (insert-only, so racing workers agree on one).
 pub async fn account(
-    issuer: &IssuerAcme,
+    issuer: &Issuer,
     secrets: &Secrets,
     metrics: Arc<Metrics>,
     retry_after: RetryAfter,
@@ -208,7 +282,7 @@ pub async fn account(
         )
     };
     if let Ok(stored) = secrets.get(&secret_id).await {
-        return from_stored(&stored, http()?).await;
+        return from_stored(&stored, http()?, &retry_after).await;
     }
     let contact = format!("mailto:{}", issuer.contact);
     let eab = match &issuer.eab_kid {
@@ -219,38 +293,43 @@ pub async fn account(
                 None => {
                     let sealed = secrets.get(&eab_secret_id(&issuer.id)).await?;
                     String::from_utf8(sealed.to_vec())
-                        .map_err(|_| AcmeError::Damaged("EAB HMAC key is not text".into()))?
+                        .map_err(|_| damaged("EAB HMAC key is not text"))?
                 }
             };
             let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(hmac_b64.trim_end_matches('='))
-                .map_err(|e| AcmeError::Damaged(format!("EAB HMAC key: {e}")))?;
+                .map_err(|e| damaged(format!("EAB HMAC key: {e}")))?;
             Some(ExternalAccountKey::new(kid.clone(), &key))
         }
         None => None,
     };
-    let (_, credentials) = Account::builder_with_http(http()?)
-        .create(
-            &NewAccount {
-                contact: &[&contact],
-                terms_of_service_agreed: true,
-                only_return_existing: false,
-            },
-            issuer.directory_url.clone(),
-            eab.as_ref(),
-        )
-        .await?;
-    let json = serde_json::to_vec(&credentials).map_err(|e| AcmeError::Damaged(e.to_string()))?;
+    let new_account = NewAccount {
+        contact: &[&contact],
+        terms_of_service_agreed: true,
+        only_return_existing: false,
+    };
+    let (_, credentials) = acme_call!(
+        &retry_after,
+        Account::builder_with_http(http()?)
+            .create(&new_account, issuer.directory_url.clone(), eab.as_ref())
+            .await
+    )?;
+    let json = serde_json::to_vec(&credentials).map_err(|e| damaged(e.to_string()))?;
     let stored = secrets.get_or_create(&secret_id, || json).await?;
-    from_stored(&stored, http()?).await
+    from_stored(&stored, http()?, &retry_after).await
 }
 
-async fn from_stored(stored: &[u8], http: Box<dyn HttpClient>) -> Result<Account, AcmeError> {
+async fn from_stored(
+    stored: &[u8],
+    http: Box<dyn HttpClient>,
+    retry_after: &RetryAfter,
+) -> Result<Account, AcmeError> {
     let credentials: AccountCredentials =
-        serde_json::from_slice(stored).map_err(|e| AcmeError::Damaged(e.to_string()))?;
-    Ok(Account::builder_with_http(http)
+        serde_json::from_slice(stored).map_err(|e| damaged(e.to_string()))?;
+    Account::builder_with_http(http)
         .from_credentials(credentials)
-        .await?)
+        .await
+        .map_err(|e| AcmeError::from_acme(e, retry_after))
 }
 
 #[cfg(test)]

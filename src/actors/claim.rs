@@ -16,14 +16,14 @@ use mongodb::bson::oid::ObjectId;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::actors::readiness::Readiness;
 use crate::actors::supervision::Restarts;
 use crate::audit::{Audit, Event};
-use crate::handlers::{HandlerError, Handlers, JobHandler};
-use crate::jobs::{ClaimedJob, FailOutcome, JobError, JobQueue};
-use crate::metrics::Metrics;
-use crate::presence::Presence;
-use crate::readiness::Readiness;
-use crate::schema::SchemaFit;
+use crate::observe::metrics::Metrics;
+use crate::queue::handler::{HandlerError, Handlers, JobHandler};
+use crate::queue::jobs::{ClaimedJob, FailOutcome, JobError, JobQueue};
+use crate::queue::presence::Presence;
+use crate::store::schema::SchemaFit;
 use mongodb::bson::doc;
 
 /// The actor's life: claiming, or draining towards shutdown.

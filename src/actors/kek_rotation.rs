@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use mongodb::bson::doc;
 
 use crate::actors::lease::LeadershipChanged;
-use crate::jobs::{JobState, NewJob, JOBS_COLLECTION};
-use crate::kek::KekProvider;
-use crate::lease::{Leases, Term};
-use crate::metrics::Metrics;
-use crate::rotation::{data_keys_by_version, remaining, KEK_REWRAP};
+use crate::crypto::kek::KekProvider;
+use crate::domain::jobs::{self, JobKind};
+use crate::observe::metrics::Metrics;
+use crate::queue::jobs::{JobQueue, NewJob};
+use crate::queue::lease::{Leases, Term};
+use crate::store::keys::{data_keys_by_version, remaining};
 
 pub struct KekRotationActor {
     leases: Leases,
@@ -96,12 +96,8 @@ async fn step(
     if left == 0 {
         return Ok(());
     }
-    let active = store
-        .collection(JOBS_COLLECTION)
-        .count_documents(doc! {
-            "kind": KEK_REWRAP,
-            "state": { "$in": [JobState::Queued.as_str(), JobState::Running.as_str()] },
-        })
+    let active = JobQueue::new(store.clone())
+        .count_active(JobKind::KekRewrap)
         .await
         .map_err(short)?;
     if active > 0 {
@@ -109,11 +105,7 @@ async fn step(
     }
     let now = store.server_now().await.map_err(short)?;
     let bucket = now.timestamp_millis() / every.as_millis().max(1) as i64;
-    let job = NewJob::new(
-        KEK_REWRAP,
-        format!("{KEK_REWRAP}:v{current}:{bucket}"),
-        doc! { "target": current as i64, "term": term.term },
-    );
+    let job = NewJob::from_spec(jobs::kek_rewrap(current, bucket, term.term));
     let enqueued = leases
         .enqueue_as_leader(term, &job)
         .await

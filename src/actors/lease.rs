@@ -1,4 +1,4 @@
-//! `LeaseActor`: leader election on a lease document (see [`crate::lease`]).
+//! `LeaseActor`: leader election on a lease document (see [`crate::queue::lease`]).
 //!
 //! Invariant kept: this process acts as leader only while its lease is
 //! certainly live. It renews about every fifth of the TTL and, when renewals
@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use crate::actors::readiness::Readiness;
 use crate::actors::supervision::Restarts;
 use crate::audit::{Audit, Event};
-use crate::lease::{next_change, LeaseError, Leases, Term};
-use crate::metrics::Metrics;
-use crate::readiness::Readiness;
-use crate::schema::SchemaFit;
-use crate::shutdown::Shutdown;
+use crate::observe::metrics::Metrics;
+use crate::observe::shutdown::Shutdown;
+use crate::queue::lease::{next_change, LeaseError, Leases, Term};
+use crate::store::schema::SchemaFit;
 use mongodb::bson::doc;
 use std::sync::Arc;
 

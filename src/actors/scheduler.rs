@@ -14,15 +14,14 @@
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use mongodb::bson::doc;
 
-use crate::acme::ari;
 use crate::actors::lease::LeadershipChanged;
-use crate::handlers::HOUSEKEEPING;
-use crate::jobs::NewJob;
-use crate::lease::{LeaseError, Leases, Term};
-use crate::periodic::TickReport;
-use crate::{drift, periodic, renewal};
+use crate::domain::jobs;
+use crate::domain::renewal::PROVISIONAL_REFRESH;
+use crate::queue::jobs::NewJob;
+use crate::queue::lease::{LeaseError, Leases, Term};
+use crate::work::periodic::{self, TickReport};
+use crate::work::renewal;
 
 #[derive(Debug, Clone)]
 pub struct SchedulerSettings {
@@ -68,7 +67,7 @@ impl SchedulerActor {
             async move {
                 let now = store.server_now().await?;
                 let bucket = now.timestamp_millis() / every.as_millis() as i64;
-                let job = NewJob::new(HOUSEKEEPING, format!("{HOUSEKEEPING}:{bucket}"), doc! { "term": term.term });
+                let job = NewJob::from_spec(jobs::housekeeping(bucket, term.term));
                 leases.enqueue_as_leader(&term, &job).await.map(|e| (e, bucket)).map_err(|e| match e {
                     LeaseError::Db(e) => e,
                     lost => mongodb::error::Error::custom(lost.to_string()),
@@ -105,14 +104,14 @@ impl SchedulerActor {
                 let renewals = renewal::enqueue_due(&leases, &term, batch, pause).await;
                 log_tick("renewal", started, renewals);
                 for (work, every) in [
-                    (drift::PERIODIC, drift_every),
-                    (ari::PERIODIC, ari::PROVISIONAL_REFRESH),
+                    (periodic::DRIFT_SCANS, drift_every),
+                    (periodic::ARI_REFRESHES, PROVISIONAL_REFRESH),
                 ] {
                     let started = Instant::now();
                     let report =
                         periodic::enqueue_due(&leases, &term, work, periodic::DEFAULT_BATCH, every)
                             .await;
-                    log_tick(work.kind, started, report);
+                    log_tick(work.kind().as_str(), started, report);
                 }
             }
             .into_actor(self)

@@ -1,4 +1,4 @@
-//! `SiemActor`: runs the SIEM forwarder ([`crate::siem`]) while this
+//! `SiemActor`: runs the SIEM forwarder ([`crate::audit::siem`]) while this
 //! process leads the scheduler, and stops it the moment leadership ends.
 
 use std::sync::Arc;
@@ -7,9 +7,9 @@ use actix::prelude::*;
 use tokio_util::sync::CancellationToken;
 
 use crate::actors::lease::LeadershipChanged;
-use crate::lease::Leases;
-use crate::metrics::Metrics;
-use crate::siem::{self, SiemConfig};
+use crate::audit::siem::{self, SiemConfig};
+use crate::observe::metrics::Metrics;
+use crate::queue::lease::Leases;
 
 pub struct SiemActor {
     leases: Leases,

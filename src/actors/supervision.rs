@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::backoff::Backoff;
+use crate::domain::backoff::Backoff;
 
 pub const RESTART_BACKOFF: Backoff =
     Backoff::new(Duration::from_millis(500), Duration::from_secs(30));

@@ -12,8 +12,9 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::AppState;
-use crate::acme::order::{CERTIFICATES, OPEN_STAGES, ORDERS};
-use crate::jobs::JobState;
+use crate::domain::certificate::CertificateStatus;
+use crate::queue::jobs::JobState;
+use crate::store::{certificates, orders};
 
 /// Queue depth read at most this often, however often `/metrics` is scraped.
 const DEPTH_MAX_AGE: Duration = Duration::from_secs(5);
@@ -62,65 +63,56 @@ fn refresh_due(state: &AppState) -> bool {
 }
 
 /// Certificates by status and drift (the shared counts of
-/// [`crate::stats`]), orders in flight, and the notAfter of the
+/// [`crate::store::stats`]), orders in flight, and the notAfter of the
 /// [`EXPIRY_SERIES`] certificates expiring soonest (a bounded number of
 /// series, from the `current.not_after` index).
 async fn refresh_certificates(state: &AppState) -> Result<(), String> {
-    use futures::TryStreamExt;
     use mongodb::bson::{doc, Document};
     let store = state.queue.store();
     let short = |e: mongodb::error::Error| crate::store::short(&e);
     let read = async {
-        let (counts, claimed) = crate::stats::read_or_claim(store).await.map_err(short)?;
+        let (counts, claimed) = crate::store::stats::read_or_claim(store)
+            .await
+            .map_err(short)?;
         if claimed {
             // Counted in the background: a large collection takes longer
             // than a scrape may wait; until then the last counts serve.
             let store = store.clone();
             actix_web::rt::spawn(async move {
-                if let Err(e) = crate::stats::count(&store).await {
+                if let Err(e) = crate::store::stats::count(&store).await {
                     tracing::warn!(error = %crate::store::short(&e), "counting certificates failed");
-                    let _ = crate::stats::release(&store).await;
+                    let _ = crate::store::stats::release(&store).await;
                 }
             });
         }
-        let in_flight = store
-            .collection(ORDERS)
-            .count_documents(doc! { "stage": { "$in": OPEN_STAGES.to_vec() } })
-            .await
-            .map_err(short)?;
-        let soonest: Vec<Document> = store
-            .collection(CERTIFICATES)
-            .find(doc! { "current.not_after": { "$exists": true } })
-            .sort(doc! { "current.not_after": 1 })
-            .limit(EXPIRY_SERIES)
-            .projection(doc! { "project_id": 1, "current.not_after": 1 })
-            .await
-            .map_err(short)?
-            .try_collect()
-            .await
-            .map_err(short)?;
-        let due_soonest: Vec<Document> = store
-            .collection(CERTIFICATES)
-            .find(doc! { "renewal_due_at": { "$exists": true } })
-            .sort(doc! { "renewal_due_at": 1 })
-            .limit(EXPIRY_SERIES)
-            .projection(doc! { "project_id": 1, "renewal_due_at": 1 })
-            .await
-            .map_err(short)?
-            .try_collect()
-            .await
-            .map_err(short)?;
-        let failing: Vec<Document> = store
-            .collection(CERTIFICATES)
-            .find(doc! { "consecutive_failures": { "$gt": 0 } })
-            .sort(doc! { "consecutive_failures": -1 })
-            .limit(EXPIRY_SERIES)
-            .projection(doc! { "project_id": 1, "consecutive_failures": 1 })
-            .await
-            .map_err(short)?
-            .try_collect()
-            .await
-            .map_err(short)?;
+        let in_flight = orders::count_open(store).await.map_err(short)?;
+        let soonest: Vec<Document> = certificates::first_by(
+            store,
+            doc! { "current.not_after": { "$exists": true } },
+            doc! { "current.not_after": 1 },
+            EXPIRY_SERIES,
+            doc! { "project_id": 1, "current.not_after": 1 },
+        )
+        .await
+        .map_err(short)?;
+        let due_soonest: Vec<Document> = certificates::first_by(
+            store,
+            doc! { "renewal_due_at": { "$exists": true } },
+            doc! { "renewal_due_at": 1 },
+            EXPIRY_SERIES,
+            doc! { "project_id": 1, "renewal_due_at": 1 },
+        )
+        .await
+        .map_err(short)?;
+        let failing: Vec<Document> = certificates::first_by(
+            store,
+            doc! { "consecutive_failures": { "$gt": 0 } },
+            doc! { "consecutive_failures": -1 },
+            EXPIRY_SERIES,
+            doc! { "project_id": 1, "consecutive_failures": 1 },
+        )
+        .await
+        .map_err(short)?;
 
         Ok::<_, String>((counts, in_flight, soonest, due_soonest, failing))
     };
@@ -131,14 +123,14 @@ async fn refresh_certificates(state: &AppState) -> Result<(), String> {
     let m = &state.metrics;
     if let Some(counts) = counts {
         m.certificates.reset();
-        for s in ["pending", "issuing", "issued", "failed", "revoked"] {
-            m.certificates.with_label_values(&[s]).set(0);
+        for s in CertificateStatus::ALL {
+            m.certificates.with_label_values(&[s.as_str()]).set(0);
         }
         for (status, n) in &counts.by_status {
             m.certificates.with_label_values(&[status]).set(*n);
         }
         m.certificates_by_drift.reset();
-        for state in crate::drift::DriftState::ALL {
+        for state in crate::domain::drift::DriftState::ALL {
             m.certificates_by_drift
                 .with_label_values(&[state.as_str()])
                 .set(0);

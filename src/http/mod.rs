@@ -1,15 +1,17 @@
-//! The HTTP surface every workload serves: `/healthz`, `/readyz`,
-//! `/metrics` ([`health`]); the API joins it on `api` replicas in a later issue.
+//! The HTTP surface: `/healthz`, `/readyz` and `/metrics` on every workload
+//! ([`health`]), and on `api` replicas the `/v1` API and the HTTP-01
+//! responder ([`api`]).
 
+pub mod api;
 pub mod health;
 
 use std::sync::Arc;
 
 use actix_web::web;
 
-use crate::jobs::JobQueue;
-use crate::metrics::Metrics;
-use crate::readiness::Readiness;
+use crate::actors::readiness::Readiness;
+use crate::observe::metrics::Metrics;
+use crate::queue::jobs::JobQueue;
 
 /// What handlers share.
 #[derive(Clone)]

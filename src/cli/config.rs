@@ -1,0 +1,598 @@
+//! Configuration: every knob is a `CAP_*` environment variable, overridable by
+//! a flag, with a documented default (see README "Configuration").
+//!
+//! Values arrive as strings (clap binds flag and variable) and are validated
+//! here, so that a bad value produces one line naming the variable and the
+//! process exits with code 2.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+pub const DEFAULT_JOB_LEASE_SECS: u64 = 60;
+pub const DEFAULT_LEADER_LEASE_SECS: u64 = 15;
+pub const DEFAULT_WORKER_CONCURRENCY: usize = 8;
+pub const DEFAULT_WORKER_PRESENCE_SECS: u64 = 10;
+pub const DEFAULT_CLAIM_POLL_MS: u64 = 500;
+pub const DEFAULT_ELECTION_RETRY_SECS: u64 = 30;
+pub const DEFAULT_READYZ_GRACE_SECS: u64 = 10;
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
+pub const DEFAULT_HOUSEKEEPING_SECS: u64 = 60;
+pub const DEFAULT_RENEWAL_SCAN_SECS: u64 = 30;
+pub const DEFAULT_DRIFT_SCAN_SECS: u64 = 3600;
+pub const DEFAULT_ISSUE_BACKOFF_BASE_SECS: u64 = 60;
+pub const DEFAULT_ISSUE_BACKOFF_MAX_SECS: u64 = 6 * 3600;
+pub use crate::queue::jobs::DEFAULT_MAX_ATTEMPTS as DEFAULT_JOB_MAX_ATTEMPTS;
+pub const DEFAULT_JOB_RETENTION_SECS: u64 = 7 * 24 * 3600;
+pub const DEFAULT_LOG_FORMAT: &str = "json";
+pub const DEFAULT_KEK_ROTATION_CHECK_SECS: u64 = 30;
+pub const DEFAULT_SIEM_BATCH: u64 = 100;
+pub const DEFAULT_SIEM_POLL_MS: u64 = 1000;
+pub const DEFAULT_KEK_PROVIDER: &str = "file";
+pub const DEFAULT_PKCS11_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+pub const DEFAULT_PKCS11_TOKEN_LABEL: &str = "certautopilot";
+
+/// Flags shared by every command that talks to the database. Each one reads
+/// its `CAP_*` variable when the flag is absent.
+#[derive(Args, Debug, Clone, Default)]
+pub struct CommonArgs {
+    /// MongoDB connection string (required), e.g.
+    /// mongodb://m0,m1,m2/certautopilot?replicaSet=rs0
+    #[arg(long, env = "CAP_MONGO_URI", hide_env_values = true)]
+    pub mongo_uri: Option<String>,
+    /// Retry MongoDB errors caused by an election for this long [default: 30]
+    #[arg(long, env = "CAP_ELECTION_RETRY_SECS")]
+    pub election_retry_secs: Option<String>,
+    /// Log format: json or text [default: json]
+    #[arg(long, env = "CAP_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    #[command(flatten)]
+    pub kek: KekArgs,
+}
+
+/// Where the key-encryption keys are.
+#[derive(Args, Debug, Clone, Default)]
+pub struct KekArgs {
+    /// KEK provider: file or pkcs11 [default: file]
+    #[arg(long, env = "CAP_KEK_PROVIDER")]
+    pub kek_provider: Option<String>,
+    /// Key-ring file of the file provider (mode 0600; required with it)
+    #[arg(long, env = "CAP_KEK_FILE")]
+    pub kek_file: Option<String>,
+    /// PKCS#11 module of the pkcs11 provider [default: /usr/lib/softhsm/libsofthsm2.so]
+    #[arg(long, env = "CAP_PKCS11_MODULE")]
+    pub pkcs11_module: Option<String>,
+    /// Label of the PKCS#11 token holding the KEKs [default: certautopilot]
+    #[arg(long, env = "CAP_PKCS11_TOKEN_LABEL")]
+    pub pkcs11_token_label: Option<String>,
+    /// User PIN of that token (required with the pkcs11 provider)
+    #[arg(long, env = "CAP_PKCS11_PIN", hide_env_values = true)]
+    pub pkcs11_pin: Option<String>,
+}
+
+impl KekArgs {
+    pub fn resolve(&self) -> Result<crate::crypto::kek::KekConfig, ConfigError> {
+        use crate::crypto::kek::KekConfig;
+        let set = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        match set(&self.kek_provider).as_deref().unwrap_or(DEFAULT_KEK_PROVIDER) {
+            "file" => match set(&self.kek_file) {
+                Some(path) => Ok(KekConfig::File { path: path.into() }),
+                None => Err(ConfigError(
+                    "CAP_KEK_FILE is not set (or pass --kek-file): the file KEK provider needs its key ring; create one with `certautopilot kek init --file PATH`".into(),
+                )),
+            },
+            "pkcs11" => Ok(KekConfig::Pkcs11 {
+                module: set(&self.pkcs11_module)
+                    .unwrap_or_else(|| DEFAULT_PKCS11_MODULE.into())
+                    .into(),
+                token_label: set(&self.pkcs11_token_label)
+                    .unwrap_or_else(|| DEFAULT_PKCS11_TOKEN_LABEL.into()),
+                pin: zeroize::Zeroizing::new(set(&self.pkcs11_pin).ok_or_else(|| {
+                    ConfigError("CAP_PKCS11_PIN is not set: the pkcs11 KEK provider needs the token's user PIN".into())
+                })?),
+            }),
+            other => Err(ConfigError(format!(
+                "invalid CAP_KEK_PROVIDER {other:?}: expected file or pkcs11"
+            ))),
+        }
+    }
+}
+
+/// Flags of the long-running workloads (`api`, `worker`, `scheduler`, `all`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct WorkloadArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Address serving /healthz, /readyz, /metrics (and the API) [default: 127.0.0.1:8080]
+    #[arg(long, env = "CAP_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// A second listener (api role) serving nothing but ACME HTTP-01 challenges, e.g. 0.0.0.0:80 [default: none]
+    #[arg(long, env = "CAP_CHALLENGE_ADDR")]
+    pub challenge_addr: Option<String>,
+    /// Job lease length in seconds [default: 60]
+    #[arg(long, env = "CAP_JOB_LEASE_SECS")]
+    pub job_lease_secs: Option<String>,
+    /// Scheduler leader lease length in seconds [default: 15]
+    #[arg(long, env = "CAP_LEADER_LEASE_SECS")]
+    pub leader_lease_secs: Option<String>,
+    /// Jobs a worker runs at once [default: 8]
+    #[arg(long, env = "CAP_WORKER_CONCURRENCY")]
+    pub worker_concurrency: Option<String>,
+    /// A worker's presence lease in seconds; its jobs are reclaimed this soon after it dies [default: 10]
+    #[arg(long, env = "CAP_WORKER_PRESENCE_SECS")]
+    pub worker_presence_secs: Option<String>,
+    /// How often an idle worker looks for runnable jobs, in milliseconds [default: 500]
+    #[arg(long, env = "CAP_CLAIM_POLL_MS")]
+    pub claim_poll_ms: Option<String>,
+    /// How long the database may be unreachable before /readyz fails [default: 10]
+    #[arg(long, env = "CAP_READYZ_GRACE_SECS")]
+    pub readyz_grace_secs: Option<String>,
+    /// Longest a SIGTERM'd process spends draining before it exits [default: 25]
+    #[arg(long, env = "CAP_SHUTDOWN_GRACE_SECS")]
+    pub shutdown_grace_secs: Option<String>,
+    /// How often the scheduler leader enqueues housekeeping [default: 60]
+    #[arg(long, env = "CAP_HOUSEKEEPING_SECS")]
+    pub housekeeping_secs: Option<String>,
+    /// Attempts before a failing job is dead [default: 5]
+    #[arg(long, env = "CAP_JOB_MAX_ATTEMPTS")]
+    pub job_max_attempts: Option<String>,
+    /// How long finished jobs are kept before housekeeping deletes them [default: 604800]
+    #[arg(long, env = "CAP_JOB_RETENTION_SECS")]
+    pub job_retention_secs: Option<String>,
+    /// How often the scheduler leader counts data keys per KEK version and queues re-wraps [default: 30]
+    #[arg(long, env = "CAP_KEK_ROTATION_CHECK_SECS")]
+    pub kek_rotation_check_secs: Option<String>,
+    /// SIEM syslog receiver, host:port (RFC 5424 over TCP, octet counting) [default: off]
+    #[arg(long, env = "CAP_SIEM_SYSLOG_ADDR")]
+    pub siem_syslog_addr: Option<String>,
+    /// Use TLS to the syslog receiver: true or false [default: false]
+    #[arg(long, env = "CAP_SIEM_SYSLOG_TLS")]
+    pub siem_syslog_tls: Option<String>,
+    /// Extra CA certificates (PEM) trusted for the syslog receiver [default: none]
+    #[arg(long, env = "CAP_SIEM_SYSLOG_CA_FILE")]
+    pub siem_syslog_ca_file: Option<String>,
+    /// SIEM webhook URL receiving JSON batches of audit records [default: off]
+    #[arg(long, env = "CAP_SIEM_WEBHOOK_URL")]
+    pub siem_webhook_url: Option<String>,
+    /// Extra CA certificates (PEM) trusted for the webhook [default: none]
+    #[arg(long, env = "CAP_SIEM_WEBHOOK_CA_FILE")]
+    pub siem_webhook_ca_file: Option<String>,
+    /// Audit records per SIEM send [default: 100]
+    #[arg(long, env = "CAP_SIEM_BATCH")]
+    pub siem_batch: Option<String>,
+    /// How often an idle SIEM forwarder looks for new records, in milliseconds [default: 1000]
+    #[arg(long, env = "CAP_SIEM_POLL_MS")]
+    pub siem_poll_ms: Option<String>,
+    /// How often the scheduler leader looks for certificates due for renewal [default: 30]
+    #[arg(long, env = "CAP_RENEWAL_SCAN_SECS")]
+    pub renewal_scan_secs: Option<String>,
+    /// How often each certificate's declared endpoints are scanned for drift [default: 3600]
+    #[arg(long, env = "CAP_DRIFT_SCAN_SECS")]
+    pub drift_scan_secs: Option<String>,
+    /// First delay after a failed issuance or renewal; doubles with each consecutive failure [default: 60]
+    #[arg(long, env = "CAP_ISSUE_BACKOFF_BASE_SECS")]
+    pub issue_backoff_base_secs: Option<String>,
+    /// Longest delay between issuance or renewal attempts [default: 21600]
+    #[arg(long, env = "CAP_ISSUE_BACKOFF_MAX_SECS")]
+    pub issue_backoff_max_secs: Option<String>,
+    /// Fault injection for tests: a worker pauses (10 min) right after recording this ACME order stage;
+    /// `renewal_enqueued` makes the scheduler leader pause between a renewal's enqueue and its mark [default: none]
+    #[arg(long, env = "CAP_FAULT_PAUSE_AFTER_STAGE")]
+    pub fault_pause_after_stage: Option<String>,
+    /// Identity of this process in leases and job holders [default: hostname-pid-random]
+    #[arg(long, env = "CAP_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Fault injection for tests: shift this process's local clock by N seconds [default: 0]
+    #[arg(long, env = "CAP_CLOCK_OFFSET_SECS", allow_hyphen_values = true)]
+    pub clock_offset_secs: Option<String>,
+}
+
+/// A configuration error: one line that names the variable.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+pub use crate::observe::logging::LogFormat;
+
+/// What every database-facing command needs.
+#[derive(Debug, Clone)]
+pub struct CommonConfig {
+    pub mongo_uri: String,
+    /// Where the KEKs are; `Err` (with its message) when not configured,
+    /// which only commands that need a KEK report.
+    pub kek: Result<crate::crypto::kek::KekConfig, ConfigError>,
+    pub election_retry: Duration,
+    pub log_format: LogFormat,
+}
+
+/// What the long-running workloads need.
+#[derive(Debug, Clone)]
+pub struct WorkloadConfig {
+    pub common: CommonConfig,
+    pub http_addr: SocketAddr,
+    pub challenge_addr: Option<SocketAddr>,
+    pub job_lease: Duration,
+    pub leader_lease: Duration,
+    pub worker_concurrency: usize,
+    pub worker_presence: Duration,
+    pub claim_poll: Duration,
+    pub readyz_grace: Duration,
+    pub shutdown_grace: Duration,
+    pub housekeeping_interval: Duration,
+    pub job_max_attempts: u32,
+    pub job_retention: Duration,
+    pub kek_rotation_check: Duration,
+    pub renewal_scan: Duration,
+    pub drift_scan: Duration,
+    pub issue_backoff: crate::domain::backoff::Backoff,
+    pub siem: crate::audit::siem::SiemConfig,
+    pub fault_pause_after_stage: Option<String>,
+    pub instance_id: String,
+    pub clock_offset_secs: i64,
+}
+
+impl CommonArgs {
+    pub fn resolve(&self) -> Result<CommonConfig, ConfigError> {
+        let mongo_uri = match self.mongo_uri.as_deref().map(str::trim) {
+            Some(uri) if !uri.is_empty() => uri.to_string(),
+            _ => {
+                return Err(ConfigError(
+                    "CAP_MONGO_URI is not set (or pass --mongo-uri): the MongoDB connection string is required".into(),
+                ))
+            }
+        };
+        if !(mongo_uri.starts_with("mongodb://") || mongo_uri.starts_with("mongodb+srv://")) {
+            return Err(ConfigError(
+                "CAP_MONGO_URI must start with mongodb:// or mongodb+srv://".into(),
+            ));
+        }
+        Ok(CommonConfig {
+            mongo_uri,
+            kek: self.kek.resolve(),
+            election_retry: secs(
+                &self.election_retry_secs,
+                "CAP_ELECTION_RETRY_SECS",
+                DEFAULT_ELECTION_RETRY_SECS,
+                0..=600,
+            )?,
+            log_format: log_format(self.log_format.as_deref())?,
+        })
+    }
+}
+
+impl WorkloadArgs {
+    fn issue_backoff(&self) -> Result<crate::domain::backoff::Backoff, ConfigError> {
+        let base = secs(
+            &self.issue_backoff_base_secs,
+            "CAP_ISSUE_BACKOFF_BASE_SECS",
+            DEFAULT_ISSUE_BACKOFF_BASE_SECS,
+            1..=86_400,
+        )?;
+        let max = secs(
+            &self.issue_backoff_max_secs,
+            "CAP_ISSUE_BACKOFF_MAX_SECS",
+            DEFAULT_ISSUE_BACKOFF_MAX_SECS,
+            1..=7 * 86_400,
+        )?;
+        if max < base {
+            return Err(ConfigError(
+                "CAP_ISSUE_BACKOFF_MAX_SECS must not be shorter than CAP_ISSUE_BACKOFF_BASE_SECS"
+                    .into(),
+            ));
+        }
+        Ok(crate::domain::backoff::Backoff::new(base, max))
+    }
+
+    pub fn resolve(&self) -> Result<WorkloadConfig, ConfigError> {
+        let common = self.common.resolve()?;
+        let http_addr = self.http_addr.as_deref().unwrap_or(DEFAULT_HTTP_ADDR);
+        let http_addr: SocketAddr = http_addr.trim().parse().map_err(|_| {
+            ConfigError(format!(
+                "invalid CAP_HTTP_ADDR {http_addr:?}: expected host:port with an IP address, e.g. 0.0.0.0:8080"
+            ))
+        })?;
+        let challenge_addr = match self.challenge_addr.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(a) => Some(a.parse().map_err(|_| {
+                ConfigError(format!(
+                    "invalid CAP_CHALLENGE_ADDR {a:?}: expected host:port with an IP address, e.g. 0.0.0.0:80"
+                ))
+            })?),
+        };
+        let job_lease = secs(
+            &self.job_lease_secs,
+            "CAP_JOB_LEASE_SECS",
+            DEFAULT_JOB_LEASE_SECS,
+            3..=3600,
+        )?;
+        let leader_lease = secs(
+            &self.leader_lease_secs,
+            "CAP_LEADER_LEASE_SECS",
+            DEFAULT_LEADER_LEASE_SECS,
+            3..=600,
+        )?;
+        let worker_presence = secs(
+            &self.worker_presence_secs,
+            "CAP_WORKER_PRESENCE_SECS",
+            DEFAULT_WORKER_PRESENCE_SECS,
+            3..=600,
+        )?;
+        let instance_id = match self.instance_id.as_deref().map(str::trim) {
+            Some(id) if !id.is_empty() => id.to_string(),
+            _ => default_instance_id(),
+        };
+        Ok(WorkloadConfig {
+            common,
+            http_addr,
+            challenge_addr,
+            job_lease,
+            leader_lease,
+            worker_concurrency: number(
+                &self.worker_concurrency,
+                "CAP_WORKER_CONCURRENCY",
+                DEFAULT_WORKER_CONCURRENCY as u64,
+                1..=1024,
+            )? as usize,
+            worker_presence,
+            claim_poll: Duration::from_millis(number(
+                &self.claim_poll_ms,
+                "CAP_CLAIM_POLL_MS",
+                DEFAULT_CLAIM_POLL_MS,
+                10..=60_000,
+            )?),
+            readyz_grace: secs(
+                &self.readyz_grace_secs,
+                "CAP_READYZ_GRACE_SECS",
+                DEFAULT_READYZ_GRACE_SECS,
+                0..=3600,
+            )?,
+            shutdown_grace: secs(
+                &self.shutdown_grace_secs,
+                "CAP_SHUTDOWN_GRACE_SECS",
+                DEFAULT_SHUTDOWN_GRACE_SECS,
+                1..=3600,
+            )?,
+            housekeeping_interval: secs(
+                &self.housekeeping_secs,
+                "CAP_HOUSEKEEPING_SECS",
+                DEFAULT_HOUSEKEEPING_SECS,
+                1..=86_400,
+            )?,
+            job_max_attempts: number(
+                &self.job_max_attempts,
+                "CAP_JOB_MAX_ATTEMPTS",
+                DEFAULT_JOB_MAX_ATTEMPTS as u64,
+                1..=100,
+            )? as u32,
+            job_retention: secs(
+                &self.job_retention_secs,
+                "CAP_JOB_RETENTION_SECS",
+                DEFAULT_JOB_RETENTION_SECS,
+                60..=365 * 86_400,
+            )?,
+            kek_rotation_check: secs(
+                &self.kek_rotation_check_secs,
+                "CAP_KEK_ROTATION_CHECK_SECS",
+                DEFAULT_KEK_ROTATION_CHECK_SECS,
+                1..=86_400,
+            )?,
+            renewal_scan: secs(
+                &self.renewal_scan_secs,
+                "CAP_RENEWAL_SCAN_SECS",
+                DEFAULT_RENEWAL_SCAN_SECS,
+                1..=3600,
+            )?,
+            drift_scan: secs(
+                &self.drift_scan_secs,
+                "CAP_DRIFT_SCAN_SECS",
+                DEFAULT_DRIFT_SCAN_SECS,
+                1..=7 * 86_400,
+            )?,
+            issue_backoff: self.issue_backoff()?,
+            siem: self.siem(&instance_id)?,
+            fault_pause_after_stage: self
+                .fault_pause_after_stage
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+            instance_id,
+            clock_offset_secs: signed(&self.clock_offset_secs, "CAP_CLOCK_OFFSET_SECS", 0)?,
+        })
+    }
+}
+
+impl WorkloadArgs {
+    fn siem(&self, hostname: &str) -> Result<crate::audit::siem::SiemConfig, ConfigError> {
+        use crate::audit::siem::{SiemConfig, SyslogConfig, WebhookConfig};
+        let set = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        let tls = match set(&self.siem_syslog_tls).as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "invalid CAP_SIEM_SYSLOG_TLS {other:?}: expected true or false"
+                )))
+            }
+        };
+        let syslog = match set(&self.siem_syslog_addr) {
+            None => None,
+            Some(addr)
+                if addr
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) =>
+            {
+                Some(SyslogConfig {
+                    addr,
+                    tls,
+                    ca_file: set(&self.siem_syslog_ca_file).map(Into::into),
+                })
+            }
+            Some(addr) => {
+                return Err(ConfigError(format!(
+                    "invalid CAP_SIEM_SYSLOG_ADDR {addr:?}: expected host:port"
+                )))
+            }
+        };
+        let webhook = match set(&self.siem_webhook_url) {
+            None => None,
+            Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
+                Some(WebhookConfig {
+                    url,
+                    ca_file: set(&self.siem_webhook_ca_file).map(Into::into),
+                })
+            }
+            Some(url) => {
+                return Err(ConfigError(format!(
+                    "invalid CAP_SIEM_WEBHOOK_URL {url:?}: expected an https:// URL"
+                )))
+            }
+        };
+        Ok(SiemConfig {
+            syslog,
+            webhook,
+            batch: number(
+                &self.siem_batch,
+                "CAP_SIEM_BATCH",
+                DEFAULT_SIEM_BATCH,
+                1..=10_000,
+            )? as i64,
+            poll: Duration::from_millis(number(
+                &self.siem_poll_ms,
+                "CAP_SIEM_POLL_MS",
+                DEFAULT_SIEM_POLL_MS,
+                10..=600_000,
+            )?),
+            hostname: hostname.to_string(),
+        })
+    }
+}
+
+fn number(
+    value: &Option<String>,
+    name: &str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let Some(raw) = value else { return Ok(default) };
+    match raw.trim().parse::<u64>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(ConfigError(format!(
+            "invalid {name} {raw:?}: expected a whole number from {} to {}",
+            range.start(),
+            range.end()
+        ))),
+    }
+}
+
+fn secs(
+    value: &Option<String>,
+    name: &str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Duration, ConfigError> {
+    number(value, name, default, range).map(Duration::from_secs)
+}
+
+fn signed(value: &Option<String>, name: &str, default: i64) -> Result<i64, ConfigError> {
+    let Some(raw) = value else { return Ok(default) };
+    raw.trim().parse::<i64>().map_err(|_| {
+        ConfigError(format!(
+            "invalid {name} {raw:?}: expected a whole number of seconds"
+        ))
+    })
+}
+
+fn log_format(value: Option<&str>) -> Result<LogFormat, ConfigError> {
+    match value.unwrap_or(DEFAULT_LOG_FORMAT).trim() {
+        "json" => Ok(LogFormat::Json),
+        "text" => Ok(LogFormat::Text),
+        other => Err(ConfigError(format!(
+            "invalid CAP_LOG_FORMAT {other:?}: expected json or text"
+        ))),
+    }
+}
+
+fn default_instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".to_string());
+    let suffix: u32 = rand::random::<u32>() % 0x10000;
+    format!("{host}-{}-{suffix:04x}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> WorkloadArgs {
+        WorkloadArgs {
+            common: CommonArgs {
+                mongo_uri: Some("mongodb://127.0.0.1:27017/x".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_pinned() {
+        let c = args().resolve().unwrap();
+        assert_eq!(c.http_addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.job_lease, Duration::from_secs(60));
+        assert_eq!(c.leader_lease, Duration::from_secs(15));
+        assert_eq!(c.worker_concurrency, 8);
+        assert_eq!(c.worker_presence, Duration::from_secs(10));
+        assert_eq!(c.claim_poll, Duration::from_millis(500));
+        assert_eq!(c.common.election_retry, Duration::from_secs(30));
+        assert_eq!(c.readyz_grace, Duration::from_secs(10));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(25));
+        assert_eq!(c.housekeeping_interval, Duration::from_secs(60));
+        assert_eq!(c.job_max_attempts, 5);
+        assert_eq!(c.kek_rotation_check, Duration::from_secs(30));
+        assert_eq!(c.clock_offset_secs, 0);
+        assert_eq!(c.common.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let mut a = args();
+        a.job_lease_secs = Some("sixty".into());
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("CAP_JOB_LEASE_SECS"), "{err}");
+
+        let mut a = args();
+        a.worker_concurrency = Some("0".into());
+        assert!(a
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("CAP_WORKER_CONCURRENCY"));
+
+        let mut a = args();
+        a.http_addr = Some("localhost".into());
+        assert!(a
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("CAP_HTTP_ADDR"));
+    }
+
+    #[test]
+    fn a_missing_uri_names_its_variable() {
+        let err = CommonArgs::default().resolve().unwrap_err().to_string();
+        assert!(err.contains("CAP_MONGO_URI"), "{err}");
+    }
+}

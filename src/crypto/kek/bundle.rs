@@ -1,0 +1,224 @@
+//! Passphrase-protected key-ring bundles, for offsite backup of the `file`
+//! provider's KEKs (`certautopilot kek export` / `import`).
+//!
+//! The key ring is sealed with AES-256-GCM under a key stretched from the
+//! passphrase with Argon2id (64 MiB, 3 passes), so a stolen bundle costs an
+//! attacker real work per guess; weak passphrases are refused outright.
+
+use std::path::Path;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use argon2::{Algorithm, Argon2, Params, Version};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::file::KeyRing;
+use super::{KekError, KEY_LEN};
+
+const FORMAT: &str = "certautopilot-kek-bundle";
+const AAD: &[u8] = b"certautopilot-kek-bundle/1";
+pub const MIN_PASSPHRASE_CHARS: usize = 14;
+const MIN_DISTINCT_CHARS: usize = 6;
+const MEMORY_KIB: u32 = 64 * 1024;
+const ITERATIONS: u32 = 3;
+
+#[derive(Serialize, Deserialize)]
+struct Bundle {
+    format: String,
+    version: u32,
+    kdf: Kdf,
+    nonce: String,
+    ciphertext: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Kdf {
+    algorithm: String,
+    memory_kib: u32,
+    iterations: u32,
+    parallelism: u32,
+    salt: String,
+}
+
+/// Refuses empty, short and low-variety passphrases, with the reason.
+pub fn check_passphrase(passphrase: &str) -> Result<(), KekError> {
+    let chars: Vec<char> = passphrase.chars().collect();
+    let mut distinct = chars.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let reason = if passphrase.trim().is_empty() {
+        Some("it is empty".to_string())
+    } else if chars.len() < MIN_PASSPHRASE_CHARS {
+        Some(format!(
+            "it has {} characters; use at least {MIN_PASSPHRASE_CHARS}",
+            chars.len()
+        ))
+    } else if distinct.len() < MIN_DISTINCT_CHARS {
+        Some(format!(
+            "it uses only {} different characters; use at least {MIN_DISTINCT_CHARS}",
+            distinct.len()
+        ))
+    } else {
+        None
+    };
+    match reason {
+        Some(r) => Err(KekError::Refused(format!("passphrase refused: {r}"))),
+        None => Ok(()),
+    }
+}
+
+fn stretch(passphrase: &str, salt: &[u8], kdf: &Kdf) -> Result<Zeroizing<[u8; KEY_LEN]>, KekError> {
+    let params = Params::new(
+        kdf.memory_kib,
+        kdf.iterations,
+        kdf.parallelism,
+        Some(KEY_LEN),
+    )
+    .map_err(|e| KekError::Refused(format!("bundle KDF parameters: {e}")))?;
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password_into(passphrase.as_bytes(), salt, key.as_mut())
+        .map_err(|e| KekError::Refused(format!("bundle KDF: {e}")))?;
+    Ok(key)
+}
+
+/// Seals the key ring at `key_ring` into a bundle (JSON text).
+pub fn export(key_ring: &Path, passphrase: &str) -> Result<String, KekError> {
+    check_passphrase(passphrase)?;
+    // Loading checks the file's mode and that it is a sound key ring.
+    super::FileKek::load(key_ring)?;
+    let ring_text = KeyRing::parse(
+        &Zeroizing::new(
+            std::fs::read_to_string(key_ring).map_err(|error| KekError::Io {
+                path: key_ring.to_path_buf(),
+                error,
+            })?,
+        ),
+        key_ring,
+    )?
+    .to_json();
+    let mut salt = [0u8; 16];
+    let mut nonce = [0u8; 12];
+    rand::rng().fill_bytes(&mut salt);
+    rand::rng().fill_bytes(&mut nonce);
+    let kdf = Kdf {
+        algorithm: "argon2id".into(),
+        memory_kib: MEMORY_KIB,
+        iterations: ITERATIONS,
+        parallelism: 1,
+        salt: B64.encode(salt),
+    };
+    let key = stretch(passphrase, &salt, &kdf)?;
+    let ciphertext = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key.as_ref()))
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: ring_text.as_bytes(),
+                aad: AAD,
+            },
+        )
+        .expect("AES-GCM encryption cannot fail for in-memory sizes");
+    let bundle = Bundle {
+        format: FORMAT.into(),
+        version: 1,
+        kdf,
+        nonce: B64.encode(nonce),
+        ciphertext: B64.encode(ciphertext),
+    };
+    Ok(serde_json::to_string_pretty(&bundle).expect("bundle serializes"))
+}
+
+/// Opens a bundle and writes its key ring to `key_ring` (mode 0600); refuses
+/// to overwrite an existing file. Returns the key ring's versions.
+pub fn import(bundle_text: &str, passphrase: &str, key_ring: &Path) -> Result<Vec<u32>, KekError> {
+    let bad = |reason: &str| KekError::Refused(format!("not a usable KEK bundle: {reason}"));
+    let bundle: Bundle = serde_json::from_str(bundle_text).map_err(|_| bad("not bundle JSON"))?;
+    if bundle.format != FORMAT || bundle.version != 1 || bundle.kdf.algorithm != "argon2id" {
+        return Err(bad("unknown format or version"));
+    }
+    let salt = B64
+        .decode(&bundle.kdf.salt)
+        .map_err(|_| bad("salt is not base64"))?;
+    let nonce = B64
+        .decode(&bundle.nonce)
+        .map_err(|_| bad("nonce is not base64"))?;
+    let ciphertext = B64
+        .decode(&bundle.ciphertext)
+        .map_err(|_| bad("ciphertext is not base64"))?;
+    if nonce.len() != 12 {
+        return Err(bad("nonce has the wrong length"));
+    }
+    let key = stretch(passphrase, &salt, &bundle.kdf)?;
+    let plain = Zeroizing::new(
+        Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key.as_ref()))
+            .decrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &ciphertext,
+                    aad: AAD,
+                },
+            )
+            .map_err(|_| KekError::Refused("wrong passphrase, or the bundle was altered".into()))?,
+    );
+    let text = Zeroizing::new(
+        String::from_utf8(plain.to_vec()).map_err(|_| bad("content is not a key ring"))?,
+    );
+    let ring = KeyRing::parse(&text, key_ring)?;
+    super::file::write_new(key_ring, &ring.to_json())?;
+    Ok(ring.versions())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::kek::{FileKek, KekProvider};
+
+    #[test]
+    fn weak_passphrases_are_refused_with_a_reason() {
+        for (weak, why) in [
+            ("", "empty"),
+            ("   ", "empty"),
+            ("short pass", "at least 14"),
+            ("aaaaaaaaaaaaaaaaaaaa", "different characters"),
+        ] {
+            let err = check_passphrase(weak).unwrap_err().to_string();
+            assert!(err.contains(why), "{weak:?}: {err}");
+        }
+        check_passphrase("correct horse battery staple").unwrap();
+    }
+
+    #[test]
+    fn a_bundle_restores_the_same_keks_and_only_with_its_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = dir.path().join("kek.json");
+        FileKek::init(&original).unwrap();
+        let kek = FileKek::load(&original).unwrap();
+        kek.rotate().unwrap();
+        let (version, wrapped) = kek.wrap(&crate::crypto::kek::random_key()).unwrap();
+
+        let pass = "correct horse battery staple";
+        let bundle = export(&original, pass).unwrap();
+        assert!(!bundle.contains(&std::fs::read_to_string(&original).unwrap()));
+
+        let wrong = import(
+            &bundle,
+            "incorrect horse battery staple",
+            &dir.path().join("x.json"),
+        );
+        assert!(wrong.unwrap_err().to_string().contains("wrong passphrase"));
+
+        let restored = dir.path().join("restored.json");
+        assert_eq!(import(&bundle, pass, &restored).unwrap(), vec![1, 2]);
+        let back = FileKek::load(&restored).unwrap();
+        assert_eq!(back.current_version(), 2);
+        back.unwrap(version, &wrapped).unwrap();
+        assert!(
+            import(&bundle, pass, &restored).is_err(),
+            "never overwrites"
+        );
+    }
+}

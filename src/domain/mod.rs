@@ -1,0 +1,19 @@
+//! Pure types and rules: no MongoDB, actix or HTTP in here.
+//!
+//! - [`certificate`] — a certificate, its status and the transitions between them.
+//! - [`issuer`] — an ACME issuer and its challenge settings.
+//! - [`order`] — an order's stages and what it published.
+//! - [`renewal`] — renewal windows (default, `renew_before_secs`, ARI) and their jitter.
+//! - [`drift`] — endpoints and the classification of what they serve.
+//! - [`jobs`] — every job kind, its payload and its idempotency key.
+//! - [`backoff`] — exponential back-off with jitter, shared by every retry.
+//! - [`certs`] — certificate keys, CSRs, reading issued chains.
+
+pub mod backoff;
+pub mod certificate;
+pub mod certs;
+pub mod drift;
+pub mod issuer;
+pub mod jobs;
+pub mod order;
+pub mod renewal;

@@ -1,0 +1,188 @@
+//! Bearer API tokens: 256 random bits, shown once, stored only as their
+//! SHA-256 (collection `tokens`). A token holds either the global admin role
+//! or roles per project: `admin` ⊃ `editor` ⊃ `viewer`.
+//!
+//! A caller without a role on a project gets 404 for everything in it, the
+//! same answer as for a project that does not exist: it cannot learn that
+//! another project's objects exist.
+
+use std::collections::HashMap;
+
+use actix_web::dev::Payload;
+use actix_web::{web, FromRequest, HttpRequest};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use futures::future::LocalBoxFuture;
+use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use super::problem::{ApiResult, Problem};
+use super::ApiState;
+use crate::store::{tokens, Store};
+
+const TOKEN_PREFIX: &str = "cap_";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Viewer,
+    Editor,
+    Admin,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "editor" => Some(Role::Editor),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Editor => "editor",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// Who is calling, from their token.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub token_id: String,
+    pub global_admin: bool,
+    pub roles: HashMap<String, Role>,
+}
+
+impl Caller {
+    /// Passes when the caller holds `need` (or more) on `project`. A caller
+    /// with no role there gets 404; one with too small a role, 403.
+    pub fn require(&self, project: &str, need: Role) -> ApiResult<()> {
+        if self.global_admin {
+            return Ok(());
+        }
+        match self.roles.get(project) {
+            None => Err(Problem::not_found("project")),
+            Some(role) if *role >= need => Ok(()),
+            Some(role) => Err(Problem::forbidden(format!(
+                "this token is {} on the project; this needs {}",
+                role.as_str(),
+                need.as_str()
+            ))),
+        }
+    }
+
+    pub fn require_global_admin(&self) -> ApiResult<()> {
+        if self.global_admin {
+            Ok(())
+        } else {
+            Err(Problem::forbidden("this needs a global admin token"))
+        }
+    }
+
+    /// The audit log's actor for this caller.
+    pub fn actor(&self) -> String {
+        format!("token:{}", self.token_id)
+    }
+}
+
+fn hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A new token: its id and the secret shown once.
+pub struct NewToken {
+    pub id: String,
+    pub secret: String,
+}
+
+/// Stores a new token with `roles` (`None` project = global admin).
+pub async fn create(
+    store: &Store,
+    global_admin: bool,
+    roles: &[(String, Role)],
+    description: &str,
+) -> Result<NewToken, mongodb::error::Error> {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+    let id = format!("tok_{}", ObjectId::new().to_hex());
+    let roles: Vec<Document> = roles
+        .iter()
+        .map(|(p, r)| doc! { "project_id": p, "role": r.as_str() })
+        .collect();
+    let record = doc! {
+        "_id": hash(&secret),
+        "id": &id,
+        "global_admin": global_admin,
+        "roles": roles,
+        "description": description,
+        "revoked": false,
+        "created_at": store.server_now().await?,
+    };
+    tokens::insert(store, record).await?;
+    Ok(NewToken { id, secret })
+}
+
+/// Revokes a token by id; false when there is no such token.
+pub async fn revoke(store: &Store, id: &str) -> Result<bool, mongodb::error::Error> {
+    tokens::revoke(store, id).await
+}
+
+async fn caller(store: Store, header: Option<String>) -> ApiResult<Caller> {
+    let Some(header) = header else {
+        return Err(Problem::unauthorized());
+    };
+    let Some(secret) = header.strip_prefix("Bearer ").map(str::trim) else {
+        return Err(Problem::unauthorized());
+    };
+    let found = tokens::live_by_hash(&store, &hash(secret)).await?;
+    let Some(token) = found else {
+        return Err(Problem::unauthorized().detail("unknown or revoked API token"));
+    };
+    let roles = token
+        .get_array("roles")
+        .map(|a| {
+            a.iter()
+                .filter_map(Bson::as_document)
+                .filter_map(|r| {
+                    Some((
+                        r.get_str("project_id").ok()?.to_string(),
+                        Role::parse(r.get_str("role").ok()?)?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Caller {
+        token_id: token.get_str("id").unwrap_or_default().to_string(),
+        global_admin: token.get_bool("global_admin").unwrap_or(false),
+        roles,
+    })
+}
+
+impl FromRequest for Caller {
+    type Error = Problem;
+    type Future = LocalBoxFuture<'static, Result<Caller, Problem>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let store = req
+            .app_data::<web::Data<ApiState>>()
+            .map(|s| s.store.clone());
+        let header = req
+            .headers()
+            .get("Authorization")
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string);
+        Box::pin(async move {
+            let store = store.ok_or_else(|| Problem::unavailable("the API is not configured"))?;
+            caller(store, header).await
+        })
+    }
+}

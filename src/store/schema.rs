@@ -1,0 +1,413 @@
+//! Versioned schema migrations: collections and indexes live here and only
+//! here, and `certautopilot migrate` is the only thing that creates them.
+//!
+//! Every step is idempotent (creating an existing index or collection is a
+//! no-op) and the recorded version only ever moves up (`$max`), so running
+//! `migrate` twice, or two runs at once, ends in the same schema without error.
+
+use mongodb::bson::{doc, Document};
+use mongodb::error::Error as MongoError;
+use mongodb::options::IndexOptions;
+use mongodb::IndexModel;
+
+use crate::store::{error_code, Store, NAMESPACE_EXISTS};
+
+pub const SCHEMA_COLLECTION: &str = "schema";
+const VERSION_DOC: &str = "version";
+
+/// The version this binary writes and needs. A database at a lower version
+/// must be migrated before this binary is ready; one at a higher version was
+/// migrated by a newer binary, and this one refuses to start against it.
+pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
+
+struct Migration {
+    version: i64,
+    name: &'static str,
+    collections: &'static [&'static str],
+    indexes: fn() -> Vec<(&'static str, IndexModel)>,
+}
+
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "job queue, leases and worker presence",
+        collections: &[
+            "jobs",
+            "leases",
+            "lease_terms",
+            "workers",
+            "probe_results",
+            "schema",
+        ],
+        indexes: v1_indexes,
+    },
+    Migration {
+        version: 2,
+        name: "encrypted secrets",
+        collections: &["keys"],
+        indexes: v2_indexes,
+    },
+    Migration {
+        version: 3,
+        name: "audit log, checkpoints and SIEM positions",
+        collections: &[
+            "audit",
+            "audit_head",
+            "audit_checkpoints",
+            "audit_forwarders",
+        ],
+        indexes: no_indexes,
+    },
+    Migration {
+        version: 4,
+        name: "projects, issuers, certificates, ACME orders and challenges, API tokens",
+        collections: &[
+            "projects",
+            "issuers",
+            "certificates",
+            "orders",
+            "challenges",
+            "tokens",
+        ],
+        indexes: v4_indexes,
+    },
+    Migration {
+        version: 5,
+        name: "certificate expiry index",
+        collections: &[],
+        indexes: v5_indexes,
+    },
+    Migration {
+        version: 6,
+        name: "renewal scan, renewal due and failing-certificate indexes",
+        collections: &[],
+        indexes: v6_indexes,
+    },
+    Migration {
+        version: 7,
+        name: "drift scan indexes",
+        collections: &[],
+        indexes: v7_indexes,
+    },
+    Migration {
+        version: 8,
+        name: "ARI refresh index",
+        collections: &[],
+        indexes: v8_indexes,
+    },
+    Migration {
+        version: 9,
+        name: "HTTP-01 challenge clean-up indexes",
+        collections: &[],
+        indexes: v9_indexes,
+    },
+    Migration {
+        version: 10,
+        name: "audit target index",
+        collections: &[],
+        indexes: v10_indexes,
+    },
+];
+
+fn v10_indexes() -> Vec<(&'static str, IndexModel)> {
+    // A project's audit log: its target, or an anchored prefix of it.
+    vec![("audit", index(doc! { "target": 1 }, "target"))]
+}
+
+fn v9_indexes() -> Vec<(&'static str, IndexModel)> {
+    // An order's challenges go when the CA has decided; housekeeping
+    // removes the old ones left behind.
+    vec![
+        ("challenges", index(doc! { "order_id": 1 }, "order_id")),
+        ("challenges", index(doc! { "created_at": 1 }, "created_at")),
+    ]
+}
+
+fn v8_indexes() -> Vec<(&'static str, IndexModel)> {
+    // The scheduler's ARI refresh scan: only certificates with a CA window
+    // carry `ari_next_fetch_at`.
+    vec![(
+        "certificates",
+        index(doc! { "ari_next_fetch_at": 1 }, "ari_next_fetch_at"),
+    )]
+}
+
+fn v7_indexes() -> Vec<(&'static str, IndexModel)> {
+    vec![
+        // The scheduler's drift scan: only certificates with endpoints carry
+        // `drift_next_at`, so a tick reads what is due and no more.
+        (
+            "certificates",
+            index(doc! { "drift_next_at": 1 }, "drift_next_at"),
+        ),
+        // The metric: certificates by drift state.
+        (
+            "certificates",
+            index(doc! { "drift_state": 1 }, "drift_state"),
+        ),
+    ]
+}
+
+fn v6_indexes() -> Vec<(&'static str, IndexModel)> {
+    vec![
+        // The scheduler's renewal scan: only certificates due and not queued
+        // carry `renewal_next_at`, so a tick reads what is due and no more.
+        (
+            "certificates",
+            index(doc! { "renewal_next_at": 1 }, "renewal_next_at"),
+        ),
+        // The metrics: the soonest due, and the most failing.
+        (
+            "certificates",
+            index(doc! { "renewal_due_at": 1 }, "renewal_due_at"),
+        ),
+        (
+            "certificates",
+            index(doc! { "consecutive_failures": -1 }, "consecutive_failures"),
+        ),
+    ]
+}
+
+fn v5_indexes() -> Vec<(&'static str, IndexModel)> {
+    // The expiry metric reads the soonest-expiring certificates.
+    vec![(
+        "certificates",
+        index(doc! { "current.not_after": 1 }, "not_after"),
+    )]
+}
+
+fn v4_indexes() -> Vec<(&'static str, IndexModel)> {
+    vec![
+        // Every project-scoped list pages by id within its project.
+        (
+            "issuers",
+            index(doc! { "project_id": 1, "_id": 1 }, "project_id"),
+        ),
+        (
+            "certificates",
+            index(doc! { "project_id": 1, "_id": 1 }, "project_id"),
+        ),
+        (
+            "orders",
+            index(doc! { "certificate_id": 1, "_id": 1 }, "certificate_id"),
+        ),
+        // A re-claimed job finds its open order.
+        (
+            "orders",
+            index(doc! { "job_id": 1, "stage": 1 }, "job_stage"),
+        ),
+        ("orders", index(doc! { "stage": 1 }, "stage")),
+        ("tokens", unique(doc! { "id": 1 }, "id_unique")),
+        // "Is an issue job for this certificate in progress?"
+        (
+            "jobs",
+            index(
+                doc! { "payload.certificate_id": 1, "kind": 1 },
+                "certificate_jobs",
+            ),
+        ),
+    ]
+}
+
+/// The audit collections are read by `_id` (the seq) only.
+fn no_indexes() -> Vec<(&'static str, IndexModel)> {
+    Vec::new()
+}
+
+fn index(keys: Document, name: &str) -> IndexModel {
+    IndexModel::builder()
+        .keys(keys)
+        .options(IndexOptions::builder().name(name.to_string()).build())
+        .build()
+}
+
+fn unique(keys: Document, name: &str) -> IndexModel {
+    IndexModel::builder()
+        .keys(keys)
+        .options(
+            IndexOptions::builder()
+                .name(name.to_string())
+                .unique(true)
+                .build(),
+        )
+        .build()
+}
+
+fn v1_indexes() -> Vec<(&'static str, IndexModel)> {
+    vec![
+        // Idempotent enqueue: the same key twice gives one job.
+        ("jobs", unique(doc! { "key": 1 }, "key_unique")),
+        // Claiming runnable jobs in order; counting queue depth by state and kind.
+        (
+            "jobs",
+            index(
+                doc! { "state": 1, "slot": 1, "run_at": 1 },
+                "state_slot_run_at",
+            ),
+        ),
+        (
+            "jobs",
+            index(
+                doc! { "state": 1, "lease_expires_at": 1 },
+                "state_lease_expires_at",
+            ),
+        ),
+        ("jobs", index(doc! { "state": 1, "kind": 1 }, "state_kind")),
+        (
+            "jobs",
+            index(doc! { "holder": 1, "state": 1 }, "holder_state"),
+        ),
+        ("jobs", index(doc! { "claim_id": 1 }, "claim_id")),
+        (
+            "jobs",
+            index(doc! { "state": 1, "finished_at": 1 }, "state_finished_at"),
+        ),
+        ("workers", index(doc! { "expires_at": 1 }, "expires_at")),
+        (
+            "lease_terms",
+            unique(doc! { "lease": 1, "term": 1 }, "lease_term_unique"),
+        ),
+    ]
+}
+
+fn v2_indexes() -> Vec<(&'static str, IndexModel)> {
+    // Counting and re-wrapping data keys per KEK version (rotation).
+    vec![("keys", index(doc! { "kek_version": 1 }, "kek_version"))]
+}
+
+/// Where the database stands relative to this binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaFit {
+    Current,
+    /// Needs `certautopilot migrate` (0 = never migrated).
+    TooOld(i64),
+    /// Written by a newer binary: this one must not run against it.
+    TooNew(i64),
+}
+
+impl SchemaFit {
+    pub fn of(version: i64) -> SchemaFit {
+        use std::cmp::Ordering::*;
+        match version.cmp(&CURRENT_VERSION) {
+            Equal => SchemaFit::Current,
+            Less => SchemaFit::TooOld(version),
+            Greater => SchemaFit::TooNew(version),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            SchemaFit::Current => format!("schema version {CURRENT_VERSION}"),
+            SchemaFit::TooOld(v) => format!(
+                "schema version {v} is older than the {CURRENT_VERSION} this binary needs: run `certautopilot migrate`"
+            ),
+            SchemaFit::TooNew(v) => format!(
+                "schema version {v} is newer than the {CURRENT_VERSION} this binary knows: upgrade certautopilot"
+            ),
+        }
+    }
+}
+
+/// The recorded schema version, asked once (the readiness probe, which has
+/// a deadline of its own, does not ride through an election).
+pub async fn probe_version(store: &Store) -> Result<i64, MongoError> {
+    let found = store
+        .collection(SCHEMA_COLLECTION)
+        .find_one(doc! { "_id": VERSION_DOC })
+        .await?;
+    Ok(found.and_then(|d| d.get_i64("version").ok()).unwrap_or(0))
+}
+
+pub async fn read_version(store: &Store) -> Result<i64, MongoError> {
+    let coll = store.collection(SCHEMA_COLLECTION);
+    let found = store
+        .ride_through("read schema version", || {
+            coll.find_one(doc! { "_id": VERSION_DOC })
+        })
+        .await?;
+    Ok(found.and_then(|d| d.get_i64("version").ok()).unwrap_or(0))
+}
+
+/// What one `migrate` run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrateReport {
+    pub from: i64,
+    pub to: i64,
+    pub applied: Vec<i64>,
+}
+
+/// Applies every migration above the recorded version. `progress` is told
+/// each step as it starts.
+pub async fn migrate(
+    store: &Store,
+    mut progress: impl FnMut(&str),
+) -> Result<MigrateReport, MigrateError> {
+    let from = read_version(store).await?;
+    if from > CURRENT_VERSION {
+        return Err(MigrateError::TooNew(from));
+    }
+    let mut applied = Vec::new();
+    for m in MIGRATIONS.iter().filter(|m| m.version > from) {
+        progress(&format!("migration {}: {}", m.version, m.name));
+        apply(store, m).await?;
+        applied.push(m.version);
+    }
+    Ok(MigrateReport {
+        from,
+        to: read_version(store).await?,
+        applied,
+    })
+}
+
+async fn apply(store: &Store, m: &Migration) -> Result<(), MongoError> {
+    let db = store.db();
+    for name in m.collections {
+        let result = store
+            .ride_through("create collection", || db.create_collection(*name))
+            .await;
+        match result {
+            Ok(()) => {}
+            Err(e) if error_code(&e) == Some(NAMESPACE_EXISTS) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for (coll, model) in (m.indexes)() {
+        let c = store.collection(coll);
+        store
+            .ride_through("create index", || c.create_index(model.clone()))
+            .await?;
+    }
+    let schema = store.collection(SCHEMA_COLLECTION);
+    store
+        .ride_through("record migration", || {
+            schema
+                .update_one(
+                    doc! { "_id": format!("migration:{}", m.version) },
+                    doc! { "$setOnInsert": { "version": m.version, "name": m.name },
+                    "$currentDate": { "applied_at": true } },
+                )
+                .upsert(true)
+        })
+        .await?;
+    // `$max` only raises the version: a concurrent run that finished a later
+    // migration first is never rolled back.
+    store
+        .ride_through("record schema version", || {
+            schema
+                .update_one(
+                    doc! { "_id": VERSION_DOC },
+                    doc! { "$max": { "version": m.version }, "$currentDate": { "updated_at": true } },
+                )
+                .upsert(true)
+        })
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("{}", SchemaFit::TooNew(*.0).describe())]
+    TooNew(i64),
+    #[error("database error: {}", crate::store::short(.0))]
+    Db(#[from] MongoError),
+}

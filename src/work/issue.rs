@@ -1,0 +1,133 @@
+//! `issue-certificate`: the certificate's side of an order — which
+//! certificate and issuer, its status while it is first issued, the failure
+//! back-off stored with it, the renewal metrics. The order itself is the
+//! OrderActor's state machine ([`crate::actors::order`]), reached through
+//! [`OrderDriver`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::{certificate_of, issuer_of};
+use crate::domain::backoff::Backoff;
+use crate::domain::certificate::{Certificate, CertificateStatus};
+use crate::domain::issuer::Issuer;
+use crate::domain::jobs::IssuePayload;
+use crate::observe::metrics::Metrics;
+use crate::queue::handler::{HandlerError, JobHandler};
+use crate::queue::jobs::ClaimedJob;
+use crate::store::certificates::{self, Failure};
+use crate::store::Store;
+
+/// Drives the ACME order behind one claim of an `issue-certificate` job
+/// until the certificate is stored (from marking it `issuing` to the
+/// certificate in service).
+pub trait OrderDriver: Send + Sync + 'static {
+    /// The inner result is the order's: a failure there is the
+    /// certificate's, and backs off with it. The outer error means the order
+    /// could not be driven at all (the actor away, the order's task
+    /// panicked): the job retries, and the certificate records nothing.
+    fn drive(
+        &self,
+        job: ClaimedJob,
+        certificate: Certificate,
+        issuer: Issuer,
+        payload: IssuePayload,
+    ) -> BoxFuture<'static, Result<Result<(), HandlerError>, HandlerError>>;
+}
+
+pub struct IssueCertificate {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    /// Delay after each consecutive failure of a certificate
+    /// (`CAP_ISSUE_BACKOFF_BASE_SECS`, `CAP_ISSUE_BACKOFF_MAX_SECS`).
+    pub backoff: Backoff,
+    pub orders: Arc<dyn OrderDriver>,
+}
+
+impl JobHandler for IssueCertificate {
+    fn run(&self, job: ClaimedJob) -> BoxFuture<'static, Result<(), HandlerError>> {
+        let (store, metrics, backoff, orders) = (
+            self.store.clone(),
+            self.metrics.clone(),
+            self.backoff,
+            self.orders.clone(),
+        );
+        Box::pin(async move {
+            let payload: IssuePayload = job.payload_as()?;
+            let cert = certificate_of(&store, &payload.certificate_id).await?;
+            let renewal = payload.is_renewal();
+            let result = match issuer_of(&store, &cert.issuer_id).await {
+                Ok(issuer) => {
+                    orders
+                        .drive(job.clone(), cert.clone(), issuer, payload)
+                        .await?
+                }
+                Err(e) => Err(e),
+            };
+            let outcome = match &result {
+                Ok(()) => "succeeded",
+                Err(HandlerError::LeaseLost) => return result,
+                Err(_) => "failed",
+            };
+            if renewal {
+                metrics.renewals_total.with_label_values(&[outcome]).inc();
+            }
+            match result {
+                Ok(()) => Ok(()),
+                Err(e) => record_failure(&store, backoff, &job, &cert, e).await,
+            }
+        })
+    }
+}
+
+/// A failed attempt, persisted with the certificate so that it survives
+/// restarts and re-claims: one more consecutive failure, and no new attempt
+/// before `retry_at` (exponential, capped). The job retries then; once its
+/// attempts are spent, a certificate that has a current certificate is
+/// handed back to the renewal scan at `retry_at`, under a new job key (the
+/// failure count is part of it).
+async fn record_failure(
+    store: &Store,
+    backoff: Backoff,
+    job: &ClaimedJob,
+    cert: &Certificate,
+    error: HandlerError,
+) -> Result<(), HandlerError> {
+    let (reason, hint, permanent) = match &error {
+        HandlerError::Retryable(r) => (r.clone(), Duration::ZERO, false),
+        HandlerError::RetryAfter { reason, after } => (reason.clone(), *after, false),
+        HandlerError::Permanent(r) => (r.clone(), Duration::ZERO, true),
+        HandlerError::LeaseLost => return Err(HandlerError::LeaseLost),
+    };
+    let last_attempt = permanent || job.attempt >= job.max_attempts;
+    let failures = cert.consecutive_failures + 1;
+    let delay = backoff.delay(failures as u32).max(hint);
+    let retry_at = store.server_after(delay).await?;
+    let has_current = cert.current.is_some();
+    let status = cert
+        .status
+        .unwrap_or(CertificateStatus::Pending)
+        .after_failure(has_current, last_attempt);
+    let failure = Failure {
+        reason: &reason,
+        status,
+        consecutive_failures: failures,
+        retry_at,
+        rescan: last_attempt && has_current && !permanent,
+    };
+    let _ = job
+        .lease
+        .fenced(certificates::record_failure(&cert.id, &failure))
+        .await;
+    tracing::warn!(certificate = %cert.id, failures, retry_in_secs = delay.as_secs(), error = %reason, "issuance failed");
+    if permanent {
+        Err(HandlerError::Permanent(reason))
+    } else {
+        Err(HandlerError::RetryAfter {
+            reason,
+            after: delay,
+        })
+    }
+}

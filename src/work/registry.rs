@@ -1,0 +1,90 @@
+//! The registry: the only place that names every job kind and the handler
+//! that runs it. A worker claims only the kinds registered here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::crypto::kek::KekProvider;
+use crate::crypto::secrets::Secrets;
+use crate::domain::backoff::Backoff;
+use crate::domain::jobs::JobKind;
+use crate::observe::metrics::Metrics;
+use crate::queue::handler::Handlers;
+use crate::queue::jobs::JobQueue;
+
+use super::housekeeping::Housekeeping;
+use super::issue::{IssueCertificate, OrderDriver};
+use super::kek_rewrap::KekRewrap;
+use super::probe::Probe;
+use super::refresh_ari::RefreshAri;
+use super::revoke::RevokeCertificate;
+use super::scan_drift::{ScanDrift, DEFAULT_CONNECT_TIMEOUT};
+
+/// What the handlers share.
+pub struct WorkerDeps {
+    pub queue: JobQueue,
+    pub kek: Arc<dyn KekProvider>,
+    pub metrics: Arc<Metrics>,
+    /// How long finished jobs and leftover challenges are kept (`CAP_JOB_RETENTION_SECS`).
+    pub job_retention: Duration,
+    /// Delay after each consecutive failure of a certificate.
+    pub issue_backoff: Backoff,
+    /// Where `issue-certificate` jobs hand their ACME order (the OrderActor).
+    pub orders: Arc<dyn OrderDriver>,
+}
+
+/// The handlers every worker runs, one per [`JobKind`].
+pub fn standard(deps: WorkerDeps) -> Handlers {
+    let store = deps.queue.store().clone();
+    let secrets = Secrets::new(store.clone(), deps.kek.clone());
+    JobKind::ALL
+        .into_iter()
+        .fold(Handlers::new(), |handlers, kind| match kind {
+            JobKind::IssueCertificate => handlers.register(
+                kind,
+                IssueCertificate {
+                    store: store.clone(),
+                    metrics: deps.metrics.clone(),
+                    backoff: deps.issue_backoff,
+                    orders: deps.orders.clone(),
+                },
+            ),
+            JobKind::RevokeCertificate => handlers.register(
+                kind,
+                RevokeCertificate {
+                    queue: deps.queue.clone(),
+                    secrets: secrets.clone(),
+                    metrics: deps.metrics.clone(),
+                },
+            ),
+            JobKind::RefreshAri => handlers.register(
+                kind,
+                RefreshAri {
+                    secrets: secrets.clone(),
+                    metrics: deps.metrics.clone(),
+                },
+            ),
+            JobKind::ScanDrift => handlers.register(
+                kind,
+                ScanDrift {
+                    connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                },
+            ),
+            JobKind::KekRewrap => handlers.register(
+                kind,
+                KekRewrap {
+                    store: store.clone(),
+                    kek: deps.kek.clone(),
+                },
+            ),
+            JobKind::Housekeeping => handlers.register(
+                kind,
+                Housekeeping {
+                    queue: deps.queue.clone(),
+                    secrets: secrets.clone(),
+                    job_retention: deps.job_retention,
+                },
+            ),
+            JobKind::Probe => handlers.register(kind, Probe),
+        })
+}

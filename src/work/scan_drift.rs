@@ -1,0 +1,261 @@
+//! Drift scans: is each endpoint a certificate declares serving the
+//! certificate we issued last?
+//!
+//! A certificate may list `endpoints` (`host`, `port`, optional `sni`). The
+//! scheduler leader finds certificates whose `drift_next_at` has passed and
+//! enqueues a `scan-drift` job for each ([`crate::work::periodic`]).
+//!
+//! A worker then connects to every endpoint with TLS, takes the leaf the
+//! server presents (whoever signed it: we compare, we do not trust) and
+//! classifies it:
+//!
+//! - `in_sync`: the current certificate;
+//! - `stale`: one we issued before (`issued_fingerprints`);
+//! - `foreign`: anybody else's;
+//! - `unreachable`: no TLS handshake within the timeout.
+//!
+//! The result replaces the certificate's `drift` (one entry per endpoint,
+//! with `checked_at` and `since`, the time the state last changed) and its
+//! summary `drift_state`, the worst of its endpoints. Each change is audited
+//! (`certificate.drift_changed`) before it is stored, so a worker that dies in
+//! between repeats the record rather than losing it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use mongodb::bson::{doc, Bson, DateTime};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpStream;
+
+use crate::audit::{Audit, Event};
+use crate::domain::drift::{classify, DriftState, Endpoint};
+use crate::domain::jobs::CertificatePayload;
+use crate::queue::handler::{HandlerError, JobHandler};
+use crate::queue::jobs::ClaimedJob;
+use crate::store::certificates;
+
+/// How long one endpoint may take to connect and complete its handshake.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Endpoints of one certificate probed at once.
+const PROBE_CONCURRENCY: usize = 8;
+
+/// The name the handshake carries; an IP address sends no SNI.
+fn server_name(endpoint: &Endpoint) -> Result<ServerName<'static>, String> {
+    let name = endpoint.sni.as_deref().unwrap_or(&endpoint.host);
+    ServerName::try_from(name.to_string()).map_err(|e| format!("server name {name:?}: {e}"))
+}
+
+/// What one probe saw.
+#[derive(Debug, Clone)]
+pub enum Served {
+    Leaf {
+        fingerprint_sha256: String,
+        serial: Option<String>,
+        not_after: Option<DateTime>,
+    },
+    Unreachable(String),
+}
+
+/// Connects to `endpoint` and returns the leaf it presents.
+pub async fn probe(endpoint: &Endpoint, timeout: Duration) -> Served {
+    match tokio::time::timeout(timeout, handshake(endpoint)).await {
+        Ok(Ok(leaf)) => {
+            let fingerprint_sha256 = crate::domain::certs::hex(&Sha256::digest(&leaf));
+            let parsed = x509_parser::parse_x509_certificate(&leaf).ok();
+            Served::Leaf {
+                fingerprint_sha256,
+                serial: parsed
+                    .as_ref()
+                    .map(|(_, c)| c.raw_serial_as_string().replace(':', "").to_lowercase()),
+                not_after: parsed.map(|(_, c)| {
+                    DateTime::from_millis(c.validity().not_after.timestamp().saturating_mul(1000))
+                }),
+            }
+        }
+        Ok(Err(e)) => Served::Unreachable(e),
+        Err(_) => Served::Unreachable(format!("no TLS handshake within {}s", timeout.as_secs())),
+    }
+}
+
+async fn handshake(endpoint: &Endpoint) -> Result<CertificateDer<'static>, String> {
+    let name = server_name(endpoint)?;
+    let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let tls = tokio_rustls::TlsConnector::from(inspecting_config())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let (_, session) = tls.get_ref();
+    session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| leaf.clone().into_owned())
+        .ok_or_else(|| "the server presented no certificate".to_string())
+}
+
+/// A client that completes the handshake with any certificate (we only read
+/// it), while still checking the server's handshake signatures. Built once:
+/// every probe shares it.
+fn inspecting_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default protocol versions")
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyLeaf(provider)))
+                .with_no_client_auth();
+            Arc::new(config)
+        })
+        .clone()
+}
+
+#[derive(Debug)]
+struct AcceptAnyLeaf(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyLeaf {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The worker side: probes every endpoint and records the drift.
+pub struct ScanDrift {
+    pub connect_timeout: Duration,
+}
+
+impl JobHandler for ScanDrift {
+    fn run(&self, job: ClaimedJob) -> BoxFuture<'static, Result<(), HandlerError>> {
+        let timeout = self.connect_timeout;
+        Box::pin(async move { scan(job, timeout).await })
+    }
+}
+
+async fn scan(job: ClaimedJob, timeout: Duration) -> Result<(), HandlerError> {
+    let store = job.lease.store().clone();
+    let payload: CertificatePayload = job.payload_as()?;
+    let Some(stored) = certificates::find_document(&store, &payload.certificate_id).await? else {
+        return Ok(()); // deleted since: nothing to watch
+    };
+    let cert = certificates::parse(&stored);
+    let endpoints = certificates::endpoints(&stored);
+    let previous = certificates::last_drift(&stored);
+    let current = cert.current.as_ref().map(|c| c.fingerprint_sha256.as_str());
+
+    let served: Vec<Served> = futures::stream::iter(endpoints.clone())
+        .map(|e| async move { probe(&e, timeout).await })
+        .buffered(PROBE_CONCURRENCY)
+        .collect()
+        .await;
+    let now = store.server_now().await?;
+    let audit = Audit::new(store.clone());
+    let mut entries = Vec::with_capacity(endpoints.len());
+    for (endpoint, served) in endpoints.iter().zip(&served) {
+        let (state, fingerprint, serial, not_after, error) = match served {
+            Served::Leaf {
+                fingerprint_sha256,
+                serial,
+                not_after,
+            } => (
+                classify(fingerprint_sha256, current, &cert.issued_fingerprints),
+                Some(fingerprint_sha256.as_str()),
+                serial.as_deref(),
+                *not_after,
+                None,
+            ),
+            Served::Unreachable(why) => (
+                DriftState::Unreachable,
+                None,
+                None,
+                None,
+                Some(why.as_str()),
+            ),
+        };
+        let before = previous.iter().find(|(e, _, _)| e == endpoint);
+        let before_state = before.and_then(|(_, s, _)| *s);
+        let since = match before {
+            Some((_, s, since)) if *s == Some(state) => since.unwrap_or(now),
+            _ => now,
+        };
+        if before_state != Some(state) {
+            let event = Event::new(
+                &job.lease.holder,
+                "certificate.drift_changed",
+                cert.audit_target(),
+            )
+            .with(doc! {
+                "project_id": &cert.project_id,
+                "endpoint": certificates::endpoint_document(endpoint),
+                "from": before_state.map(|s| Bson::from(s.as_str())).unwrap_or(Bson::Null),
+                "to": state.as_str(),
+                "served_fingerprint_sha256": fingerprint.map(Bson::from).unwrap_or(Bson::Null),
+            });
+            audit.append(&event).await.map_err(|e| {
+                HandlerError::Retryable(format!("audit: {}", crate::store::short(&e)))
+            })?;
+            tracing::info!(certificate = %cert.id, host = %endpoint.host, port = endpoint.port, from = ?before_state.map(DriftState::as_str), to = state.as_str(), "drift changed");
+        }
+        entries.push(certificates::DriftEntry {
+            endpoint,
+            state,
+            served_fingerprint_sha256: fingerprint,
+            served_serial: serial,
+            served_not_after: not_after,
+            error,
+            checked_at: now,
+            since,
+        });
+    }
+    job.lease
+        .fenced(certificates::record_drift(&stored, &entries, now))
+        .await?;
+    Ok(())
+}

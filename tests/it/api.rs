@@ -1,0 +1,384 @@
+//! The API's contract: tenant isolation, authentication, roles, bad input
+//! answered with problem+json, and a failing challenge reported with the
+//! CA's reason.
+
+use std::time::Duration;
+
+use crate::support::api::{assert_not_stored, token};
+use crate::support::cluster::Cluster;
+use crate::support::pebble::PebbleOptions;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// An api (no worker) with a Pebble to name in issuers.
+async fn fixture(hint: &str) -> Cluster {
+    Cluster::builder(hint)
+        .pebble(PebbleOptions {
+            nonce_reject_percent: 0,
+            ..PebbleOptions::default()
+        })
+        .start()
+        .await
+}
+
+/// A project with an issuer and a certificate; returns their ids.
+async fn project(f: &Cluster, name: &str) -> (String, String, String) {
+    let p = f
+        .api
+        .post_answer("/projects", json!({ "name": name }))
+        .await;
+    assert_eq!(p.status, 201, "{}", p.text);
+    let p = p.body["id"].as_str().unwrap().to_string();
+    let i = f
+        .api
+        .post_answer(
+            &format!("/projects/{p}/issuers"),
+            json!({ "name": "pebble", "directory_url": f.pebble().directory, "contact": "ops@example.test", "ca_bundle_pem": f.pebble().listener_ca_pem }),
+        )
+        .await;
+    assert_eq!(i.status, 201, "{}", i.text);
+    let i = i.body["id"].as_str().unwrap().to_string();
+    let c = f
+        .api
+        .post_answer(
+            &format!("/projects/{p}/certificates"),
+            json!({ "name": "site", "dns_names": [format!("{name}.example.test")], "issuer_id": i }),
+        )
+        .await;
+    assert_eq!(c.status, 201, "{}", c.text);
+    (p, i, c.body["id"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn another_projects_token_can_neither_read_nor_change_nor_learn_anything() {
+    let f = fixture("api_isolation").await;
+    let (a, _, _) = project(&f, "alpha").await;
+    let (b, b_issuer, b_cert) = project(&f, "bravo").await;
+    let a_admin = f
+        .api
+        .with_token(&token(&f.db, &["--role", "admin", "--project", &a]));
+    let a_viewer = f
+        .api
+        .with_token(&token(&f.db, &["--role", "viewer", "--project", &a]));
+
+    let b_paths = [
+        format!("/projects/{b}"),
+        format!("/projects/{b}/issuers"),
+        format!("/projects/{b}/issuers/{b_issuer}"),
+        format!("/projects/{b}/certificates"),
+        format!("/projects/{b}/certificates/{b_cert}"),
+        format!("/projects/{b}/certificates/{b_cert}/private-key"),
+        format!("/projects/{b}/certificates/{b_cert}/orders"),
+        format!("/projects/{b}/certificates/{b_cert}/jobs"),
+        format!("/projects/{b}/audit"),
+    ];
+    let unknown = "/projects/prj_000000000000000000000000";
+    let not_found_text = a_admin.get_answer(unknown).await.text;
+    for path in &b_paths {
+        let got = a_admin.get_answer(path).await;
+        assert_eq!(got.status, 404, "GET {path}: {}", got.text);
+        assert_eq!(
+            got.text, not_found_text,
+            "GET {path} says no more than for a project that does not exist"
+        );
+        assert!(
+            !got.text.contains(&b) && !got.text.contains("bravo"),
+            "{}",
+            got.text
+        );
+    }
+    for (path, body) in [
+        (
+            format!("/projects/{b}/issuers"),
+            json!({ "name": "x", "directory_url": f.pebble().directory, "contact": "a@example.test" }),
+        ),
+        (
+            format!("/projects/{b}/certificates"),
+            json!({ "name": "x", "dns_names": ["x.example.test"], "issuer_id": b_issuer }),
+        ),
+        (
+            format!("/projects/{b}/certificates/{b_cert}/issue"),
+            json!({}),
+        ),
+        (
+            "/tokens".to_string(),
+            json!({ "roles": [{ "project_id": b, "role": "viewer" }] }),
+        ),
+    ] {
+        let got = a_admin.post_answer(&path, body).await;
+        assert_eq!(got.status, 404, "POST {path}: {}", got.text);
+    }
+    // Its own audit log shows its project's changes and nothing of B's;
+    // the whole log is for global admins only.
+    let own = a_admin
+        .get_answer(&format!("/projects/{a}/audit?action=certificate."))
+        .await;
+    assert_eq!(own.status, 200, "{}", own.text);
+    let actions: Vec<&str> = own.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, vec!["certificate.created"], "{}", own.text);
+    assert!(!own.text.contains(&b), "{}", own.text);
+    let paged = a_admin
+        .get_answer(&format!("/projects/{a}/audit?limit=1"))
+        .await;
+    assert_eq!(paged.body["items"].as_array().unwrap().len(), 1);
+    let next = paged.body["next"].as_i64().expect("a next page");
+    let second = a_admin
+        .get_answer(&format!("/projects/{a}/audit?limit=1&after={next}"))
+        .await;
+    assert!(
+        second.body["items"][0]["seq"].as_i64().unwrap() > next,
+        "{}",
+        second.text
+    );
+    assert_eq!(a_admin.get_answer("/audit").await.status, 403);
+    assert_eq!(f.api.get_answer("/audit").await.status, 200);
+    // Listing projects shows only its own.
+    let listed = a_admin.get_answer("/projects").await;
+    let ids: Vec<&str> = listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![a.as_str()]);
+
+    // No token, or a wrong one: 401.
+    for client in [
+        f.api.without_token(),
+        f.api.with_token("cap_not-a-real-token"),
+    ] {
+        let got = client.get_answer(&format!("/projects/{a}")).await;
+        assert_eq!(got.status, 401, "{}", got.text);
+        assert_eq!(got.content_type, "application/problem+json");
+    }
+    // A viewer reads but cannot change anything, nor read the key.
+    assert_eq!(
+        a_viewer
+            .get_answer(&format!("/projects/{a}/certificates"))
+            .await
+            .status,
+        200
+    );
+    let (_, a_issuer, a_cert) = {
+        let i = a_admin.get_answer(&format!("/projects/{a}/issuers")).await;
+        let c = a_admin
+            .get_answer(&format!("/projects/{a}/certificates"))
+            .await;
+        (
+            (),
+            i.body["items"][0]["id"].as_str().unwrap().to_string(),
+            c.body["items"][0]["id"].as_str().unwrap().to_string(),
+        )
+    };
+    for (path, body) in [
+        (
+            format!("/projects/{a}/certificates"),
+            json!({ "name": "x", "dns_names": ["y.example.test"], "issuer_id": a_issuer }),
+        ),
+        (
+            format!("/projects/{a}/certificates/{a_cert}/issue"),
+            json!({}),
+        ),
+    ] {
+        let got = a_viewer.post_answer(&path, body).await;
+        assert_eq!(got.status, 403, "POST {path}: {}", got.text);
+    }
+    assert_eq!(
+        a_viewer
+            .get_answer(&format!("/projects/{a}/certificates/{a_cert}/private-key"))
+            .await
+            .status,
+        403
+    );
+    // Health and the OpenAPI document stay open.
+    let root = f.api.base.trim_end_matches("/v1").to_string();
+    assert_eq!(
+        reqwest::get(format!("{root}/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let doc: Value = reqwest::get(format!("{root}/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        doc["paths"]["/v1/projects/{project_id}/certificates"]["post"].is_object(),
+        "{doc}"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_4xx_problem_with_a_reason_never_a_500() {
+    let f = fixture("api_bad_input").await;
+    let (p, issuer, _) = project(&f, "inputs").await;
+    let certs = format!("/projects/{p}/certificates");
+    let send = |body: Vec<u8>| f.api.send(Method::POST, &certs, Some(body));
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("malformed JSON", b"{\"name\": ".to_vec(), 400, "invalid JSON"),
+        ("unknown field", json!({ "name": "x", "dns_names": ["a.example.test"], "issuer_id": issuer, "colour": "red" }).to_string().into_bytes(), 400, "unknown field"),
+        ("wrong type", json!({ "name": "x", "dns_names": "a.example.test", "issuer_id": issuer }).to_string().into_bytes(), 400, "invalid type"),
+        ("invalid DNS name", json!({ "name": "x", "dns_names": ["bad_name.example.test"], "issuer_id": issuer }).to_string().into_bytes(), 422, "dns_names[0]"),
+        ("wildcard with http-01", json!({ "name": "x", "dns_names": ["*.example.test"], "issuer_id": issuer }).to_string().into_bytes(), 422, "dns-01"),
+        ("IP address", json!({ "name": "x", "dns_names": ["192.0.2.7"], "issuer_id": issuer }).to_string().into_bytes(), 422, "IP address"),
+        ("name too long", json!({ "name": "x", "dns_names": [format!("{}.example.test", "a".repeat(250))], "issuer_id": issuer }).to_string().into_bytes(), 422, "at most"),
+        ("no names", json!({ "name": "x", "dns_names": [], "issuer_id": issuer }).to_string().into_bytes(), 422, "at least one"),
+        ("unknown key algorithm", json!({ "name": "x", "dns_names": ["a.example.test"], "issuer_id": issuer, "key_algorithm": "dsa" }).to_string().into_bytes(), 422, "key_algorithm"),
+        ("unknown issuer", json!({ "name": "x", "dns_names": ["a.example.test"], "issuer_id": "iss_000000000000000000000000" }).to_string().into_bytes(), 422, "issuer_id"),
+        ("oversized body", vec![b' '; 300 * 1024], 413, "at most"),
+    ];
+    for (what, body, status, reason) in cases {
+        let got = send(body).await;
+        assert_eq!(got.status, status, "{what}: {}", got.text);
+        assert_eq!(got.content_type, "application/problem+json", "{what}");
+        assert!(got.text.contains(reason), "{what}: {}", got.text);
+    }
+    let bad_issuer = f
+        .api
+        .post_answer(
+            &format!("/projects/{p}/issuers"),
+            json!({ "name": "", "directory_url": "http://insecure.example", "contact": "nobody", "challenge": "tls-alpn-01", "ca_bundle_pem": "not a pem" }),
+        )
+        .await;
+    assert_eq!(bad_issuer.status, 422, "{}", bad_issuer.text);
+    let fields: Vec<&str> = bad_issuer.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    for field in [
+        "name",
+        "directory_url",
+        "contact",
+        "challenge",
+        "ca_bundle_pem",
+    ] {
+        assert!(fields.contains(&field), "{field} has a reason: {fields:?}");
+    }
+    for path in [
+        format!("/projects/{p}/certificates/crt_000000000000000000000000"),
+        format!("/projects/{p}/issuers/nope"),
+        "/no-such-endpoint".to_string(),
+    ] {
+        let got = f.api.get_answer(&path).await;
+        assert_eq!(got.status, 404, "{path}: {}", got.text);
+        assert_eq!(got.content_type, "application/problem+json");
+    }
+    let bad_page = f.api.get_answer(&format!("{certs}?limit=0")).await;
+    assert_eq!(bad_page.status, 400, "{}", bad_page.text);
+    let listed = f.api.get_answer(&certs).await;
+    let cert_id = listed.body["items"][0]["id"].as_str().unwrap();
+    let jobs = f
+        .api
+        .get_answer(&format!("{certs}/{cert_id}/jobs?limit=1"))
+        .await;
+    assert_eq!(
+        jobs.body["items"].as_array().unwrap().len(),
+        1,
+        "{}",
+        jobs.text
+    );
+    let bad_after = f
+        .api
+        .get_answer(&format!("{certs}/{cert_id}/jobs?after=nope"))
+        .await;
+    assert_eq!(bad_after.status, 400, "{}", bad_after.text);
+
+    // An EAB HMAC key is accepted, sealed, and never shown again.
+    let hmac_key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let eab = f
+        .api
+        .post_answer(
+            &format!("/projects/{p}/issuers"),
+            json!({ "name": "with-eab", "directory_url": f.pebble().directory, "contact": "ops@example.test",
+                    "eab": { "kid": "kid-1", "hmac_key": hmac_key } }),
+        )
+        .await;
+    assert_eq!(eab.status, 201, "{}", eab.text);
+    assert_eq!(eab.body["eab_kid"], "kid-1");
+    assert!(!eab.text.contains(hmac_key), "{}", eab.text);
+    assert_not_stored(&f.db.store().await, hmac_key).await;
+}
+
+#[tokio::test]
+async fn a_failing_challenge_shows_the_cas_reason_and_backs_off() {
+    let cluster = Cluster::builder("api_failing")
+        .pebble(PebbleOptions {
+            nonce_reject_percent: 0,
+            ..PebbleOptions::default()
+        })
+        .workers(1)
+        .start()
+        .await;
+    let (api, pebble) = (&cluster.api, cluster.pebble());
+    // Resolves to an address where nothing answers HTTP-01.
+    pebble.resolve("nowhere.example.test", "127.0.0.2").await;
+    let p = api.post("/projects", json!({ "name": "failing" })).await.1["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let i = api
+        .post(
+            &format!("/projects/{p}/issuers"),
+            json!({ "name": "pebble", "directory_url": pebble.directory, "contact": "ops@example.test", "ca_bundle_pem": pebble.listener_ca_pem }),
+        )
+        .await
+        .1["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, c) = api
+        .post(
+            &format!("/projects/{p}/certificates"),
+            json!({ "name": "nowhere", "dns_names": ["nowhere.example.test"], "issuer_id": i }),
+        )
+        .await;
+    let path = format!("/projects/{p}/certificates/{}", c["id"].as_str().unwrap());
+    let cert = api
+        .wait_for(
+            &path,
+            Duration::from_secs(60),
+            "an error is reported",
+            |c| !c["last_error"].is_null(),
+        )
+        .await;
+    let error = cert["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("the CA refused nowhere.example.test"),
+        "{error}"
+    );
+    assert!(
+        error.contains("127.0.0.2") || error.to_lowercase().contains("connection"),
+        "the CA's own reason: {error}"
+    );
+    assert_ne!(cert["status"], "issued");
+    let (_, jobs) = api.get(&format!("{path}/jobs")).await;
+    let job = &jobs["items"][0];
+    assert_eq!(job["state"], "queued", "{jobs}");
+    assert!(job["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("nowhere.example.test"));
+    let run_at = chrono_like(job["run_at"].as_str().unwrap());
+    assert!(
+        run_at > std::time::SystemTime::now(),
+        "it backs off before trying again: {job}"
+    );
+    let (_, orders) = api.get(&format!("{path}/orders")).await;
+    assert_eq!(orders["items"][0]["stage"], "invalid", "{orders}");
+}
+
+/// RFC 3339 (as the API writes it: `2026-11-28T04:24:46.123Z`) to a time.
+fn chrono_like(s: &str) -> std::time::SystemTime {
+    let dt = mongodb::bson::DateTime::parse_rfc3339_str(s).unwrap();
+    std::time::UNIX_EPOCH + Duration::from_millis(dt.timestamp_millis() as u64)
+}

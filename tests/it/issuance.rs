@@ -1,0 +1,129 @@
+//! Certificates end to end against a real ACME server (Debian's Pebble):
+//! declared through the API, issued by a worker, served HTTP-01 by the api.
+
+use std::time::Duration;
+
+use crate::support;
+use crate::support::api::{assert_only_ciphertext, verify_chain};
+use crate::support::cluster::Cluster;
+use crate::support::pebble::PebbleOptions;
+use mongodb::bson::doc;
+use serde_json::json;
+
+#[tokio::test]
+async fn a_certificate_declared_through_the_api_is_issued_by_pebble() {
+    let cluster = Cluster::builder("issuance")
+        .pebble(PebbleOptions::default())
+        .workers(1)
+        .start()
+        .await;
+    let (api, pebble, db) = (&cluster.api, cluster.pebble(), &cluster.db);
+    let (api_proc, worker) = (&cluster.apis[0], &cluster.workers[0]);
+
+    let (p, issuer) = api.project_with_issuer("shop", pebble).await;
+    let (path, issued) = api
+        .issue(
+            &p,
+            json!({
+                "name": "www",
+                "dns_names": ["www.shop.example.test", "shop.example.test"],
+                "issuer_id": issuer,
+                "key_algorithm": "ecdsa-p256",
+            }),
+            Duration::from_secs(90),
+        )
+        .await;
+
+    // The chain verifies against Pebble's issuing root.
+    let root = pebble.issuing_root_pem().await;
+    let chain = issued["chain_pem"].as_str().unwrap();
+    verify_chain(&root, chain).unwrap();
+    let leaf = certautopilot::domain::certs::inspect_chain(chain).unwrap();
+    assert_eq!(issued["fingerprint_sha256"], leaf.fingerprint_sha256);
+    assert_eq!(issued["serial"], leaf.serial);
+    let mut names = leaf.dns_names.clone();
+    names.sort();
+    assert_eq!(names, vec!["shop.example.test", "www.shop.example.test"]);
+
+    // Its key matches, and reading it is audited.
+    let key = api.get_text(&format!("{path}/private-key")).await;
+    assert_eq!(
+        certautopilot::domain::certs::public_key_der(&key).unwrap(),
+        leaf.public_key_der
+    );
+
+    // MongoDB holds only its ciphertext.
+    let store = db.store().await;
+    assert_only_ciphertext(&store, &key).await;
+    // The HTTP-01 key authorizations went once the CA had decided.
+    assert_eq!(
+        store
+            .collection("challenges")
+            .count_documents(mongodb::bson::doc! {})
+            .await
+            .unwrap(),
+        0
+    );
+    // Metrics: certificates by status (counted in the background, shared
+    // by every replica: soon, not at once), orders in flight, expiry, ACME
+    // requests.
+    assert!(
+        support::wait_until(Duration::from_secs(20), || async {
+            api_proc
+                .metric("certautopilot_certificates", "status=\"issued\"")
+                .await
+                == Some(1.0)
+        })
+        .await,
+        "one issued certificate counted"
+    );
+    assert_eq!(
+        api_proc
+            .metric("certautopilot_acme_orders_in_flight", "")
+            .await,
+        Some(0.0)
+    );
+    let expiry = api_proc
+        .metric(
+            "certautopilot_certificate_expiry_timestamp_seconds",
+            issued["id"].as_str().unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(expiry as i64, leaf.not_after_ms / 1000);
+    assert!(
+        worker
+            .metric(
+                "certautopilot_acme_requests_total",
+                "endpoint=\"order-plz\""
+            )
+            .await
+            .unwrap()
+            >= 1.0
+    );
+
+    let (_, orders) = api.get(&format!("{path}/orders")).await;
+    assert_eq!(
+        orders["items"].as_array().unwrap().len(),
+        1,
+        "one ACME order: {orders}"
+    );
+    let actions: Vec<String> = store
+        .collection("audit")
+        .distinct("action", doc! {})
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|b| b.as_str().map(str::to_string))
+        .collect();
+    for a in [
+        "project.created",
+        "issuer.created",
+        "certificate.created",
+        "certificate.issued",
+        "certificate.private_key_read",
+        "token.created",
+    ] {
+        assert!(actions.iter().any(|x| x == a), "{a} audited: {actions:?}");
+    }
+}

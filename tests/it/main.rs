@@ -1,0 +1,42 @@
+//! The integration tests, in one binary: the crate and the support code are
+//! linked once, and `cargo test` runs every test from one list.
+//!
+//! Each module is one area:
+//!
+//! - the job queue and coordination: `queue`, `workers`, `leases`,
+//!   `schedulers`, `election` (a step-down, on a server of its own),
+//!   `supervision`;
+//! - running it: `operator` (settings, migrations, health), `stats`;
+//! - the code's own shape: `architecture` (layers, cycles, collection owners);
+//! - keys and records: `secrets`, `pkcs11`, `rotation`, `audit`, `siem`;
+//! - certificates against a real CA (Pebble): `issuance`, `orders`, `lb`,
+//!   `api`, `renewals`, `revocation`, `dns01`, `drift`.
+//!
+//! `support` starts what they run against — the database server, Pebble,
+//! bind9, haproxy, `certautopilot` processes, or a whole [`support::cluster::Cluster`]
+//! — and talks to the API as a user would.
+
+mod support;
+
+mod api;
+mod architecture;
+mod audit;
+mod dns01;
+mod drift;
+mod election;
+mod issuance;
+mod lb;
+mod leases;
+mod operator;
+mod orders;
+mod pkcs11;
+mod queue;
+mod renewals;
+mod revocation;
+mod rotation;
+mod schedulers;
+mod secrets;
+mod siem;
+mod stats;
+mod supervision;
+mod workers;

@@ -1,0 +1,352 @@
+//! Operator-facing behaviour of the binary: configuration errors, migrations,
+//! the schema gate, `/readyz` and `certautopilot health`.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::support::{self, bin, Proc, TestDb};
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Document};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run certautopilot")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn an_invalid_setting_exits_2_with_one_line_naming_it() {
+    let uri = ("CAP_MONGO_URI", "mongodb://127.0.0.1:1/x");
+    for (var, value) in [
+        ("CAP_JOB_LEASE_SECS", "sixty"),
+        ("CAP_LEADER_LEASE_SECS", "0"),
+        ("CAP_WORKER_CONCURRENCY", "-3"),
+        ("CAP_HTTP_ADDR", "not-an-address"),
+        ("CAP_READYZ_GRACE_SECS", "1.5"),
+        ("CAP_LOG_FORMAT", "xml"),
+        ("CAP_KEK_PROVIDER", "vault"),
+    ] {
+        let out = run(&["worker"], &[uri, (var, value)]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {err}");
+        assert!(
+            err.contains(var),
+            "{var}={value}: message does not name it: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+    let out = run(&["scheduler"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("CAP_MONGO_URI"));
+    let out = run(&["worker"], &[uri]);
+    assert_eq!(out.status.code(), Some(2), "a workload needs its KEK");
+    assert!(stderr(&out).contains("CAP_KEK_FILE"), "{}", stderr(&out));
+    // The flag overrides the variable and is validated the same way.
+    let out = run(&["api", "--job-lease-secs", "abc"], &[uri]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("CAP_JOB_LEASE_SECS"));
+}
+
+async fn schema_docs(db: &TestDb) -> Vec<Document> {
+    db.store()
+        .await
+        .collection("schema")
+        .find(doc! {})
+        .sort(doc! { "_id": 1 })
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+async fn index_names(db: &TestDb, coll: &str) -> Vec<String> {
+    let mut names: Vec<String> = db
+        .store()
+        .await
+        .collection(coll)
+        .list_index_names()
+        .await
+        .unwrap();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn migrate_twice_and_concurrently_gives_the_same_schema() {
+    let db = TestDb::fresh("migrate");
+    let env = [("CAP_MONGO_URI", db.uri.as_str())];
+    // Two at once on an empty database.
+    let a = Command::new(bin())
+        .arg("migrate")
+        .env_clear()
+        .env("CAP_MONGO_URI", &db.uri)
+        .output();
+    let b = std::thread::spawn({
+        let uri = db.uri.clone();
+        move || {
+            Command::new(bin())
+                .arg("migrate")
+                .env_clear()
+                .env("CAP_MONGO_URI", uri)
+                .output()
+                .unwrap()
+        }
+    });
+    let (a, b) = (a.unwrap(), b.join().unwrap());
+    assert!(a.status.success(), "{}", stderr(&a));
+    assert!(b.status.success(), "{}", stderr(&b));
+    let after_concurrent = (schema_docs(&db).await, index_names(&db, "jobs").await);
+
+    let again = run(&["migrate"], &env);
+    assert!(again.status.success());
+    assert!(
+        stderr(&again).contains("nothing to do"),
+        "{}",
+        stderr(&again)
+    );
+    let after_again = (schema_docs(&db).await, index_names(&db, "jobs").await);
+
+    let version = |docs: &Vec<Document>| {
+        docs.iter()
+            .find(|d| d.get_str("_id") == Ok("version"))
+            .unwrap()
+            .get_i64("version")
+            .unwrap()
+    };
+    assert_eq!(
+        version(&after_concurrent.0),
+        certautopilot::store::schema::CURRENT_VERSION
+    );
+    assert_eq!(
+        version(&after_again.0),
+        certautopilot::store::schema::CURRENT_VERSION
+    );
+    assert_eq!(
+        after_concurrent.0.len(),
+        after_again.0.len(),
+        "no migration recorded twice"
+    );
+    assert_eq!(after_concurrent.1, after_again.1);
+    assert!(
+        after_again.1.contains(&"key_unique".to_string()),
+        "{:?}",
+        after_again.1
+    );
+}
+
+#[tokio::test]
+async fn readyz_fails_until_migrated_and_a_newer_schema_refuses_to_start() {
+    let db = TestDb::fresh("gate");
+    let api = Proc::start("api", &db, "api-gate", &[]);
+    api.wait_alive().await;
+    let readyz = || async { reqwest::get(api.url("/readyz")).await.unwrap() };
+    assert!(
+        support::wait_until(Duration::from_secs(10), || async {
+            readyz().await.status() == 503
+        })
+        .await,
+        "not ready before migrations"
+    );
+    let body: serde_json::Value = readyz().await.json().await.unwrap();
+    assert!(
+        body["details"]["schema"]
+            .as_str()
+            .unwrap_or("")
+            .contains("certautopilot migrate"),
+        "{body}"
+    );
+
+    assert!(run(&["migrate"], &[("CAP_MONGO_URI", &db.uri)])
+        .status
+        .success());
+    assert!(
+        support::wait_until(Duration::from_secs(10), || async {
+            readyz().await.status() == 200
+        })
+        .await,
+        "ready once migrated"
+    );
+    drop(api);
+
+    // A newer binary migrated this database: an older one must not run on it.
+    db.store()
+        .await
+        .collection("schema")
+        .update_one(
+            doc! { "_id": "version" },
+            doc! { "$set": { "version": 999i64 } },
+        )
+        .await
+        .unwrap();
+    let out = run(
+        &["worker"],
+        &[
+            ("CAP_MONGO_URI", &db.uri),
+            ("CAP_KEK_FILE", db.kek_file.to_str().unwrap()),
+            ("CAP_HTTP_ADDR", &support::free_addr().to_string()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("newer"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn health_reports_each_check_and_exits_0_only_when_healthy() {
+    let db = TestDb::migrated("health").await;
+    let env = [
+        ("CAP_MONGO_URI", db.uri.as_str()),
+        ("CAP_KEK_FILE", db.kek_file.to_str().unwrap()),
+    ];
+
+    // No scheduler yet: no live leader, so unhealthy.
+    let out = run(&["health", "--json"], &env);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["healthy"], false);
+    let leader = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "scheduler leader")
+        .unwrap();
+    assert_eq!(leader["ok"], false);
+
+    let all = Proc::start("all", &db, "healthy-one", &[]);
+    all.wait_alive().await;
+    let healthy = support::wait_until(Duration::from_secs(20), || async {
+        run(&["health"], &env).status.success()
+    })
+    .await;
+    assert!(healthy, "healthy with a leader; log:\n{}", all.log_text());
+    let human = String::from_utf8(run(&["health"], &env).stdout).unwrap();
+    assert!(human.starts_with("HEALTHY"), "{human}");
+    assert!(human.contains("healthy-one leads"), "{human}");
+    assert!(human.contains("can be unwrapped"), "{human}");
+
+    // Without its KEK the installation is not healthy, and says why.
+    let out = run(&["health", "--json"], &env[..1]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kek = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "kek")
+        .unwrap()
+        .clone();
+    assert_eq!(kek["ok"], false);
+    assert!(
+        kek["detail"].as_str().unwrap().contains("CAP_KEK_FILE"),
+        "{kek}"
+    );
+    assert!(
+        human.contains("PRIMARY"),
+        "replica-set members are listed: {human}"
+    );
+
+    let out = run(
+        &["health"],
+        &[(
+            "CAP_MONGO_URI",
+            "mongodb://127.0.0.1:1/x?serverSelectionTimeoutMS=300",
+        )],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an unreachable database is unhealthy"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("UNHEALTHY"));
+}
+
+#[test]
+fn kek_init_creates_a_private_key_ring_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kek.json");
+    let path_str = path.to_str().unwrap();
+    let out = run(&["kek", "init", "--file", path_str], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        out.stdout.is_empty(),
+        "the key never goes to standard output"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    certautopilot::crypto::kek::FileKek::load(&path).unwrap();
+    let again = run(&["kek", "init"], &[("CAP_KEK_FILE", path_str)]);
+    assert_eq!(again.status.code(), Some(1), "refuses to overwrite");
+    assert!(stderr(&again).contains("kek.json"), "{}", stderr(&again));
+}
+
+#[test]
+fn kek_export_refuses_weak_passphrases_and_import_restores_the_key_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = dir.path().join("kek.json");
+    let ring_s = ring.to_str().unwrap();
+    assert!(run(&["kek", "init", "--file", ring_s], &[])
+        .status
+        .success());
+    let bundle = dir.path().join("bundle.json");
+    let bundle_s = bundle.to_str().unwrap();
+    let export = |pass: &str| {
+        run(
+            &["kek", "export", "--out", bundle_s],
+            &[("CAP_KEK_FILE", ring_s), ("CAP_KEK_PASSPHRASE", pass)],
+        )
+    };
+    for weak in ["", "hunter2", "aaaaaaaaaaaaaaaaaaaaaaaa"] {
+        let out = export(weak);
+        assert_eq!(out.status.code(), Some(1), "{weak:?}");
+        assert!(
+            stderr(&out).contains("passphrase refused"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!bundle.exists(), "nothing written for {weak:?}");
+    }
+    let pass = "correct horse battery staple";
+    let out = export(pass);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let restored = dir.path().join("restored.json");
+    let import = |pass: &str| {
+        run(
+            &[
+                "kek",
+                "import",
+                "--bundle",
+                bundle_s,
+                "--file",
+                restored.to_str().unwrap(),
+            ],
+            &[("CAP_KEK_PASSPHRASE", pass)],
+        )
+    };
+    let wrong = import("correct horse battery stapler");
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        stderr(&wrong).contains("wrong passphrase"),
+        "{}",
+        stderr(&wrong)
+    );
+    let out = import(pass);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(&restored).unwrap(),
+        std::fs::read_to_string(&ring).unwrap(),
+        "the same key ring comes back"
+    );
+}
