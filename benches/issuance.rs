@@ -52,6 +52,7 @@ async fn ours(pebble: &Pebble, http: std::net::SocketAddr, workers: usize, certs
     let api = ApiClient::new(format!("http://{http}/v1"), bootstrap_token(&db));
     let (_, p) = api.post("/projects", json!({ "name": "bench" })).await;
     let p = p["id"].as_str().unwrap();
+    api.grant(p, &["bench.example.test"]).await;
     let (_, i) = api
         .post(
             &format!("/projects/{p}/issuers"),

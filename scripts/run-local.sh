@@ -95,6 +95,14 @@ api() { # METHOD PATH [JSON]
 }
 
 project=$(api POST /projects '{"name":"local"}' | jq -r .id)
+# A project certifies only the names a global admin granted it. Shared:
+# earlier runs against the same state declared a project of their own for
+# the same name.
+grant=$(api PUT "/projects/$project/domains" '{"domains":["local.example.test"],"shared":true}')
+if [ "$(jq -r '.domains[0].name' <<<"$grant")" != "local.example.test" ]; then
+  echo "run-local: granting local.example.test failed: $grant" >&2
+  exit 1
+fi
 issuer=$(api POST "/projects/$project/issuers" "$(jq -n --arg url "https://127.0.0.1:$acme_port/dir" \
   --rawfile ca "$dir/pebble/ca.pem" \
   '{name: "local pebble", directory_url: $url, contact: "ops@example.test", challenge: "http-01", ca_bundle_pem: $ca}')" | jq -r .id)

@@ -1,6 +1,7 @@
 //! Pure types and rules: no MongoDB, actix or HTTP in here.
 //!
 //! - [`certificate`] — a certificate, its status and the transitions between them.
+//! - [`grants`] — the names each project may certify.
 //! - [`issuer`] — an ACME issuer and its challenge settings.
 //! - [`order`] — an order's stages and what it published.
 //! - [`renewal`] — renewal windows (default, `renew_before_secs`, ARI) and their jitter.
@@ -13,6 +14,7 @@ pub mod backoff;
 pub mod certificate;
 pub mod certs;
 pub mod drift;
+pub mod grants;
 pub mod issuer;
 pub mod jobs;
 pub mod order;

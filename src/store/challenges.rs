@@ -29,16 +29,18 @@ pub fn publish(
     }
 }
 
-/// The key authorization published for `token`.
-pub async fn key_authorization(store: &Store, token: &str) -> Result<Option<String>, MongoError> {
+/// The key authorization published for `token`, and the name it proves.
+pub async fn key_authorization(
+    store: &Store,
+    token: &str,
+) -> Result<Option<(String, String)>, MongoError> {
     let found = store
         .collection(CHALLENGES)
         .find_one(doc! { "_id": token })
         .await?;
     Ok(found.map(|d| {
-        d.get_str("key_authorization")
-            .unwrap_or_default()
-            .to_string()
+        let s = |f: &str| d.get_str(f).unwrap_or_default().to_string();
+        (s("key_authorization"), s("identifier"))
     }))
 }
 

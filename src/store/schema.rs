@@ -5,6 +5,7 @@
 //! no-op) and the recorded version only ever moves up (`$max`), so running
 //! `migrate` twice, or two runs at once, ends in the same schema without error.
 
+use futures::future::BoxFuture;
 use mongodb::bson::{doc, Document};
 use mongodb::error::Error as MongoError;
 use mongodb::options::IndexOptions;
@@ -25,7 +26,11 @@ struct Migration {
     name: &'static str,
     collections: &'static [&'static str],
     indexes: fn() -> Vec<(&'static str, IndexModel)>,
+    /// Documents to change, after the collections and indexes (idempotent).
+    data: Option<DataStep>,
 }
+
+type DataStep = for<'a> fn(&'a Store) -> BoxFuture<'a, Result<(), MongoError>>;
 
 const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -40,12 +45,14 @@ const MIGRATIONS: &[Migration] = &[
             "schema",
         ],
         indexes: v1_indexes,
+        data: None,
     },
     Migration {
         version: 2,
         name: "encrypted secrets",
         collections: &["keys"],
         indexes: v2_indexes,
+        data: None,
     },
     Migration {
         version: 3,
@@ -57,6 +64,7 @@ const MIGRATIONS: &[Migration] = &[
             "audit_forwarders",
         ],
         indexes: no_indexes,
+        data: None,
     },
     Migration {
         version: 4,
@@ -70,42 +78,56 @@ const MIGRATIONS: &[Migration] = &[
             "tokens",
         ],
         indexes: v4_indexes,
+        data: None,
     },
     Migration {
         version: 5,
         name: "certificate expiry index",
         collections: &[],
         indexes: v5_indexes,
+        data: None,
     },
     Migration {
         version: 6,
         name: "renewal scan, renewal due and failing-certificate indexes",
         collections: &[],
         indexes: v6_indexes,
+        data: None,
     },
     Migration {
         version: 7,
         name: "drift scan indexes",
         collections: &[],
         indexes: v7_indexes,
+        data: None,
     },
     Migration {
         version: 8,
         name: "ARI refresh index",
         collections: &[],
         indexes: v8_indexes,
+        data: None,
     },
     Migration {
         version: 9,
         name: "HTTP-01 challenge clean-up indexes",
         collections: &[],
         indexes: v9_indexes,
+        data: None,
     },
     Migration {
         version: 10,
         name: "audit target index",
         collections: &[],
         indexes: v10_indexes,
+        data: None,
+    },
+    Migration {
+        version: 11,
+        name: "domain grants (every certified name granted to its project)",
+        collections: &[super::projects::GRANTS_LOCK],
+        indexes: Vec::new,
+        data: Some(|store| Box::pin(super::projects::grant_certified_names(store))),
     },
 ];
 
@@ -376,6 +398,9 @@ async fn apply(store: &Store, m: &Migration) -> Result<(), MongoError> {
         store
             .ride_through("create index", || c.create_index(model.clone()))
             .await?;
+    }
+    if let Some(data) = m.data {
+        data(store).await?;
     }
     let schema = store.collection(SCHEMA_COLLECTION);
     store

@@ -12,13 +12,14 @@ use futures::future::BoxFuture;
 use super::{certificate_of, issuer_of};
 use crate::domain::backoff::Backoff;
 use crate::domain::certificate::{Certificate, CertificateStatus};
+use crate::domain::grants::uncovered;
 use crate::domain::issuer::Issuer;
 use crate::domain::jobs::IssuePayload;
 use crate::observe::metrics::Metrics;
 use crate::queue::handler::{HandlerError, JobHandler};
 use crate::queue::jobs::ClaimedJob;
 use crate::store::certificates::{self, Failure};
-use crate::store::Store;
+use crate::store::{projects, Store};
 
 /// Drives the ACME order behind one claim of an `issue-certificate` job
 /// until the certificate is stored (from marking it `issuing` to the
@@ -58,7 +59,11 @@ impl JobHandler for IssueCertificate {
             let payload: IssuePayload = job.payload_as()?;
             let cert = certificate_of(&store, &payload.certificate_id).await?;
             let renewal = payload.is_renewal();
-            let result = match issuer_of(&store, &cert.issuer_id).await {
+            let ready = async {
+                granted(&store, &cert).await?;
+                issuer_of(&store, &cert.issuer_id).await
+            };
+            let result = match ready.await {
                 Ok(issuer) => {
                     orders
                         .drive(job.clone(), cert.clone(), issuer, payload)
@@ -79,6 +84,22 @@ impl JobHandler for IssueCertificate {
                 Err(e) => record_failure(&store, backoff, &job, &cert, e).await,
             }
         })
+    }
+}
+
+/// Whether every name of the certificate is still granted to its project
+/// (grants can be taken back after a certificate was declared).
+async fn granted(store: &Store, cert: &Certificate) -> Result<(), HandlerError> {
+    let grants = projects::domains(store, &cert.project_id)
+        .await?
+        .unwrap_or_default();
+    match uncovered(&grants, &cert.dns_names).as_slice() {
+        [] => Ok(()),
+        outside => Err(HandlerError::Permanent(format!(
+            "{} not granted to project {}",
+            outside.join(", "),
+            cert.project_id
+        ))),
     }
 }
 

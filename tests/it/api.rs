@@ -29,6 +29,7 @@ async fn project(f: &Cluster, name: &str) -> (String, String, String) {
         .await;
     assert_eq!(p.status, 201, "{}", p.text);
     let p = p.body["id"].as_str().unwrap().to_string();
+    f.api.grant(&p, &[&format!("{name}.example.test")]).await;
     let i = f
         .api
         .post_answer(
@@ -326,6 +327,7 @@ async fn a_failing_challenge_shows_the_cas_reason_and_backs_off() {
         .as_str()
         .unwrap()
         .to_string();
+    api.grant(&p, &["nowhere.example.test"]).await;
     let i = api
         .post(
             &format!("/projects/{p}/issuers"),

@@ -74,6 +74,7 @@ async fn ordinary_and_wildcard_certificates_are_issued_over_rfc2136_and_cleaned_
     );
     let (_, project) = api.post("/projects", json!({ "name": "dns" })).await;
     let p = project["id"].as_str().unwrap().to_string();
+    api.grant(&p, &[ZONE]).await;
 
     // Bad issuers: dns-01 without its settings, settings without dns-01,
     // settings that cannot work.

@@ -93,6 +93,7 @@ async fn endpoints_serving_current_older_foreign_or_nothing_are_told_apart() {
         .await;
     let (api, api_proc) = (&cluster.api, &cluster.apis[0]);
     let (p, issuer) = api.project_with_issuer("drifting", cluster.pebble()).await;
+    api.grant(&p, &["drift.example.test"]).await;
 
     // Bad endpoints are refused, each with its reason.
     let (status, problem) = api

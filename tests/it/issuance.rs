@@ -21,6 +21,7 @@ async fn a_certificate_declared_through_the_api_is_issued_by_pebble() {
     let (api_proc, worker) = (&cluster.apis[0], &cluster.workers[0]);
 
     let (p, issuer) = api.project_with_issuer("shop", pebble).await;
+    api.grant(&p, &["shop.example.test"]).await;
     let (path, issued) = api
         .issue(
             &p,

@@ -24,6 +24,7 @@ async fn fifty_certificates_through_a_load_balancer_with_bad_nonces_all_issue() 
 
     let (_, project) = api.post("/projects", json!({ "name": "fleet" })).await;
     let p = project["id"].as_str().unwrap().to_string();
+    api.grant(&p, &["fleet.example.test"]).await;
     let (_, issuer) = api.post(
         &format!("/projects/{p}/issuers"),
         json!({ "name": "pebble", "directory_url": pebble.directory, "contact": "ops@example.test", "ca_bundle_pem": pebble.listener_ca_pem }),

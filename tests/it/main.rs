@@ -7,6 +7,7 @@
 //!   `schedulers`, `election` (a step-down, on a server of its own),
 //!   `supervision`;
 //! - running it: `operator` (settings, migrations, health), `stats`;
+//! - tenancy: `tenancy` (domain grants, the responder by name);
 //! - the code's own shape: `architecture` (layers, cycles, collection owners);
 //! - keys and records: `secrets`, `pkcs11`, `rotation`, `audit`, `siem`;
 //! - certificates against a real CA (Pebble): `issuance`, `orders`, `lb`,
@@ -39,4 +40,5 @@ mod secrets;
 mod siem;
 mod stats;
 mod supervision;
+mod tenancy;
 mod workers;

@@ -42,6 +42,7 @@ async fn a_peer_finishes_the_same_order_after_a_kill_at_every_stage() {
 
     let (_, project) = api.post("/projects", json!({ "name": "kills" })).await;
     let p = project["id"].as_str().unwrap().to_string();
+    api.grant(&p, &["kills.example.test"]).await;
     let (_, issuer) = api.post(
         &format!("/projects/{p}/issuers"),
         json!({ "name": "pebble", "directory_url": pebble.directory, "contact": "ops@example.test", "ca_bundle_pem": pebble.listener_ca_pem }),

@@ -48,6 +48,8 @@ async fn a_due_certificate_is_renewed_exactly_once_though_the_leader_dies_mid_ti
     standby.wait_alive().await;
 
     let (p, issuer) = api.project_with_issuer("renewals", pebble).await;
+    api.grant(&p, &["renew.example.test", "down.example.test"])
+        .await;
     let (path, issued) = api
         .issue(
             &p,
@@ -159,6 +161,8 @@ async fn a_failing_certificate_backs_off_and_keeps_its_back_off_across_a_worker_
     // Resolves to an address where nothing answers HTTP-01.
     pebble.resolve("down.example.test", "127.0.0.2").await;
     let (p, issuer) = api.project_with_issuer("renewals", pebble).await;
+    api.grant(&p, &["renew.example.test", "down.example.test"])
+        .await;
     let (_, cert) = api
         .post(
             &format!("/projects/{p}/certificates"),

@@ -17,6 +17,7 @@ async fn a_revocation_reaches_the_ca_shows_in_the_api_and_audit_and_replaces_whe
         .await;
     let (api, pebble) = (&cluster.api, cluster.pebble());
     let (p, issuer) = api.project_with_issuer("revoking", pebble).await;
+    api.grant(&p, &["revoke.example.test"]).await;
     let create = |name: &str, replace: bool| {
         json!({ "name": name, "dns_names": [format!("{name}.revoke.example.test")],
                 "issuer_id": issuer, "replace_on_revoke": replace })

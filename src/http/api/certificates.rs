@@ -13,11 +13,12 @@ use super::{audit, date, issuers, new_id, page, projects, string, ApiState, Page
 use crate::domain::certificate::REVOCATION_REASONS;
 use crate::domain::certs::{KeyAlgorithm, KEY_ALGORITHMS};
 use crate::domain::drift::{endpoint_problems, Endpoint};
+use crate::domain::grants::uncovered;
 use crate::domain::issuer::in_zone;
 use crate::domain::jobs::{self, JobKind};
 use crate::domain::order::Stage;
 use crate::queue::jobs::NewJob;
-use crate::store::{certificates, issuers as store_issuers, orders};
+use crate::store::{certificates, issuers as store_issuers, orders, projects as projects_store};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let base = "/projects/{project_id}/certificates";
@@ -361,6 +362,17 @@ pub async fn create(
     }
     if !reasons.is_empty() {
         return Err(Problem::invalid(reasons.0));
+    }
+    // A project certifies only the names a global admin granted it.
+    let grants = projects_store::domains(&state.store, &project_id)
+        .await?
+        .unwrap_or_default();
+    let outside = uncovered(&grants, &body.dns_names);
+    if !outside.is_empty() {
+        return Err(Problem::forbidden(format!(
+            "{} not granted to this project (a global admin grants names: PUT /v1/projects/{project_id}/domains)",
+            outside.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
+        )));
     }
     let id = new_id("crt");
     let now = state.store.server_now().await?;

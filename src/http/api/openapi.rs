@@ -16,7 +16,7 @@ use super::{audit_log, certificates, issuers, projects, tokens};
         description = "Projects, ACME issuers and certificates. Every call needs `Authorization: Bearer <token>`; errors are RFC 9457 problem+json."
     ),
     paths(
-        projects::create, projects::list, projects::get,
+        projects::create, projects::list, projects::get, projects::set_domains, projects::domains,
         issuers::create, issuers::list, issuers::get,
         certificates::create, certificates::list, certificates::get, certificates::issue, certificates::revoke, certificates::set_endpoints,
         certificates::private_key, certificates::orders, certificates::jobs,

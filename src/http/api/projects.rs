@@ -10,12 +10,136 @@ use super::auth::{Caller, Role};
 use super::problem::{ApiResult, Problem};
 use super::validate::{self, Reasons};
 use super::{audit, date, new_id, page, ApiState, PageQuery};
+use crate::domain::grants::{base_name, DomainGrant};
 use crate::store::projects;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/projects", web::post().to(create))
         .route("/projects", web::get().to(list))
-        .route("/projects/{project_id}", web::get().to(get));
+        .route("/projects/{project_id}", web::get().to(get))
+        .route("/projects/{project_id}/domains", web::put().to(set_domains))
+        .route("/projects/{project_id}/domains", web::get().to(domains));
+}
+
+/// The names a project may certify. An entry grants that name and every
+/// name under it; a wildcard certificate needs the entry for its base.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DomainsUpdate {
+    /// The whole list (at most 100 names, no wildcards); empty grants nothing.
+    pub domains: Vec<String>,
+    /// Grant names that overlap another project's grants [default: false:
+    /// an overlap is refused].
+    #[serde(default)]
+    pub shared: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DomainGrantView {
+    pub name: String,
+    /// Granted although another project may hold an overlapping name.
+    pub shared: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DomainsView {
+    pub domains: Vec<DomainGrantView>,
+}
+
+/// Names a project may grant at most.
+const MAX_GRANTS: usize = 100;
+
+fn domains_view(grants: &[DomainGrant]) -> DomainsView {
+    DomainsView {
+        domains: grants
+            .iter()
+            .map(|g| DomainGrantView {
+                name: g.name.clone(),
+                shared: g.shared,
+            })
+            .collect(),
+    }
+}
+
+/// Sets the names a project may certify. Global admins only, audited.
+#[utoipa::path(put, path = "/v1/projects/{project_id}/domains", tag = "projects", request_body = DomainsUpdate,
+    params(("project_id" = String, Path)),
+    responses((status = 200, body = DomainsView), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn set_domains(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: web::Json<DomainsUpdate>,
+) -> ApiResult<HttpResponse> {
+    let id = path.into_inner();
+    caller.require_global_admin()?;
+    let mut reasons = Reasons::default();
+    if body.domains.len() > MAX_GRANTS {
+        reasons.add(
+            "domains",
+            format!("lists {} names; at most {MAX_GRANTS}", body.domains.len()),
+        );
+    }
+    let mut grants: Vec<DomainGrant> = Vec::new();
+    for (i, name) in body.domains.iter().enumerate() {
+        if let Some(p) = validate::dns_name_problem(name, false) {
+            reasons.add(format!("domains[{i}]"), format!("{name:?} {p}"));
+            continue;
+        }
+        let name = base_name(name);
+        if !grants.iter().any(|g| g.name == name) {
+            grants.push(DomainGrant {
+                name,
+                shared: body.shared,
+            });
+        }
+    }
+    if !reasons.is_empty() {
+        return Err(Problem::invalid(reasons.0));
+    }
+    match projects::set_domains(&state.store, &id, &grants).await? {
+        Ok(Some(())) => {}
+        Ok(None) => return Err(Problem::not_found("project")),
+        Err(o) => {
+            return Err(Problem::conflict(format!(
+                "{} overlaps {}, granted to project {}: mark the grant \"shared\": true to grant it anyway",
+                o.asked, o.granted, o.project_id
+            )))
+        }
+    }
+    audit(
+        &state,
+        caller.actor(),
+        "project.domains_set",
+        format!("projects/{id}"),
+        doc! { "domains": grants.iter().map(|g| g.name.clone()).collect::<Vec<_>>(), "shared": body.shared },
+    )
+    .await;
+    Ok(HttpResponse::Ok().json(domains_view(&grants)))
+}
+
+/// The names a project may certify. Audited.
+#[utoipa::path(get, path = "/v1/projects/{project_id}/domains", tag = "projects", params(("project_id" = String, Path)),
+    responses((status = 200, body = DomainsView), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn domains(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let id = path.into_inner();
+    caller.require(&id, Role::Viewer)?;
+    let grants = projects::domains(&state.store, &id)
+        .await?
+        .ok_or_else(|| Problem::not_found("project"))?;
+    audit(
+        &state,
+        caller.actor(),
+        "project.domains_read",
+        format!("projects/{id}"),
+        doc! {},
+    )
+    .await;
+    Ok(HttpResponse::Ok().json(domains_view(&grants)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -180,6 +180,19 @@ impl ApiClient {
         (path, issued)
     }
 
+    /// Grants project `p` the names it may certify (each with every name
+    /// under it), as a global admin does.
+    pub async fn grant(&self, p: &str, domains: &[&str]) {
+        let (status, body) = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/projects/{p}/domains"),
+                Some(serde_json::json!({ "domains": domains })),
+            )
+            .await;
+        assert_eq!(status, 200, "granting {domains:?}: {body}");
+    }
+
     /// A new project with a Pebble issuer (HTTP-01); returns their ids.
     pub async fn project_with_issuer(
         &self,
