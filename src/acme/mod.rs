@@ -281,8 +281,17 @@ pub async fn account(
             retry_after.clone(),
         )
     };
-    if let Ok(stored) = secrets.get(&secret_id).await {
-        return from_stored(&stored, http()?, &retry_after).await;
+    // Only an account that does not exist is registered: one that cannot be
+    // read right now (the KEK away, say) must not make a new one on every
+    // retry.
+    match secrets.get(&secret_id).await {
+        Ok(stored) => return from_stored(&stored, http()?, &retry_after).await,
+        Err(SecretError::NotFound(_)) => {}
+        Err(e) => {
+            return Err(AcmeError::Transient(format!(
+                "the issuer's ACME account cannot be read: {e}"
+            )))
+        }
     }
     let contact = format!("mailto:{}", issuer.contact);
     let eab = match &issuer.eab_kid {

@@ -128,3 +128,62 @@ async fn a_certificate_declared_through_the_api_is_issued_by_pebble() {
         assert!(actions.iter().any(|x| x == a), "{a} audited: {actions:?}");
     }
 }
+
+#[tokio::test]
+async fn an_account_that_cannot_be_read_is_not_registered_again() {
+    let cluster = Cluster::builder("unreadable_account")
+        .pebble(PebbleOptions {
+            nonce_reject_percent: 0,
+            ..PebbleOptions::default()
+        })
+        .workers(1)
+        .start()
+        .await;
+    let api = &cluster.api;
+    let (p, issuer) = api.project_with_issuer("accounts", cluster.pebble()).await;
+    api.grant(&p, &["accounts.example.test"]).await;
+    let (path, _) = api
+        .issue(
+            &p,
+            json!({ "name": "www", "dns_names": ["www.accounts.example.test"], "issuer_id": issuer }),
+            Duration::from_secs(60),
+        )
+        .await;
+    let worker = &cluster.workers[0];
+    // Account registrations the CA accepted (Pebble's new-account path).
+    let registered = || {
+        worker.metric(
+            "certautopilot_acme_requests_total",
+            "endpoint=\"sign-me-up\",status=\"201\"",
+        )
+    };
+    assert_eq!(
+        registered().await,
+        Some(1.0),
+        "one account, registered once"
+    );
+
+    // The stored account no longer opens (as when the KEK is away).
+    let store = cluster.db.store().await;
+    store
+        .collection("keys")
+        .update_one(
+            doc! { "_id": format!("acme-accounts/{issuer}") },
+            doc! { "$set": { "ciphertext": mongodb::bson::Binary { subtype: mongodb::bson::spec::BinarySubtype::Generic, bytes: vec![0u8; 64] } } },
+        )
+        .await
+        .unwrap();
+    let (status, body) = api.post(&format!("{path}/issue"), json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    api.wait_for(&path, Duration::from_secs(30), "the issue fails", |c| {
+        c["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("ACME account cannot be read"))
+    })
+    .await;
+    assert_eq!(
+        registered().await,
+        Some(1.0),
+        "no second account registered"
+    );
+}
