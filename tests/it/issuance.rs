@@ -187,3 +187,61 @@ async fn an_account_that_cannot_be_read_is_not_registered_again() {
         "no second account registered"
     );
 }
+
+#[tokio::test]
+async fn a_private_key_is_served_only_when_its_read_is_audited() {
+    let cluster = Cluster::builder("audited_key_read")
+        .pebble(PebbleOptions::default())
+        .workers(1)
+        .start()
+        .await;
+    let api = &cluster.api;
+    let (p, issuer) = api.project_with_issuer("keys", cluster.pebble()).await;
+    api.grant(&p, &["keys.example.test"]).await;
+    let (path, _) = api
+        .issue(
+            &p,
+            json!({ "name": "www", "dns_names": ["www.keys.example.test"], "issuer_id": issuer }),
+            Duration::from_secs(60),
+        )
+        .await;
+    let reads = || async {
+        api.get(&format!(
+            "/projects/{p}/audit?action=certificate.private_key_read"
+        ))
+        .await
+        .1["items"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+
+    // The audit log cannot take another record (its head is damaged).
+    let store = cluster.db.store().await;
+    let heads = store.collection("audit_head");
+    let head = heads
+        .find_one(doc! { "_id": "head" })
+        .await
+        .unwrap()
+        .unwrap();
+    heads
+        .update_one(
+            doc! { "_id": "head" },
+            doc! { "$set": { "seq": "damaged" } },
+        )
+        .await
+        .unwrap();
+    let refused = api.get_answer(&format!("{path}/private-key")).await;
+    assert_eq!(refused.status, 503, "{}", refused.text);
+    assert!(!refused.text.contains("PRIVATE KEY"), "{}", refused.text);
+
+    heads
+        .replace_one(doc! { "_id": "head" }, head)
+        .await
+        .unwrap();
+    assert_eq!(reads().await, 0, "the refused read left no record");
+    let served = api.get_answer(&format!("{path}/private-key")).await;
+    assert_eq!(served.status, 200, "{}", served.text);
+    assert!(served.text.contains("PRIVATE KEY"));
+    assert_eq!(reads().await, 1, "the read is on record");
+}

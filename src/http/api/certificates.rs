@@ -10,6 +10,7 @@ use super::auth::{Caller, Role};
 use super::problem::{ApiResult, Problem};
 use super::validate::{self, Reasons};
 use super::{audit, date, issuers, new_id, page, projects, string, ApiState, PageQuery};
+use crate::audit::Event;
 use crate::domain::certificate::REVOCATION_REASONS;
 use crate::domain::certs::{KeyAlgorithm, KEY_ALGORITHMS};
 use crate::domain::drift::{endpoint_problems, Endpoint};
@@ -587,20 +588,23 @@ pub async fn private_key(
         .ok()
         .and_then(|c| c.get_str("key_secret").ok())
         .ok_or_else(|| Problem::conflict("the certificate has not been issued yet"))?;
+    // Audited before it is read, and not served when the read cannot be
+    // audited (fail closed, as Vault does with its audit devices).
+    let event = Event::new(
+        caller.actor(),
+        "certificate.private_key_read",
+        format!("projects/{project_id}/certificates/{id}"),
+    );
+    state.audit.append(&event).await.map_err(|e| {
+        tracing::error!(certificate = %id, error = %crate::store::short(&e), "a private key read cannot be audited; not serving the key");
+        Problem::unavailable("the read cannot be audited right now, so the key is not served")
+    })?;
     let key = state.secrets.get(secret).await.map_err(|e| {
         tracing::error!(certificate = %id, error = %e, "cannot open a certificate's private key");
         Problem::unavailable(
             "the private key cannot be decrypted right now (is the KEK available?)",
         )
     })?;
-    audit(
-        &state,
-        caller.actor(),
-        "certificate.private_key_read",
-        format!("projects/{project_id}/certificates/{id}"),
-        doc! {},
-    )
-    .await;
     Ok(HttpResponse::Ok()
         .content_type("application/x-pem-file")
         .insert_header(("Cache-Control", "no-store"))
