@@ -216,7 +216,7 @@ impl Sink {
                     .json(&body)
                     .send()
                     .await
-                    .map_err(|e| SinkError::Io(format!("webhook: {e}")))?;
+                    .map_err(|e| SinkError::Io(webhook_failure(e)))?;
                 if !response.status().is_success() {
                     return Err(SinkError::Io(format!(
                         "webhook answered {}",
@@ -388,8 +388,31 @@ async fn forward(
     }
 }
 
+/// A failed webhook call, for logs and metrics: without the URL, which
+/// may carry a credential (a token in its path or query).
+fn webhook_failure(e: reqwest::Error) -> String {
+    format!("webhook: {}", e.without_url())
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[tokio::test]
+    async fn a_failed_webhook_call_is_described_without_its_url() {
+        // Nothing listens on port 1: a real connection failure.
+        let url = "http://127.0.0.1:1/hooks/s3cr3t-token?key=hunter2";
+        let e = reqwest::Client::new().post(url).send().await.unwrap_err();
+        assert!(
+            e.to_string().contains("s3cr3t"),
+            "reqwest names the URL: {e}"
+        );
+        let described = webhook_failure(e);
+        assert!(
+            !described.contains("s3cr3t") && !described.contains("hunter2"),
+            "{described}"
+        );
+        assert!(described.starts_with("webhook: "), "{described}");
+    }
     use super::*;
     use mongodb::bson::DateTime;
 
