@@ -205,13 +205,14 @@ impl KekProvider for Pkcs11Kek {
             let mut iv = [0u8; IV_LEN];
             rand::rng().fill_bytes(&mut iv);
             let aad = wrap_aad(version);
-            let mut iv_param = iv;
-            let params = GcmParams::new(&mut iv_param, &aad, 128.into())
-                .map_err(|e| err("GCM parameters", e))?;
+            let params =
+                GcmParams::new(&mut iv, &aad, 128.into()).map_err(|e| err("GCM parameters", e))?;
             let sealed = c
                 .session
                 .encrypt(&Mechanism::AesGcm(params), key, data_key)
                 .map_err(|e| err("wrapping a data key", e))?;
+            // The IV the token used: one in FIPS mode makes its own and writes
+            // it back over ours (SoftHSM keeps ours).
             Ok((version, [iv.as_slice(), &sealed].concat()))
         })
     }
