@@ -25,6 +25,12 @@ pub const MIN_PASSPHRASE_CHARS: usize = 14;
 const MIN_DISTINCT_CHARS: usize = 6;
 const MEMORY_KIB: u32 = 64 * 1024;
 const ITERATIONS: u32 = 3;
+/// The most a bundle may ask of the importing machine: its KDF parameters
+/// are read before anything in it is authenticated, so a bundle made to
+/// exhaust memory or time is refused before the KDF runs.
+const MAX_MEMORY_KIB: u32 = 1024 * 1024;
+const MAX_ITERATIONS: u32 = 16;
+const MAX_PARALLELISM: u32 = 16;
 
 #[derive(Serialize, Deserialize)]
 struct Bundle {
@@ -72,6 +78,15 @@ pub fn check_passphrase(passphrase: &str) -> Result<(), KekError> {
 }
 
 fn stretch(passphrase: &str, salt: &[u8], kdf: &Kdf) -> Result<Zeroizing<[u8; KEY_LEN]>, KekError> {
+    if kdf.memory_kib > MAX_MEMORY_KIB
+        || kdf.iterations > MAX_ITERATIONS
+        || !(1..=MAX_PARALLELISM).contains(&kdf.parallelism)
+    {
+        return Err(KekError::Refused(format!(
+            "not a usable KEK bundle: its KDF asks for {} KiB, {} iterations, {} lanes; at most {MAX_MEMORY_KIB} KiB, {MAX_ITERATIONS} iterations, {MAX_PARALLELISM} lanes",
+            kdf.memory_kib, kdf.iterations, kdf.parallelism
+        )));
+    }
     let params = Params::new(
         kdf.memory_kib,
         kdf.iterations,
@@ -220,5 +235,29 @@ mod tests {
             import(&bundle, pass, &restored).is_err(),
             "never overwrites"
         );
+    }
+
+    #[test]
+    fn a_bundle_asking_for_unbounded_memory_is_refused_before_the_kdf_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = dir.path().join("kek.json");
+        FileKek::init(&ring).unwrap();
+        let pass = "correct horse battery staple";
+        let bundle: serde_json::Value =
+            serde_json::from_str(&export(&ring, pass).unwrap()).unwrap();
+        for (field, value) in [
+            ("memory_kib", 4u64 << 20),
+            ("iterations", 1 << 20),
+            ("parallelism", 1 << 10),
+        ] {
+            let mut hostile = bundle.clone();
+            hostile["kdf"][field] = value.into();
+            let refused =
+                import(&hostile.to_string(), pass, &dir.path().join("x.json")).unwrap_err();
+            assert!(
+                refused.to_string().contains("at most"),
+                "{field}: {refused}"
+            );
+        }
     }
 }
