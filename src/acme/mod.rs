@@ -251,13 +251,40 @@ impl HttpClient for Metered {
 }
 
 /// A low-cardinality name for an ACME URL path: its first segment that is
-/// not `acme` and holds no digits (`/acme/new-order` → `new-order`,
-/// Pebble's `/authZ/x1y2` → `authZ`).
+/// not `acme` (`/acme/new-order` → `new-order`, Pebble's `/authZ/x1y2` →
+/// `authZ`), among at most [`MAX_ENDPOINT_LABELS`] per process.
 fn endpoint_label(path: &str) -> String {
-    path.split('/')
-        .find(|s| !s.is_empty() && *s != "acme")
-        .map(|s| s.to_string())
-        .unwrap_or_else(|| "root".into())
+    static SEEN: EndpointLabels = EndpointLabels::new();
+    SEEN.label(path)
+}
+
+/// Distinct endpoint labels one process reports at most: a CA that makes up
+/// new paths has the rest counted as `other`, instead of growing the
+/// metrics without bound.
+const MAX_ENDPOINT_LABELS: usize = 32;
+
+struct EndpointLabels(std::sync::Mutex<std::collections::BTreeSet<String>>);
+
+impl EndpointLabels {
+    const fn new() -> EndpointLabels {
+        EndpointLabels(std::sync::Mutex::new(std::collections::BTreeSet::new()))
+    }
+
+    fn label(&self, path: &str) -> String {
+        let label = path
+            .split('/')
+            .find(|s| !s.is_empty() && *s != "acme")
+            .unwrap_or("root");
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(label) {
+            return label.to_string();
+        }
+        if seen.len() >= MAX_ENDPOINT_LABELS {
+            return "other".into();
+        }
+        seen.insert(label.to_string());
+        label.to_string()
+    }
 }
 
 /// A stored account that cannot be read will not mend by retrying.
@@ -351,6 +378,22 @@ mod tests {
         assert_eq!(endpoint_label("/authZ/abc123"), "authZ");
         assert_eq!(endpoint_label("/dir"), "dir");
         assert_eq!(endpoint_label("/"), "root");
+    }
+
+    #[test]
+    fn a_ca_making_up_paths_cannot_grow_the_labels_without_bound() {
+        let labels = EndpointLabels::new();
+        assert_eq!(labels.label("/acme/new-order"), "new-order");
+        let distinct: std::collections::BTreeSet<String> = (0..1000)
+            .map(|i| labels.label(&format!("/made-up-{i}/x")))
+            .collect();
+        assert_eq!(distinct.len(), MAX_ENDPOINT_LABELS, "{distinct:?}");
+        assert!(distinct.contains("other"));
+        assert_eq!(
+            labels.label("/acme/new-order"),
+            "new-order",
+            "known labels stay"
+        );
     }
 
     #[test]
