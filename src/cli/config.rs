@@ -116,6 +116,9 @@ pub struct WorkloadArgs {
     /// A second listener (api role) serving nothing but ACME HTTP-01 challenges, e.g. 0.0.0.0:80 [default: none]
     #[arg(long, env = "CAP_CHALLENGE_ADDR")]
     pub challenge_addr: Option<String>,
+    /// A listener of its own for /metrics, which then leaves the main one, e.g. 0.0.0.0:9090 [default: none]
+    #[arg(long, env = "CAP_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
     /// Job lease length in seconds [default: 60]
     #[arg(long, env = "CAP_JOB_LEASE_SECS")]
     pub job_lease_secs: Option<String>,
@@ -218,6 +221,7 @@ pub struct WorkloadConfig {
     pub common: CommonConfig,
     pub http_addr: SocketAddr,
     pub challenge_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
     pub job_lease: Duration,
     pub leader_lease: Duration,
     pub worker_concurrency: usize,
@@ -306,6 +310,14 @@ impl WorkloadArgs {
                 ))
             })?),
         };
+        let metrics_addr = match self.metrics_addr.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(a) => Some(a.parse().map_err(|_| {
+                ConfigError(format!(
+                    "invalid CAP_METRICS_ADDR {a:?}: expected host:port with an IP address, e.g. 0.0.0.0:9090"
+                ))
+            })?),
+        };
         let job_lease = secs(
             &self.job_lease_secs,
             "CAP_JOB_LEASE_SECS",
@@ -332,6 +344,7 @@ impl WorkloadArgs {
             common,
             http_addr,
             challenge_addr,
+            metrics_addr,
             job_lease,
             leader_lease,
             worker_concurrency: number(

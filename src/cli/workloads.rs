@@ -205,12 +205,18 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
             .collect(),
     };
     let serve_api = roles.api;
+    let metrics_apart = cfg.metrics_addr.is_some();
     let api_state_for_challenges = api_state.clone();
+    let state_for_metrics = state.clone();
     let server = HttpServer::new(move || {
         let app = App::new()
             .app_data(web::Data::new(state.clone()))
             .app_data(web::Data::new(api_state.clone()))
-            .configure(http::configure);
+            .configure(if metrics_apart {
+                http::configure_probes
+            } else {
+                http::configure
+            });
         if serve_api {
             app.configure(crate::http::api::configure)
         } else {
@@ -247,6 +253,26 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
         }
         _ => None,
     };
+    // Metrics on a listener of their own: off the API's, which may face the
+    // internet, and where the chart's scraper finds them.
+    let metrics_server = match cfg.metrics_addr {
+        Some(addr) => {
+            let state = state_for_metrics;
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(web::Data::new(state.clone()))
+                    .configure(http::configure_metrics)
+            })
+            .workers(1)
+            .disable_signals()
+            .shutdown_timeout(cfg.shutdown_grace.as_secs())
+            .bind(addr)
+            .map_err(|error| StartError::Bind { addr, error })?
+            .run();
+            Some((server.handle(), actix::spawn(server)))
+        }
+        None => None,
+    };
     tracing::info!(
         instance = %cfg.instance_id,
         http = %cfg.http_addr,
@@ -276,6 +302,10 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
     shutdown.trigger();
     server_handle.stop(true).await;
     let _ = server_task.await;
+    if let Some((handle, task)) = metrics_server {
+        handle.stop(true).await;
+        let _ = task.await;
+    }
     if let Some((handle, task)) = challenge_server {
         handle.stop(true).await;
         let _ = task.await;

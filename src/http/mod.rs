@@ -24,8 +24,20 @@ pub struct AppState {
     pub kinds: Vec<String>,
 }
 
+/// `/healthz`, `/readyz` and `/metrics`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    configure_probes(cfg);
+    configure_metrics(cfg);
+}
+
+/// `/healthz` and `/readyz`, for a main listener when `/metrics` has a
+/// listener of its own (`CAP_METRICS_ADDR`).
+pub fn configure_probes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .route("/metrics", web::get().to(health::metrics));
+        .route("/readyz", web::get().to(health::readyz));
+}
+
+/// `/metrics` alone.
+pub fn configure_metrics(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metrics", web::get().to(health::metrics));
 }

@@ -350,3 +350,54 @@ fn kek_export_refuses_weak_passphrases_and_import_restores_the_key_ring() {
         "the same key ring comes back"
     );
 }
+
+#[tokio::test]
+async fn metrics_move_to_a_listener_of_their_own_when_asked() {
+    let db = TestDb::migrated("metrics_listener").await;
+    let metrics_addr = support::free_addr();
+    let api = Proc::start(
+        "api",
+        &db,
+        "metrics-apart",
+        &[("CAP_METRICS_ADDR", &metrics_addr.to_string())],
+    );
+    api.wait_alive().await;
+    let http = reqwest::Client::new();
+    let on_api = http.get(api.url("/metrics")).send().await.unwrap();
+    assert_eq!(
+        on_api.status(),
+        404,
+        "the API's listener no longer serves them"
+    );
+    assert_eq!(
+        http.get(api.url("/readyz")).send().await.unwrap().status(),
+        200
+    );
+    let apart = http
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(apart.status(), 200);
+    assert!(apart.text().await.unwrap().contains("certautopilot_"));
+    let elsewhere = http
+        .get(format!("http://{metrics_addr}/v1/projects"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), 404, "nothing but metrics there");
+
+    let out = run(
+        &["api"],
+        &[
+            ("CAP_MONGO_URI", "mongodb://127.0.0.1:1/x"),
+            ("CAP_METRICS_ADDR", "nine-thousand"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("CAP_METRICS_ADDR"),
+        "{}",
+        stderr(&out)
+    );
+}
