@@ -19,6 +19,9 @@ pub const DEFAULT_CLAIM_POLL_MS: u64 = 500;
 pub const DEFAULT_ELECTION_RETRY_SECS: u64 = 30;
 pub const DEFAULT_READYZ_GRACE_SECS: u64 = 10;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
+/// The longest a token made through the API lives, and its lifetime when
+/// the request names none: 90 days.
+pub const DEFAULT_API_TOKEN_MAX_LIFETIME_SECS: u64 = 90 * 86_400;
 pub const DEFAULT_HOUSEKEEPING_SECS: u64 = 60;
 pub const DEFAULT_RENEWAL_SCAN_SECS: u64 = 30;
 pub const DEFAULT_DRIFT_SCAN_SECS: u64 = 3600;
@@ -140,6 +143,9 @@ pub struct WorkloadArgs {
     /// Longest a SIGTERM'd process spends draining before it exits [default: 25]
     #[arg(long, env = "CAP_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<String>,
+    /// Longest lifetime of a token made through the API, and its lifetime when none is asked for [default: 7776000, 90 days]
+    #[arg(long, env = "CAP_API_TOKEN_MAX_LIFETIME_SECS")]
+    pub api_token_max_lifetime_secs: Option<String>,
     /// How often the scheduler leader enqueues housekeeping [default: 60]
     #[arg(long, env = "CAP_HOUSEKEEPING_SECS")]
     pub housekeeping_secs: Option<String>,
@@ -229,6 +235,7 @@ pub struct WorkloadConfig {
     pub claim_poll: Duration,
     pub readyz_grace: Duration,
     pub shutdown_grace: Duration,
+    pub api_token_max_lifetime: Duration,
     pub housekeeping_interval: Duration,
     pub job_max_attempts: u32,
     pub job_retention: Duration,
@@ -371,6 +378,12 @@ impl WorkloadArgs {
                 "CAP_SHUTDOWN_GRACE_SECS",
                 DEFAULT_SHUTDOWN_GRACE_SECS,
                 1..=3600,
+            )?,
+            api_token_max_lifetime: secs(
+                &self.api_token_max_lifetime_secs,
+                "CAP_API_TOKEN_MAX_LIFETIME_SECS",
+                DEFAULT_API_TOKEN_MAX_LIFETIME_SECS,
+                60..=10 * 365 * 86_400,
             )?,
             housekeeping_interval: secs(
                 &self.housekeeping_secs,

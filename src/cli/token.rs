@@ -71,7 +71,7 @@ async fn create(
             return Err(Failure::Runtime(format!("no project {p}")));
         }
     }
-    let token = auth::create(&store, project.is_none(), &grants, description)
+    let token = auth::create(&store, project.is_none(), &grants, description, None)
         .await
         .map_err(|e| Failure::Runtime(crate::store::short(&e)))?;
     let event =

@@ -114,6 +114,7 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
         queue: queue.clone(),
         audit: Audit::new(store.clone()).with_metrics(metrics.clone()),
         metrics: metrics.clone(),
+        token_max_lifetime: cfg.api_token_max_lifetime,
     };
     actix::spawn(readiness::monitor(
         store.clone(),

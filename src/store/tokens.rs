@@ -24,10 +24,18 @@ pub async fn revoke(store: &Store, id: &str) -> Result<bool, MongoError> {
     Ok(result.matched_count > 0)
 }
 
-/// The live token whose secret hashes to `hash`.
+/// The live token whose secret hashes to `hash`: not revoked, and not
+/// past its `expires_at` by the database's clock.
 pub async fn live_by_hash(store: &Store, hash: &str) -> Result<Option<Document>, MongoError> {
     store
         .collection(TOKENS)
-        .find_one(doc! { "_id": hash, "revoked": false })
+        .find_one(doc! {
+            "_id": hash,
+            "revoked": false,
+            "$or": [
+                { "expires_at": { "$exists": false } },
+                { "$expr": { "$gt": ["$expires_at", "$$NOW"] } },
+            ],
+        })
         .await
 }

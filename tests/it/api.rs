@@ -384,3 +384,66 @@ fn chrono_like(s: &str) -> std::time::SystemTime {
     let dt = mongodb::bson::DateTime::parse_rfc3339_str(s).unwrap();
     std::time::UNIX_EPOCH + Duration::from_millis(dt.timestamp_millis() as u64)
 }
+
+#[tokio::test]
+async fn a_token_made_through_the_api_expires() {
+    let f = fixture("api_token_expiry").await;
+    let (p, _, _) = project(&f, "expiring").await;
+    let rfc3339 = |from_now: i64| {
+        mongodb::bson::DateTime::from_millis(
+            mongodb::bson::DateTime::now().timestamp_millis() + from_now,
+        )
+        .try_to_rfc3339_string()
+        .unwrap()
+    };
+    let viewer = json!({ "project_id": p, "role": "viewer" });
+
+    // Without an expiry it gets the longest lifetime (90 days by default).
+    let (status, lasting) = f.api.post("/tokens", json!({ "roles": [viewer] })).await;
+    assert_eq!(status, 201, "{lasting}");
+    let until = mongodb::bson::DateTime::parse_rfc3339_str(lasting["expires_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis()
+        - mongodb::bson::DateTime::now().timestamp_millis();
+    assert!(
+        (89 * 86_400_000..=90 * 86_400_000).contains(&until),
+        "{lasting}"
+    );
+
+    // One that expires in a few seconds works until then, and is 401 after.
+    let (status, brief) = f
+        .api
+        .post(
+            "/tokens",
+            json!({ "roles": [viewer], "expires_at": rfc3339(5_000) }),
+        )
+        .await;
+    assert_eq!(status, 201, "{brief}");
+    let brief_api = f.api.with_token(brief["token"].as_str().unwrap());
+    let project_path = format!("/projects/{p}");
+    assert_eq!(brief_api.get(&project_path).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    let (status, refused) = brief_api.get(&project_path).await;
+    assert_eq!(status, 401, "{refused}");
+    assert!(
+        refused["detail"].as_str().unwrap().contains("expired"),
+        "{refused}"
+    );
+
+    // Past, too far ahead, or not a time: 422 naming the field.
+    for expires_at in [
+        rfc3339(-1_000),
+        rfc3339(91 * 86_400_000),
+        "tomorrow".to_string(),
+    ] {
+        let (status, body) = f
+            .api
+            .post(
+                "/tokens",
+                json!({ "roles": [viewer], "expires_at": expires_at }),
+            )
+            .await;
+        assert_eq!(status, 422, "{expires_at}: {body}");
+        assert_eq!(body["errors"][0]["field"], "expires_at", "{body}");
+    }
+}

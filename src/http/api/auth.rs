@@ -103,11 +103,14 @@ pub struct NewToken {
 }
 
 /// Stores a new token with `roles` (`None` project = global admin).
+/// `expires_at`: when it stops working (`None`: never, for the operator's
+/// bootstrap tokens).
 pub async fn create(
     store: &Store,
     global_admin: bool,
     roles: &[(String, Role)],
     description: &str,
+    expires_at: Option<mongodb::bson::DateTime>,
 ) -> Result<NewToken, mongodb::error::Error> {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
@@ -117,7 +120,7 @@ pub async fn create(
         .iter()
         .map(|(p, r)| doc! { "project_id": p, "role": r.as_str() })
         .collect();
-    let record = doc! {
+    let mut record = doc! {
         "_id": hash(&secret),
         "id": &id,
         "global_admin": global_admin,
@@ -126,6 +129,9 @@ pub async fn create(
         "revoked": false,
         "created_at": store.server_now().await?,
     };
+    if let Some(at) = expires_at {
+        record.insert("expires_at", at);
+    }
     tokens::insert(store, record).await?;
     Ok(NewToken { id, secret })
 }
@@ -144,7 +150,7 @@ async fn caller(store: Store, header: Option<String>) -> ApiResult<Caller> {
     };
     let found = tokens::live_by_hash(&store, &hash(secret)).await?;
     let Some(token) = found else {
-        return Err(Problem::unauthorized().detail("unknown or revoked API token"));
+        return Err(Problem::unauthorized().detail("unknown, revoked or expired API token"));
     };
     let roles = token
         .get_array("roles")

@@ -36,6 +36,8 @@ pub struct ApiState {
     pub queue: JobQueue,
     pub audit: Audit,
     pub metrics: std::sync::Arc<crate::observe::metrics::Metrics>,
+    /// The longest a token made through the API lives (`CAP_API_TOKEN_MAX_LIFETIME_SECS`).
+    pub token_max_lifetime: std::time::Duration,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

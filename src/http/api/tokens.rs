@@ -25,6 +25,9 @@ pub struct NewToken {
     pub roles: Vec<Grant>,
     #[serde(default)]
     pub description: String,
+    /// When the token stops working, RFC 3339, at most
+    /// `CAP_API_TOKEN_MAX_LIFETIME_SECS` ahead [default: that long ahead].
+    pub expires_at: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -40,6 +43,8 @@ pub struct Grant {
 pub struct TokenCreated {
     pub id: String,
     pub token: String,
+    /// RFC 3339.
+    pub expires_at: Option<String>,
 }
 
 #[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = NewToken,
@@ -69,13 +74,47 @@ pub async fn create(
     if !body.global_admin && body.roles.is_empty() {
         reasons.add("roles", "grant at least one role (or global_admin)");
     }
+    let now = state.store.server_now().await?;
+    let latest = now.timestamp_millis() + state.token_max_lifetime.as_millis() as i64;
+    let expires_at = match &body.expires_at {
+        None => Some(latest),
+        Some(text) => match mongodb::bson::DateTime::parse_rfc3339_str(text) {
+            Ok(at) if at.timestamp_millis() <= now.timestamp_millis() => {
+                reasons.add("expires_at", format!("{text:?} has passed"));
+                None
+            }
+            Ok(at) if at.timestamp_millis() > latest => {
+                reasons.add(
+                    "expires_at",
+                    format!(
+                        "{text:?} is more than {} s ahead (CAP_API_TOKEN_MAX_LIFETIME_SECS)",
+                        state.token_max_lifetime.as_secs()
+                    ),
+                );
+                None
+            }
+            Ok(at) => Some(at.timestamp_millis()),
+            Err(_) => {
+                reasons.add("expires_at", format!("{text:?} is not an RFC 3339 time"));
+                None
+            }
+        },
+    }
+    .map(mongodb::bson::DateTime::from_millis);
     if !reasons.is_empty() {
         return Err(Problem::invalid(reasons.0));
     }
     for (project, _) in &grants {
         super::projects::load(&state, project).await?;
     }
-    let token = auth::create(&state.store, body.global_admin, &grants, &body.description).await?;
+    let token = auth::create(
+        &state.store,
+        body.global_admin,
+        &grants,
+        &body.description,
+        expires_at,
+    )
+    .await?;
     let roles: Vec<_> = grants
         .iter()
         .map(|(p, r)| doc! { "project_id": p, "role": r.as_str() })
@@ -85,12 +124,13 @@ pub async fn create(
         caller.actor(),
         "token.created",
         format!("tokens/{}", token.id),
-        doc! { "global_admin": body.global_admin, "roles": roles },
+        doc! { "global_admin": body.global_admin, "roles": roles, "expires_at": expires_at },
     )
     .await;
     Ok(HttpResponse::Created().json(TokenCreated {
         id: token.id,
         token: token.secret,
+        expires_at: expires_at.and_then(|at| at.try_to_rfc3339_string().ok()),
     }))
 }
 
