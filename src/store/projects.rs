@@ -1,7 +1,7 @@
 //! The `projects` collection, and each project's domain grants (the names
 //! it may certify, [`crate::domain::grants`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures::{FutureExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document};
@@ -155,7 +155,12 @@ pub async fn set_domains(
 /// nothing in service may stop renewing). Names two projects already
 /// certify are granted to both as `shared`. Safe to repeat.
 pub async fn grant_certified_names(store: &Store) -> Result<(), MongoError> {
-    let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // Which projects certify each name, and which certify a name under each
+    // suffix: an overlap is then a few lookups per name, however many
+    // certificates there are.
+    let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut exact: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut under: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut certs = store
         .collection(CERTIFICATES)
         .find(doc! {})
@@ -167,29 +172,39 @@ pub async fn grant_certified_names(store: &Store) -> Result<(), MongoError> {
             .get_array("dns_names")
             .map(|a| a.to_vec())
             .unwrap_or_default();
-        let entry = wanted.entry(project).or_default();
         for name in names.iter().filter_map(Bson::as_str).map(base_name) {
-            if !entry.contains(&name) {
-                entry.push(name);
+            for suffix in suffixes(&name).skip(1) {
+                under
+                    .entry(suffix.to_string())
+                    .or_default()
+                    .insert(project.clone());
             }
+            exact
+                .entry(name.clone())
+                .or_default()
+                .insert(project.clone());
+            wanted.entry(project.clone()).or_default().insert(name);
         }
     }
+    let others = |holders: Option<&BTreeSet<String>>, project: &str| {
+        holders.is_some_and(|h| h.iter().any(|p| p != project))
+    };
     for (project, names) in &wanted {
-        let Some(mut grants) = domains(store, project).await? else {
+        let Some(held) = domains(store, project).await? else {
             continue;
         };
+        let mut grants: BTreeMap<String, bool> =
+            held.into_iter().map(|g| (g.name, g.shared)).collect();
         for name in names {
-            let shared = wanted
-                .iter()
-                .any(|(other, theirs)| other != project && theirs.iter().any(|t| overlap(t, name)));
-            match grants.iter_mut().find(|g| &g.name == name) {
-                Some(g) => g.shared |= shared,
-                None => grants.push(DomainGrant {
-                    name: name.clone(),
-                    shared,
-                }),
-            }
+            // Another project holds this name, one above it, or one under it.
+            let shared = suffixes(name).any(|s| others(exact.get(s), project))
+                || others(under.get(name.as_str()), project);
+            *grants.entry(name.clone()).or_default() |= shared;
         }
+        let grants: Vec<DomainGrant> = grants
+            .into_iter()
+            .map(|(name, shared)| DomainGrant { name, shared })
+            .collect();
         store
             .collection(PROJECTS)
             .update_one(
@@ -199,4 +214,9 @@ pub async fn grant_certified_names(store: &Store) -> Result<(), MongoError> {
             .await?;
     }
     Ok(())
+}
+
+/// A name and every suffix of it: `a.b.c`, `b.c`, `c`.
+fn suffixes(name: &str) -> impl Iterator<Item = &str> {
+    std::iter::successors(Some(name), |n| n.split_once('.').map(|(_, rest)| rest))
 }
