@@ -13,8 +13,8 @@ use base64::Engine;
 
 use super::dns::{self, Change, DnsError, TsigKey};
 use super::AcmeError;
-use crate::crypto::secrets::Secrets;
-use crate::domain::issuer::{tsig_secret_id, DnsSettings};
+use crate::crypto::secrets::{SecretRef, Secrets};
+use crate::domain::issuer::{DnsSettings, Issuer};
 use crate::domain::order::TxtRecord;
 
 const PROPAGATION_POLL: Duration = Duration::from_secs(2);
@@ -27,12 +27,12 @@ pub struct Dns01 {
 
 impl Dns01 {
     pub async fn load(
-        issuer_id: &str,
+        issuer: &Issuer,
         settings: DnsSettings,
         secrets: &Secrets,
     ) -> Result<Dns01, AcmeError> {
         let encoded = secrets
-            .get(&tsig_secret_id(issuer_id))
+            .get(&SecretRef::tsig_key(&issuer.project_id, &issuer.id))
             .await
             .map_err(|e| AcmeError::Transient(format!("the issuer's TSIG key: {e}")))?;
         let secret = base64::engine::general_purpose::STANDARD

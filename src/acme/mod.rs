@@ -25,8 +25,8 @@ use instant_acme::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
-use crate::crypto::secrets::{SecretError, Secrets};
-use crate::domain::issuer::{eab_secret_id, Issuer};
+use crate::crypto::secrets::{SecretError, SecretRef, Secrets};
+use crate::domain::issuer::Issuer;
 use crate::observe::metrics::Metrics;
 
 /// What went wrong talking to a CA, decided in one place
@@ -300,7 +300,7 @@ pub async fn account(
     metrics: Arc<Metrics>,
     retry_after: RetryAfter,
 ) -> Result<Account, AcmeError> {
-    let secret_id = format!("acme-accounts/{}", issuer.id);
+    let secret = SecretRef::acme_account(&issuer.project_id, &issuer.id);
     let http = || {
         http_client(
             issuer.ca_bundle_pem.as_deref(),
@@ -311,7 +311,7 @@ pub async fn account(
     // Only an account that does not exist is registered: one that cannot be
     // read right now (the KEK away, say) must not make a new one on every
     // retry.
-    match secrets.get(&secret_id).await {
+    match secrets.get(&secret).await {
         Ok(stored) => return from_stored(&stored, http()?, &retry_after).await,
         Err(SecretError::NotFound(_)) => {}
         Err(e) => {
@@ -324,14 +324,11 @@ pub async fn account(
     let eab = match &issuer.eab_kid {
         Some(kid) => {
             use base64::Engine;
-            let hmac_b64 = match &issuer.eab_legacy_hmac {
-                Some(legacy) => legacy.clone(),
-                None => {
-                    let sealed = secrets.get(&eab_secret_id(&issuer.id)).await?;
-                    String::from_utf8(sealed.to_vec())
-                        .map_err(|_| damaged("EAB HMAC key is not text"))?
-                }
-            };
+            let sealed = secrets
+                .get(&SecretRef::eab_key(&issuer.project_id, &issuer.id))
+                .await?;
+            let hmac_b64 =
+                std::str::from_utf8(&sealed).map_err(|_| damaged("EAB HMAC key is not text"))?;
             let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(hmac_b64.trim_end_matches('='))
                 .map_err(|e| damaged(format!("EAB HMAC key: {e}")))?;
@@ -351,7 +348,7 @@ pub async fn account(
             .await
     )?;
     let json = serde_json::to_vec(&credentials).map_err(|e| damaged(e.to_string()))?;
-    let stored = secrets.get_or_create(&secret_id, || json).await?;
+    let stored = secrets.get_or_create(&secret, || json).await?;
     from_stored(&stored, http()?, &retry_after).await
 }
 

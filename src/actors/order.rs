@@ -35,12 +35,12 @@ use crate::acme::dns01::Dns01;
 use crate::acme::order::{self as steps, Validation};
 use crate::acme::{self, ari, RetryAfter};
 use crate::audit::{Audit, Event};
-use crate::crypto::secrets::Secrets;
+use crate::crypto::secrets::{SecretRef, Secrets};
 use crate::domain::certificate::Certificate;
 use crate::domain::certs::{self, KeyAlgorithm};
 use crate::domain::issuer::{record_name, Issuer};
 use crate::domain::jobs::IssuePayload;
-use crate::domain::order::{key_secret_id, OrderRecord, PublishedChallenge, Stage, TxtRecord};
+use crate::domain::order::{OrderRecord, PublishedChallenge, Stage, TxtRecord};
 use crate::domain::renewal::{ari_due_ms, renewal_due_ms};
 use crate::observe::metrics::Metrics;
 use crate::queue::handler::HandlerError;
@@ -237,7 +237,7 @@ impl OrderMachine {
         .map_err(outcome::of_order)?;
         let dns01 = match &msg.issuer.dns {
             Some(dns) => Some(
-                Dns01::load(&msg.issuer.id, dns.clone(), &settings.secrets)
+                Dns01::load(&msg.issuer, dns.clone(), &settings.secrets)
                     .await
                     .map_err(outcome::of_order)?,
             ),
@@ -468,12 +468,13 @@ impl OrderMachine {
             return Err(HandlerError::Retryable(reason));
         }
         let algorithm = self.key_algorithm()?;
-        let key_secret = key_secret_id(&record.id);
+        let secret = certificate_key(record);
+        let key_secret = secret.id().to_string();
         let key =
             certs::generate_key(algorithm).map_err(|e| HandlerError::Retryable(e.to_string()))?;
         self.settings
             .secrets
-            .get_or_create(&key_secret, || key.as_bytes().to_vec())
+            .get_or_create(&secret, || key.as_bytes().to_vec())
             .await
             .map_err(|e| HandlerError::Retryable(e.to_string()))?;
         self.journal
@@ -513,11 +514,10 @@ impl OrderMachine {
         record: &OrderRecord,
         order: &mut Order,
     ) -> Result<(String, String), HandlerError> {
-        let key_secret = record.key_secret.as_deref().unwrap_or_default();
         let key = self
             .settings
             .secrets
-            .get(key_secret)
+            .get(&certificate_key(record))
             .await
             .map_err(|e| HandlerError::Retryable(e.to_string()))?;
         let key_pem = String::from_utf8(key.to_vec())
@@ -615,6 +615,12 @@ fn replaced_certificate(
     }
     let leaf = certs::inspect_chain(&cert.current.as_ref()?.chain_pem).ok()?;
     ari::certificate_id(&leaf.leaf_der).ok()
+}
+
+/// The secret holding the private key `record` obtains: named by the order
+/// itself, never by a pointer read back from the database.
+fn certificate_key(record: &OrderRecord) -> SecretRef {
+    SecretRef::certificate_key(&record.project_id, &record.certificate_id, &record.id)
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use crate::actors::scheduler::{SchedulerActor, SchedulerSettings};
 use crate::actors::siem::SiemActor;
 use crate::audit::Audit;
 use crate::cli::config::WorkloadConfig;
+use crate::crypto::api_tokens::TokenKey;
 use crate::crypto::kek::KekConfig;
 use crate::crypto::secrets::Secrets;
 use crate::domain::jobs::JobKind;
@@ -111,6 +112,7 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
     let api_state = ApiState {
         store: store.clone(),
         secrets: Secrets::new(store.clone(), kek.clone()),
+        token_key: TokenKey::new(Secrets::new(store.clone(), kek.clone())),
         queue: queue.clone(),
         audit: Audit::new(store.clone()).with_metrics(metrics.clone()),
         metrics: metrics.clone(),

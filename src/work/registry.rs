@@ -83,6 +83,8 @@ pub fn standard(deps: WorkerDeps) -> Handlers {
                     queue: deps.queue.clone(),
                     secrets: secrets.clone(),
                     job_retention: deps.job_retention,
+                    metrics: deps.metrics.clone(),
+                    witness: Default::default(),
                 },
             ),
             JobKind::Probe => handlers.register(kind, Probe),

@@ -8,6 +8,8 @@
 //!   `supervision`;
 //! - running it: `operator` (settings, migrations, health), `stats`;
 //! - tenancy: `tenancy` (domain grants, the responder by name);
+//! - a database writer without the KEK: `db_writer` (forged tokens, moved
+//!   key references, migration 12);
 //! - the code's own shape: `architecture` (layers, cycles, collection owners);
 //! - keys and records: `secrets`, `pkcs11`, `rotation`, `audit`, `siem`;
 //! - certificates against a real CA (Pebble): `issuance`, `orders`, `lb`,
@@ -22,6 +24,7 @@ mod support;
 mod api;
 mod architecture;
 mod audit;
+mod db_writer;
 mod dns01;
 mod drift;
 mod election;
