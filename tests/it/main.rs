@@ -11,7 +11,8 @@
 //! - a database writer without the KEK: `db_writer` (forged tokens, moved
 //!   key references, migration 12);
 //! - the code's own shape: `architecture` (layers, cycles, collection owners);
-//! - keys and records: `secrets`, `pkcs11`, `rotation`, `audit`, `siem`;
+//! - keys and records: `secrets`, `pkcs11`, `rotation`, `audit`, `siem`,
+//!   `log_secrets` (no secret in any log line at debug);
 //! - certificates against a real CA (Pebble): `issuance`, `orders`, `lb`,
 //!   `api`, `renewals`, `revocation`, `dns01`, `drift`.
 //!
@@ -31,6 +32,7 @@ mod election;
 mod issuance;
 mod lb;
 mod leases;
+mod log_secrets;
 mod operator;
 mod orders;
 mod pkcs11;
