@@ -279,9 +279,9 @@ pub enum Next {
     Refused(String),
 }
 
-/// The checkpoints a process has itself seen sealed: if the chain is ever
-/// cut back behind one of them, the process notices even though every
-/// remaining checkpoint is authentic.
+/// The latest checkpoint a process has seen (sealed, or found authentic):
+/// if the chain is ever cut back behind it, the process notices even though
+/// every remaining checkpoint is authentic.
 #[derive(Default)]
 pub struct Witness(Mutex<Option<Checkpoint>>);
 
@@ -321,6 +321,9 @@ pub async fn next(
                 seen.seq
             )));
         }
+    }
+    if let (Some(witness), Some(cp)) = (witness, &last) {
+        witness.saw(cp);
     }
     let (head_seq, head_hash) = Audit::new(store.clone()).head().await?;
     let (from_seq, from_hash) = last

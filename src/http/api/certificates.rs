@@ -611,6 +611,9 @@ pub async fn private_key(
             SecretError::Envelope(EnvelopeError::WrongRecord { .. }) => Problem::conflict(
                 "the stored private key is not this certificate's: it was sealed for another owner (the database was altered)",
             ),
+            SecretError::NotFound(_) => Problem::conflict(
+                "no private key is stored for this certificate's current order",
+            ),
             _ => Problem::unavailable(
                 "the private key cannot be decrypted right now (is the KEK available?)",
             ),
