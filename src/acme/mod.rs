@@ -1,6 +1,8 @@
 //! ACME through `instant-acme`, with our own HTTP client injected: it
 //! trusts the Mozilla roots plus an issuer's extra CA bundle (for private ACME
-//! CAs), and records every request (endpoint, status, latency) in metrics.
+//! CAs), connects only where the egress policy permits, bounds each request
+//! ([`transport`]), and records every request (endpoint, status, latency) in
+//! metrics.
 //! Account credentials are secrets ([`crate::crypto::secrets`]), created once per
 //! issuer and reused.
 
@@ -9,6 +11,7 @@ pub mod dns;
 pub mod dns01;
 pub mod order;
 pub mod revoke;
+pub mod transport;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,8 +19,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::rt::TokioExecutor;
 use instant_acme::{
     Account, AccountCredentials, BodyWrapper, BytesResponse, ExternalAccountKey, HttpClient,
     NewAccount,
@@ -28,6 +29,7 @@ use rustls_pki_types::CertificateDer;
 use crate::crypto::secrets::{SecretError, SecretRef, Secrets};
 use crate::domain::issuer::Issuer;
 use crate::observe::metrics::Metrics;
+pub use transport::{RequestLimits, Transport};
 
 /// What went wrong talking to a CA, decided in one place
 /// ([`AcmeError::from_acme`]) and turned into a job outcome by the work that
@@ -188,22 +190,17 @@ fn parse_retry_after(value: &str) -> std::time::Duration {
         .unwrap_or(std::time::Duration::from_secs(60))
 }
 
-/// The HTTP client instant-acme uses: ours, metered.
+/// The HTTP client instant-acme uses: ours, fenced by the egress policy,
+/// bounded per request, metered.
 pub fn http_client(
     extra_ca_pem: Option<&str>,
     metrics: Arc<Metrics>,
     retry_after: RetryAfter,
+    transport: &Transport,
 ) -> Result<Box<dyn HttpClient>, AcmeError> {
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config(extra_ca_pem)?)
-        .https_only()
-        .enable_http1()
-        .enable_http2()
-        .build();
-    let inner: HyperClient<_, BodyWrapper<Bytes>> =
-        HyperClient::builder(TokioExecutor::new()).build(connector);
+    let inner = transport::bounded_client(tls_config(extra_ca_pem)?, transport);
     Ok(Box::new(Metered {
-        inner: Box::new(inner),
+        inner,
         metrics,
         retry_after,
     }))
@@ -299,6 +296,7 @@ pub async fn account(
     secrets: &Secrets,
     metrics: Arc<Metrics>,
     retry_after: RetryAfter,
+    transport: &Transport,
 ) -> Result<Account, AcmeError> {
     let secret = SecretRef::acme_account(&issuer.project_id, &issuer.id);
     let http = || {
@@ -306,6 +304,7 @@ pub async fn account(
             issuer.ca_bundle_pem.as_deref(),
             metrics.clone(),
             retry_after.clone(),
+            transport,
         )
     };
     // Only an account that does not exist is registered: one that cannot be

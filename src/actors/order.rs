@@ -56,6 +56,9 @@ pub struct OrderSettings {
     pub store: Store,
     pub secrets: Secrets,
     pub metrics: std::sync::Arc<Metrics>,
+    /// How the CA is reached: the egress policy (which the DNS-01 servers
+    /// pass too) and the bounds on each request.
+    pub transport: acme::Transport,
     /// Fault injection for tests (`CAP_FAULT_PAUSE_AFTER_STAGE`): sleep this
     /// long right after this stage, so a test can kill us there.
     pub pause_after: Option<(String, Duration)>,
@@ -232,14 +235,20 @@ impl OrderMachine {
             &settings.secrets,
             settings.metrics.clone(),
             retry.clone(),
+            &settings.transport,
         )
         .await
         .map_err(outcome::of_order)?;
         let dns01 = match &msg.issuer.dns {
             Some(dns) => Some(
-                Dns01::load(&msg.issuer, dns.clone(), &settings.secrets)
-                    .await
-                    .map_err(outcome::of_order)?,
+                Dns01::load(
+                    &msg.issuer,
+                    dns.clone(),
+                    &settings.secrets,
+                    settings.transport.egress.clone(),
+                )
+                .await
+                .map_err(outcome::of_order)?,
             ),
             None => None,
         };

@@ -133,6 +133,7 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
                 store: store.clone(),
                 secrets: Secrets::new(store.clone(), kek.clone()),
                 metrics: metrics.clone(),
+                transport: cfg.transport.clone(),
                 pause_after: cfg
                     .fault_pause_after_stage
                     .clone()
@@ -147,12 +148,14 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
             job_retention: cfg.job_retention,
             issue_backoff: cfg.issue_backoff,
             orders: Arc::new(Orders(orders)),
+            transport: cfg.transport.clone(),
         });
         let settings = ClaimSettings {
             worker_id: cfg.instance_id.clone(),
             concurrency: cfg.worker_concurrency,
             job_lease: cfg.job_lease,
             poll: cfg.claim_poll,
+            attempt_timeout: cfg.job_attempt_timeout,
         };
         let presence = Presence::new(store.clone(), &cfg.instance_id, cfg.worker_presence);
         let (queue, readiness, metrics) = (queue.clone(), readiness.clone(), metrics.clone());

@@ -14,7 +14,9 @@
 //! - keys and records: `secrets`, `pkcs11`, `rotation`, `audit`, `siem`,
 //!   `log_secrets` (no secret in any log line at debug);
 //! - certificates against a real CA (Pebble): `issuance`, `orders`, `lb`,
-//!   `api`, `renewals`, `revocation`, `dns01`, `drift`.
+//!   `api`, `renewals`, `revocation`, `dns01`, `drift`;
+//! - outbound connections: `egress` (the egress policy, request timeouts, the
+//!   deadline of a job attempt).
 //!
 //! `support` starts what they run against — the database server, Pebble,
 //! bind9, haproxy, `certautopilot` processes, or a whole [`support::cluster::Cluster`]
@@ -28,6 +30,7 @@ mod audit;
 mod db_writer;
 mod dns01;
 mod drift;
+mod egress;
 mod election;
 mod issuance;
 mod lb;
