@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use certautopilot::cli::audit::AuditCommand;
 use certautopilot::cli::config::{CommonArgs, WorkloadArgs};
+use certautopilot::cli::fleet::FleetCommand;
 use certautopilot::cli::kek::KekCommand;
 use certautopilot::cli::token::TokenCommand;
 use certautopilot::cli::workloads::{self, Roles};
@@ -37,7 +38,17 @@ enum Command {
     /// api, worker and scheduler in one process (single machine, development)
     All(WorkloadArgs),
     /// Apply schema migrations (collections, indexes); safe to repeat
-    Migrate(CommonArgs),
+    Migrate {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Apply a breaking (contract) migration although instances that
+        /// know an older schema are still live
+        #[arg(long)]
+        force: bool,
+    },
+    /// The live processes of the installation
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Key-encryption keys: init, rotate, status, retire, export, import
     #[command(subcommand)]
     Kek(KekCommand),
@@ -80,7 +91,8 @@ async fn run(command: Command) -> Result<ExitCode, Failure> {
         Command::Worker(a) => (Roles::WORKER, a),
         Command::Scheduler(a) => (Roles::SCHEDULER, a),
         Command::All(a) => (Roles::ALL, a),
-        Command::Migrate(common) => return cli::migrate::run(common).await,
+        Command::Migrate { common, force } => return cli::migrate::run(common, force).await,
+        Command::Fleet(command) => return cli::fleet::run(command).await,
         Command::Health { common, json } => return cli::health::run(common, json).await,
         Command::Kek(command) => return cli::kek::run(command).await,
         Command::Token(command) => return cli::token::run(command).await,

@@ -28,7 +28,6 @@ use crate::observe::metrics::Metrics;
 use crate::queue::handler::{HandlerError, Handlers, JobHandler};
 use crate::queue::jobs::{ClaimedJob, FailOutcome, JobError, JobQueue};
 use crate::queue::presence::Presence;
-use crate::store::schema::SchemaFit;
 use mongodb::bson::doc;
 
 /// The actor's life: claiming, or draining towards shutdown.
@@ -98,7 +97,7 @@ impl ClaimActor {
 
     /// One claim round: ask for as many jobs as there are free slots.
     fn claim_round(&mut self, ctx: &mut Context<Self>) {
-        let schema_ok = self.readiness.schema_fit() == Some(SchemaFit::Current);
+        let schema_ok = self.readiness.schema_fit().is_some_and(|f| f.runs());
         // Never hold a job before our presence is recorded: a worker that
         // died unannounced would keep its jobs for a whole job lease.
         if self.claiming

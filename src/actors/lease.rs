@@ -18,7 +18,6 @@ use crate::audit::{Audit, Event};
 use crate::observe::metrics::Metrics;
 use crate::observe::shutdown::Shutdown;
 use crate::queue::lease::{next_change, LeaseError, Leases, Term};
-use crate::store::schema::SchemaFit;
 use mongodb::bson::doc;
 use std::sync::Arc;
 
@@ -108,7 +107,7 @@ impl LeaseActor {
 
     fn try_acquire(&mut self, ctx: &mut Context<Self>) {
         match self.readiness.schema_fit() {
-            Some(SchemaFit::Current) => {}
+            Some(fit) if fit.runs() => {}
             // The readiness monitor has not reported yet: look again shortly.
             None => {
                 ctx.run_later(Duration::from_millis(100), |act, ctx| act.tick(ctx));

@@ -110,7 +110,8 @@ impl Readiness {
             (Some(_), None) => json!({ "status": "ok" }),
         };
         match s.schema {
-            Some(SchemaFit::Current) | None => {}
+            Some(fit) if fit.runs() => {}
+            None => {}
             Some(fit) => {
                 return not_ready("schema does not fit", json!({ "schema": fit.describe() }))
             }
@@ -180,11 +181,11 @@ pub async fn kek_canary(kek: Arc<dyn KekProvider>) -> Result<(), String> {
 
 async fn probe(store: &Store) -> Result<SchemaFit, String> {
     store.ping_primary(PROBE_DEADLINE).await?;
-    let version = tokio::time::timeout(PROBE_DEADLINE, schema::probe_version(store))
+    let state = tokio::time::timeout(PROBE_DEADLINE, schema::probe_state(store))
         .await
         .map_err(|_| "schema version read timed out".to_string())?
         .map_err(|e| short(&e))?;
     // Keep the clock sample fresh (and the skew metric current).
     let _ = tokio::time::timeout(PROBE_DEADLINE, store.server_now()).await;
-    Ok(SchemaFit::of(version))
+    Ok(SchemaFit::of(state))
 }

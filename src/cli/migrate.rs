@@ -11,7 +11,7 @@ use crate::crypto::reseal::Reseal;
 use crate::crypto::secrets::Secrets;
 use crate::store::schema::{self, KekMigrations, MigrateError};
 
-pub async fn run(common: CommonArgs) -> Result<ExitCode, Failure> {
+pub async fn run(common: CommonArgs, force: bool) -> Result<ExitCode, Failure> {
     let store = connect(&common).await?;
     // The KEK is needed only by migrations that re-seal what earlier builds
     // stored; a fresh installation migrates without it.
@@ -22,6 +22,7 @@ pub async fn run(common: CommonArgs) -> Result<ExitCode, Failure> {
     let report = schema::migrate_with_kek(
         &store,
         reseal.as_ref().map(|r| r as &dyn KekMigrations),
+        force,
         |step| eprintln!("applying {step}"),
     )
     .await

@@ -3,10 +3,11 @@
 //!
 //! - [`config`] — every `CAP_*` knob, its default, and validation.
 //! - [`workloads`] — wiring of `api`, `worker`, `scheduler` and `all`.
-//! - [`migrate`], [`health`], [`audit`], [`kek`], [`token`] — the operator commands.
+//! - [`migrate`], [`health`], [`audit`], [`kek`], [`token`], [`fleet`] — the operator commands.
 
 pub mod audit;
 pub mod config;
+pub mod fleet;
 pub mod health;
 pub mod kek;
 pub mod migrate;

@@ -34,6 +34,7 @@ use crate::queue::jobs::JobQueue;
 use crate::queue::lease::{Leases, SCHEDULER_LEASE};
 use crate::queue::presence::Presence;
 use crate::store::clock::LocalClock;
+use crate::store::fleet::Identity;
 use crate::store::schema::{self, SchemaFit};
 use crate::store::{short, Store};
 use crate::work::registry::{self, WorkerDeps};
@@ -46,6 +47,18 @@ pub struct Roles {
 }
 
 impl Roles {
+    /// The names the fleet registry records.
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            (self.api, "api"),
+            (self.worker, "worker"),
+            (self.scheduler, "scheduler"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
+
     pub const API: Roles = Roles {
         api: true,
         worker: false,
@@ -94,13 +107,16 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
     let store = Store::connect_with_clock(&cfg.common.mongo_uri, cfg.common.election_retry, local)
         .await
         .map_err(|e| StartError::Database(short(&e)))?;
-    let version = schema::read_version(&store)
+    let state = schema::read_state(&store)
         .await
         .map_err(|e| StartError::Database(short(&e)))?;
-    match SchemaFit::of(version) {
+    match SchemaFit::of(state) {
         fit @ SchemaFit::TooNew(_) => return Err(StartError::Schema(fit.describe())),
         fit @ SchemaFit::TooOld(_) => {
             tracing::warn!(schema = %fit.describe(), "not ready until migrated")
+        }
+        fit @ SchemaFit::Newer(_) => {
+            tracing::info!(schema = %fit.describe(), "running against a newer schema")
         }
         SchemaFit::Current => {}
     }
@@ -125,6 +141,15 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
         metrics.clone(),
         shutdown.clone(),
     ));
+
+    // Every process is in the fleet registry; a worker's record is also its
+    // presence lease, renewed by its claim actor, the others' by a task here.
+    let identity = Identity::of_this_binary(&cfg.instance_id, roles.names());
+    let registered = (!roles.worker).then(|| {
+        let presence = Presence::new(store.clone(), identity.clone(), cfg.worker_presence);
+        actix::spawn(stay_registered(presence.clone(), shutdown.clone()));
+        presence
+    });
 
     // Only a worker runs jobs, and only it needs the OrderActor.
     let claim = roles.worker.then(|| {
@@ -157,7 +182,7 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
             poll: cfg.claim_poll,
             attempt_timeout: cfg.job_attempt_timeout,
         };
-        let presence = Presence::new(store.clone(), &cfg.instance_id, cfg.worker_presence);
+        let presence = Presence::new(store.clone(), identity.clone(), cfg.worker_presence);
         let (queue, readiness, metrics) = (queue.clone(), readiness.clone(), metrics.clone());
         Supervisor::start(move |_| {
             ClaimActor::new(settings, queue, presence, handlers, readiness, metrics)
@@ -306,6 +331,11 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
         }
     }
     shutdown.trigger();
+    if let Some(presence) = &registered {
+        if let Err(e) = presence.withdraw().await {
+            tracing::warn!(error = %short(&e), "leaving the fleet registry failed; the record expires");
+        }
+    }
     server_handle.stop(true).await;
     let _ = server_task.await;
     if let Some((handle, task)) = metrics_server {
@@ -318,4 +348,19 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Renews a process's fleet record every third of its lease until shutdown.
+async fn stay_registered(presence: Presence, shutdown: Shutdown) {
+    let mut every = tokio::time::interval(presence.ttl() / 3);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                if let Err(e) = presence.renew().await {
+                    tracing::warn!(error = %short(&e), "renewing this process's fleet record failed");
+                }
+            }
+            _ = shutdown.requested() => return,
+        }
+    }
 }

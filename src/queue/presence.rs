@@ -1,4 +1,5 @@
-//! Each worker's short presence lease (collection `workers`).
+//! Each worker's short presence lease: its record in the fleet registry
+//! ([`crate::store::fleet`]).
 //!
 //! A job lease is long (60 s by default) so that a slow ACME call is not
 //! interrupted; a worker's presence lease is short (10 s) and renewed about
@@ -8,31 +9,25 @@
 
 use std::time::Duration;
 
-use mongodb::bson::{doc, DateTime, Document};
 use mongodb::error::Error as MongoError;
-use mongodb::Collection;
 
+use crate::store::fleet::{self, Identity};
 use crate::store::Store;
 
-pub const WORKERS_COLLECTION: &str = "workers";
-/// Presence documents expired for longer than this are deleted by housekeeping.
-const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
+pub use crate::store::fleet::{forget_departed, FLEET_COLLECTION as WORKERS_COLLECTION};
 
 #[derive(Clone, Debug)]
 pub struct Presence {
     store: Store,
-    workers: Collection<Document>,
-    worker_id: String,
+    identity: Identity,
     ttl: Duration,
 }
 
 impl Presence {
-    pub fn new(store: Store, worker_id: &str, ttl: Duration) -> Presence {
-        let workers = store.collection(WORKERS_COLLECTION);
+    pub fn new(store: Store, identity: Identity, ttl: Duration) -> Presence {
         Presence {
             store,
-            workers,
-            worker_id: worker_id.to_string(),
+            identity,
             ttl,
         }
     }
@@ -41,40 +36,13 @@ impl Presence {
         self.ttl
     }
 
-    /// Announces (or renews) this worker until the database's now plus the TTL.
+    /// Announces (or renews) this process until the database's now plus the TTL.
     pub async fn renew(&self) -> Result<(), MongoError> {
-        let update = doc! {
-            "$set": { "expires_at": self.store.server_after(self.ttl).await?, "pid": std::process::id() as i64 },
-            "$currentDate": { "renewed_at": true },
-        };
-        let filter = doc! { "_id": &self.worker_id };
-        self.store
-            .ride_through("renew presence", || {
-                self.workers
-                    .update_one(filter.clone(), update.clone())
-                    .upsert(true)
-            })
-            .await?;
-        Ok(())
+        fleet::announce(&self.store, &self.identity, self.ttl).await
     }
 
-    /// Removes this worker's presence; called after its jobs were released.
+    /// Removes this process's presence; called after its jobs were released.
     pub async fn withdraw(&self) -> Result<(), MongoError> {
-        self.workers
-            .delete_one(doc! { "_id": &self.worker_id })
-            .await?;
-        Ok(())
+        fleet::withdraw(&self.store, &self.identity.instance_id).await
     }
-}
-
-/// Deletes presence documents that expired long ago.
-pub async fn forget_departed(store: &Store) -> Result<u64, MongoError> {
-    let workers = store.collection(WORKERS_COLLECTION);
-    let now = store.server_now().await?;
-    let cutoff = DateTime::from_millis(now.timestamp_millis() - FORGET_AFTER.as_millis() as i64);
-    let filter = doc! { "expires_at": { "$lt": cutoff } };
-    let result = store
-        .ride_through("forget workers", || workers.delete_many(filter.clone()))
-        .await?;
-    Ok(result.deleted_count)
 }

@@ -16,6 +16,7 @@ pub mod certificates;
 pub mod challenges;
 pub mod clock;
 pub mod fence;
+pub mod fleet;
 pub mod issuers;
 pub mod keys;
 pub mod orders;

@@ -18,8 +18,47 @@ const VERSION_DOC: &str = "version";
 
 /// The version this binary writes and needs. A database at a lower version
 /// must be migrated before this binary is ready; one at a higher version was
-/// migrated by a newer binary, and this one refuses to start against it.
+/// migrated by a newer binary, and this one runs against it only while the
+/// schema's floor (the oldest version that may still run) is at most this.
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The schema version this binary knows: [`CURRENT_VERSION`], or less when
+/// the test-only `CAP_TEST_KNOWN_SCHEMA_VERSION` says so (a binary one
+/// version older, for the tests of the floor).
+pub fn known_version() -> i64 {
+    static KNOWN: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *KNOWN.get_or_init(|| {
+        std::env::var("CAP_TEST_KNOWN_SCHEMA_VERSION")
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+            .filter(|v| (1..=CURRENT_VERSION).contains(v))
+            .unwrap_or(CURRENT_VERSION)
+    })
+}
+
+/// The recorded schema: its version, and its floor, the oldest version a
+/// binary may know and still run against it (the version itself for
+/// databases migrated before floors were recorded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaState {
+    pub version: i64,
+    pub floor: i64,
+}
+
+impl SchemaState {
+    fn of(found: Option<Document>) -> SchemaState {
+        let version = found
+            .as_ref()
+            .and_then(|d| d.get_i64("version").ok())
+            .unwrap_or(0);
+        let floor = found
+            .as_ref()
+            .and_then(|d| d.get_i64("floor").ok())
+            .unwrap_or(version)
+            .min(version);
+        SchemaState { version, floor }
+    }
+}
 
 struct Migration {
     version: i64,
@@ -30,6 +69,10 @@ struct Migration {
     data: Option<DataStep>,
     /// Whether the migration has KEK work ([`KekMigrations`]) to do.
     needs_kek: bool,
+    /// A breaking (contract) migration: binaries that know an older schema
+    /// cannot run against it, so it raises the schema's floor to its own
+    /// version. An additive (expand) one keeps the floor.
+    contract: bool,
 }
 
 /// Migration work that needs the KEK (re-sealing secrets, rekeying
@@ -63,6 +106,7 @@ const MIGRATIONS: &[Migration] = &[
         indexes: v1_indexes,
         data: None,
         needs_kek: false,
+        contract: false,
     },
     Migration {
         version: 2,
@@ -71,6 +115,7 @@ const MIGRATIONS: &[Migration] = &[
         indexes: v2_indexes,
         data: None,
         needs_kek: false,
+        contract: false,
     },
     Migration {
         version: 3,
@@ -84,6 +129,7 @@ const MIGRATIONS: &[Migration] = &[
         indexes: no_indexes,
         data: None,
         needs_kek: false,
+        contract: false,
     },
     Migration {
         version: 4,
@@ -99,6 +145,7 @@ const MIGRATIONS: &[Migration] = &[
         indexes: v4_indexes,
         data: None,
         needs_kek: false,
+        contract: false,
     },
     Migration {
         version: 5,
@@ -107,6 +154,7 @@ const MIGRATIONS: &[Migration] = &[
         indexes: v5_indexes,
         data: None,
         needs_kek: false,
+        contract: false,
     },
     Migration {
         version: 6,
@@ -115,6 +163,7 @@ const MIGRATIONS: &[Migration] = &[
         indexes: v6_indexes,
         data: None,
         needs_kek: false,
+        contract: false,
     },
     Migration {
         version: 7,
@@ -123,6 +172,7 @@ const MIGRATIONS: &[Migration] = &[
         indexes: v7_indexes,
         data: None,
         needs_kek: false,
+        contract: false,
     },
     Migration {
         version: 8,
@@ -131,6 +181,7 @@ const MIGRATIONS: &[Migration] = &[
         indexes: v8_indexes,
         data: None,
         needs_kek: false,
+        contract: false,
     },
     Migration {
         version: 9,
@@ -139,6 +190,7 @@ const MIGRATIONS: &[Migration] = &[
         indexes: v9_indexes,
         data: None,
         needs_kek: false,
+        contract: false,
     },
     Migration {
         version: 10,
@@ -147,6 +199,7 @@ const MIGRATIONS: &[Migration] = &[
         indexes: v10_indexes,
         data: None,
         needs_kek: false,
+        contract: false,
     },
     Migration {
         version: 11,
@@ -155,6 +208,7 @@ const MIGRATIONS: &[Migration] = &[
         indexes: Vec::new,
         data: Some(|store| Box::pin(super::projects::grant_certified_names(store))),
         needs_kek: false,
+        contract: false,
     },
     Migration {
         version: 12,
@@ -163,6 +217,7 @@ const MIGRATIONS: &[Migration] = &[
         indexes: Vec::new,
         data: None,
         needs_kek: true,
+        contract: true,
     },
 ];
 
@@ -336,53 +391,73 @@ fn v2_indexes() -> Vec<(&'static str, IndexModel)> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SchemaFit {
     Current,
+    /// Migrated by a newer binary through additive migrations only: this
+    /// one still runs against it.
+    Newer(SchemaState),
     /// Needs `certautopilot migrate` (0 = never migrated).
     TooOld(i64),
-    /// Written by a newer binary: this one must not run against it.
-    TooNew(i64),
+    /// Its floor is above what this binary knows: it must not run against it.
+    TooNew(SchemaState),
 }
 
 impl SchemaFit {
-    pub fn of(version: i64) -> SchemaFit {
+    pub fn of(state: SchemaState) -> SchemaFit {
+        let known = known_version();
         use std::cmp::Ordering::*;
-        match version.cmp(&CURRENT_VERSION) {
+        match state.version.cmp(&known) {
             Equal => SchemaFit::Current,
-            Less => SchemaFit::TooOld(version),
-            Greater => SchemaFit::TooNew(version),
+            Less => SchemaFit::TooOld(state.version),
+            Greater if state.floor <= known => SchemaFit::Newer(state),
+            Greater => SchemaFit::TooNew(state),
         }
     }
 
+    /// Whether this binary does its work against the schema.
+    pub fn runs(&self) -> bool {
+        matches!(self, SchemaFit::Current | SchemaFit::Newer(_))
+    }
+
     pub fn describe(&self) -> String {
+        let known = known_version();
         match self {
-            SchemaFit::Current => format!("schema version {CURRENT_VERSION}"),
-            SchemaFit::TooOld(v) => format!(
-                "schema version {v} is older than the {CURRENT_VERSION} this binary needs: run `certautopilot migrate`"
+            SchemaFit::Current => format!("schema version {known}"),
+            SchemaFit::Newer(s) => format!(
+                "schema version {} (this binary knows {known}; every binary from version {} runs against it)",
+                s.version, s.floor
             ),
-            SchemaFit::TooNew(v) => format!(
-                "schema version {v} is newer than the {CURRENT_VERSION} this binary knows: upgrade certautopilot"
+            SchemaFit::TooOld(v) => format!(
+                "schema version {v} is older than the {known} this binary needs: run `certautopilot migrate`"
+            ),
+            SchemaFit::TooNew(s) => format!(
+                "schema version {} is newer than the {known} this binary knows, and only binaries that know schema version {} or later may run against it: upgrade certautopilot",
+                s.version, s.floor
             ),
         }
     }
 }
 
-/// The recorded schema version, asked once (the readiness probe, which has
-/// a deadline of its own, does not ride through an election).
-pub async fn probe_version(store: &Store) -> Result<i64, MongoError> {
+/// The recorded schema, asked once (the readiness probe, which has a
+/// deadline of its own, does not ride through an election).
+pub async fn probe_state(store: &Store) -> Result<SchemaState, MongoError> {
     let found = store
         .collection(SCHEMA_COLLECTION)
         .find_one(doc! { "_id": VERSION_DOC })
         .await?;
-    Ok(found.and_then(|d| d.get_i64("version").ok()).unwrap_or(0))
+    Ok(SchemaState::of(found))
 }
 
-pub async fn read_version(store: &Store) -> Result<i64, MongoError> {
+pub async fn read_state(store: &Store) -> Result<SchemaState, MongoError> {
     let coll = store.collection(SCHEMA_COLLECTION);
     let found = store
         .ride_through("read schema version", || {
             coll.find_one(doc! { "_id": VERSION_DOC })
         })
         .await?;
-    Ok(found.and_then(|d| d.get_i64("version").ok()).unwrap_or(0))
+    Ok(SchemaState::of(found))
+}
+
+pub async fn read_version(store: &Store) -> Result<i64, MongoError> {
+    Ok(read_state(store).await?.version)
 }
 
 /// What one `migrate` run did.
@@ -399,24 +474,44 @@ pub async fn migrate(
     store: &Store,
     progress: impl FnMut(&str) + Send,
 ) -> Result<MigrateReport, MigrateError> {
-    migrate_with_kek(store, None, progress).await
+    migrate_with_kek(store, None, false, progress).await
 }
 
 /// Applies every migration above the recorded version; `kek` does the work
 /// that needs the KEK (without it, a migration with such work fails when it
-/// finds any). `progress` is told each step as it starts.
+/// finds any). A contract migration is refused while a live instance knows
+/// an older schema, unless `force`. `progress` is told each step as it starts.
 pub async fn migrate_with_kek(
     store: &Store,
     kek: Option<&dyn KekMigrations>,
+    force: bool,
     mut progress: impl FnMut(&str) + Send,
 ) -> Result<MigrateReport, MigrateError> {
     let from = read_version(store).await?;
-    if from > CURRENT_VERSION {
+    if from > known_version() {
         return Err(MigrateError::TooNew(from));
     }
     let mut applied = Vec::new();
-    for m in MIGRATIONS.iter().filter(|m| m.version > from) {
+    for m in MIGRATIONS
+        .iter()
+        .filter(|m| m.version > from && m.version <= known_version())
+    {
         progress(&format!("migration {}: {}", m.version, m.name));
+        if m.contract {
+            let older = older_instances(store, m.version).await?;
+            if !older.is_empty() {
+                if !force {
+                    return Err(MigrateError::OlderInstancesAlive {
+                        version: m.version,
+                        instances: older,
+                    });
+                }
+                progress(&format!(
+                    "  --force: applying although {} still run(s) an older schema",
+                    older.join(", ")
+                ));
+            }
+        }
         if m.needs_kek {
             match kek {
                 Some(kek) => kek
@@ -453,6 +548,27 @@ async fn kek_work_pending(store: &Store) -> Result<usize, MongoError> {
     Ok(super::keys::unbound(store).await?.len()
         + super::tokens::legacy(store).await?.len()
         + super::issuers::clear_eab_keys(store).await?.len())
+}
+
+/// Live instances that know a schema older than `version` (records from
+/// builds before the fleet registry know none: they count as older).
+async fn older_instances(store: &Store, version: i64) -> Result<Vec<String>, MongoError> {
+    Ok(super::fleet::live(store)
+        .await?
+        .into_iter()
+        .filter(|i| i.schema_known.is_none_or(|known| known < version))
+        .map(|i| {
+            format!(
+                "{} ({}, version {}, schema {})",
+                i.instance_id,
+                i.roles.join("+"),
+                i.version.as_deref().unwrap_or("unknown"),
+                i.schema_known
+                    .map(|k| k.to_string())
+                    .unwrap_or("unknown".into())
+            )
+        })
+        .collect())
 }
 
 async fn apply(store: &Store, m: &Migration) -> Result<(), MongoError> {
@@ -495,7 +611,11 @@ async fn apply(store: &Store, m: &Migration) -> Result<(), MongoError> {
             schema
                 .update_one(
                     doc! { "_id": VERSION_DOC },
-                    doc! { "$max": { "version": m.version }, "$currentDate": { "updated_at": true } },
+                    if m.contract {
+                        doc! { "$max": { "version": m.version, "floor": m.version }, "$currentDate": { "updated_at": true } }
+                    } else {
+                        doc! { "$max": { "version": m.version }, "$currentDate": { "updated_at": true } }
+                    },
                 )
                 .upsert(true)
         })
@@ -505,8 +625,13 @@ async fn apply(store: &Store, m: &Migration) -> Result<(), MongoError> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    #[error("{}", SchemaFit::TooNew(*.0).describe())]
+    #[error("schema version {0} is newer than the {known} this binary knows: upgrade certautopilot", known = known_version())]
     TooNew(i64),
+    #[error("migration {version} is breaking (contract) and these instances still run an older schema: {}; upgrade or stop them first, or pass --force", instances.join("; "))]
+    OlderInstancesAlive {
+        version: i64,
+        instances: Vec<String>,
+    },
     #[error("database error: {}", crate::store::short(.0))]
     Db(#[from] MongoError),
     #[error("migration {version} must re-seal {pending} secret(s) and token(s) under the KEK: run `certautopilot migrate` with the KEK configured (CAP_KEK_PROVIDER and its settings)")]

@@ -190,7 +190,7 @@ async fn migration_12_rekeys_tokens_and_seals_what_earlier_builds_stored() {
         secrets: secrets.clone(),
     };
     for run in 0..2 {
-        schema::migrate_with_kek(&store, Some(&reseal as &dyn KekMigrations), |_| {})
+        schema::migrate_with_kek(&store, Some(&reseal as &dyn KekMigrations), false, |_| {})
             .await
             .unwrap_or_else(|e| panic!("run {run}: {e}"));
         let record_id = TokenKey::new(secrets.clone())

@@ -6,7 +6,8 @@
 //! - the job queue and coordination: `queue`, `workers`, `leases`,
 //!   `schedulers`, `election` (a step-down, on a server of its own),
 //!   `supervision`;
-//! - running it: `operator` (settings, migrations, health), `stats`;
+//! - running it: `operator` (settings, migrations, health), `stats`,
+//!   `fleet` (the fleet registry, the schema floor);
 //! - tenancy: `tenancy` (domain grants, the responder by name);
 //! - a database writer without the KEK: `db_writer` (forged tokens, moved
 //!   key references, migration 12);
@@ -32,6 +33,7 @@ mod dns01;
 mod drift;
 mod egress;
 mod election;
+mod fleet;
 mod issuance;
 mod lb;
 mod leases;

@@ -183,13 +183,14 @@ async fn readyz_fails_until_migrated_and_a_newer_schema_refuses_to_start() {
     );
     drop(api);
 
-    // A newer binary migrated this database: an older one must not run on it.
+    // A newer binary migrated this database with a breaking migration (its
+    // floor is above what this binary knows): this one must not run on it.
     db.store()
         .await
         .collection("schema")
         .update_one(
             doc! { "_id": "version" },
-            doc! { "$set": { "version": 999i64 } },
+            doc! { "$set": { "version": 999i64, "floor": 999i64 } },
         )
         .await
         .unwrap();

@@ -40,7 +40,11 @@ async fn a_claim_actor_that_keeps_failing_is_restarted_with_growing_back_off() {
         ClaimActor::new(
             settings,
             JobQueue::new(store.clone()),
-            Presence::new(store.clone(), "w", Duration::from_secs(10)),
+            Presence::new(
+                store.clone(),
+                certautopilot::store::fleet::Identity::of_this_binary("w", vec!["worker"]),
+                Duration::from_secs(10),
+            ),
             Handlers::new().register(JobKind::Probe, Probe),
             r,
             m,
