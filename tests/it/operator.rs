@@ -369,9 +369,15 @@ async fn metrics_move_to_a_listener_of_their_own_when_asked() {
         404,
         "the API's listener no longer serves them"
     );
-    assert_eq!(
-        http.get(api.url("/readyz")).send().await.unwrap().status(),
-        200
+    // Ready once the first probe has answered (alive comes first).
+    let ready = support::wait_until(Duration::from_secs(10), || async {
+        http.get(api.url("/readyz")).send().await.unwrap().status() == 200
+    })
+    .await;
+    assert!(
+        ready,
+        "/readyz stays on the main listener; log:\n{}",
+        api.log_text()
     );
     let apart = http
         .get(format!("http://{metrics_addr}/metrics"))
