@@ -129,6 +129,13 @@ const MIGRATIONS: &[Migration] = &[
         indexes: Vec::new,
         data: Some(|store| Box::pin(super::projects::grant_certified_names(store))),
     },
+    Migration {
+        version: 12,
+        name: "KEK key-check values",
+        collections: &[super::kek_versions::KEK_VERSIONS],
+        indexes: Vec::new,
+        data: None,
+    },
 ];
 
 fn v10_indexes() -> Vec<(&'static str, IndexModel)> {

@@ -407,3 +407,73 @@ async fn metrics_move_to_a_listener_of_their_own_when_asked() {
         stderr(&out)
     );
 }
+
+/// The `kek` check of `certautopilot health --json` with these settings.
+fn health_kek_check(env: &[(&str, &str)]) -> serde_json::Value {
+    let out = run(&["health", "--json"], env);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("health --json: {}", stderr(&out)));
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "kek")
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test]
+async fn another_key_ring_with_the_same_versions_is_refused_naming_the_version() {
+    let db = TestDb::migrated("kek_check").await;
+    let ours = db.kek_file.to_str().unwrap();
+    // A copy of the key ring while it holds version 1 only; then both go
+    // their own way to a version 2 of their own.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.json");
+    std::fs::copy(&db.kek_file, &other).unwrap();
+    let other_s = other.to_str().unwrap();
+    let ours_env = [("CAP_MONGO_URI", db.uri.as_str()), ("CAP_KEK_FILE", ours)];
+    let other_env = [
+        ("CAP_MONGO_URI", db.uri.as_str()),
+        ("CAP_KEK_FILE", other_s),
+    ];
+
+    let rotated = run(&["kek", "rotate"], &ours_env);
+    assert!(rotated.status.success(), "{}", stderr(&rotated));
+    use certautopilot::crypto::kek::KekProvider;
+    certautopilot::crypto::kek::FileKek::load(&other)
+        .unwrap()
+        .rotate()
+        .unwrap();
+    let check = health_kek_check(&ours_env);
+    assert_eq!(check["ok"], true, "{check}");
+
+    // Versions 1 and 2 both, and 1 the same key: 2 is named.
+    let check = health_kek_check(&other_env);
+    assert_eq!(check["ok"], false, "{check}");
+    let detail = check["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("KEK version 2 does not match the key-check value recorded for it"),
+        "{detail}"
+    );
+    let refused = run(&["kek", "rotate"], &other_env);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("KEK version 2"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let api = Proc::start("api", &db, "other-ring", &[("CAP_KEK_FILE", other_s)]);
+    api.wait_alive().await;
+    let refused = support::wait_until(Duration::from_secs(20), || async {
+        let r = reqwest::get(api.url("/readyz")).await.unwrap();
+        r.status() == 503
+            && r.json::<serde_json::Value>().await.unwrap()["details"]["kek"]
+                .as_str()
+                .is_some_and(|k| k.contains("KEK version 2"))
+    })
+    .await;
+    assert!(refused, "/readyz refuses it; log:\n{}", api.log_text());
+}
+

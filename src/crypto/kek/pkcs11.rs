@@ -22,7 +22,7 @@ use cryptoki::types::AuthPin;
 use rand::RngCore;
 use zeroize::Zeroizing;
 
-use super::{wrap_aad, KekError, KekProvider, SecretKey, KEY_LEN};
+use super::{wrap_aad, KekError, KekProvider, SecretKey, CHECK_BLOCK, KEY_LEN};
 
 const LABEL_PREFIX: &str = "certautopilot-kek-v";
 const IV_LEN: usize = 12;
@@ -248,6 +248,25 @@ impl KekProvider for Pkcs11Kek {
 
     fn refresh(&self) -> Result<(), KekError> {
         self.with(|c| c.load_keys())
+    }
+
+    fn check_value(&self, version: u32) -> Result<[u8; CHECK_BLOCK.len()], KekError> {
+        let source = self.source();
+        self.with(|c| {
+            if !c.keys.contains_key(&version) {
+                c.load_keys()?;
+            }
+            let key = c.key(version, source)?;
+            // One block under ECB: the same value the file provider computes
+            // for the same key.
+            let value = c
+                .session
+                .encrypt(&Mechanism::AesEcb, key, &CHECK_BLOCK)
+                .map_err(|e| err("computing a KEK check value", e))?;
+            value
+                .try_into()
+                .map_err(|_| KekError::Pkcs11("the token's check value is not one block".into()))
+        })
     }
 
     fn rotate(&self) -> Result<u32, KekError> {
