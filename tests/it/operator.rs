@@ -477,3 +477,96 @@ async fn another_key_ring_with_the_same_versions_is_refused_naming_the_version()
     assert!(refused, "/readyz refuses it; log:\n{}", api.log_text());
 }
 
+#[tokio::test]
+async fn the_api_serves_https_and_picks_up_a_replaced_certificate() {
+    let db = TestDb::migrated("https").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two, live) = (
+        dir.path().join("one"),
+        dir.path().join("two"),
+        dir.path().join("live"),
+    );
+    for d in [&one, &two, &live] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let (ca_one, ca_two) = (
+        support::pebble::listener_certificate(&one),
+        support::pebble::listener_certificate(&two),
+    );
+    let install = |from: &std::path::Path| {
+        // As a renewal tool would: each file replaced whole, by a rename.
+        for name in ["key.pem", "cert.pem"] {
+            let tmp = live.join(format!("{name}.tmp"));
+            std::fs::copy(from.join(name), &tmp).unwrap();
+            std::fs::rename(&tmp, live.join(name)).unwrap();
+        }
+    };
+    install(&one);
+    let (cert, key) = (live.join("cert.pem"), live.join("key.pem"));
+    let api = Proc::start(
+        "api",
+        &db,
+        "https-api",
+        &[
+            ("CAP_HTTP_TLS_CERT", cert.to_str().unwrap()),
+            ("CAP_HTTP_TLS_KEY", key.to_str().unwrap()),
+        ],
+    );
+    // A fresh client each time (no pooled connection): trusting one CA only.
+    let answers = |ca: &std::path::Path| {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+        let client = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .build()
+            .unwrap();
+        let url = format!("https://{}/healthz", api.http);
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    };
+    let up = support::wait_until(Duration::from_secs(20), || answers(&ca_one)).await;
+    assert!(up, "/healthz over TLS; log:\n{}", api.log_text());
+    assert!(
+        !answers(&ca_two).await,
+        "the second certificate is not served yet"
+    );
+    let plain = reqwest::get(api.url("/healthz")).await;
+    assert!(
+        !plain.is_ok_and(|r| r.status().is_success()),
+        "no plain HTTP on the TLS listener"
+    );
+
+    install(&two);
+    let reloaded = support::wait_until(Duration::from_secs(20), || answers(&ca_two)).await;
+    assert!(
+        reloaded,
+        "the new certificate is served; log:\n{}",
+        api.log_text()
+    );
+    assert!(!answers(&ca_one).await, "and the old one no longer");
+    assert!(
+        !api.log_lines_with(&["TLS certificate reloaded"]).is_empty(),
+        "{}",
+        api.log_text()
+    );
+
+    // Both or neither.
+    let out = run(
+        &["api"],
+        &[
+            ("CAP_MONGO_URI", "mongodb://127.0.0.1:1/x"),
+            ("CAP_HTTP_TLS_CERT", cert.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("CAP_HTTP_TLS_CERT") && stderr(&out).contains("CAP_HTTP_TLS_KEY"),
+        "{}",
+        stderr(&out)
+    );
+}
