@@ -72,7 +72,24 @@ pub struct KekArgs {
     pub pkcs11_token_label: Option<String>,
     /// User PIN of that token (required with the pkcs11 provider)
     #[arg(long, env = "CAP_PKCS11_PIN", hide_env_values = true)]
-    pub pkcs11_pin: Option<String>,
+    pub pkcs11_pin: Option<SecretArg>,
+}
+
+/// A secret setting (the PKCS#11 PIN): wiped from memory when dropped, and
+/// never shown by `Debug` (the argument structs derive it).
+#[derive(Clone)]
+pub struct SecretArg(pub zeroize::Zeroizing<String>);
+
+impl From<String> for SecretArg {
+    fn from(value: String) -> Self {
+        SecretArg(zeroize::Zeroizing::new(value))
+    }
+}
+
+impl std::fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl KekArgs {
@@ -97,9 +114,14 @@ impl KekArgs {
                     .into(),
                 token_label: set(&self.pkcs11_token_label)
                     .unwrap_or_else(|| DEFAULT_PKCS11_TOKEN_LABEL.into()),
-                pin: zeroize::Zeroizing::new(set(&self.pkcs11_pin).ok_or_else(|| {
-                    ConfigError("CAP_PKCS11_PIN is not set: the pkcs11 KEK provider needs the token's user PIN".into())
-                })?),
+                pin: match &self.pkcs11_pin {
+                    Some(pin) if !pin.0.trim().is_empty() => {
+                        zeroize::Zeroizing::new(pin.0.trim().to_string())
+                    }
+                    _ => return Err(ConfigError(
+                        "CAP_PKCS11_PIN is not set: the pkcs11 KEK provider needs the token's user PIN".into(),
+                    )),
+                },
             }),
             other => Err(ConfigError(format!(
                 "invalid CAP_KEK_PROVIDER {other:?}: expected file or pkcs11"
@@ -680,6 +702,18 @@ mod tests {
         assert!(!err.contains("s3cr3t"), "{err}");
         a.siem_webhook_url = Some("https://siem.example/hook".into());
         assert!(a.resolve().unwrap().siem.webhook.is_some());
+    }
+
+    #[test]
+    fn no_debug_output_shows_the_pin() {
+        let mut a = args();
+        a.common.kek.kek_provider = Some("pkcs11".into());
+        a.common.kek.pkcs11_pin = Some(String::from("4711-secret-pin").into());
+        let resolved = a.resolve().unwrap();
+        for shown in [format!("{a:?}"), format!("{resolved:?}")] {
+            assert!(!shown.contains("4711-secret-pin"), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub trait KekProvider: Send + Sync {
 }
 
 /// Which provider, and where its keys are (from `CAP_KEK_*` / `CAP_PKCS11_*`).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum KekConfig {
     File {
         path: PathBuf,
@@ -97,6 +97,25 @@ pub enum KekConfig {
         token_label: String,
         pin: Zeroizing<String>,
     },
+}
+
+/// Without the PIN.
+impl std::fmt::Debug for KekConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KekConfig::File { path } => f.debug_struct("File").field("path", path).finish(),
+            KekConfig::Pkcs11 {
+                module,
+                token_label,
+                pin: _,
+            } => f
+                .debug_struct("Pkcs11")
+                .field("module", module)
+                .field("token_label", token_label)
+                .field("pin", &"<redacted>")
+                .finish(),
+        }
+    }
 }
 
 /// Opens the configured provider. A file key ring is read (and its mode
