@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use certautopilot::audit::{self, Audit, Event};
-use certautopilot::crypto::secrets::Secrets;
+use certautopilot::crypto::secrets::{SecretRef, Secrets};
 use common::TestDb;
 use mongodb::bson::{doc, spec::BinarySubtype, Binary, DateTime, Document};
 
@@ -75,7 +75,10 @@ async fn secrets_row(writers: usize, ops: usize) {
     let db = TestDb::migrated(&format!("bench_secrets_{writers}")).await;
     let store = db.store().await;
     let secrets = Secrets::new(store.clone(), db.kek());
-    secrets.put("probe", &[0u8; SECRET_LEN]).await.unwrap();
+    secrets
+        .put(&SecretRef::system("probe"), &[0u8; SECRET_LEN])
+        .await
+        .unwrap();
     let stored = store
         .collection("keys")
         .find_one(doc! { "_id": "probe" })
@@ -100,7 +103,7 @@ async fn secrets_row(writers: usize, ops: usize) {
         let secrets = secrets.clone();
         async move {
             secrets
-                .put(&format!("s-{i:06}"), &[7u8; SECRET_LEN])
+                .put(&SecretRef::system(&format!("s-{i:06}")), &[7u8; SECRET_LEN])
                 .await
                 .unwrap();
         }

@@ -3,6 +3,9 @@
 //! queries to its authoritative servers. Everything goes over TCP (RFC 7766),
 //! so there is no truncation to handle and no UDP spoofing to fear.
 //!
+//! Every connection passes the egress policy ([`EgressPolicy`]): primaries,
+//! name servers and the addresses a primary hands out as glue alike.
+//!
 //! Responses are read for their rcode (and the TSIG error, to say why an
 //! update was refused); their TSIG signatures are not verified.
 
@@ -12,10 +15,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, Mac};
 use sha2::{Sha256, Sha512};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use zeroize::Zeroizing;
 
 use crate::domain::issuer::TsigAlgorithm;
+use crate::net::egress::EgressPolicy;
 
 const TYPE_A: u16 = 1;
 const TYPE_NS: u16 = 2;
@@ -88,6 +91,7 @@ pub enum Change {
 
 /// Sends `changes` to `zone`'s primary as one signed update: all or none.
 pub async fn update(
+    egress: &EgressPolicy,
     primary: &str,
     zone: &str,
     key: &TsigKey,
@@ -108,7 +112,7 @@ pub async fn update(
         }
     }
     sign(&mut msg, key, unix_now());
-    let answer = exchange(primary, &msg).await?;
+    let answer = exchange(egress, primary, &msg).await?;
     let response = Response::parse(&answer).map_err(|reason| DnsError::Malformed {
         server: primary.to_string(),
         reason,
@@ -129,8 +133,8 @@ pub async fn update(
 
 /// The TXT values `server` holds for `name`, answering authoritatively
 /// (none when the name does not exist).
-pub async fn txt(server: &str, name: &str) -> Result<Vec<String>, DnsError> {
-    let (answer, response) = query(server, name, TYPE_TXT).await?;
+pub async fn txt(egress: &EgressPolicy, server: &str, name: &str) -> Result<Vec<String>, DnsError> {
+    let (answer, response) = query(egress, server, name, TYPE_TXT).await?;
     Ok(response
         .answers
         .iter()
@@ -142,8 +146,12 @@ pub async fn txt(server: &str, name: &str) -> Result<Vec<String>, DnsError> {
 /// The servers authoritative for `zone` (its NS records), as `host:53`
 /// addresses, asked of `primary`; each name's address from the primary
 /// (glue) or else from the system's resolver.
-pub async fn authoritative_servers(primary: &str, zone: &str) -> Result<Vec<String>, DnsError> {
-    let (answer, response) = query(primary, zone, TYPE_NS).await?;
+pub async fn authoritative_servers(
+    egress: &EgressPolicy,
+    primary: &str,
+    zone: &str,
+) -> Result<Vec<String>, DnsError> {
+    let (answer, response) = query(egress, primary, zone, TYPE_NS).await?;
     let mut servers = Vec::new();
     for rr in response.answers.iter().filter(|rr| rr.rtype == TYPE_NS) {
         let ns = Reader::at(&answer, rr.rdata.start)
@@ -152,7 +160,7 @@ pub async fn authoritative_servers(primary: &str, zone: &str) -> Result<Vec<Stri
                 server: primary.to_string(),
                 reason,
             })?;
-        let (a_answer, a) = query(primary, &ns, TYPE_A).await?;
+        let (a_answer, a) = query(egress, primary, &ns, TYPE_A).await?;
         let glue: Vec<String> = a
             .answers
             .iter()
@@ -181,12 +189,17 @@ pub async fn authoritative_servers(primary: &str, zone: &str) -> Result<Vec<Stri
     Ok(servers)
 }
 
-async fn query(server: &str, name: &str, rtype: u16) -> Result<(Vec<u8>, Response), DnsError> {
+async fn query(
+    egress: &EgressPolicy,
+    server: &str,
+    name: &str,
+    rtype: u16,
+) -> Result<(Vec<u8>, Response), DnsError> {
     let mut msg = header(rand::random(), 0, 1, 0, 0, 0);
     put_name(&mut msg, name);
     put_u16(&mut msg, rtype);
     put_u16(&mut msg, CLASS_IN);
-    let answer = exchange(server, &msg).await?;
+    let answer = exchange(egress, server, &msg).await?;
     let response = Response::parse(&answer).map_err(|reason| DnsError::Malformed {
         server: server.to_string(),
         reason,
@@ -208,13 +221,14 @@ async fn query(server: &str, name: &str, rtype: u16) -> Result<(Vec<u8>, Respons
     }
 }
 
-async fn exchange(server: &str, msg: &[u8]) -> Result<Vec<u8>, DnsError> {
+async fn exchange(egress: &EgressPolicy, server: &str, msg: &[u8]) -> Result<Vec<u8>, DnsError> {
     let unreachable = |reason: String| DnsError::Unreachable {
         server: server.to_string(),
         reason,
     };
     let run = async {
-        let mut tcp = TcpStream::connect(server)
+        let mut tcp = egress
+            .connect_to(server)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let mut framed = Vec::with_capacity(msg.len() + 2);

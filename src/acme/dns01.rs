@@ -13,9 +13,10 @@ use base64::Engine;
 
 use super::dns::{self, Change, DnsError, TsigKey};
 use super::AcmeError;
-use crate::crypto::secrets::Secrets;
-use crate::domain::issuer::{tsig_secret_id, DnsSettings};
+use crate::crypto::secrets::{SecretRef, Secrets};
+use crate::domain::issuer::{DnsSettings, Issuer};
 use crate::domain::order::TxtRecord;
+use crate::net::egress::EgressPolicy;
 
 const PROPAGATION_POLL: Duration = Duration::from_secs(2);
 
@@ -23,16 +24,18 @@ const PROPAGATION_POLL: Duration = Duration::from_secs(2);
 pub struct Dns01 {
     settings: DnsSettings,
     key: TsigKey,
+    egress: EgressPolicy,
 }
 
 impl Dns01 {
     pub async fn load(
-        issuer_id: &str,
+        issuer: &Issuer,
         settings: DnsSettings,
         secrets: &Secrets,
+        egress: EgressPolicy,
     ) -> Result<Dns01, AcmeError> {
         let encoded = secrets
-            .get(&tsig_secret_id(issuer_id))
+            .get(&SecretRef::tsig_key(&issuer.project_id, &issuer.id))
             .await
             .map_err(|e| AcmeError::Transient(format!("the issuer's TSIG key: {e}")))?;
         let secret = base64::engine::general_purpose::STANDARD
@@ -43,7 +46,11 @@ impl Dns01 {
             algorithm: settings.tsig_algorithm,
             secret: zeroize::Zeroizing::new(secret),
         };
-        Ok(Dns01 { settings, key })
+        Ok(Dns01 {
+            settings,
+            key,
+            egress,
+        })
     }
 
     /// Adds every record in one update (adding one already there is a no-op,
@@ -58,6 +65,7 @@ impl Dns01 {
             })
             .collect();
         dns::update(
+            &self.egress,
             &self.settings.primary,
             &self.settings.zone,
             &self.key,
@@ -70,7 +78,7 @@ impl Dns01 {
     /// Waits until every authoritative server answers every record.
     pub async fn wait_visible(&self, records: &[TxtRecord]) -> Result<(), AcmeError> {
         let servers = if self.settings.nameservers.is_empty() {
-            dns::authoritative_servers(&self.settings.primary, &self.settings.zone)
+            dns::authoritative_servers(&self.egress, &self.settings.primary, &self.settings.zone)
                 .await
                 .map_err(dns_failure)?
         } else {
@@ -100,7 +108,7 @@ impl Dns01 {
     ) -> Option<(String, &'a TxtRecord, String)> {
         for server in servers {
             for record in records {
-                match dns::txt(server, &record.name).await {
+                match dns::txt(&self.egress, server, &record.name).await {
                     Ok(values) if values.contains(&record.value) => {}
                     Ok(values) => return Some((server.clone(), record, format!("{values:?}"))),
                     Err(e) => return Some((server.clone(), record, e.to_string())),
@@ -122,6 +130,7 @@ impl Dns01 {
             })
             .collect();
         match dns::update(
+            &self.egress,
             &self.settings.primary,
             &self.settings.zone,
             &self.key,

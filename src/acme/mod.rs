@@ -1,6 +1,8 @@
 //! ACME through `instant-acme`, with our own HTTP client injected: it
 //! trusts the Mozilla roots plus an issuer's extra CA bundle (for private ACME
-//! CAs), and records every request (endpoint, status, latency) in metrics.
+//! CAs), connects only where the egress policy permits, bounds each request
+//! ([`transport`]), and records every request (endpoint, status, latency) in
+//! metrics.
 //! Account credentials are secrets ([`crate::crypto::secrets`]), created once per
 //! issuer and reused.
 
@@ -9,6 +11,7 @@ pub mod dns;
 pub mod dns01;
 pub mod order;
 pub mod revoke;
+pub mod transport;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,8 +19,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::rt::TokioExecutor;
 use instant_acme::{
     Account, AccountCredentials, BodyWrapper, BytesResponse, ExternalAccountKey, HttpClient,
     NewAccount,
@@ -25,9 +26,10 @@ use instant_acme::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
-use crate::crypto::secrets::{SecretError, Secrets};
-use crate::domain::issuer::{eab_secret_id, Issuer};
+use crate::crypto::secrets::{SecretError, SecretRef, Secrets};
+use crate::domain::issuer::Issuer;
 use crate::observe::metrics::Metrics;
+pub use transport::{RequestLimits, Transport};
 
 /// What went wrong talking to a CA, decided in one place
 /// ([`AcmeError::from_acme`]) and turned into a job outcome by the work that
@@ -188,22 +190,17 @@ fn parse_retry_after(value: &str) -> std::time::Duration {
         .unwrap_or(std::time::Duration::from_secs(60))
 }
 
-/// The HTTP client instant-acme uses: ours, metered.
+/// The HTTP client instant-acme uses: ours, fenced by the egress policy,
+/// bounded per request, metered.
 pub fn http_client(
     extra_ca_pem: Option<&str>,
     metrics: Arc<Metrics>,
     retry_after: RetryAfter,
+    transport: &Transport,
 ) -> Result<Box<dyn HttpClient>, AcmeError> {
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config(extra_ca_pem)?)
-        .https_only()
-        .enable_http1()
-        .enable_http2()
-        .build();
-    let inner: HyperClient<_, BodyWrapper<Bytes>> =
-        HyperClient::builder(TokioExecutor::new()).build(connector);
+    let inner = transport::bounded_client(tls_config(extra_ca_pem)?, transport);
     Ok(Box::new(Metered {
-        inner: Box::new(inner),
+        inner,
         metrics,
         retry_after,
     }))
@@ -299,19 +296,21 @@ pub async fn account(
     secrets: &Secrets,
     metrics: Arc<Metrics>,
     retry_after: RetryAfter,
+    transport: &Transport,
 ) -> Result<Account, AcmeError> {
-    let secret_id = format!("acme-accounts/{}", issuer.id);
+    let secret = SecretRef::acme_account(&issuer.project_id, &issuer.id);
     let http = || {
         http_client(
             issuer.ca_bundle_pem.as_deref(),
             metrics.clone(),
             retry_after.clone(),
+            transport,
         )
     };
     // Only an account that does not exist is registered: one that cannot be
     // read right now (the KEK away, say) must not make a new one on every
     // retry.
-    match secrets.get(&secret_id).await {
+    match secrets.get(&secret).await {
         Ok(stored) => return from_stored(&stored, http()?, &retry_after).await,
         Err(SecretError::NotFound(_)) => {}
         Err(e) => {
@@ -324,14 +323,11 @@ pub async fn account(
     let eab = match &issuer.eab_kid {
         Some(kid) => {
             use base64::Engine;
-            let hmac_b64 = match &issuer.eab_legacy_hmac {
-                Some(legacy) => legacy.clone(),
-                None => {
-                    let sealed = secrets.get(&eab_secret_id(&issuer.id)).await?;
-                    String::from_utf8(sealed.to_vec())
-                        .map_err(|_| damaged("EAB HMAC key is not text"))?
-                }
-            };
+            let sealed = secrets
+                .get(&SecretRef::eab_key(&issuer.project_id, &issuer.id))
+                .await?;
+            let hmac_b64 =
+                std::str::from_utf8(&sealed).map_err(|_| damaged("EAB HMAC key is not text"))?;
             let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(hmac_b64.trim_end_matches('='))
                 .map_err(|e| damaged(format!("EAB HMAC key: {e}")))?;
@@ -351,7 +347,7 @@ pub async fn account(
             .await
     )?;
     let json = serde_json::to_vec(&credentials).map_err(|e| damaged(e.to_string()))?;
-    let stored = secrets.get_or_create(&secret_id, || json).await?;
+    let stored = secrets.get_or_create(&secret, || json).await?;
     from_stored(&stored, http()?, &retry_after).await
 }
 

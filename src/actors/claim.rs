@@ -6,6 +6,11 @@
 //! about every third of its length; a refused heartbeat (the job was taken
 //! over) cancels the handler at once. A handler's error *or panic* becomes the
 //! job's failure; neither stops the actor or the process.
+//!
+//! Each attempt has a deadline (`CAP_JOB_ATTEMPT_TIMEOUT_SECS`): past it the
+//! handler is cancelled and the attempt fails as retryable, so a peer that
+//! answers slowly but never stops (a hostile CA) cannot hold a job slot for
+//! good. An ACME order cut off this way resumes from its journal next time.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,6 +44,8 @@ pub struct ClaimSettings {
     pub concurrency: usize,
     pub job_lease: Duration,
     pub poll: Duration,
+    /// How long one attempt of a job may run before it is cancelled.
+    pub attempt_timeout: Duration,
 }
 
 pub struct ClaimActor {
@@ -170,6 +177,7 @@ impl ClaimActor {
             self.queue.clone(),
             self.metrics.clone(),
             release,
+            self.settings.attempt_timeout,
         );
         let addr = ctx.address();
         actix::spawn(async move {
@@ -325,17 +333,20 @@ enum Ending {
 }
 
 /// Runs one job under its lease: the handler in its own task (so that a
-/// panic is caught), heartbeats beside it, and the outcome written with the
-/// job's fencing token.
+/// panic is caught), heartbeats beside it, the attempt's deadline over both,
+/// and the outcome written with the job's fencing token.
 async fn run_job(
     job: ClaimedJob,
     handler: Arc<dyn JobHandler>,
     queue: JobQueue,
     metrics: Arc<Metrics>,
     release: CancellationToken,
+    attempt_timeout: Duration,
 ) {
     let lease = job.lease.clone();
     let mut task = actix::spawn(handler.run(job.clone()));
+    let deadline = tokio::time::sleep(attempt_timeout);
+    tokio::pin!(deadline);
     let beat_every = lease.length / 3;
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + beat_every, beat_every);
@@ -360,6 +371,10 @@ async fn run_job(
                 }
             },
             _ = release.cancelled() => { task.abort(); break Ending::HandedBack; }
+            _ = &mut deadline => {
+                task.abort();
+                break Ending::Finished(Err(HandlerError::Retryable(past_deadline(attempt_timeout))));
+            }
         }
     };
     let kind = job.kind.as_str();
@@ -434,6 +449,11 @@ async fn fail(
             "unrecorded"
         }
     }
+}
+
+/// The failure of an attempt cut off at its deadline.
+fn past_deadline(timeout: Duration) -> String {
+    format!("attempt exceeded its deadline of {}s", timeout.as_secs())
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {

@@ -36,12 +36,12 @@ use crate::acme::dns01::Dns01;
 use crate::acme::order::{self as steps, Validation};
 use crate::acme::{self, ari, RetryAfter};
 use crate::audit::{Audit, Event};
-use crate::crypto::secrets::Secrets;
+use crate::crypto::secrets::{SecretRef, Secrets};
 use crate::domain::certificate::Certificate;
 use crate::domain::certs::{self, KeyAlgorithm};
 use crate::domain::issuer::{record_name, Issuer};
 use crate::domain::jobs::IssuePayload;
-use crate::domain::order::{key_secret_id, OrderRecord, PublishedChallenge, Stage, TxtRecord};
+use crate::domain::order::{OrderRecord, PublishedChallenge, Stage, TxtRecord};
 use crate::domain::renewal::{ari_due_ms, renewal_due_ms};
 use crate::observe::metrics::Metrics;
 use crate::queue::handler::HandlerError;
@@ -57,6 +57,9 @@ pub struct OrderSettings {
     pub store: Store,
     pub secrets: Secrets,
     pub metrics: std::sync::Arc<Metrics>,
+    /// How the CA is reached: the egress policy (which the DNS-01 servers
+    /// pass too) and the bounds on each request.
+    pub transport: acme::Transport,
     /// Fault injection for tests (`CAP_FAULT_PAUSE_AFTER_STAGE`): sleep this
     /// long right after this stage, so a test can kill us there.
     pub pause_after: Option<(String, Duration)>,
@@ -233,14 +236,20 @@ impl OrderMachine {
             &settings.secrets,
             settings.metrics.clone(),
             retry.clone(),
+            &settings.transport,
         )
         .await
         .map_err(outcome::of_order)?;
         let dns01 = match &msg.issuer.dns {
             Some(dns) => Some(
-                Dns01::load(&msg.issuer.id, dns.clone(), &settings.secrets)
-                    .await
-                    .map_err(outcome::of_order)?,
+                Dns01::load(
+                    &msg.issuer,
+                    dns.clone(),
+                    &settings.secrets,
+                    settings.transport.egress.clone(),
+                )
+                .await
+                .map_err(outcome::of_order)?,
             ),
             None => None,
         };
@@ -469,12 +478,13 @@ impl OrderMachine {
             return Err(HandlerError::Retryable(reason));
         }
         let algorithm = self.key_algorithm()?;
-        let key_secret = key_secret_id(&record.id);
+        let secret = certificate_key(record);
+        let key_secret = secret.id().to_string();
         let key =
             certs::generate_key(algorithm).map_err(|e| HandlerError::Retryable(e.to_string()))?;
         self.settings
             .secrets
-            .get_or_create(&key_secret, || key.as_bytes().to_vec())
+            .get_or_create(&secret, || key.as_bytes().to_vec())
             .await
             .map_err(|e| HandlerError::Retryable(e.to_string()))?;
         self.journal
@@ -514,11 +524,10 @@ impl OrderMachine {
         record: &OrderRecord,
         order: &mut Order,
     ) -> Result<(String, Zeroizing<String>), HandlerError> {
-        let key_secret = record.key_secret.as_deref().unwrap_or_default();
         let key = self
             .settings
             .secrets
-            .get(key_secret)
+            .get(&certificate_key(record))
             .await
             .map_err(|e| HandlerError::Retryable(e.to_string()))?;
         let key_pem = Zeroizing::new(
@@ -619,6 +628,12 @@ fn replaced_certificate(
     }
     let leaf = certs::inspect_chain(&cert.current.as_ref()?.chain_pem).ok()?;
     ari::certificate_id(&leaf.leaf_der).ok()
+}
+
+/// The secret holding the private key `record` obtains: named by the order
+/// itself, never by a pointer read back from the database.
+fn certificate_key(record: &OrderRecord) -> SecretRef {
+    SecretRef::certificate_key(&record.project_id, &record.certificate_id, &record.id)
 }
 
 #[cfg(test)]

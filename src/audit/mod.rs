@@ -8,41 +8,38 @@
 //!   have no gaps and no duplicates.
 //! - `hash` is SHA-256 over the record's fields in a fixed order, including
 //!   `prev_hash`, so each record commits to all history before it.
-//! - Checkpoints (`audit_checkpoints`) seal the chain: `{seq, hash}`,
-//!   authenticated with HMAC-SHA256 under a key
-//!   that exists only as a KEK-protected secret. Whoever can write MongoDB
-//!   but does not hold the KEK can neither forge a checkpoint nor rewrite
-//!   the history one covers without [`verify`] noticing.
+//! - Checkpoints ([`checkpoint`]) seal the chain with a chained HMAC under a
+//!   key only KEK holders can read. Whoever can write MongoDB but does not
+//!   hold the KEK can neither forge a checkpoint nor rewrite the history one
+//!   covers without [`verify`] noticing.
 //!
-//! What no chain can catch: records appended after the last checkpoint
-//! and then removed together with the head (checkpoints are written on every
-//! housekeeping run, default every 60 s), and the removal of every
-//! checkpoint together with the records they covered. The SIEM copy
-//! ([`crate::audit::siem`]) is the independent witness for those.
+//! What no chain in the database can catch: the newest checkpoints removed
+//! together with every record after the one left (a rollback), and the
+//! removal of every checkpoint together with the records they covered. The
+//! SIEM copy ([`crate::audit::siem`]), which receives every checkpoint as an
+//! `audit.checkpoint` record, is the outside witness for those.
 
+pub mod checkpoint;
 pub mod siem;
+
+pub use checkpoint::{Checkpoint, CHECKPOINTS_COLLECTION, CHECKPOINT_KEY_SECRET};
 
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use hmac::{Hmac, Mac};
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::error::Error as MongoError;
 use mongodb::options::ReturnDocument;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::crypto::secrets::{SecretError, Secrets};
 use crate::observe::metrics::Metrics;
 use crate::store::Store;
 
 pub const AUDIT_COLLECTION: &str = "audit";
 pub const AUDIT_HEAD_COLLECTION: &str = "audit_head";
-pub const CHECKPOINTS_COLLECTION: &str = "audit_checkpoints";
-/// The secret holding the checkpoint MAC key.
-pub const CHECKPOINT_KEY_SECRET: &str = "audit-checkpoint-key";
 /// `prev_hash` of the first record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -173,32 +170,6 @@ impl Audit {
     }
 }
 
-/// The checkpoint MAC key, created on first use (insert-only, so two
-/// processes racing to create it end up with the same key).
-pub async fn checkpoint_key(secrets: &Secrets) -> Result<zeroize::Zeroizing<Vec<u8>>, SecretError> {
-    secrets
-        .get_or_create(CHECKPOINT_KEY_SECRET, || {
-            crate::crypto::kek::random_key().to_vec()
-        })
-        .await
-}
-
-/// The checkpoint sealing the chain at `seq`/`hash` (without `_id`).
-pub fn checkpoint_fields(key: &[u8], seq: i64, hash: &str, time: DateTime) -> Document {
-    doc! {
-        "seq": seq,
-        "hash": hash,
-        "time": time,
-        "mac": checkpoint_mac(key, seq, hash),
-    }
-}
-
-fn checkpoint_mac(key: &[u8], seq: i64, hash: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(format!("certautopilot audit checkpoint {seq} {hash}").as_bytes());
-    hex(&mac.finalize().into_bytes())
-}
-
 /// A record as stored, its hash computed.
 pub fn record(seq: i64, time: DateTime, event: &Event, prev_hash: &str) -> Document {
     let mut d = doc! {
@@ -264,8 +235,13 @@ pub enum Tampering {
     /// The chain was rewritten consistently up to a checkpoint, but the
     /// checkpoint (which cannot be forged without the KEK) disagrees.
     Rewritten { checkpoint_seq: i64 },
-    /// A checkpoint's MAC is wrong.
+    /// A checkpoint's MAC is wrong, or it was made under another key.
     BadCheckpoint { checkpoint_seq: i64, detail: String },
+    /// A checkpoint does not follow the one before it: checkpoints between
+    /// them were removed.
+    CheckpointGap { checkpoint_seq: i64, detail: String },
+    /// The head does not match the last record.
+    BadHead { detail: String },
 }
 
 impl std::fmt::Display for Tampering {
@@ -292,6 +268,11 @@ impl std::fmt::Display for Tampering {
                 checkpoint_seq,
                 detail,
             } => write!(f, "checkpoint at record {checkpoint_seq} is not authentic: {detail}"),
+            Tampering::CheckpointGap {
+                checkpoint_seq,
+                detail,
+            } => write!(f, "the checkpoint chain is broken at record {checkpoint_seq}: {detail}"),
+            Tampering::BadHead { detail } => write!(f, "the head does not match the chain: {detail}"),
         }
     }
 }
@@ -313,8 +294,9 @@ pub async fn verify(
     checkpoint_key: Option<&[u8]>,
     mut progress: impl FnMut(i64),
 ) -> Result<VerifyReport, MongoError> {
-    // Everything the head counted at the start must be there at the end.
-    let (head_at_start, _) = Audit::new(store.clone()).head().await?;
+    // Everything the head counted at the start must be there at the end,
+    // and the record it names must carry its hash.
+    let head_at_start = Audit::new(store.clone()).head().await?;
     let records = store
         .collection(AUDIT_COLLECTION)
         .find(doc! {})
@@ -338,6 +320,7 @@ pub async fn verify(
     };
     let mut prev_hash = GENESIS_HASH.to_string();
     let mut prev_prev_hash: Option<String> = None;
+    let mut last_checkpoint: Option<Checkpoint> = None;
     let fail = |mut report: VerifyReport, t: Tampering| {
         report.problem = Some(t);
         Ok(report)
@@ -402,44 +385,61 @@ pub async fn verify(
             };
             return fail(report, problem);
         }
-        // Checkpoints at this seq: authentic, and agreeing with the record.
+        // Checkpoints at this seq: authentic, following the one before, and
+        // agreeing with the record.
         while let Some(Ok(cp)) = checkpoints.as_mut().peek().await {
-            let cp_seq = cp.get_i64("_id").unwrap_or(i64::MAX);
-            if cp_seq > id {
+            let cp = Checkpoint::parse(cp);
+            if cp.seq > id {
                 break;
             }
-            let cp = checkpoints.next().await.expect("peeked")?;
+            checkpoints.next().await.expect("peeked")?;
             report.checkpoints += 1;
-            let cp_hash = cp.get_str("hash").unwrap_or_default();
             let Some(key) = checkpoint_key else {
                 return fail(
                     report,
                     Tampering::BadCheckpoint {
-                        checkpoint_seq: cp_seq,
+                        checkpoint_seq: cp.seq,
                         detail: format!(
                             "the checkpoint key (secret {CHECKPOINT_KEY_SECRET}) is missing"
                         ),
                     },
                 );
             };
-            if cp.get_str("mac").unwrap_or_default() != checkpoint_mac(key, cp_seq, cp_hash) {
+            if let Err(detail) = cp.authenticate(key) {
                 return fail(
                     report,
                     Tampering::BadCheckpoint {
-                        checkpoint_seq: cp_seq,
-                        detail: "its MAC does not match (forged, or sealed with another KEK)"
-                            .into(),
+                        checkpoint_seq: cp.seq,
+                        detail,
                     },
                 );
             }
-            if cp_seq != id || cp_hash != hash {
+            if let Err(detail) = cp.follows(last_checkpoint.as_ref()) {
+                return fail(
+                    report,
+                    Tampering::CheckpointGap {
+                        checkpoint_seq: cp.seq,
+                        detail,
+                    },
+                );
+            }
+            if cp.seq != id || cp.hash != hash {
                 return fail(
                     report,
                     Tampering::Rewritten {
-                        checkpoint_seq: cp_seq,
+                        checkpoint_seq: cp.seq,
                     },
                 );
             }
+            last_checkpoint = Some(cp);
+        }
+        if id == head_at_start.0 && hash != head_at_start.1 {
+            return fail(
+                report,
+                Tampering::BadHead {
+                    detail: format!("it names record {id} with another hash than the record's"),
+                },
+            );
         }
         prev_prev_hash = Some(std::mem::replace(&mut prev_hash, hash));
         report.records += 1;
@@ -467,12 +467,25 @@ pub async fn verify(
             );
         }
     }
-    if report.last_seq < head_at_start {
+    if report.last_seq < head_at_start.0 {
         return fail(
             report.clone(),
             Tampering::Truncated {
                 last_seq: report.last_seq,
-                expected_at_least: head_at_start,
+                expected_at_least: head_at_start.0,
+            },
+        );
+    }
+    // Records the head does not count: it was moved back (or removed).
+    let (head_now, _) = Audit::new(store.clone()).head().await?;
+    if head_now < report.last_seq {
+        return fail(
+            report.clone(),
+            Tampering::BadHead {
+                detail: format!(
+                    "it is at record {head_now}, but the records run to {}",
+                    report.last_seq
+                ),
             },
         );
     }

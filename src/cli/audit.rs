@@ -7,7 +7,7 @@ use clap::Subcommand;
 use super::config::CommonArgs;
 use super::{connect, open_kek, Failure};
 use crate::audit;
-use crate::crypto::secrets::{SecretError, Secrets};
+use crate::crypto::secrets::Secrets;
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
@@ -32,11 +32,9 @@ async fn verify(common: CommonArgs, json: bool) -> Result<ExitCode, Failure> {
     let store = connect(&common).await?;
     let kek = open_kek(&common)?;
     let secrets = Secrets::new(store.clone(), kek);
-    let key = match secrets.get(audit::CHECKPOINT_KEY_SECRET).await {
-        Ok(key) => Some(key),
-        Err(SecretError::NotFound(_)) => None,
-        Err(e) => return Err(Failure::Runtime(format!("reading the checkpoint key: {e}"))),
-    };
+    let key = audit::checkpoint::existing_key(&secrets)
+        .await
+        .map_err(|e| Failure::Runtime(format!("reading the checkpoint key: {e}")))?;
     let total = audit::estimated_count(&store).await.unwrap_or(0);
     let report = audit::verify(
         &store,

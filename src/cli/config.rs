@@ -29,6 +29,14 @@ pub const DEFAULT_ISSUE_BACKOFF_BASE_SECS: u64 = 60;
 pub const DEFAULT_ISSUE_BACKOFF_MAX_SECS: u64 = 6 * 3600;
 pub use crate::queue::jobs::DEFAULT_MAX_ATTEMPTS as DEFAULT_JOB_MAX_ATTEMPTS;
 pub const DEFAULT_JOB_RETENTION_SECS: u64 = 7 * 24 * 3600;
+/// One attempt of a job: longer than the longest DNS-01 propagation wait an
+/// issuer may ask for (3,600 s), with five minutes for the ACME requests and
+/// polls around it.
+pub const DEFAULT_JOB_ATTEMPT_TIMEOUT_SECS: u64 = 3900;
+pub const DEFAULT_ACME_REQUEST_TIMEOUT_SECS: u64 =
+    crate::acme::transport::DEFAULT_REQUEST_TIMEOUT.as_secs();
+pub const DEFAULT_ACME_MAX_RESPONSE_BYTES: u64 =
+    crate::acme::transport::DEFAULT_MAX_RESPONSE_BYTES as u64;
 pub const DEFAULT_LOG_FORMAT: &str = "json";
 pub const DEFAULT_KEK_ROTATION_CHECK_SECS: u64 = 30;
 pub const DEFAULT_SIEM_BATCH: u64 = 100;
@@ -183,6 +191,19 @@ pub struct WorkloadArgs {
     /// How long finished jobs are kept before housekeeping deletes them [default: 604800]
     #[arg(long, env = "CAP_JOB_RETENTION_SECS")]
     pub job_retention_secs: Option<String>,
+    /// Longest one attempt of a job may run; past it, it fails and is retried [default: 3900]
+    #[arg(long, env = "CAP_JOB_ATTEMPT_TIMEOUT_SECS")]
+    pub job_attempt_timeout_secs: Option<String>,
+    /// Restricted addresses (loopback, link-local, private) outbound connections may reach:
+    /// comma-separated CIDRs, addresses and host names [default: none]
+    #[arg(long, env = "CAP_EGRESS_ALLOW")]
+    pub egress_allow: Option<String>,
+    /// Longest one request to an ACME CA may take, answer included [default: 30]
+    #[arg(long, env = "CAP_ACME_REQUEST_TIMEOUT_SECS")]
+    pub acme_request_timeout_secs: Option<String>,
+    /// Largest answer read from an ACME CA, in bytes [default: 1048576]
+    #[arg(long, env = "CAP_ACME_MAX_RESPONSE_BYTES")]
+    pub acme_max_response_bytes: Option<String>,
     /// How often the scheduler leader counts data keys per KEK version and queues re-wraps [default: 30]
     #[arg(long, env = "CAP_KEK_ROTATION_CHECK_SECS")]
     pub kek_rotation_check_secs: Option<String>,
@@ -270,6 +291,11 @@ pub struct WorkloadConfig {
     pub housekeeping_interval: Duration,
     pub job_max_attempts: u32,
     pub job_retention: Duration,
+    pub job_attempt_timeout: Duration,
+    /// How CAs are reached: the egress policy (`CAP_EGRESS_ALLOW`), which
+    /// every outbound connection a tenant can aim passes, and the bounds on
+    /// each ACME request.
+    pub transport: crate::acme::Transport,
     pub kek_rotation_check: Duration,
     pub renewal_scan: Duration,
     pub drift_scan: Duration,
@@ -450,6 +476,13 @@ impl WorkloadArgs {
                 DEFAULT_JOB_RETENTION_SECS,
                 60..=365 * 86_400,
             )?,
+            job_attempt_timeout: secs(
+                &self.job_attempt_timeout_secs,
+                "CAP_JOB_ATTEMPT_TIMEOUT_SECS",
+                DEFAULT_JOB_ATTEMPT_TIMEOUT_SECS,
+                1..=7 * 86_400,
+            )?,
+            transport: self.transport()?,
             kek_rotation_check: secs(
                 &self.kek_rotation_check_secs,
                 "CAP_KEK_ROTATION_CHECK_SECS",
@@ -483,6 +516,27 @@ impl WorkloadArgs {
 }
 
 impl WorkloadArgs {
+    fn transport(&self) -> Result<crate::acme::Transport, ConfigError> {
+        use crate::net::egress::{EgressPolicy, ALLOW_VARIABLE};
+        let egress = EgressPolicy::parse(self.egress_allow.as_deref().unwrap_or_default())
+            .map_err(|e| ConfigError(format!("invalid {ALLOW_VARIABLE}: {e}")))?;
+        let limits = crate::acme::RequestLimits {
+            timeout: secs(
+                &self.acme_request_timeout_secs,
+                "CAP_ACME_REQUEST_TIMEOUT_SECS",
+                DEFAULT_ACME_REQUEST_TIMEOUT_SECS,
+                1..=600,
+            )?,
+            max_response_bytes: number(
+                &self.acme_max_response_bytes,
+                "CAP_ACME_MAX_RESPONSE_BYTES",
+                DEFAULT_ACME_MAX_RESPONSE_BYTES,
+                16 * 1024..=64 << 20,
+            )? as usize,
+        };
+        Ok(crate::acme::Transport { egress, limits })
+    }
+
     fn siem(&self, hostname: &str) -> Result<crate::audit::siem::SiemConfig, ConfigError> {
         use crate::audit::siem::{SiemConfig, SyslogConfig, WebhookConfig};
         let set = |v: &Option<String>| {
@@ -640,6 +694,16 @@ mod tests {
         assert_eq!(c.housekeeping_interval, Duration::from_secs(60));
         assert_eq!(c.job_max_attempts, 5);
         assert_eq!(c.kek_rotation_check, Duration::from_secs(30));
+        assert_eq!(c.job_attempt_timeout, Duration::from_secs(3900));
+        assert_eq!(c.transport.limits.timeout, Duration::from_secs(30));
+        assert_eq!(c.transport.limits.max_response_bytes, 1 << 20);
+        assert!(
+            c.transport
+                .egress
+                .check("h", "127.0.0.1".parse().unwrap())
+                .is_err(),
+            "nothing restricted is allowed by default"
+        );
         assert_eq!(c.clock_offset_secs, 0);
         assert_eq!(c.common.log_format, LogFormat::Json);
     }
@@ -658,6 +722,24 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("CAP_WORKER_CONCURRENCY"));
+
+        let mut a = args();
+        a.egress_allow = Some("10.0.0.0/8, not a host".into());
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("CAP_EGRESS_ALLOW") && err.contains("not a host"),
+            "{err}"
+        );
+
+        let mut a = args();
+        a.job_attempt_timeout_secs = Some("0".into());
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("CAP_JOB_ATTEMPT_TIMEOUT_SECS"), "{err}");
+
+        let mut a = args();
+        a.acme_max_response_bytes = Some("10".into());
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("CAP_ACME_MAX_RESPONSE_BYTES"), "{err}");
 
         let mut a = args();
         a.http_addr = Some("localhost".into());

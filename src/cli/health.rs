@@ -15,7 +15,9 @@ use serde::Serialize;
 
 use std::sync::Arc;
 
+use crate::audit::checkpoint::{self, Next};
 use crate::crypto::kek::KekProvider;
+use crate::crypto::secrets::Secrets;
 use crate::queue::jobs::JobQueue;
 use crate::queue::lease::{Leases, SCHEDULER_LEASE};
 use crate::store::keys::data_keys_by_version;
@@ -132,6 +134,7 @@ pub async fn check(store: &Store, kek: Result<Arc<dyn KekProvider>, String>) -> 
         }),
     }
 
+    checks.push(audit_check(store, kek.clone()).await);
     checks.push(kek_check(store, kek).await);
     checks.push(transaction_lifetime_check(store).await);
 
@@ -199,6 +202,78 @@ async fn transaction_lifetime_check(store: &Store) -> Check {
         name: "transactions",
         ok: true,
         detail,
+    }
+}
+
+/// The audit records since the last checkpoint verify: the check
+/// housekeeping makes before it seals, so a failure here is also why the
+/// chain is no longer being sealed (`certautopilot_audit_seal_refused`).
+async fn audit_check(store: &Store, kek: Result<Arc<dyn KekProvider>, String>) -> Check {
+    let result = |ok: bool, detail: String| Check {
+        name: "audit",
+        ok,
+        detail,
+    };
+    let kek = match kek {
+        Ok(kek) => kek,
+        Err(_) => {
+            return result(
+                false,
+                "not checked: the checkpoint key needs the KEK".into(),
+            )
+        }
+    };
+    let secrets = Secrets::new(store.clone(), kek);
+    let checked = async {
+        let Some(key) = checkpoint::existing_key(&secrets)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(
+                match checkpoint::latest(store).await.map_err(|e| short(&e))? {
+                    None => result(true, "no checkpoint yet".into()),
+                    Some(_) => result(false, checkpoint::KeyError::Gone.to_string()),
+                },
+            );
+        };
+        if let Some(problem) = checkpoint::refusal_since_last(store)
+            .await
+            .map_err(|e| short(&e))?
+        {
+            return Ok(result(
+                false,
+                format!("housekeeping refuses to seal the chain: {problem}"),
+            ));
+        }
+        let now = store.server_now().await.map_err(|e| short(&e))?;
+        Ok::<_, String>(
+            match checkpoint::next(store, &key, None, now)
+                .await
+                .map_err(|e| short(&e))?
+            {
+                Next::UpToDate(seq) => result(true, format!("sealed up to record {seq}")),
+                Next::Seal(next) => result(
+                    true,
+                    format!(
+                        "records up to {} verify; sealed up to record {}",
+                        next.seq,
+                        next.prev.map(|p| p.0).unwrap_or(0)
+                    ),
+                ),
+                Next::Refused(problem) => result(
+                    false,
+                    format!("the chain since its last checkpoint does not verify, and is not being sealed: {problem}"),
+                ),
+            },
+        )
+    };
+    match tokio::time::timeout(DEADLINE, checked).await {
+        Ok(Ok(check)) => check,
+        Ok(Err(e)) => result(false, e),
+        Err(_) => result(
+            false,
+            "verifying since the last checkpoint timed out".into(),
+        ),
     }
 }
 

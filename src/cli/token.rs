@@ -6,8 +6,10 @@ use clap::Subcommand;
 use mongodb::bson::doc;
 
 use super::config::{CommonArgs, ConfigError};
-use super::{audit, connect, operator, Failure};
+use super::{audit, connect, open_kek, operator, Failure};
 use crate::audit::Event;
+use crate::crypto::api_tokens::TokenKey;
+use crate::crypto::secrets::Secrets;
 use crate::store::projects;
 
 #[derive(Subcommand)]
@@ -71,9 +73,18 @@ async fn create(
             return Err(Failure::Runtime(format!("no project {p}")));
         }
     }
-    let token = auth::create(&store, project.is_none(), &grants, description, None)
-        .await
-        .map_err(|e| Failure::Runtime(crate::store::short(&e)))?;
+    let token_key = TokenKey::new(Secrets::new(store.clone(), open_kek(&common)?));
+    let token = auth::create(
+        &store,
+        &token_key,
+        project.is_none(),
+        &grants,
+        description,
+        None,
+        None,
+    )
+    .await
+    .map_err(|e| Failure::Runtime(e.to_string()))?;
     let event =
         Event::new(operator(), "token.created", format!("tokens/{}", token.id)).with(doc! {
             "global_admin": project.is_none(),

@@ -22,6 +22,7 @@ use crate::actors::scheduler::{SchedulerActor, SchedulerSettings};
 use crate::actors::siem::SiemActor;
 use crate::audit::Audit;
 use crate::cli::config::WorkloadConfig;
+use crate::crypto::api_tokens::TokenKey;
 use crate::crypto::kek::KekConfig;
 use crate::crypto::secrets::Secrets;
 use crate::domain::jobs::JobKind;
@@ -113,6 +114,7 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
     let api_state = ApiState {
         store: store.clone(),
         secrets: Secrets::new(store.clone(), kek.clone()),
+        token_key: TokenKey::new(Secrets::new(store.clone(), kek.clone())),
         queue: queue.clone(),
         audit: Audit::new(store.clone()).with_metrics(metrics.clone()),
         metrics: metrics.clone(),
@@ -133,6 +135,7 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
                 store: store.clone(),
                 secrets: Secrets::new(store.clone(), kek.clone()),
                 metrics: metrics.clone(),
+                transport: cfg.transport.clone(),
                 pause_after: cfg
                     .fault_pause_after_stage
                     .clone()
@@ -147,12 +150,14 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
             job_retention: cfg.job_retention,
             issue_backoff: cfg.issue_backoff,
             orders: Arc::new(Orders(orders)),
+            transport: cfg.transport.clone(),
         });
         let settings = ClaimSettings {
             worker_id: cfg.instance_id.clone(),
             concurrency: cfg.worker_concurrency,
             job_lease: cfg.job_lease,
             poll: cfg.claim_poll,
+            attempt_timeout: cfg.job_attempt_timeout,
         };
         let presence = Presence::new(store.clone(), &cfg.instance_id, cfg.worker_presence);
         let (queue, readiness, metrics) = (queue.clone(), readiness.clone(), metrics.clone());

@@ -2,8 +2,12 @@
 //!
 //! - [`kek`] — key-encryption keys behind one provider interface (`file`, `pkcs11`), backup bundles.
 //! - [`envelope`] — AES-256-GCM envelope encryption: a data key per secret, wrapped by a KEK.
-//! - [`secrets`] — secrets at rest in `keys`, sealed under their record id.
+//! - [`secrets`] — secrets at rest in `keys`, sealed for their owner.
+//! - [`api_tokens`] — API token records keyed by an HMAC only KEK holders can compute.
+//! - [`reseal`] — schema migration 12's KEK work: binding what earlier builds stored.
 
+pub mod api_tokens;
 pub mod envelope;
 pub mod kek;
+pub mod reseal;
 pub mod secrets;

@@ -1,6 +1,13 @@
 //! Secrets at rest (collection `keys`): each stored as an envelope
-//! ([`crate::crypto::envelope`]) under its record id, so that MongoDB only ever holds
-//! ciphertext and wrapped data keys (DESIGN.md invariant 7).
+//! ([`crate::crypto::envelope`]), so that MongoDB only ever holds ciphertext
+//! and wrapped data keys (DESIGN.md invariant 7).
+//!
+//! A secret is named by its owner ([`SecretRef`]): its record id is derived
+//! from the owner, and the owner (project, certificate, order or issuer) is
+//! part of the associated data. A reference moved in the database — project
+//! B's certificate pointed at project A's key — therefore names a record
+//! sealed for someone else, and opening it fails instead of handing A's key
+//! to B.
 
 use std::sync::Arc;
 
@@ -9,6 +16,8 @@ use zeroize::Zeroizing;
 
 use crate::crypto::envelope::{self, EnvelopeError, Sealed};
 use crate::crypto::kek::KekProvider;
+use crate::domain::issuer::{eab_secret_id, tsig_secret_id};
+use crate::domain::order::key_secret_id;
 use crate::store::keys::{self, StoredSecret, KEYS};
 use crate::store::{short, Store};
 
@@ -24,6 +33,70 @@ pub enum SecretError {
     Db(#[from] MongoError),
 }
 
+/// A secret and its owner: the record id is derived from the owner, and the
+/// owner is sealed into the ciphertext's associated data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    id: String,
+    owner: String,
+}
+
+impl SecretRef {
+    /// The private key of the certificate `order` obtains.
+    pub fn certificate_key(project: &str, certificate: &str, order: &str) -> SecretRef {
+        SecretRef {
+            id: key_secret_id(order),
+            owner: format!("projects/{project}/certificates/{certificate}/orders/{order}"),
+        }
+    }
+
+    /// An issuer's ACME account key and URL.
+    pub fn acme_account(project: &str, issuer: &str) -> SecretRef {
+        SecretRef {
+            id: format!("acme-accounts/{issuer}"),
+            owner: issuer_owner(project, issuer),
+        }
+    }
+
+    /// An issuer's external account binding HMAC key.
+    pub fn eab_key(project: &str, issuer: &str) -> SecretRef {
+        SecretRef {
+            id: eab_secret_id(issuer),
+            owner: issuer_owner(project, issuer),
+        }
+    }
+
+    /// An issuer's TSIG secret for DNS-01 updates.
+    pub fn tsig_key(project: &str, issuer: &str) -> SecretRef {
+        SecretRef {
+            id: tsig_secret_id(issuer),
+            owner: issuer_owner(project, issuer),
+        }
+    }
+
+    /// A secret of the installation itself (the audit checkpoint key, the
+    /// API token key).
+    pub fn system(id: &str) -> SecretRef {
+        SecretRef {
+            id: id.to_string(),
+            owner: "system".to_string(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The associated data that binds a ciphertext to its record and owner.
+    fn associated_data(&self) -> String {
+        format!("{KEYS}/{} owner={}", self.id, self.owner)
+    }
+}
+
+fn issuer_owner(project: &str, issuer: &str) -> String {
+    format!("projects/{project}/issuers/{issuer}")
+}
+
 #[derive(Clone)]
 pub struct Secrets {
     store: Store,
@@ -35,33 +108,56 @@ impl Secrets {
         Secrets { store, kek }
     }
 
-    /// Seals and stores `plaintext` as the secret `id` (replacing any before).
-    pub async fn put(&self, id: &str, plaintext: &[u8]) -> Result<(), SecretError> {
-        let sealed = envelope::seal(self.kek.as_ref(), &record(id), plaintext)?;
-        keys::put(&self.store, id, &stored(&sealed)).await?;
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Seals and stores `plaintext` as the secret `secret` (replacing any before).
+    pub async fn put(&self, secret: &SecretRef, plaintext: &[u8]) -> Result<(), SecretError> {
+        let sealed = envelope::seal(self.kek.as_ref(), &secret.associated_data(), plaintext)?;
+        keys::put(&self.store, &secret.id, &stored(&sealed)).await?;
         Ok(())
     }
 
-    /// Reads the secret `id`, first creating it from `make()` if it does not
+    /// Reads the secret, first creating it from `make()` if it does not
     /// exist. Creation is insert-only, so processes racing to create the same
     /// secret all end up with the one that landed first.
     pub async fn get_or_create(
         &self,
-        id: &str,
+        secret: &SecretRef,
         make: impl FnOnce() -> Vec<u8>,
     ) -> Result<Zeroizing<Vec<u8>>, SecretError> {
-        match self.get(id).await {
+        match self.get(secret).await {
             Err(SecretError::NotFound(_)) => {}
             found => return found,
         }
         let value = Zeroizing::new(make());
-        let sealed = envelope::seal(self.kek.as_ref(), &record(id), &value)?;
-        keys::insert_new(&self.store, id, &stored(&sealed)).await?;
-        self.get(id).await
+        let sealed = envelope::seal(self.kek.as_ref(), &secret.associated_data(), &value)?;
+        keys::insert_new(&self.store, &secret.id, &stored(&sealed)).await?;
+        self.get(secret).await
     }
 
-    /// Reads and opens the secret `id`.
-    pub async fn get(&self, id: &str) -> Result<Zeroizing<Vec<u8>>, SecretError> {
+    /// Reads and opens the secret. A record sealed for another owner does
+    /// not open ([`EnvelopeError::WrongRecord`]).
+    pub async fn get(&self, secret: &SecretRef) -> Result<Zeroizing<Vec<u8>>, SecretError> {
+        self.open(&secret.id, &secret.associated_data()).await
+    }
+
+    /// Re-seals a secret stored by builds before owners were bound into the
+    /// associated data (schema migration 12): opened as it was sealed, under
+    /// its record id alone, and sealed again for `secret`'s owner.
+    pub async fn bind_to_owner(&self, secret: &SecretRef) -> Result<(), SecretError> {
+        let plaintext = self
+            .open(&secret.id, &format!("{KEYS}/{}", secret.id))
+            .await?;
+        self.put(secret, &plaintext).await
+    }
+
+    async fn open(
+        &self,
+        id: &str,
+        associated_data: &str,
+    ) -> Result<Zeroizing<Vec<u8>>, SecretError> {
         let found = keys::get(&self.store, id)
             .await?
             .ok_or_else(|| SecretError::NotFound(id.to_string()))?
@@ -76,13 +172,8 @@ impl Secrets {
                 .map_err(|_| SecretError::Damaged(id.to_string(), "nonce"))?,
             ciphertext: found.ciphertext,
         };
-        Ok(envelope::open(self.kek.as_ref(), &record(id), &sealed)?)
+        Ok(envelope::open(self.kek.as_ref(), associated_data, &sealed)?)
     }
-}
-
-/// The associated data that binds a ciphertext to its record.
-fn record(id: &str) -> String {
-    format!("{KEYS}/{id}")
 }
 
 fn stored(sealed: &Sealed) -> StoredSecret {

@@ -15,14 +15,14 @@ pub const DEFAULT_PROPAGATION_TIMEOUT_SECS: i64 = 120;
 #[derive(Debug, Clone)]
 pub struct Issuer {
     pub id: String,
+    /// The project the issuer belongs to (its secrets are sealed for it).
+    pub project_id: String,
     pub directory_url: String,
     pub contact: String,
     /// Extra CA certificates to trust for the directory (private ACME CAs).
     pub ca_bundle_pem: Option<String>,
     /// The EAB key id; its HMAC key is the secret [`eab_secret_id`].
     pub eab_kid: Option<String>,
-    /// An HMAC key stored in the clear by builds before it was sealed.
-    pub eab_legacy_hmac: Option<String>,
     /// DNS-01 through RFC 2136, when the issuer uses that challenge.
     pub dns: Option<DnsSettings>,
 }

@@ -37,6 +37,9 @@ pub struct Metrics {
     pub audit_appends_total: IntCounter,
     /// The highest audit `seq` the SIEM forwarder has delivered, by sink.
     pub audit_forwarded_seq: IntGaugeVec,
+    /// 1 while housekeeping refuses to seal the audit chain because the
+    /// records since the last checkpoint do not verify.
+    pub audit_seal_refused: IntGauge,
     /// ACME requests by endpoint and HTTP status.
     pub acme_requests_total: IntCounterVec,
     pub acme_request_seconds: HistogramVec,
@@ -147,6 +150,11 @@ impl Metrics {
             &["sink"],
         )
         .unwrap();
+        let audit_seal_refused = IntGauge::new(
+            "certautopilot_audit_seal_refused",
+            "1 while the audit chain since the last checkpoint does not verify and is not sealed",
+        )
+        .unwrap();
         let acme_requests_total = IntCounterVec::new(
             Opts::new(
                 "certautopilot_acme_requests_total",
@@ -235,6 +243,7 @@ impl Metrics {
             Box::new(kek_rotation_remaining.clone()),
             Box::new(audit_appends_total.clone()),
             Box::new(audit_forwarded_seq.clone()),
+            Box::new(audit_seal_refused.clone()),
             Box::new(acme_requests_total.clone()),
             Box::new(acme_request_seconds.clone()),
             Box::new(certificates.clone()),
@@ -263,6 +272,7 @@ impl Metrics {
             kek_rotation_remaining,
             audit_appends_total,
             audit_forwarded_seq,
+            audit_seal_refused,
             acme_requests_total,
             acme_request_seconds,
             certificates,

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
 use mongodb::error::Error as MongoError;
 
@@ -45,6 +46,40 @@ pub async fn insert(store: &Store, record: Document) -> Result<(), MongoError> {
     store.insert("create issuer", ISSUERS, record).await
 }
 
+/// Issuers whose EAB HMAC key earlier builds stored in the clear, as
+/// `(issuer, project, key)`.
+pub async fn clear_eab_keys(store: &Store) -> Result<Vec<(String, String, String)>, MongoError> {
+    let found: Vec<Document> = store
+        .collection(ISSUERS)
+        .find(doc! { "eab.hmac_key": { "$exists": true } })
+        .await?
+        .try_collect()
+        .await?;
+    Ok(found
+        .iter()
+        .filter_map(|d| {
+            let key = d.get_document("eab").ok()?.get_str("hmac_key").ok()?;
+            Some((
+                d.get_str("_id").ok()?.to_string(),
+                d.get_str("project_id").unwrap_or_default().to_string(),
+                key.to_string(),
+            ))
+        })
+        .collect())
+}
+
+/// Drops the clear EAB key of issuer `id` (once it is sealed).
+pub async fn forget_clear_eab_key(store: &Store, id: &str) -> Result<(), MongoError> {
+    store
+        .collection(ISSUERS)
+        .update_one(
+            doc! { "_id": id },
+            doc! { "$unset": { "eab.hmac_key": "" } },
+        )
+        .await?;
+    Ok(())
+}
+
 /// An issuer document as the workers use it; `Err` names what is wrong
 /// with it (retrying will not mend it).
 pub fn parse(d: &Document) -> Result<Issuer, String> {
@@ -57,11 +92,11 @@ pub fn parse(d: &Document) -> Result<Issuer, String> {
     };
     Ok(Issuer {
         id: s("_id"),
+        project_id: s("project_id"),
         directory_url: s("directory_url"),
         contact: s("contact"),
         ca_bundle_pem: d.get_str("ca_bundle_pem").ok().map(str::to_string),
         eab_kid: eab_field("kid"),
-        eab_legacy_hmac: eab_field("hmac_key"),
         dns,
     })
 }

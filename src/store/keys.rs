@@ -22,13 +22,31 @@ pub struct StoredSecret {
     pub ciphertext: Vec<u8>,
 }
 
+/// Every secret written by this build is sealed for its owner; records
+/// without `bound` were sealed under their id alone (before migration 12).
 fn fields(s: &StoredSecret) -> Document {
     doc! {
         "kek_version": s.kek_version as i64,
         "wrapped_key": binary(&s.wrapped_key),
         "nonce": binary(&s.nonce),
         "ciphertext": binary(&s.ciphertext),
+        "bound": true,
     }
+}
+
+/// The ids of secrets sealed by earlier builds under their id alone.
+pub async fn unbound(store: &Store) -> Result<Vec<String>, MongoError> {
+    let found: Vec<Document> = store
+        .collection(KEYS)
+        .find(doc! { "bound": { "$ne": true } })
+        .projection(doc! { "_id": 1 })
+        .await?
+        .try_collect()
+        .await?;
+    Ok(found
+        .iter()
+        .filter_map(|d| d.get_str("_id").ok().map(str::to_string))
+        .collect())
 }
 
 fn binary(bytes: &[u8]) -> Binary {

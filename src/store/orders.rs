@@ -37,6 +37,15 @@ pub async fn valid_for_job(store: &Store, job_id: ObjectId) -> Result<bool, Mong
     Ok(found.is_some())
 }
 
+/// The order `id`, if it is recorded.
+pub async fn find(store: &Store, id: &str) -> Result<Option<OrderRecord>, MongoError> {
+    let found = store
+        .collection(ORDERS)
+        .find_one(doc! { "_id": id })
+        .await?;
+    Ok(found.as_ref().map(parse))
+}
+
 /// Orders under way, for the metrics.
 pub async fn count_open(store: &Store) -> Result<u64, MongoError> {
     store

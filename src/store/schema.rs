@@ -28,6 +28,22 @@ struct Migration {
     indexes: fn() -> Vec<(&'static str, IndexModel)>,
     /// Documents to change, after the collections and indexes (idempotent).
     data: Option<DataStep>,
+    /// Whether the migration has KEK work ([`KekMigrations`]) to do.
+    needs_kek: bool,
+}
+
+/// Migration work that needs the KEK (re-sealing secrets, rekeying
+/// tokens). This layer holds no KEK, so `migrate`'s caller supplies it;
+/// without one, such a migration passes only when it finds nothing to do.
+pub trait KekMigrations: Sync {
+    /// Runs migration `version`'s KEK work (idempotent), telling `progress`
+    /// what it did.
+    fn run<'a>(
+        &'a self,
+        version: i64,
+        store: &'a Store,
+        progress: &'a mut (dyn FnMut(&str) + Send),
+    ) -> BoxFuture<'a, Result<(), String>>;
 }
 
 type DataStep = for<'a> fn(&'a Store) -> BoxFuture<'a, Result<(), MongoError>>;
@@ -46,6 +62,7 @@ const MIGRATIONS: &[Migration] = &[
         ],
         indexes: v1_indexes,
         data: None,
+        needs_kek: false,
     },
     Migration {
         version: 2,
@@ -53,6 +70,7 @@ const MIGRATIONS: &[Migration] = &[
         collections: &["keys"],
         indexes: v2_indexes,
         data: None,
+        needs_kek: false,
     },
     Migration {
         version: 3,
@@ -65,6 +83,7 @@ const MIGRATIONS: &[Migration] = &[
         ],
         indexes: no_indexes,
         data: None,
+        needs_kek: false,
     },
     Migration {
         version: 4,
@@ -79,6 +98,7 @@ const MIGRATIONS: &[Migration] = &[
         ],
         indexes: v4_indexes,
         data: None,
+        needs_kek: false,
     },
     Migration {
         version: 5,
@@ -86,6 +106,7 @@ const MIGRATIONS: &[Migration] = &[
         collections: &[],
         indexes: v5_indexes,
         data: None,
+        needs_kek: false,
     },
     Migration {
         version: 6,
@@ -93,6 +114,7 @@ const MIGRATIONS: &[Migration] = &[
         collections: &[],
         indexes: v6_indexes,
         data: None,
+        needs_kek: false,
     },
     Migration {
         version: 7,
@@ -100,6 +122,7 @@ const MIGRATIONS: &[Migration] = &[
         collections: &[],
         indexes: v7_indexes,
         data: None,
+        needs_kek: false,
     },
     Migration {
         version: 8,
@@ -107,6 +130,7 @@ const MIGRATIONS: &[Migration] = &[
         collections: &[],
         indexes: v8_indexes,
         data: None,
+        needs_kek: false,
     },
     Migration {
         version: 9,
@@ -114,6 +138,7 @@ const MIGRATIONS: &[Migration] = &[
         collections: &[],
         indexes: v9_indexes,
         data: None,
+        needs_kek: false,
     },
     Migration {
         version: 10,
@@ -121,6 +146,7 @@ const MIGRATIONS: &[Migration] = &[
         collections: &[],
         indexes: v10_indexes,
         data: None,
+        needs_kek: false,
     },
     Migration {
         version: 11,
@@ -128,13 +154,23 @@ const MIGRATIONS: &[Migration] = &[
         collections: &[super::projects::GRANTS_LOCK],
         indexes: Vec::new,
         data: Some(|store| Box::pin(super::projects::grant_certified_names(store))),
+        needs_kek: false,
     },
     Migration {
         version: 12,
+        name: "secrets sealed for their owners, API tokens keyed by the KEK, EAB keys sealed",
+        collections: &[],
+        indexes: Vec::new,
+        data: None,
+        needs_kek: true,
+    },
+    Migration {
+        version: 13,
         name: "KEK key-check values",
         collections: &[super::kek_versions::KEK_VERSIONS],
         indexes: Vec::new,
         data: None,
+        needs_kek: false,
     },
 ];
 
@@ -365,11 +401,22 @@ pub struct MigrateReport {
     pub applied: Vec<i64>,
 }
 
-/// Applies every migration above the recorded version. `progress` is told
-/// each step as it starts.
+/// Applies every migration above the recorded version, without the KEK.
+/// `progress` is told each step as it starts.
 pub async fn migrate(
     store: &Store,
-    mut progress: impl FnMut(&str),
+    progress: impl FnMut(&str) + Send,
+) -> Result<MigrateReport, MigrateError> {
+    migrate_with_kek(store, None, progress).await
+}
+
+/// Applies every migration above the recorded version; `kek` does the work
+/// that needs the KEK (without it, a migration with such work fails when it
+/// finds any). `progress` is told each step as it starts.
+pub async fn migrate_with_kek(
+    store: &Store,
+    kek: Option<&dyn KekMigrations>,
+    mut progress: impl FnMut(&str) + Send,
 ) -> Result<MigrateReport, MigrateError> {
     let from = read_version(store).await?;
     if from > CURRENT_VERSION {
@@ -378,6 +425,26 @@ pub async fn migrate(
     let mut applied = Vec::new();
     for m in MIGRATIONS.iter().filter(|m| m.version > from) {
         progress(&format!("migration {}: {}", m.version, m.name));
+        if m.needs_kek {
+            match kek {
+                Some(kek) => kek
+                    .run(m.version, store, &mut progress)
+                    .await
+                    .map_err(|detail| MigrateError::Kek {
+                        version: m.version,
+                        detail,
+                    })?,
+                None => {
+                    let pending = kek_work_pending(store).await?;
+                    if pending > 0 {
+                        return Err(MigrateError::NeedsKek {
+                            version: m.version,
+                            pending,
+                        });
+                    }
+                }
+            }
+        }
         apply(store, m).await?;
         applied.push(m.version);
     }
@@ -386,6 +453,14 @@ pub async fn migrate(
         to: read_version(store).await?,
         applied,
     })
+}
+
+/// Records migration 12 must re-seal or rekey: secrets sealed under their
+/// id alone, tokens keyed by a plain hash, EAB keys in the clear.
+async fn kek_work_pending(store: &Store) -> Result<usize, MongoError> {
+    Ok(super::keys::unbound(store).await?.len()
+        + super::tokens::legacy(store).await?.len()
+        + super::issuers::clear_eab_keys(store).await?.len())
 }
 
 async fn apply(store: &Store, m: &Migration) -> Result<(), MongoError> {
@@ -442,4 +517,8 @@ pub enum MigrateError {
     TooNew(i64),
     #[error("database error: {}", crate::store::short(.0))]
     Db(#[from] MongoError),
+    #[error("migration {version} must re-seal {pending} secret(s) and token(s) under the KEK: run `certautopilot migrate` with the KEK configured (CAP_KEK_PROVIDER and its settings)")]
+    NeedsKek { version: i64, pending: usize },
+    #[error("migration {version}: {detail}")]
+    Kek { version: i64, detail: String },
 }

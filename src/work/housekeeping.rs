@@ -1,12 +1,15 @@
 //! `housekeeping`: periodic upkeep the scheduler leader enqueues.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use mongodb::bson::{doc, DateTime};
 
-use crate::audit::{self, Audit};
+use crate::audit::checkpoint::{self, KeyError, Next, Witness};
+use crate::audit::{Audit, Event, CHECKPOINTS_COLLECTION};
 use crate::crypto::secrets::Secrets;
+use crate::observe::metrics::Metrics;
 use crate::queue::handler::{HandlerError, JobHandler};
 use crate::queue::jobs::{ClaimedJob, JobError, JobQueue};
 use crate::store::challenges;
@@ -18,6 +21,9 @@ pub struct Housekeeping {
     pub queue: JobQueue,
     pub secrets: Secrets,
     pub job_retention: Duration,
+    pub metrics: Arc<Metrics>,
+    /// The last checkpoint this process sealed or found.
+    pub witness: Arc<Witness>,
 }
 
 impl JobHandler for Housekeeping {
@@ -25,9 +31,11 @@ impl JobHandler for Housekeeping {
         let queue = self.queue.clone();
         let secrets = self.secrets.clone();
         let retention = self.job_retention;
+        let metrics = self.metrics.clone();
+        let witness = self.witness.clone();
         Box::pin(async move {
             let store = queue.store().clone();
-            let sealed = seal_audit_chain(&job, &secrets).await?;
+            let sealed = seal_audit_chain(&job, &secrets, &witness, &metrics).await?;
             let purged = queue
                 .purge_finished(retention)
                 .await
@@ -47,28 +55,55 @@ impl JobHandler for Housekeeping {
     }
 }
 
-/// Writes a checkpoint at the audit chain's head (idempotent: its id is the
-/// head's seq). Returns the seq sealed.
-async fn seal_audit_chain(job: &ClaimedJob, secrets: &Secrets) -> Result<i64, HandlerError> {
+/// Writes a checkpoint at the audit chain's head once the records since
+/// the last checkpoint verify (idempotent: its id is the head's seq), and
+/// copies it into the log for the SIEM sinks. Returns the seq sealed, or
+/// the head when nothing was new; 0 when sealing was refused.
+async fn seal_audit_chain(
+    job: &ClaimedJob,
+    secrets: &Secrets,
+    witness: &Witness,
+    metrics: &Metrics,
+) -> Result<i64, HandlerError> {
     let store = job.lease.store();
-    let (seq, hash) = Audit::new(store.clone())
-        .head()
-        .await
-        .map_err(JobError::from)?;
-    if seq == 0 {
-        return Ok(0);
-    }
-    let key = audit::checkpoint_key(secrets)
-        .await
-        .map_err(|e| HandlerError::Retryable(e.to_string()))?;
     let now = store.server_now().await.map_err(JobError::from)?;
+    let next = match checkpoint::key(secrets).await {
+        Ok(key) => checkpoint::next(store, &key, Some(witness), now)
+            .await
+            .map_err(JobError::from)?,
+        Err(e @ KeyError::Gone) => Next::Refused(e.to_string()),
+        Err(e) => return Err(HandlerError::Retryable(e.to_string())),
+    };
+    let checkpoint = match next {
+        Next::UpToDate(seq) => {
+            metrics.audit_seal_refused.set(0);
+            return Ok(seq);
+        }
+        Next::Seal(checkpoint) => checkpoint,
+        Next::Refused(problem) => {
+            metrics.audit_seal_refused.set(1);
+            tracing::error!(job = %job.lease.job_id, %problem, "the audit chain does not verify since its last checkpoint: not sealing it");
+            Audit::new(store.clone())
+                .record(
+                    Event::new(&job.lease.holder, checkpoint::SEAL_REFUSED_ACTION, "audit")
+                        .with(doc! { "problem": &problem }),
+                )
+                .await;
+            return Ok(0);
+        }
+    };
     job.lease
         .fenced_update(
-            audit::CHECKPOINTS_COLLECTION,
-            doc! { "_id": seq },
-            doc! { "$setOnInsert": audit::checkpoint_fields(&key, seq, &hash, now) },
+            CHECKPOINTS_COLLECTION,
+            doc! { "_id": checkpoint.seq },
+            doc! { "$setOnInsert": checkpoint.fields() },
             true,
         )
         .await?;
-    Ok(seq)
+    witness.saw(&checkpoint);
+    metrics.audit_seal_refused.set(0);
+    Audit::new(store.clone())
+        .record(checkpoint.event(&job.lease.holder))
+        .await;
+    Ok(checkpoint.seq)
 }

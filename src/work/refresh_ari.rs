@@ -20,18 +20,24 @@ use crate::store::certificates;
 pub struct RefreshAri {
     pub secrets: Secrets,
     pub metrics: Arc<Metrics>,
+    pub transport: acme::Transport,
 }
 
 impl JobHandler for RefreshAri {
     fn run(&self, job: ClaimedJob) -> BoxFuture<'static, Result<(), HandlerError>> {
-        let (secrets, metrics) = (self.secrets.clone(), self.metrics.clone());
-        Box::pin(async move { refresh(secrets, metrics, job).await })
+        let (secrets, metrics, transport) = (
+            self.secrets.clone(),
+            self.metrics.clone(),
+            self.transport.clone(),
+        );
+        Box::pin(async move { refresh(secrets, metrics, transport, job).await })
     }
 }
 
 async fn refresh(
     secrets: Secrets,
     metrics: Arc<Metrics>,
+    transport: acme::Transport,
     job: ClaimedJob,
 ) -> Result<(), HandlerError> {
     let store = job.lease.store().clone();
@@ -49,9 +55,15 @@ async fn refresh(
         .map_err(|e| HandlerError::Permanent(e.to_string()))?;
     let ari_id = ari::certificate_id(&leaf.leaf_der).map_err(HandlerError::Permanent)?;
     let issuer = issuer_of(&store, &cert.issuer_id).await?;
-    let account = acme::account(&issuer, &secrets, metrics, RetryAfter::default())
-        .await
-        .map_err(outcome::of_order)?;
+    let account = acme::account(
+        &issuer,
+        &secrets,
+        metrics,
+        RetryAfter::default(),
+        &transport,
+    )
+    .await
+    .map_err(outcome::of_order)?;
     let window = match account.renewal_info(&ari_id).await {
         Ok((info, retry_after)) => {
             ari::window_of(&info, retry_after).map_err(HandlerError::Permanent)?

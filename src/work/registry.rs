@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::acme::Transport;
 use crate::crypto::kek::KekProvider;
 use crate::crypto::secrets::Secrets;
 use crate::domain::backoff::Backoff;
@@ -31,6 +32,9 @@ pub struct WorkerDeps {
     pub issue_backoff: Backoff,
     /// Where `issue-certificate` jobs hand their ACME order (the OrderActor).
     pub orders: Arc<dyn OrderDriver>,
+    /// How CAs are reached (revocations, ARI), and the egress policy drift
+    /// probes pass as well.
+    pub transport: Transport,
 }
 
 /// The handlers every worker runs, one per [`JobKind`].
@@ -55,6 +59,7 @@ pub fn standard(deps: WorkerDeps) -> Handlers {
                     queue: deps.queue.clone(),
                     secrets: secrets.clone(),
                     metrics: deps.metrics.clone(),
+                    transport: deps.transport.clone(),
                 },
             ),
             JobKind::RefreshAri => handlers.register(
@@ -62,12 +67,14 @@ pub fn standard(deps: WorkerDeps) -> Handlers {
                 RefreshAri {
                     secrets: secrets.clone(),
                     metrics: deps.metrics.clone(),
+                    transport: deps.transport.clone(),
                 },
             ),
             JobKind::ScanDrift => handlers.register(
                 kind,
                 ScanDrift {
                     connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                    egress: deps.transport.egress.clone(),
                 },
             ),
             JobKind::KekRewrap => handlers.register(
@@ -83,6 +90,8 @@ pub fn standard(deps: WorkerDeps) -> Handlers {
                     queue: deps.queue.clone(),
                     secrets: secrets.clone(),
                     job_retention: deps.job_retention,
+                    metrics: deps.metrics.clone(),
+                    witness: Default::default(),
                 },
             ),
             JobKind::Probe => handlers.register(kind, Probe),

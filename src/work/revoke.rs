@@ -24,16 +24,18 @@ pub struct RevokeCertificate {
     pub queue: JobQueue,
     pub secrets: Secrets,
     pub metrics: Arc<Metrics>,
+    pub transport: acme::Transport,
 }
 
 impl JobHandler for RevokeCertificate {
     fn run(&self, job: ClaimedJob) -> BoxFuture<'static, Result<(), HandlerError>> {
-        let (queue, secrets, metrics) = (
+        let (queue, secrets, metrics, transport) = (
             self.queue.clone(),
             self.secrets.clone(),
             self.metrics.clone(),
+            self.transport.clone(),
         );
-        Box::pin(async move { revoke(queue, secrets, metrics, job).await })
+        Box::pin(async move { revoke(queue, secrets, metrics, transport, job).await })
     }
 }
 
@@ -41,6 +43,7 @@ async fn revoke(
     queue: JobQueue,
     secrets: Secrets,
     metrics: Arc<Metrics>,
+    transport: acme::Transport,
     job: ClaimedJob,
 ) -> Result<(), HandlerError> {
     let store = queue.store().clone();
@@ -65,7 +68,7 @@ async fn revoke(
     if !current.revoked {
         let issuer = issuer_of(&store, &cert.issuer_id).await?;
         let retry = RetryAfter::default();
-        let account = acme::account(&issuer, &secrets, metrics, retry.clone())
+        let account = acme::account(&issuer, &secrets, metrics, retry.clone(), &transport)
             .await
             .map_err(outcome::of_order)?;
         acme::revoke::revoke(&account, &leaf.leaf_der, reason, &retry)

@@ -12,7 +12,9 @@
 //! - `in_sync`: the current certificate;
 //! - `stale`: one we issued before (`issued_fingerprints`);
 //! - `foreign`: anybody else's;
-//! - `unreachable`: no TLS handshake within the timeout.
+//! - `unreachable`: no TLS handshake within the timeout, or the endpoint's
+//!   address is one the egress policy refuses ([`crate::net::egress`]; the
+//!   entry's `error` says so).
 //!
 //! The result replaces the certificate's `drift` (one entry per endpoint,
 //! with `checked_at` and `since`, the time the state last changed) and its
@@ -31,11 +33,11 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256};
-use tokio::net::TcpStream;
 
 use crate::audit::{Audit, Event};
 use crate::domain::drift::{classify, DriftState, Endpoint};
 use crate::domain::jobs::CertificatePayload;
+use crate::net::egress::EgressPolicy;
 use crate::queue::handler::{HandlerError, JobHandler};
 use crate::queue::jobs::ClaimedJob;
 use crate::store::certificates;
@@ -62,9 +64,10 @@ pub enum Served {
     Unreachable(String),
 }
 
-/// Connects to `endpoint` and returns the leaf it presents.
-pub async fn probe(endpoint: &Endpoint, timeout: Duration) -> Served {
-    match tokio::time::timeout(timeout, handshake(endpoint)).await {
+/// Connects to `endpoint`, where `egress` permits, and returns the leaf it
+/// presents.
+pub async fn probe(endpoint: &Endpoint, timeout: Duration, egress: &EgressPolicy) -> Served {
+    match tokio::time::timeout(timeout, handshake(endpoint, egress)).await {
         Ok(Ok(leaf)) => {
             let fingerprint_sha256 = crate::domain::certs::hex(&Sha256::digest(&leaf));
             let parsed = x509_parser::parse_x509_certificate(&leaf).ok();
@@ -83,9 +86,13 @@ pub async fn probe(endpoint: &Endpoint, timeout: Duration) -> Served {
     }
 }
 
-async fn handshake(endpoint: &Endpoint) -> Result<CertificateDer<'static>, String> {
+async fn handshake(
+    endpoint: &Endpoint,
+    egress: &EgressPolicy,
+) -> Result<CertificateDer<'static>, String> {
     let name = server_name(endpoint)?;
-    let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+    let tcp = egress
+        .connect(&endpoint.host, endpoint.port)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let tls = tokio_rustls::TlsConnector::from(inspecting_config())
@@ -170,16 +177,21 @@ impl ServerCertVerifier for AcceptAnyLeaf {
 /// The worker side: probes every endpoint and records the drift.
 pub struct ScanDrift {
     pub connect_timeout: Duration,
+    pub egress: EgressPolicy,
 }
 
 impl JobHandler for ScanDrift {
     fn run(&self, job: ClaimedJob) -> BoxFuture<'static, Result<(), HandlerError>> {
-        let timeout = self.connect_timeout;
-        Box::pin(async move { scan(job, timeout).await })
+        let (timeout, egress) = (self.connect_timeout, self.egress.clone());
+        Box::pin(async move { scan(job, timeout, egress).await })
     }
 }
 
-async fn scan(job: ClaimedJob, timeout: Duration) -> Result<(), HandlerError> {
+async fn scan(
+    job: ClaimedJob,
+    timeout: Duration,
+    egress: EgressPolicy,
+) -> Result<(), HandlerError> {
     let store = job.lease.store().clone();
     let payload: CertificatePayload = job.payload_as()?;
     let Some(stored) = certificates::find_document(&store, &payload.certificate_id).await? else {
@@ -191,7 +203,10 @@ async fn scan(job: ClaimedJob, timeout: Duration) -> Result<(), HandlerError> {
     let current = cert.current.as_ref().map(|c| c.fingerprint_sha256.as_str());
 
     let served: Vec<Served> = futures::stream::iter(endpoints.clone())
-        .map(|e| async move { probe(&e, timeout).await })
+        .map(|e| {
+            let egress = &egress;
+            async move { probe(&e, timeout, egress).await }
+        })
         .buffered(PROBE_CONCURRENCY)
         .collect()
         .await;

@@ -447,3 +447,99 @@ async fn a_token_made_through_the_api_expires() {
         assert_eq!(body["errors"][0]["field"], "expires_at", "{body}");
     }
 }
+
+/// A token minted through the API by `by`: its id and a client using it.
+async fn mint(
+    by: &crate::support::api::ApiClient,
+    project: &str,
+    role: &str,
+) -> (String, crate::support::api::ApiClient) {
+    let body = json!({ "roles": [{ "project_id": project, "role": role }], "description": role });
+    let (status, t) = by.post("/tokens", body).await;
+    assert_eq!(status, 201, "{t}");
+    (
+        t["id"].as_str().unwrap().to_string(),
+        by.with_token(t["token"].as_str().unwrap()),
+    )
+}
+
+/// `GET /v1/tokens` lists the tokens a caller manages, never their
+/// secrets, with when each was last used; a project admin revokes the
+/// tokens it could have minted (and no others), and revoking a token
+/// revokes the tokens minted with it.
+#[tokio::test]
+async fn tokens_are_listed_without_secrets_and_revoked_with_what_they_minted() {
+    let cluster = Cluster::builder("token_admin").start().await;
+    let root = &cluster.api;
+    let mut projects = Vec::new();
+    for name in ["papa", "quebec"] {
+        let (status, p) = root.post("/projects", json!({ "name": name })).await;
+        assert_eq!(status, 201, "{p}");
+        projects.push(p["id"].as_str().unwrap().to_string());
+    }
+    let (p, q) = (&projects[0], &projects[1]);
+    let (p_admin_id, p_admin) = mint(root, p, "admin").await;
+    let (p_editor_id, p_editor) = mint(&p_admin, p, "editor").await;
+    let (p_viewer_id, p_viewer) = mint(root, p, "viewer").await;
+    let (_, q_admin) = mint(root, q, "admin").await;
+    assert_eq!(p_editor.get(&format!("/projects/{p}")).await.0, 200);
+
+    let listed = p_admin.get_answer("/tokens").await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    let ids: Vec<&str> = listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    let mut expected = vec![
+        p_admin_id.as_str(),
+        p_editor_id.as_str(),
+        p_viewer_id.as_str(),
+    ];
+    expected.sort();
+    assert_eq!(
+        ids, expected,
+        "its own and those on its project only: {}",
+        listed.text
+    );
+    assert!(
+        !listed.text.contains("cap_"),
+        "no secret listed: {}",
+        listed.text
+    );
+    let editor = listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == p_editor_id.as_str())
+        .unwrap();
+    assert!(editor["last_used_at"].is_string(), "{editor}");
+    assert_eq!(editor["created_by"], p_admin_id.as_str(), "{editor}");
+
+    // Another project's admin cannot revoke it, nor see it.
+    let refused = q_admin
+        .call(Method::DELETE, &format!("/tokens/{p_viewer_id}"), None)
+        .await;
+    assert_eq!(refused.0, 404, "{}", refused.1);
+    // An editor cannot revoke the admin that minted it.
+    let refused = p_editor
+        .call(Method::DELETE, &format!("/tokens/{p_admin_id}"), None)
+        .await;
+    assert_eq!(refused.0, 404, "{}", refused.1);
+    // The project's admin revokes a token it could have minted.
+    let revoked = p_admin
+        .call(Method::DELETE, &format!("/tokens/{p_viewer_id}"), None)
+        .await;
+    assert_eq!(revoked.0, 204, "{}", revoked.1);
+    assert_eq!(p_viewer.get(&format!("/projects/{p}")).await.0, 401);
+
+    // Revoking the admin token revokes the editor token minted with it.
+    let revoked = root
+        .call(Method::DELETE, &format!("/tokens/{p_admin_id}"), None)
+        .await;
+    assert_eq!(revoked.0, 204, "{}", revoked.1);
+    assert_eq!(p_admin.get(&format!("/projects/{p}")).await.0, 401);
+    assert_eq!(p_editor.get(&format!("/projects/{p}")).await.0, 401);
+    assert_eq!(q_admin.get(&format!("/projects/{q}")).await.0, 200);
+}

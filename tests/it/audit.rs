@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::support::{self, bin, Proc, TestDb};
-use certautopilot::audit::{self, Audit, Event, Tampering};
+use certautopilot::audit::{self, Audit, Checkpoint, Event, Tampering};
 use certautopilot::crypto::secrets::Secrets;
 use certautopilot::queue::jobs::{JobQueue, NewJob};
 use futures::TryStreamExt;
@@ -13,15 +13,20 @@ use mongodb::bson::{doc, Document};
 
 /// `n` records appended in this process, sealed by a checkpoint at `seal_at`.
 async fn chain(db: &TestDb, n: i64, seal_at: i64) -> Vec<u8> {
+    sealed_chain(db, n, &[seal_at]).await
+}
+
+/// `n` records appended in this process, sealed by checkpoints at `seals`.
+async fn sealed_chain(db: &TestDb, n: i64, seals: &[i64]) -> Vec<u8> {
     let store = db.store().await;
     let audit = Audit::new(store.clone());
     let secrets = Secrets::new(store.clone(), db.kek());
-    let key = audit::checkpoint_key(&secrets).await.unwrap().to_vec();
+    let key = audit::checkpoint::key(&secrets).await.unwrap().to_vec();
     for i in 1..=n {
         let event =
             Event::new("test", "thing.changed", format!("things/{i}")).with(doc! { "i": i });
         assert_eq!(audit.append(&event).await.unwrap(), i);
-        if i == seal_at {
+        if seals.contains(&i) {
             seal(db, &key, i).await;
         }
     }
@@ -35,12 +40,15 @@ async fn seal(db: &TestDb, key: &[u8], seq: i64) {
         .into_iter()
         .find(|r| r.get_i64("seq") == Ok(seq))
         .unwrap();
-    let mut cp = audit::checkpoint_fields(
+    let prev = audit::checkpoint::latest(&store).await.unwrap();
+    let mut cp = Checkpoint::seal(
         key,
         seq,
         record.get_str("hash").unwrap(),
         store.server_now().await.unwrap(),
-    );
+        prev.as_ref(),
+    )
+    .fields();
     cp.insert("_id", seq);
     store
         .collection(audit::CHECKPOINTS_COLLECTION)
@@ -283,6 +291,332 @@ async fn a_tail_truncated_before_the_last_checkpoint_is_caught() {
     );
 }
 
+#[tokio::test]
+async fn a_checkpoint_removed_from_the_middle_breaks_the_checkpoint_chain() {
+    let db = TestDb::migrated("audit_checkpoint_gap").await;
+    let key = sealed_chain(&db, 30, &[10, 20, 30]).await;
+    assert_eq!(verify(&db, &key).await, None);
+    db.store()
+        .await
+        .collection(audit::CHECKPOINTS_COLLECTION)
+        .delete_one(doc! { "_id": 20i64 })
+        .await
+        .unwrap();
+    match verify(&db, &key).await {
+        Some(Tampering::CheckpointGap {
+            checkpoint_seq: 30,
+            detail,
+        }) => assert!(detail.contains("record 20"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_checkpoint_made_under_another_key_is_named() {
+    let db = TestDb::migrated("audit_checkpoint_other_key").await;
+    let key = sealed_chain(&db, 30, &[10, 20]).await;
+    // Chained onto the real checkpoints, but sealed with a key of its own.
+    seal(&db, &[7u8; 32], 30).await;
+    match verify(&db, &key).await {
+        Some(Tampering::BadCheckpoint {
+            checkpoint_seq: 30,
+            detail,
+        }) => assert!(detail.contains("another key"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_head_that_does_not_match_the_last_record_is_caught() {
+    let db = TestDb::migrated("audit_bad_head").await;
+    let key = chain(&db, 30, 20).await;
+    let store = db.store().await;
+    let head = store.collection(audit::AUDIT_HEAD_COLLECTION);
+    let set_head = |seq: i64, hash: String| {
+        let head = head.clone();
+        async move {
+            head.update_one(
+                doc! { "_id": "head" },
+                doc! { "$set": { "seq": seq, "hash": hash } },
+            )
+            .await
+            .unwrap();
+        }
+    };
+    set_head(30, "ab".repeat(32)).await;
+    assert!(
+        matches!(verify(&db, &key).await, Some(Tampering::BadHead { .. })),
+        "{:?}",
+        verify(&db, &key).await
+    );
+    // Moved back behind records that are still there.
+    let record_25 = records(&db).await[24].get_str("hash").unwrap().to_string();
+    set_head(25, record_25).await;
+    match verify(&db, &key).await {
+        Some(Tampering::BadHead { detail }) => assert!(detail.contains("run to 30"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Rewrites every record from `from` on consistently (record `from`'s
+/// details edited, every later hash and the head recomputed), as a
+/// database writer without the KEK can.
+async fn rewrite_from(db: &TestDb, from: i64) {
+    let store = db.store().await;
+    let all = records(db).await;
+    let mut prev = all[(from - 2) as usize]
+        .get_str("hash")
+        .unwrap()
+        .to_string();
+    for mut r in all.into_iter().skip((from - 1) as usize) {
+        let seq = r.get_i64("seq").unwrap();
+        if seq == from {
+            r.insert("details", doc! { "forged": true });
+        }
+        let event = Event::new(
+            r.get_str("actor").unwrap(),
+            r.get_str("action").unwrap(),
+            r.get_str("target").unwrap(),
+        )
+        .with(r.get_document("details").unwrap().clone());
+        let forged = audit::record(seq, *r.get_datetime("time").unwrap(), &event, &prev);
+        prev = forged.get_str("hash").unwrap().to_string();
+        audit_coll(&store)
+            .replace_one(doc! { "_id": seq }, forged)
+            .await
+            .unwrap();
+    }
+    store
+        .collection(audit::AUDIT_HEAD_COLLECTION)
+        .update_one(doc! { "_id": "head" }, doc! { "$set": { "hash": prev } })
+        .await
+        .unwrap();
+}
+
+fn housekeeping_procs(db: &TestDb, tag: &str) -> (Proc, Proc) {
+    let env = [("CAP_HOUSEKEEPING_SECS", "1"), ("CAP_CLAIM_POLL_MS", "50")];
+    (
+        Proc::start("scheduler", db, &format!("{tag}-scheduler"), &env),
+        Proc::start("worker", db, &format!("{tag}-worker"), &env),
+    )
+}
+
+async fn latest_checkpoint(db: &TestDb) -> Option<Checkpoint> {
+    audit::checkpoint::latest(&db.store().await).await.unwrap()
+}
+
+/// Appends `n` records and waits until housekeeping has sealed them.
+async fn append_and_wait_for_seal(db: &TestDb, n: i64) -> Checkpoint {
+    let audit = Audit::new(db.store().await);
+    let mut last = 0;
+    for i in 0..n {
+        last = audit
+            .append(&Event::new("test", "thing.changed", format!("things/{i}")))
+            .await
+            .unwrap();
+    }
+    let sealed = support::wait_until(Duration::from_secs(30), || async {
+        latest_checkpoint(db).await.is_some_and(|c| c.seq >= last)
+    })
+    .await;
+    assert!(sealed, "housekeeping sealed record {last}");
+    latest_checkpoint(db).await.unwrap()
+}
+
+/// The review's attack (issue 11, section 2): with write access to MongoDB
+/// and no KEK, a record sealed by a checkpoint is edited, every later hash
+/// and the head recomputed, and the checkpoints from it on and the
+/// checkpoint key deleted. Housekeeping used to make a new key and seal the
+/// forged history, and `audit verify` then called it intact.
+#[tokio::test]
+async fn a_rewrite_that_deletes_the_checkpoint_key_is_not_sealed_and_is_caught() {
+    let db = TestDb::migrated("audit_review_rewrite").await;
+    let store = db.store().await;
+    let procs = housekeeping_procs(&db, "before");
+    let first = append_and_wait_for_seal(&db, 4).await;
+    let edited = first.seq + 1;
+    let second = append_and_wait_for_seal(&db, 6).await;
+    assert!(second.seq > edited, "record {edited} is sealed");
+    drop(procs);
+
+    rewrite_from(&db, edited).await;
+    store
+        .collection(audit::CHECKPOINTS_COLLECTION)
+        .delete_many(doc! { "_id": { "$gte": edited } })
+        .await
+        .unwrap();
+    store
+        .collection("keys")
+        .delete_one(doc! { "_id": audit::CHECKPOINT_KEY_SECRET })
+        .await
+        .unwrap();
+
+    let (_scheduler, worker) = housekeeping_procs(&db, "after");
+    let refused = support::wait_until(Duration::from_secs(60), || async {
+        worker
+            .metric("certautopilot_audit_seal_refused", "")
+            .await
+            .unwrap_or(0.0)
+            == 1.0
+    })
+    .await;
+    assert!(
+        refused,
+        "the seal refused; log:
+{}",
+        worker.log_text()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        latest_checkpoint(&db).await.map(|c| c.seq),
+        Some(first.seq),
+        "nothing sealed over the forged records"
+    );
+    let key = store
+        .collection("keys")
+        .find_one(doc! { "_id": audit::CHECKPOINT_KEY_SECRET })
+        .await
+        .unwrap();
+    assert!(key.is_none(), "no new checkpoint key was made");
+
+    let cli = |args: &[&str]| {
+        Command::new(bin())
+            .args(args)
+            .env_clear()
+            .env("CAP_MONGO_URI", &db.uri)
+            .env("CAP_KEK_FILE", &db.kek_file)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["audit", "verify"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(stdout.contains("checkpoint key"), "{stdout}");
+
+    let out = cli(&["health", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let audit_check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "audit")
+        .unwrap()
+        .clone();
+    assert_eq!(audit_check["ok"], false, "{report}");
+    assert!(!out.status.success());
+}
+
+/// The same rewrite keeping the key: the remaining checkpoints are all
+/// authentic, but the worker saw a later one sealed and refuses to seal
+/// over its removal; `health` reports the refusal.
+#[tokio::test]
+async fn checkpoints_cut_back_behind_what_a_worker_saw_are_not_sealed_over() {
+    let db = TestDb::migrated("audit_cut_back").await;
+    let store = db.store().await;
+    let (scheduler, worker) = housekeeping_procs(&db, "cut");
+    let first = append_and_wait_for_seal(&db, 4).await;
+    let edited = first.seq + 1;
+    let second = append_and_wait_for_seal(&db, 6).await;
+    assert!(second.seq > edited);
+    // No housekeeping is enqueued while the records are rewritten.
+    drop(scheduler);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rewrite_from(&db, edited).await;
+    store
+        .collection(audit::CHECKPOINTS_COLLECTION)
+        .delete_many(doc! { "_id": { "$gte": edited } })
+        .await
+        .unwrap();
+
+    let _scheduler = Proc::start(
+        "scheduler",
+        &db,
+        "cut-scheduler-2",
+        &[("CAP_HOUSEKEEPING_SECS", "1")],
+    );
+    let refused = support::wait_until(Duration::from_secs(60), || async {
+        worker
+            .metric("certautopilot_audit_seal_refused", "")
+            .await
+            .unwrap_or(0.0)
+            == 1.0
+    })
+    .await;
+    assert!(
+        refused,
+        "the seal refused; log:
+{}",
+        worker.log_text()
+    );
+    assert!(
+        latest_checkpoint(&db).await.unwrap().seq < edited,
+        "nothing sealed over the forged records"
+    );
+    let out = Command::new(bin())
+        .args(["health", "--json"])
+        .env_clear()
+        .env("CAP_MONGO_URI", &db.uri)
+        .env("CAP_KEK_FILE", &db.kek_file)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let audit_check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "audit")
+        .unwrap()
+        .clone();
+    assert_eq!(audit_check["ok"], false, "{report}");
+    assert!(
+        audit_check["detail"].as_str().unwrap().contains("cut back"),
+        "{audit_check}"
+    );
+}
+
+/// Housekeeping copies each checkpoint into the log (and so to the SIEM
+/// sinks): one `audit.checkpoint` record per checkpoint, with its MAC.
+#[tokio::test]
+async fn each_checkpoint_is_copied_into_the_log_once() {
+    let db = TestDb::migrated("audit_checkpoint_copies").await;
+    let store = db.store().await;
+    let procs = housekeeping_procs(&db, "copies");
+    let sealed = support::wait_until(Duration::from_secs(60), || async {
+        store
+            .collection(audit::CHECKPOINTS_COLLECTION)
+            .count_documents(doc! {})
+            .await
+            .unwrap()
+            >= 3
+    })
+    .await;
+    assert!(sealed, "three checkpoints sealed");
+    drop(procs);
+    let checkpoints = support::documents(&store, audit::CHECKPOINTS_COLLECTION, doc! {}).await;
+    let copies = support::documents(
+        &store,
+        audit::AUDIT_COLLECTION,
+        doc! { "action": "audit.checkpoint" },
+    )
+    .await;
+    for cp in checkpoints.iter().map(Checkpoint::parse) {
+        let of_it: Vec<&Document> = copies
+            .iter()
+            .filter(|r| r.get_document("details").unwrap().get_i64("seq") == Ok(cp.seq))
+            .collect();
+        assert_eq!(of_it.len(), 1, "one copy of the checkpoint at {}", cp.seq);
+        assert_eq!(
+            of_it[0].get_document("details").unwrap().get_str("mac"),
+            Ok(cp.mac.as_str())
+        );
+        assert!(of_it[0].get_i64("seq").unwrap() > cp.seq);
+    }
+    let key = audit::checkpoint::key(&Secrets::new(store.clone(), db.kek()))
+        .await
+        .unwrap();
+    assert_eq!(verify(&db, &key).await, None);
+}
+
 /// Four worker processes append job outcomes at once, alongside the
 /// leader's takeover record: seq runs 1..=N without a gap or duplicate and
 /// the chain verifies.
@@ -337,7 +671,7 @@ async fn concurrent_appends_from_several_processes_form_one_gapless_chain() {
     let actors: std::collections::BTreeSet<&str> =
         all.iter().map(|r| r.get_str("actor").unwrap()).collect();
     assert_eq!(actors.len(), 4, "every process appended: {actors:?}");
-    let key = audit::checkpoint_key(&Secrets::new(store.clone(), db.kek()))
+    let key = audit::checkpoint::key(&Secrets::new(store.clone(), db.kek()))
         .await
         .unwrap();
     seal(&db, &key, all.len() as i64).await;

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use crate::support;
 use crate::support::api::{assert_not_stored, ApiClient};
 use crate::support::bind::Bind;
 use crate::support::cluster::Cluster;
@@ -67,9 +68,13 @@ async fn ordinary_and_wildcard_certificates_are_issued_over_rfc2136_and_cleaned_
     // With no `nameservers` given, the zone's own NS records (and their
     // glue) name the servers to check.
     assert_eq!(
-        certautopilot::acme::dns::authoritative_servers(&bind.addr.to_string(), ZONE)
-            .await
-            .unwrap(),
+        certautopilot::acme::dns::authoritative_servers(
+            &support::test_egress(),
+            &bind.addr.to_string(),
+            ZONE
+        )
+        .await
+        .unwrap(),
         ["127.0.0.1:53"]
     );
     let (_, project) = api.post("/projects", json!({ "name": "dns" })).await;

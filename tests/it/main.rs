@@ -8,10 +8,15 @@
 //!   `supervision`;
 //! - running it: `operator` (settings, migrations, health), `stats`;
 //! - tenancy: `tenancy` (domain grants, the responder by name);
+//! - a database writer without the KEK: `db_writer` (forged tokens, moved
+//!   key references, migration 12);
 //! - the code's own shape: `architecture` (layers, cycles, collection owners);
-//! - keys and records: `secrets`, `pkcs11`, `rotation`, `audit`, `siem`;
+//! - keys and records: `secrets`, `pkcs11`, `rotation`, `audit`, `siem`,
+//!   `log_secrets` (no secret in any log line at debug);
 //! - certificates against a real CA (Pebble): `issuance`, `orders`, `lb`,
-//!   `api`, `renewals`, `revocation`, `dns01`, `drift`.
+//!   `api`, `renewals`, `revocation`, `dns01`, `drift`;
+//! - outbound connections: `egress` (the egress policy, request timeouts, the
+//!   deadline of a job attempt).
 //!
 //! `support` starts what they run against — the database server, Pebble,
 //! bind9, haproxy, `certautopilot` processes, or a whole [`support::cluster::Cluster`]
@@ -22,12 +27,15 @@ mod support;
 mod api;
 mod architecture;
 mod audit;
+mod db_writer;
 mod dns01;
 mod drift;
+mod egress;
 mod election;
 mod issuance;
 mod lb;
 mod leases;
+mod log_secrets;
 mod operator;
 mod orders;
 mod pkcs11;

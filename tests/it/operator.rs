@@ -34,6 +34,11 @@ fn an_invalid_setting_exits_2_with_one_line_naming_it() {
         ("CAP_READYZ_GRACE_SECS", "1.5"),
         ("CAP_LOG_FORMAT", "xml"),
         ("CAP_KEK_PROVIDER", "vault"),
+        ("CAP_EGRESS_ALLOW", "10.0.0.0/33"),
+        ("CAP_EGRESS_ALLOW", "127.0.0.1,*.example.com"),
+        ("CAP_JOB_ATTEMPT_TIMEOUT_SECS", "0"),
+        ("CAP_ACME_REQUEST_TIMEOUT_SECS", "forever"),
+        ("CAP_ACME_MAX_RESPONSE_BYTES", "1"),
     ] {
         let out = run(&["worker"], &[uri, (var, value)]);
         let err = stderr(&out);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::support::{self, bin, Proc, TestDb};
 use certautopilot::crypto::kek::{FileKek, KekProvider};
-use certautopilot::crypto::secrets::Secrets;
+use certautopilot::crypto::secrets::{SecretRef, Secrets};
 use certautopilot::store::keys::data_keys_by_version;
 use mongodb::bson::doc;
 use nix::sys::signal::Signal;
@@ -37,7 +37,10 @@ async fn rotation_completes_under_a_killed_worker_and_retire_waits_for_it() {
     let count = 400;
     for i in 0..count {
         secrets
-            .put(&format!("s-{i}"), format!("secret number {i}").as_bytes())
+            .put(
+                &SecretRef::system(&format!("s-{i}")),
+                format!("secret number {i}").as_bytes(),
+            )
             .await
             .unwrap();
     }
@@ -118,7 +121,10 @@ async fn rotation_completes_under_a_killed_worker_and_retire_waits_for_it() {
     // Every secret opens with the key ring that now holds only version 2.
     let after = Secrets::new(store.clone(), db.kek());
     for i in 0..count {
-        let plain = after.get(&format!("s-{i}")).await.unwrap();
+        let plain = after
+            .get(&SecretRef::system(&format!("s-{i}")))
+            .await
+            .unwrap();
         assert_eq!(plain.as_slice(), format!("secret number {i}").as_bytes());
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::support::api::raw_documents;
 use crate::support::TestDb;
 use certautopilot::crypto::kek::FileKek;
-use certautopilot::crypto::secrets::{SecretError, Secrets};
+use certautopilot::crypto::secrets::{SecretError, SecretRef, Secrets};
 use mongodb::bson::doc;
 
 const PEM: &[u8] = b"-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n";
@@ -20,10 +20,30 @@ async fn stored_secrets_leave_no_plaintext_in_any_collection() {
     let secrets = Secrets::new(store.clone(), Arc::new(FileKek::load(&path).unwrap()));
 
     let raw_key = [0x5au8; 32];
-    secrets.put("cert-1", PEM).await.unwrap();
-    secrets.put("account-1", &raw_key).await.unwrap();
-    assert_eq!(secrets.get("cert-1").await.unwrap().as_slice(), PEM);
-    assert_eq!(secrets.get("account-1").await.unwrap().as_slice(), raw_key);
+    secrets
+        .put(&SecretRef::system("cert-1"), PEM)
+        .await
+        .unwrap();
+    secrets
+        .put(&SecretRef::system("account-1"), &raw_key)
+        .await
+        .unwrap();
+    assert_eq!(
+        secrets
+            .get(&SecretRef::system("cert-1"))
+            .await
+            .unwrap()
+            .as_slice(),
+        PEM
+    );
+    assert_eq!(
+        secrets
+            .get(&SecretRef::system("account-1"))
+            .await
+            .unwrap()
+            .as_slice(),
+        raw_key
+    );
 
     // A raw scan of every collection: no PEM marker, no raw key bytes.
     for (name, d) in raw_documents(&store).await {
@@ -47,7 +67,7 @@ async fn stored_secrets_leave_no_plaintext_in_any_collection() {
         .unwrap();
     stolen.insert("_id", "cert-2");
     keys.insert_one(stolen).await.unwrap();
-    let err = secrets.get("cert-2").await.unwrap_err();
+    let err = secrets.get(&SecretRef::system("cert-2")).await.unwrap_err();
     assert!(matches!(err, SecretError::Envelope(_)), "{err}");
     assert!(err.to_string().contains("another record"), "{err}");
 
@@ -55,6 +75,10 @@ async fn stored_secrets_leave_no_plaintext_in_any_collection() {
     let other = dir.path().join("other.json");
     FileKek::init(&other).unwrap();
     let wrong = Secrets::new(store.clone(), Arc::new(FileKek::load(&other).unwrap()));
-    let err = wrong.get("cert-1").await.unwrap_err().to_string();
+    let err = wrong
+        .get(&SecretRef::system("cert-1"))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("KEK version 1"), "{err}");
 }

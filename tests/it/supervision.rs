@@ -33,6 +33,7 @@ async fn a_claim_actor_that_keeps_failing_is_restarted_with_growing_back_off() {
         concurrency: 4,
         job_lease: Duration::from_secs(60),
         poll: Duration::from_millis(50),
+        attempt_timeout: Duration::from_secs(60),
     };
     let (m, r) = (metrics.clone(), readiness.clone());
     let _claim = Supervisor::start(move |_| {

@@ -1,5 +1,6 @@
-//! Bearer API tokens: 256 random bits, shown once, stored only as their
-//! SHA-256 (collection `tokens`). A token holds either the global admin role
+//! Bearer API tokens: 256 random bits, shown once, stored only under a
+//! keyed hash only KEK holders can compute (collection `tokens`,
+//! [`crate::crypto::api_tokens`]). A token holds either the global admin role
 //! or roles per project: `admin` ⊃ `editor` ⊃ `viewer`.
 //!
 //! A caller without a role on a project gets 404 for everything in it, the
@@ -15,10 +16,11 @@ use base64::Engine;
 use futures::future::LocalBoxFuture;
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 
 use super::problem::{ApiResult, Problem};
 use super::ApiState;
+use crate::crypto::api_tokens::TokenKey;
+use crate::crypto::secrets::SecretError;
 use crate::store::{tokens, Store};
 
 const TOKEN_PREFIX: &str = "cap_";
@@ -87,13 +89,41 @@ impl Caller {
     pub fn actor(&self) -> String {
         format!("token:{}", self.token_id)
     }
-}
 
-fn hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    /// Whether this caller may see and revoke `token` (a stored record):
+    /// its own, any for a global admin, and for a project admin those it
+    /// could have minted — not global, and with roles only on projects it
+    /// administers.
+    pub fn manages(&self, token: &Document) -> bool {
+        if self.global_admin || token.get_str("id") == Ok(self.token_id.as_str()) {
+            return true;
+        }
+        if token.get_bool("global_admin").unwrap_or(false) {
+            return false;
+        }
+        let roles: Vec<&str> = token
+            .get_array("roles")
+            .map(|a| {
+                a.iter()
+                    .filter_map(Bson::as_document)
+                    .filter_map(|r| r.get_str("project_id").ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        !roles.is_empty()
+            && roles
+                .iter()
+                .all(|p| self.roles.get(*p) == Some(&Role::Admin))
+    }
+
+    /// The projects this caller administers.
+    pub fn administers(&self) -> Vec<&str> {
+        self.roles
+            .iter()
+            .filter(|(_, r)| **r == Role::Admin)
+            .map(|(p, _)| p.as_str())
+            .collect()
+    }
 }
 
 /// A new token: its id and the secret shown once.
@@ -104,14 +134,17 @@ pub struct NewToken {
 
 /// Stores a new token with `roles` (`None` project = global admin).
 /// `expires_at`: when it stops working (`None`: never, for the operator's
-/// bootstrap tokens).
+/// bootstrap tokens). `created_by`: the token that minted it (revoking
+/// that one revokes this one too); `None` for the operator's.
 pub async fn create(
     store: &Store,
+    token_key: &TokenKey,
     global_admin: bool,
     roles: &[(String, Role)],
     description: &str,
     expires_at: Option<mongodb::bson::DateTime>,
-) -> Result<NewToken, mongodb::error::Error> {
+    created_by: Option<&str>,
+) -> Result<NewToken, SecretError> {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let secret = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
@@ -121,7 +154,7 @@ pub async fn create(
         .map(|(p, r)| doc! { "project_id": p, "role": r.as_str() })
         .collect();
     let mut record = doc! {
-        "_id": hash(&secret),
+        "_id": token_key.record_id(&secret).await?,
         "id": &id,
         "global_admin": global_admin,
         "roles": roles,
@@ -132,26 +165,32 @@ pub async fn create(
     if let Some(at) = expires_at {
         record.insert("expires_at", at);
     }
+    if let Some(by) = created_by {
+        record.insert("created_by", by);
+    }
     tokens::insert(store, record).await?;
     Ok(NewToken { id, secret })
 }
 
-/// Revokes a token by id; false when there is no such token.
-pub async fn revoke(store: &Store, id: &str) -> Result<bool, mongodb::error::Error> {
-    tokens::revoke(store, id).await
-}
-
-async fn caller(store: Store, header: Option<String>) -> ApiResult<Caller> {
+async fn caller(store: Store, token_key: TokenKey, header: Option<String>) -> ApiResult<Caller> {
     let Some(header) = header else {
         return Err(Problem::unauthorized());
     };
     let Some(secret) = header.strip_prefix("Bearer ").map(str::trim) else {
         return Err(Problem::unauthorized());
     };
-    let found = tokens::live_by_hash(&store, &hash(secret)).await?;
+    let record_id = token_key.record_id(secret).await.map_err(|e| {
+        tracing::error!(error = %e, "the API token key cannot be read");
+        Problem::unavailable("tokens cannot be checked right now (is the KEK available?)")
+    })?;
+    let found = tokens::live(&store, &record_id).await?;
     let Some(token) = found else {
         return Err(Problem::unauthorized().detail("unknown, revoked or expired API token"));
     };
+    let seen = token.get_datetime("last_used_at").ok().copied();
+    if let Err(e) = tokens::touch(&store, &record_id, seen, store.server_now().await?).await {
+        tracing::warn!(error = %crate::store::short(&e), "a token's last use was not recorded");
+    }
     let roles = token
         .get_array("roles")
         .map(|a| {
@@ -178,17 +217,18 @@ impl FromRequest for Caller {
     type Future = LocalBoxFuture<'static, Result<Caller, Problem>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let store = req
+        let state = req
             .app_data::<web::Data<ApiState>>()
-            .map(|s| s.store.clone());
+            .map(|s| (s.store.clone(), s.token_key.clone()));
         let header = req
             .headers()
             .get("Authorization")
             .and_then(|h| h.to_str().ok())
             .map(str::to_string);
         Box::pin(async move {
-            let store = store.ok_or_else(|| Problem::unavailable("the API is not configured"))?;
-            caller(store, header).await
+            let (store, token_key) =
+                state.ok_or_else(|| Problem::unavailable("the API is not configured"))?;
+            caller(store, token_key, header).await
         })
     }
 }

@@ -11,6 +11,8 @@ use super::problem::{ApiResult, Problem};
 use super::validate::{self, Reasons};
 use super::{audit, date, issuers, new_id, page, projects, string, ApiState, PageQuery};
 use crate::audit::Event;
+use crate::crypto::envelope::EnvelopeError;
+use crate::crypto::secrets::{SecretError, SecretRef};
 use crate::domain::certificate::REVOCATION_REASONS;
 use crate::domain::certs::{KeyAlgorithm, KEY_ALGORITHMS};
 use crate::domain::drift::{endpoint_problems, Endpoint};
@@ -583,11 +585,15 @@ pub async fn private_key(
     let (project_id, id) = path.into_inner();
     caller.require(&project_id, Role::Admin)?;
     let cert = load(&state, &project_id, &id).await?;
-    let secret = cert
+    // The key is named by this certificate and its order; the record is
+    // sealed for that owner, so an order id moved here from another
+    // project's certificate names a key that does not open.
+    let order_id = cert
         .get_document("current")
         .ok()
-        .and_then(|c| c.get_str("key_secret").ok())
+        .and_then(|c| c.get_str("order_id").ok())
         .ok_or_else(|| Problem::conflict("the certificate has not been issued yet"))?;
+    let secret = SecretRef::certificate_key(&project_id, &id, order_id);
     // Audited before it is read, and not served when the read cannot be
     // audited (fail closed, as Vault does with its audit devices).
     let event = Event::new(
@@ -599,11 +605,19 @@ pub async fn private_key(
         tracing::error!(certificate = %id, error = %crate::store::short(&e), "a private key read cannot be audited; not serving the key");
         Problem::unavailable("the read cannot be audited right now, so the key is not served")
     })?;
-    let key = state.secrets.get(secret).await.map_err(|e| {
+    let key = state.secrets.get(&secret).await.map_err(|e| {
         tracing::error!(certificate = %id, error = %e, "cannot open a certificate's private key");
-        Problem::unavailable(
-            "the private key cannot be decrypted right now (is the KEK available?)",
-        )
+        match e {
+            SecretError::Envelope(EnvelopeError::WrongRecord { .. }) => Problem::conflict(
+                "the stored private key is not this certificate's: it was sealed for another owner (the database was altered)",
+            ),
+            SecretError::NotFound(_) => Problem::conflict(
+                "no private key is stored for this certificate's current order",
+            ),
+            _ => Problem::unavailable(
+                "the private key cannot be decrypted right now (is the KEK available?)",
+            ),
+        }
     })?;
     Ok(HttpResponse::Ok()
         .content_type("application/x-pem-file")

@@ -9,9 +9,8 @@ use super::auth::{Caller, Role};
 use super::problem::{ApiResult, Problem};
 use super::validate::{self, Reasons};
 use super::{audit, date, new_id, page, projects, string, ApiState, PageQuery};
-use crate::domain::issuer::{
-    eab_secret_id, tsig_secret_id, TsigAlgorithm, DEFAULT_PROPAGATION_TIMEOUT_SECS, DEFAULT_TTL,
-};
+use crate::crypto::secrets::SecretRef;
+use crate::domain::issuer::{TsigAlgorithm, DEFAULT_PROPAGATION_TIMEOUT_SECS, DEFAULT_TTL};
 use crate::store::issuers;
 
 pub const CHALLENGE_TYPES: &[&str] = &["http-01", "dns-01"];
@@ -278,13 +277,13 @@ fn check_dns(reasons: &mut Reasons, dns: &NewDnsSettings) {
 
 /// Seals an issuer's key before the issuer is stored: an issuer never
 /// exists without its keys.
-async fn seal(state: &ApiState, issuer_id: &str, secret_id: &str, value: &str) -> ApiResult<()> {
+async fn seal(state: &ApiState, issuer_id: &str, secret: &SecretRef, value: &str) -> ApiResult<()> {
     state
         .secrets
-        .put(secret_id, value.as_bytes())
+        .put(secret, value.as_bytes())
         .await
         .map_err(|e| {
-            tracing::error!(issuer = %issuer_id, secret = %secret_id, error = %e, "cannot seal an issuer key");
+            tracing::error!(issuer = %issuer_id, secret = %secret.id(), error = %e, "cannot seal an issuer key");
             Problem::unavailable("the key cannot be sealed right now (is the KEK available?)")
         })
 }
@@ -319,11 +318,23 @@ pub async fn create(
     if let Some(eab) = &body.eab {
         // The HMAC key binds the account once; it is sealed like every key
         // and never shown again.
-        seal(&state, &id, &eab_secret_id(&id), &eab.hmac_key).await?;
+        seal(
+            &state,
+            &id,
+            &SecretRef::eab_key(&project_id, &id),
+            &eab.hmac_key,
+        )
+        .await?;
         record.insert("eab", doc! { "kid": &eab.kid });
     }
     if let Some(dns) = &body.dns {
-        seal(&state, &id, &tsig_secret_id(&id), &dns.tsig_secret).await?;
+        seal(
+            &state,
+            &id,
+            &SecretRef::tsig_key(&project_id, &id),
+            &dns.tsig_secret,
+        )
+        .await?;
         record.insert(
             "dns",
             doc! {

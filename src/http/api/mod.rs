@@ -19,6 +19,7 @@ use mongodb::bson::{doc, oid::ObjectId, Document};
 use serde::Deserialize;
 
 use crate::audit::{Audit, Event};
+use crate::crypto::api_tokens::TokenKey;
 use crate::crypto::secrets::Secrets;
 use crate::queue::jobs::JobQueue;
 use crate::store::Store;
@@ -33,6 +34,8 @@ pub const MAX_PAGE: i64 = 200;
 pub struct ApiState {
     pub store: Store,
     pub secrets: Secrets,
+    /// Keys token records ([`crate::crypto::api_tokens`]).
+    pub token_key: TokenKey,
     pub queue: JobQueue,
     pub audit: Audit,
     pub metrics: std::sync::Arc<crate::observe::metrics::Metrics>,

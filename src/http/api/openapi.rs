@@ -20,7 +20,7 @@ use super::{audit_log, certificates, issuers, projects, tokens};
         issuers::create, issuers::list, issuers::get,
         certificates::create, certificates::list, certificates::get, certificates::issue, certificates::revoke, certificates::set_endpoints,
         certificates::private_key, certificates::orders, certificates::jobs,
-        tokens::create, tokens::revoke,
+        tokens::create, tokens::list, tokens::revoke,
         audit_log::all, audit_log::project,
     ),
     modifiers(&BearerAuth),

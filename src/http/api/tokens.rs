@@ -1,18 +1,22 @@
-//! `/v1/tokens`: creating and revoking API tokens, audited. A global admin
-//! may grant anything; a project admin may grant roles on their projects.
+//! `/v1/tokens`: creating, listing and revoking API tokens, audited. A
+//! global admin may grant anything; a project admin may grant roles on their
+//! projects, and list and revoke the tokens it could have granted. Revoking a
+//! token revokes the tokens minted with it too.
 
 use actix_web::{web, HttpResponse};
-use mongodb::bson::doc;
+use mongodb::bson::{doc, Bson, Document};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::auth::{self, Caller, Role};
 use super::problem::{ApiResult, Problem};
 use super::validate::Reasons;
-use super::{audit, ApiState};
+use super::{audit, date, string, ApiState, PageQuery};
+use crate::store::tokens as store_tokens;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/tokens", web::post().to(create))
+        .route("/tokens", web::get().to(list))
         .route("/tokens/{id}", web::delete().to(revoke));
 }
 
@@ -109,12 +113,18 @@ pub async fn create(
     }
     let token = auth::create(
         &state.store,
+        &state.token_key,
         body.global_admin,
         &grants,
         &body.description,
         expires_at,
+        Some(&caller.token_id),
     )
-    .await?;
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "cannot create an API token");
+        Problem::unavailable("the token cannot be created right now (is the KEK available?)")
+    })?;
     let roles: Vec<_> = grants
         .iter()
         .map(|(p, r)| doc! { "project_id": p, "role": r.as_str() })
@@ -134,6 +144,87 @@ pub async fn create(
     }))
 }
 
+/// A token as listed: never its secret.
+#[derive(Serialize, ToSchema)]
+pub struct TokenView {
+    pub id: String,
+    pub description: String,
+    pub global_admin: bool,
+    pub roles: Vec<GrantView>,
+    /// The token that minted it (none for tokens made by an operator).
+    pub created_by: Option<String>,
+    pub created_at: Option<String>,
+    pub expires_at: Option<String>,
+    /// Updated at most once a minute.
+    pub last_used_at: Option<String>,
+    pub revoked: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct GrantView {
+    pub project_id: String,
+    pub role: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenPage {
+    pub items: Vec<TokenView>,
+    pub next: Option<String>,
+}
+
+fn view(d: &Document) -> TokenView {
+    TokenView {
+        id: string(d, "id").unwrap_or_default(),
+        description: string(d, "description").unwrap_or_default(),
+        global_admin: d.get_bool("global_admin").unwrap_or(false),
+        roles: d
+            .get_array("roles")
+            .map(|a| {
+                a.iter()
+                    .filter_map(Bson::as_document)
+                    .map(|r| GrantView {
+                        project_id: string(r, "project_id").unwrap_or_default(),
+                        role: string(r, "role").unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        created_by: string(d, "created_by"),
+        created_at: date(d, "created_at"),
+        expires_at: date(d, "expires_at"),
+        last_used_at: date(d, "last_used_at"),
+        revoked: d.get_bool("revoked").unwrap_or(false),
+    }
+}
+
+/// The tokens the caller manages: all for a global admin; for others, their
+/// own and those with roles only on projects they administer.
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", params(PageQuery),
+    responses((status = 200, body = TokenPage), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn list(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    query: web::Query<PageQuery>,
+) -> ApiResult<HttpResponse> {
+    let limit = query.limit()?;
+    let filter = if caller.global_admin {
+        doc! {}
+    } else {
+        doc! { "$or": [
+            { "id": &caller.token_id },
+            { "roles.project_id": { "$in": caller.administers() } },
+        ] }
+    };
+    let (found, next) =
+        store_tokens::page(&state.store, filter, query.after.as_deref(), limit).await?;
+    let items = found
+        .iter()
+        .filter(|t| caller.manages(t))
+        .map(view)
+        .collect();
+    Ok(HttpResponse::Ok().json(TokenPage { items, next }))
+}
+
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path)),
     responses((status = 204), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn revoke(
@@ -141,18 +232,22 @@ pub async fn revoke(
     caller: Caller,
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    // Revoking needs the power to have granted it: global admins only.
-    caller.require_global_admin()?;
     let id = path.into_inner();
-    if !auth::revoke(&state.store, &id).await? {
-        return Err(Problem::not_found("token"));
-    }
+    // A token the caller could not have granted is as good as absent.
+    let token = store_tokens::find(&state.store, &id)
+        .await?
+        .filter(|t| caller.manages(t))
+        .ok_or_else(|| Problem::not_found("token"))?;
+    let revoked = store_tokens::revoke_with_minted(&state.store, &id).await?;
     audit(
         &state,
         caller.actor(),
         "token.revoked",
         format!("tokens/{id}"),
-        doc! {},
+        doc! {
+            "minted_with_it": revoked.iter().filter(|r| **r != id).cloned().collect::<Vec<_>>(),
+            "global_admin": token.get_bool("global_admin").unwrap_or(false),
+        },
     )
     .await;
     Ok(HttpResponse::NoContent().finish())

@@ -276,6 +276,17 @@ where
     }
 }
 
+/// What the test processes may reach that the egress policy refuses by
+/// default: the servers tests run (Pebble, bind9, rsyslog, TLS endpoints)
+/// listen on loopback. A test of the policy itself passes its own
+/// `CAP_EGRESS_ALLOW`.
+pub const TEST_EGRESS_ALLOW: &str = "127.0.0.0/8,::1";
+
+/// The egress policy in-process calls of tests pass (see [`TEST_EGRESS_ALLOW`]).
+pub fn test_egress() -> certautopilot::net::egress::EgressPolicy {
+    certautopilot::net::egress::EgressPolicy::parse(TEST_EGRESS_ALLOW).unwrap()
+}
+
 /// A running `certautopilot` process, killed when dropped.
 pub struct Proc {
     pub child: Child,
@@ -306,6 +317,7 @@ impl Proc {
             .env("CAP_HTTP_ADDR", http.to_string())
             .env("CAP_INSTANCE_ID", id)
             .env("CAP_LOG_FORMAT", "json")
+            .env("CAP_EGRESS_ALLOW", TEST_EGRESS_ALLOW)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

@@ -34,6 +34,9 @@ pub struct PebbleOptions {
     /// host:port of a DNS server to resolve names through (a test's bind9:
     /// DNS-01 then reads the records it holds) instead of challtestsrv.
     pub dns_server: Option<String>,
+    /// External account binding required, with this key id and HMAC key
+    /// (base64url, as Pebble's `externalAccountMACKeys` takes it).
+    pub eab: Option<(String, String)>,
 }
 
 impl Default for PebbleOptions {
@@ -42,6 +45,7 @@ impl Default for PebbleOptions {
             nonce_reject_percent: 5,
             validity_secs: None,
             dns_server: None,
+            eab: None,
         }
     }
 }
@@ -76,7 +80,8 @@ impl Pebble {
                     "httpPort": http_port,
                     "tlsPort": tls,
                     "ocspResponderURL": "",
-                    "externalAccountBindingRequired": false,
+                    "externalAccountBindingRequired": options.eab.is_some(),
+                    "externalAccountMACKeys": options.eab.iter().map(|(kid, key)| (kid.clone(), serde_json::json!(key))).collect::<serde_json::Map<_, _>>(),
                     "certificateValidityPeriod": options.validity_secs.unwrap_or(157_766_400),
                 }
             })

@@ -1,0 +1,10 @@
+//! Outbound connections: where the process may connect, decided once, after
+//! name resolution, for every connection a tenant can aim.
+//!
+//! - [`egress`] — the egress policy (`CAP_EGRESS_ALLOW`): which addresses are
+//!   refused, resolving and connecting through it.
+//! - [`connector`] — the same policy as a hyper connector: a resolver hook, and a
+//!   guard for URLs that name an IP address (those skip resolvers).
+
+pub mod connector;
+pub mod egress;
