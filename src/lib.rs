@@ -10,7 +10,7 @@
 //! | [`domain`] | pure types and rules: certificate and its status transitions, issuer, order stage, renewal windows and jitter, drift classification, every job kind with its payload and idempotency key, back-off, keys and CSRs |
 //! | [`observe`] | metrics, JSON logs, the shutdown signal |
 //! | [`net`] | the egress policy every outbound connection a tenant can aim passes (`CAP_EGRESS_ALLOW`), and its hook into hyper's connector |
-//! | [`store`] | the MongoDB connection and the database's clock, fenced writes, schema and migrations, and one module per collection — the only code that reads or writes `certificates`, `orders`, `challenges`, `issuers`, `projects`, `tokens` and `keys` |
+//! | [`store`] | the MongoDB connection and the database's clock, fenced writes, schema and migrations, and one module per collection — the only code that reads or writes `certificates`, `orders`, `challenges`, `issuers`, `projects`, `tokens`, `keys` and `kek_versions` |
 //! | [`crypto`] | KEK providers (`file`, `pkcs11`) and bundles, envelope encryption, secrets at rest |
 //! | [`queue`] | the fenced job queue, leases and worker presence (their own collections), the handler interface and its outcome |
 //! | [`audit`] | the hash-chained audit log (its own collections), checkpoints, `audit verify`, SIEM forwarding |

@@ -97,13 +97,16 @@ impl ClaimActor {
 
     /// One claim round: ask for as many jobs as there are free slots.
     fn claim_round(&mut self, ctx: &mut Context<Self>) {
-        let schema_ok = self.readiness.schema_fit().is_some_and(|f| f.runs());
+        // Jobs run only under a schema that fits and the installation's own
+        // KEK: what another key ring sealed no other process could open.
+        let fit = self.readiness.schema_fit().is_some_and(|f| f.runs())
+            && !self.readiness.kek_foreign();
         // Never hold a job before our presence is recorded: a worker that
         // died unannounced would keep its jobs for a whole job lease.
         if self.claiming
             || self.state != ClaimState::Claiming
             || !self.present
-            || !schema_ok
+            || !fit
             || self.free_slots() == 0
         {
             return;

@@ -30,6 +30,7 @@ use actix::prelude::*;
 use futures::future::BoxFuture;
 use instant_acme::{Account, CertificateIdentifier, ChallengeType, Order};
 use mongodb::bson::{doc, oid::ObjectId, DateTime};
+use zeroize::Zeroizing;
 
 use crate::acme::dns01::Dns01;
 use crate::acme::order::{self as steps, Validation};
@@ -522,15 +523,18 @@ impl OrderMachine {
         &self,
         record: &OrderRecord,
         order: &mut Order,
-    ) -> Result<(String, String), HandlerError> {
+    ) -> Result<(String, Zeroizing<String>), HandlerError> {
         let key = self
             .settings
             .secrets
             .get(&certificate_key(record))
             .await
             .map_err(|e| HandlerError::Retryable(e.to_string()))?;
-        let key_pem = String::from_utf8(key.to_vec())
-            .map_err(|_| HandlerError::Permanent("stored key is not PEM".into()))?;
+        let key_pem = Zeroizing::new(
+            std::str::from_utf8(&key)
+                .map_err(|_| HandlerError::Permanent("stored key is not PEM".into()))?
+                .to_owned(),
+        );
         if steps::awaits_csr(order, &self.retry)
             .await
             .map_err(outcome::of_order)?

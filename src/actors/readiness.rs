@@ -2,7 +2,10 @@
 //! endpoint itself never waits on the database.
 //!
 //! Not ready when: shutting down; the schema does not fit this binary; the
-//! KEK fails its canary round trip; or the primary has not answered for
+//! KEK fails its canary round trip, or is not the installation's (a version
+//! whose check value differs from the one recorded for it, see
+//! [`crate::crypto::kek::check`]: workers then claim nothing, so nothing is
+//! sealed under it); or the primary has not answered for
 //! longer than the grace period. The grace
 //! period means a brief election does not pull every replica out of the load
 //! balancer at the same moment.
@@ -13,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::crypto::kek::KekProvider;
+use crate::crypto::kek::check::{self, CheckError};
+use crate::crypto::kek::{KekError, KekProvider};
 use crate::observe::metrics::Metrics;
 use crate::observe::shutdown::Shutdown;
 use crate::store::schema::{self, SchemaFit};
@@ -39,6 +43,8 @@ struct State {
     schema: Option<SchemaFit>,
     /// The last KEK canary's failure, if it failed.
     kek_error: Option<String>,
+    /// Why the KEK is not this installation's, if the last check said so.
+    kek_foreign: Option<String>,
 }
 
 /// The answer `/readyz` gives.
@@ -75,6 +81,16 @@ impl Readiness {
 
     pub fn record_kek(&self, result: Result<(), String>) {
         self.state.lock().unwrap().kek_error = result.err();
+    }
+
+    pub fn record_kek_identity(&self, result: Result<(), String>) {
+        self.state.lock().unwrap().kek_foreign = result.err();
+    }
+
+    /// The KEK is another key ring than the one the data keys are wrapped
+    /// with: nothing may be sealed under it.
+    pub fn kek_foreign(&self) -> bool {
+        self.state.lock().unwrap().kek_foreign.is_some()
     }
 
     pub fn record_unreachable(&self, error: String) {
@@ -119,6 +135,9 @@ impl Readiness {
         if let Some(e) = &s.kek_error {
             return not_ready("KEK unreachable", json!({ "kek": e }));
         }
+        if let Some(e) = &s.kek_foreign {
+            return not_ready("KEK is not this installation's", json!({ "kek": e }));
+        }
         Report {
             ready: true,
             body: json!({ "status": "ready", "checks": { "database": database, "schema": "ok", "kek": "ok" } }),
@@ -147,7 +166,18 @@ pub async fn monitor(
             Ok(fit) => readiness.record_ok(fit),
             Err(e) => readiness.record_unreachable(e),
         }
-        let kek_result = kek_canary(kek.clone()).await;
+        let mut kek_result = kek_canary(kek.clone()).await;
+        if kek_result.is_ok() {
+            match kek_identity(&store, kek.clone()).await {
+                Ok(()) => readiness.record_kek_identity(Ok(())),
+                Err(CheckError::Kek(e @ KekError::NotThisKeyRing { .. })) => {
+                    readiness.record_kek_identity(Err(e.to_string()))
+                }
+                Err(CheckError::Kek(e)) => kek_result = Err(e.to_string()),
+                // The database check reports it; keep what we knew.
+                Err(CheckError::Db(e)) => tracing::debug!(error = %e, "KEK check values not read"),
+            }
+        }
         if kek_result.is_ok() {
             metrics
                 .kek_current_version
@@ -177,6 +207,14 @@ pub async fn kek_canary(kek: Arc<dyn KekProvider>) -> Result<(), String> {
         Ok(Err(_)) => Err("KEK check panicked".into()),
         Err(_) => Err("KEK check timed out".into()),
     }
+}
+
+/// Is the KEK the installation's? Its check values against the recorded ones
+/// (recording those of versions seen for the first time).
+pub async fn kek_identity(store: &Store, kek: Arc<dyn KekProvider>) -> Result<(), CheckError> {
+    tokio::time::timeout(PROBE_DEADLINE, check::verify(store, kek))
+        .await
+        .unwrap_or_else(|_| Err(CheckError::Db("timed out".into())))
 }
 
 async fn probe(store: &Store) -> Result<SchemaFit, String> {

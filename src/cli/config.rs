@@ -80,7 +80,24 @@ pub struct KekArgs {
     pub pkcs11_token_label: Option<String>,
     /// User PIN of that token (required with the pkcs11 provider)
     #[arg(long, env = "CAP_PKCS11_PIN", hide_env_values = true)]
-    pub pkcs11_pin: Option<String>,
+    pub pkcs11_pin: Option<SecretArg>,
+}
+
+/// A secret setting (the PKCS#11 PIN): wiped from memory when dropped, and
+/// never shown by `Debug` (the argument structs derive it).
+#[derive(Clone)]
+pub struct SecretArg(pub zeroize::Zeroizing<String>);
+
+impl From<String> for SecretArg {
+    fn from(value: String) -> Self {
+        SecretArg(zeroize::Zeroizing::new(value))
+    }
+}
+
+impl std::fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl KekArgs {
@@ -105,9 +122,14 @@ impl KekArgs {
                     .into(),
                 token_label: set(&self.pkcs11_token_label)
                     .unwrap_or_else(|| DEFAULT_PKCS11_TOKEN_LABEL.into()),
-                pin: zeroize::Zeroizing::new(set(&self.pkcs11_pin).ok_or_else(|| {
-                    ConfigError("CAP_PKCS11_PIN is not set: the pkcs11 KEK provider needs the token's user PIN".into())
-                })?),
+                pin: match &self.pkcs11_pin {
+                    Some(pin) if !pin.0.trim().is_empty() => {
+                        zeroize::Zeroizing::new(pin.0.trim().to_string())
+                    }
+                    _ => return Err(ConfigError(
+                        "CAP_PKCS11_PIN is not set: the pkcs11 KEK provider needs the token's user PIN".into(),
+                    )),
+                },
             }),
             other => Err(ConfigError(format!(
                 "invalid CAP_KEK_PROVIDER {other:?}: expected file or pkcs11"
@@ -130,6 +152,12 @@ pub struct WorkloadArgs {
     /// A listener of its own for /metrics, which then leaves the main one, e.g. 0.0.0.0:9090 [default: none]
     #[arg(long, env = "CAP_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
+    /// PEM certificate chain: the main listener serves HTTPS (with CAP_HTTP_TLS_KEY) [default: none]
+    #[arg(long, env = "CAP_HTTP_TLS_CERT")]
+    pub http_tls_cert: Option<String>,
+    /// PEM private key of CAP_HTTP_TLS_CERT [default: none]
+    #[arg(long, env = "CAP_HTTP_TLS_KEY")]
+    pub http_tls_key: Option<String>,
     /// Job lease length in seconds [default: 60]
     #[arg(long, env = "CAP_JOB_LEASE_SECS")]
     pub job_lease_secs: Option<String>,
@@ -249,6 +277,9 @@ pub struct WorkloadConfig {
     pub http_addr: SocketAddr,
     pub challenge_addr: Option<SocketAddr>,
     pub metrics_addr: Option<SocketAddr>,
+    /// The main listener's certificate chain and key (PEM files), when it
+    /// serves HTTPS.
+    pub http_tls: Option<crate::http::tls::TlsFiles>,
     pub job_lease: Duration,
     pub leader_lease: Duration,
     pub worker_concurrency: usize,
@@ -351,6 +382,21 @@ impl WorkloadArgs {
                 ))
             })?),
         };
+        let set = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(std::path::PathBuf::from)
+        };
+        let http_tls = match (set(&self.http_tls_cert), set(&self.http_tls_key)) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(crate::http::tls::TlsFiles { cert, key }),
+            _ => {
+                return Err(ConfigError(
+                    "CAP_HTTP_TLS_CERT and CAP_HTTP_TLS_KEY go together: set both (HTTPS) or neither (HTTP)".into(),
+                ))
+            }
+        };
         let job_lease = secs(
             &self.job_lease_secs,
             "CAP_JOB_LEASE_SECS",
@@ -378,6 +424,7 @@ impl WorkloadArgs {
             http_addr,
             challenge_addr,
             metrics_addr,
+            http_tls,
             job_lease,
             leader_lease,
             worker_concurrency: number(
@@ -528,16 +575,20 @@ impl WorkloadArgs {
         };
         let webhook = match set(&self.siem_webhook_url) {
             None => None,
-            Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
-                Some(WebhookConfig {
-                    url,
-                    ca_file: set(&self.siem_webhook_ca_file).map(Into::into),
-                })
+            Some(url) if url.starts_with("https://") => Some(WebhookConfig {
+                url,
+                ca_file: set(&self.siem_webhook_ca_file).map(Into::into),
+            }),
+            // Not echoed: a webhook URL often carries its credential.
+            Some(url) if url.starts_with("http://") => {
+                return Err(ConfigError(
+                    "invalid CAP_SIEM_WEBHOOK_URL: it is plain http://, and audit records are sent only over https:// (trust a private CA with CAP_SIEM_WEBHOOK_CA_FILE)".into(),
+                ))
             }
-            Some(url) => {
-                return Err(ConfigError(format!(
-                    "invalid CAP_SIEM_WEBHOOK_URL {url:?}: expected an https:// URL"
-                )))
+            Some(_) => {
+                return Err(ConfigError(
+                    "invalid CAP_SIEM_WEBHOOK_URL: expected an https:// URL".into(),
+                ))
             }
         };
         Ok(SiemConfig {
@@ -631,6 +682,7 @@ mod tests {
     fn defaults_are_pinned() {
         let c = args().resolve().unwrap();
         assert_eq!(c.http_addr, "127.0.0.1:8080".parse().unwrap());
+        assert!(c.http_tls.is_none(), "plain HTTP unless asked");
         assert_eq!(c.job_lease, Duration::from_secs(60));
         assert_eq!(c.leader_lease, Duration::from_secs(15));
         assert_eq!(c.worker_concurrency, 8);
@@ -696,6 +748,54 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("CAP_HTTP_ADDR"));
+    }
+
+    #[test]
+    fn a_tls_certificate_needs_its_key_and_the_other_way_round() {
+        for (cert, key) in [(Some("cert.pem"), None), (None, Some("key.pem"))] {
+            let mut a = args();
+            a.http_tls_cert = cert.map(Into::into);
+            a.http_tls_key = key.map(Into::into);
+            let err = a.resolve().unwrap_err().to_string();
+            assert!(
+                err.contains("CAP_HTTP_TLS_CERT") && err.contains("CAP_HTTP_TLS_KEY"),
+                "{err}"
+            );
+        }
+        let mut a = args();
+        a.http_tls_cert = Some("cert.pem".into());
+        a.http_tls_key = Some("key.pem".into());
+        let tls = a.resolve().unwrap().http_tls.unwrap();
+        assert_eq!(
+            (tls.cert.to_str(), tls.key.to_str()),
+            (Some("cert.pem"), Some("key.pem"))
+        );
+    }
+
+    #[test]
+    fn a_plain_http_webhook_is_refused_without_echoing_it() {
+        let mut a = args();
+        a.siem_webhook_url = Some("http://siem.example/hook?token=s3cr3t".into());
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("CAP_SIEM_WEBHOOK_URL") && err.contains("https://"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cr3t"), "{err}");
+        a.siem_webhook_url = Some("https://siem.example/hook".into());
+        assert!(a.resolve().unwrap().siem.webhook.is_some());
+    }
+
+    #[test]
+    fn no_debug_output_shows_the_pin() {
+        let mut a = args();
+        a.common.kek.kek_provider = Some("pkcs11".into());
+        a.common.kek.pkcs11_pin = Some(String::from("4711-secret-pin").into());
+        let resolved = a.resolve().unwrap();
+        for shown in [format!("{a:?}"), format!("{resolved:?}")] {
+            assert!(!shown.contains("4711-secret-pin"), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! `certautopilot health`: is this installation working?
 //!
 //! Healthy (exit 0) when the primary answers, the schema fits this binary, a
-//! scheduler leader is live, and the KEK passes its canary and holds every
-//! version a stored data key needs. Replica-set members, queue depth and dead jobs
+//! scheduler leader is live, and the KEK passes its canary, is the
+//! installation's (each version's check value matches the recorded one) and
+//! holds every version a stored data key needs. Replica-set members, queue depth and dead jobs
 //! are reported too; dead jobs are a warning, not a failure, because a
 //! restored or long-running installation may keep old ones an operator has
 //! yet to look at, and they do not stop new work.
@@ -290,6 +291,9 @@ async fn kek_check(store: &Store, kek: Result<Arc<dyn KekProvider>, String>) -> 
     };
     if let Err(e) = crate::actors::readiness::kek_canary(kek.clone()).await {
         return failed(e);
+    }
+    if let Err(e) = crate::actors::readiness::kek_identity(store, kek.clone()).await {
+        return failed(e.to_string());
     }
     let counts = match tokio::time::timeout(DEADLINE, data_keys_by_version(store)).await {
         Ok(Ok(counts)) => counts,

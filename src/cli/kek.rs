@@ -15,6 +15,7 @@ use clap::Subcommand;
 use super::config::{CommonArgs, ConfigError, KekArgs};
 use super::{connect, open_kek, operator, Failure};
 use crate::audit::{Audit, Event};
+use crate::crypto::kek::check::{self, CheckError};
 use crate::crypto::kek::{KekError, KekProvider};
 use crate::store::keys::{data_keys_by_version, remaining};
 use crate::store::{short, Store};
@@ -23,6 +24,8 @@ use crate::store::{short, Store};
 pub enum AdminError {
     #[error(transparent)]
     Kek(#[from] KekError),
+    #[error(transparent)]
+    Check(#[from] CheckError),
     #[error("database error: {0}")]
     Db(String),
     #[error("{0}")]
@@ -87,15 +90,18 @@ pub async fn status(store: &Store, kek: &Arc<dyn KekProvider>) -> Result<KekStat
     })
 }
 
-/// Creates a new current KEK version and records it. Returns it.
+/// Creates a new current KEK version and records it (and its check value).
+/// Returns it. Refuses a key ring that is not the installation's.
 pub async fn rotate(
     store: &Store,
     kek: &Arc<dyn KekProvider>,
     actor: &str,
 ) -> Result<u32, AdminError> {
     kek.check()?;
+    check::verify(store, kek.clone()).await?;
     let from = kek.current_version();
     let version = kek.rotate()?;
+    check::verify(store, kek.clone()).await?;
     let event = Event::new(actor, "kek.rotated", format!("kek/{version}"))
         .with(doc! { "from": from as i64, "to": version as i64, "provider": kek.describe() });
     Audit::new(store.clone()).append(&event).await?;

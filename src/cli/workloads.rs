@@ -89,6 +89,8 @@ pub enum StartError {
     Schema(String),
     #[error("KEK: {0}")]
     Kek(String),
+    #[error("HTTPS: {0}")]
+    Tls(String),
     #[error("cannot serve HTTP on {addr}: {error}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -235,6 +237,14 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
             .map(|k| k.as_str().to_string())
             .collect(),
     };
+    // HTTPS on the main listener only: HTTP-01 challenges are plain HTTP by
+    // definition, and the metrics listener is for the scraper.
+    let tls = cfg
+        .http_tls
+        .as_ref()
+        .map(http::tls::server_config)
+        .transpose()
+        .map_err(StartError::Tls)?;
     let serve_api = roles.api;
     let metrics_apart = cfg.metrics_addr.is_some();
     let api_state_for_challenges = api_state.clone();
@@ -256,8 +266,11 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
     })
     .workers(if roles.api { 2 } else { 1 })
     .disable_signals()
-    .shutdown_timeout(cfg.shutdown_grace.as_secs())
-    .bind(cfg.http_addr)
+    .shutdown_timeout(cfg.shutdown_grace.as_secs());
+    let server = match tls {
+        Some(config) => server.bind_rustls_0_23(cfg.http_addr, config),
+        None => server.bind(cfg.http_addr),
+    }
     .map_err(|error| StartError::Bind {
         addr: cfg.http_addr,
         error,
@@ -307,6 +320,7 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
     tracing::info!(
         instance = %cfg.instance_id,
         http = %cfg.http_addr,
+        https = cfg.http_tls.is_some(),
         api = roles.api, worker = roles.worker, scheduler = roles.scheduler,
         "started"
     );

@@ -1,9 +1,11 @@
 //! The HTTP surface: `/healthz`, `/readyz` and `/metrics` on every workload
 //! ([`health`]), and on `api` replicas the `/v1` API and the HTTP-01
-//! responder ([`api`]).
+//! responder ([`api`]); HTTPS on the main listener when it has a
+//! certificate ([`tls`]).
 
 pub mod api;
 pub mod health;
+pub mod tls;
 
 use std::sync::Arc;
 

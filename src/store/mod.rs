@@ -3,7 +3,7 @@
 //! clock ([`clock`]), fenced writes ([`fence`]), the schema and its
 //! migrations ([`schema`]), and one module per collection ([`certificates`],
 //! [`orders`], [`challenges`], [`issuers`], [`projects`], [`tokens`],
-//! [`keys`]; [`stats`] shares the certificate counts).
+//! [`keys`], [`kek_versions`]; [`stats`] shares the certificate counts).
 //!
 //! Every write uses write concern `majority` and every read that decides
 //! anything goes to the primary (DESIGN.md invariant 1), whatever the URI
@@ -18,6 +18,7 @@ pub mod clock;
 pub mod fence;
 pub mod fleet;
 pub mod issuers;
+pub mod kek_versions;
 pub mod keys;
 pub mod orders;
 pub mod projects;

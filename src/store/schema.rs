@@ -219,6 +219,15 @@ const MIGRATIONS: &[Migration] = &[
         needs_kek: true,
         contract: true,
     },
+    Migration {
+        version: 13,
+        name: "KEK key-check values",
+        collections: &[super::kek_versions::KEK_VERSIONS],
+        indexes: Vec::new,
+        data: None,
+        needs_kek: false,
+        contract: false,
+    },
 ];
 
 fn v10_indexes() -> Vec<(&'static str, IndexModel)> {

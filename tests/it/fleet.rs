@@ -177,26 +177,42 @@ async fn ready(p: &Proc) -> bool {
         .unwrap_or(false)
 }
 
+/// Migration 12 is the last breaking one (floor 12); 13 is additive.
+const FLOOR: i64 = 12;
+
 #[tokio::test]
 async fn a_binary_older_than_the_floor_refuses_to_start_and_migrate_waits_for_old_instances() {
+    assert!(CURRENT_VERSION > FLOOR, "the newest migration is additive");
     let db = TestDb::migrated("schema_floor").await;
-    let older = (CURRENT_VERSION - 1).to_string();
-    let old_env = [("CAP_TEST_KNOWN_SCHEMA_VERSION", older.as_str())];
 
-    // Migration 12 is breaking: its floor is 12, so a binary that knows 11
-    // refuses to start, naming both.
+    // One schema version behind, above the floor: it runs against the
+    // migrated schema, as the previous release's pods do during an upgrade.
+    let behind = (CURRENT_VERSION - 1).to_string();
+    let previous = Proc::start("worker", &db, "floor-previous", &[("CAP_TEST_KNOWN_SCHEMA_VERSION", behind.as_str())]);
+    previous.wait_alive().await;
+    assert!(
+        support::wait_until(Duration::from_secs(20), || ready(&previous)).await,
+        "{}",
+        previous.log_text()
+    );
+    drop(previous);
+
+    // Below the floor: it refuses to start, naming both versions.
+    let below = (FLOOR - 1).to_string();
+    let old_env = [("CAP_TEST_KNOWN_SCHEMA_VERSION", below.as_str())];
     let mut refused = Proc::start("worker", &db, "floor-old-refused", &old_env);
     assert_eq!(refused.wait_exit(Duration::from_secs(20)).await, Some(1));
     let log = refused.log_text();
     assert!(
-        log.contains(&format!(
-            "schema version {CURRENT_VERSION} is newer than the {older}"
-        )) && log.contains(&format!("schema version {CURRENT_VERSION} or later")),
+        log.contains(&format!("schema version {CURRENT_VERSION} is newer than the {below}"))
+            && log.contains(&format!("schema version {FLOOR} or later")),
         "{log}"
     );
 
-    // Were the newest migration additive (floor kept), the older binary runs.
-    set_schema(&db, CURRENT_VERSION, CURRENT_VERSION - 1).await;
+    // Back before the breaking migration, with that old binary alive on it:
+    // `migrate` refuses migration 12, naming the instance; --force applies
+    // it, and the old instance stops being ready.
+    set_schema(&db, FLOOR - 1, FLOOR - 1).await;
     let old = Proc::start("worker", &db, "floor-old", &old_env);
     old.wait_alive().await;
     assert!(
@@ -204,11 +220,6 @@ async fn a_binary_older_than_the_floor_refuses_to_start_and_migrate_waits_for_ol
         "{}",
         old.log_text()
     );
-
-    // Back before the breaking migration, with the old instance alive:
-    // `migrate` refuses it, naming the instance; --force applies it, and
-    // the old instance stops being ready.
-    set_schema(&db, CURRENT_VERSION - 1, CURRENT_VERSION - 1).await;
     let out = cli(&db, &["migrate"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
@@ -218,10 +229,6 @@ async fn a_binary_older_than_the_floor_refuses_to_start_and_migrate_waits_for_ol
     );
     let out = cli(&db, &["migrate", "--force"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let unready =
-        support::wait_until(Duration::from_secs(20), || async { !ready(&old).await }).await;
-    assert!(
-        unready,
-        "the old instance is not ready against the raised floor"
-    );
+    let unready = support::wait_until(Duration::from_secs(20), || async { !ready(&old).await }).await;
+    assert!(unready, "the old instance is not ready against the raised floor");
 }

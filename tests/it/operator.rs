@@ -375,9 +375,15 @@ async fn metrics_move_to_a_listener_of_their_own_when_asked() {
         404,
         "the API's listener no longer serves them"
     );
-    assert_eq!(
-        http.get(api.url("/readyz")).send().await.unwrap().status(),
-        200
+    // Ready once the first probe has answered (alive comes first).
+    let ready = support::wait_until(Duration::from_secs(10), || async {
+        http.get(api.url("/readyz")).send().await.unwrap().status() == 200
+    })
+    .await;
+    assert!(
+        ready,
+        "/readyz stays on the main listener; log:\n{}",
+        api.log_text()
     );
     let apart = http
         .get(format!("http://{metrics_addr}/metrics"))
@@ -403,6 +409,169 @@ async fn metrics_move_to_a_listener_of_their_own_when_asked() {
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("CAP_METRICS_ADDR"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// The `kek` check of `certautopilot health --json` with these settings.
+fn health_kek_check(env: &[(&str, &str)]) -> serde_json::Value {
+    let out = run(&["health", "--json"], env);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("health --json: {}", stderr(&out)));
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "kek")
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test]
+async fn another_key_ring_with_the_same_versions_is_refused_naming_the_version() {
+    let db = TestDb::migrated("kek_check").await;
+    let ours = db.kek_file.to_str().unwrap();
+    // A copy of the key ring while it holds version 1 only; then both go
+    // their own way to a version 2 of their own.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.json");
+    std::fs::copy(&db.kek_file, &other).unwrap();
+    let other_s = other.to_str().unwrap();
+    let ours_env = [("CAP_MONGO_URI", db.uri.as_str()), ("CAP_KEK_FILE", ours)];
+    let other_env = [
+        ("CAP_MONGO_URI", db.uri.as_str()),
+        ("CAP_KEK_FILE", other_s),
+    ];
+
+    let rotated = run(&["kek", "rotate"], &ours_env);
+    assert!(rotated.status.success(), "{}", stderr(&rotated));
+    use certautopilot::crypto::kek::KekProvider;
+    certautopilot::crypto::kek::FileKek::load(&other)
+        .unwrap()
+        .rotate()
+        .unwrap();
+    let check = health_kek_check(&ours_env);
+    assert_eq!(check["ok"], true, "{check}");
+
+    // Versions 1 and 2 both, and 1 the same key: 2 is named.
+    let check = health_kek_check(&other_env);
+    assert_eq!(check["ok"], false, "{check}");
+    let detail = check["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("KEK version 2 does not match the key-check value recorded for it"),
+        "{detail}"
+    );
+    let refused = run(&["kek", "rotate"], &other_env);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("KEK version 2"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let api = Proc::start("api", &db, "other-ring", &[("CAP_KEK_FILE", other_s)]);
+    api.wait_alive().await;
+    let refused = support::wait_until(Duration::from_secs(20), || async {
+        let r = reqwest::get(api.url("/readyz")).await.unwrap();
+        r.status() == 503
+            && r.json::<serde_json::Value>().await.unwrap()["details"]["kek"]
+                .as_str()
+                .is_some_and(|k| k.contains("KEK version 2"))
+    })
+    .await;
+    assert!(refused, "/readyz refuses it; log:\n{}", api.log_text());
+}
+
+#[tokio::test]
+async fn the_api_serves_https_and_picks_up_a_replaced_certificate() {
+    let db = TestDb::migrated("https").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two, live) = (
+        dir.path().join("one"),
+        dir.path().join("two"),
+        dir.path().join("live"),
+    );
+    for d in [&one, &two, &live] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let (ca_one, ca_two) = (
+        support::pebble::listener_certificate(&one),
+        support::pebble::listener_certificate(&two),
+    );
+    let install = |from: &std::path::Path| {
+        // As a renewal tool would: each file replaced whole, by a rename.
+        for name in ["key.pem", "cert.pem"] {
+            let tmp = live.join(format!("{name}.tmp"));
+            std::fs::copy(from.join(name), &tmp).unwrap();
+            std::fs::rename(&tmp, live.join(name)).unwrap();
+        }
+    };
+    install(&one);
+    let (cert, key) = (live.join("cert.pem"), live.join("key.pem"));
+    let api = Proc::start(
+        "api",
+        &db,
+        "https-api",
+        &[
+            ("CAP_HTTP_TLS_CERT", cert.to_str().unwrap()),
+            ("CAP_HTTP_TLS_KEY", key.to_str().unwrap()),
+        ],
+    );
+    // A fresh client each time (no pooled connection): trusting one CA only.
+    let answers = |ca: &std::path::Path| {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+        let client = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .build()
+            .unwrap();
+        let url = format!("https://{}/healthz", api.http);
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    };
+    let up = support::wait_until(Duration::from_secs(20), || answers(&ca_one)).await;
+    assert!(up, "/healthz over TLS; log:\n{}", api.log_text());
+    assert!(
+        !answers(&ca_two).await,
+        "the second certificate is not served yet"
+    );
+    let plain = reqwest::get(api.url("/healthz")).await;
+    assert!(
+        !plain.is_ok_and(|r| r.status().is_success()),
+        "no plain HTTP on the TLS listener"
+    );
+
+    install(&two);
+    let reloaded = support::wait_until(Duration::from_secs(20), || answers(&ca_two)).await;
+    assert!(
+        reloaded,
+        "the new certificate is served; log:\n{}",
+        api.log_text()
+    );
+    assert!(!answers(&ca_one).await, "and the old one no longer");
+    assert!(
+        !api.log_lines_with(&["TLS certificate reloaded"]).is_empty(),
+        "{}",
+        api.log_text()
+    );
+
+    // Both or neither.
+    let out = run(
+        &["api"],
+        &[
+            ("CAP_MONGO_URI", "mongodb://127.0.0.1:1/x"),
+            ("CAP_HTTP_TLS_CERT", cert.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("CAP_HTTP_TLS_CERT") && stderr(&out).contains("CAP_HTTP_TLS_KEY"),
         "{}",
         stderr(&out)
     );

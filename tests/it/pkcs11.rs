@@ -1,6 +1,6 @@
 //! The `pkcs11` KEK provider against SoftHSM2 (Debian's `softhsm2`): wrap,
-//! unwrap and rotate inside the token, and `/readyz` going 503 while the
-//! token is unavailable.
+//! unwrap and rotate inside the token (and a KEK that could leave it
+//! refused), and `/readyz` going 503 while the token is unavailable.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -98,6 +98,55 @@ fn wraps_unwraps_and_rotates_inside_the_token() {
     assert!(kek.remove(2).is_err(), "the current version stays");
     kek.remove(1).unwrap();
     assert_eq!(kek.versions(), vec![2]);
+
+    // A KEK that could leave the token is refused, naming the attribute:
+    // one made here through the module, extractable.
+    let raw = cryptoki::context::Pkcs11::new(MODULE).unwrap();
+    // Already initialized by `kek` (the library is one per process).
+    let _ = raw.initialize(cryptoki::context::CInitializeArgs::new(
+        cryptoki::context::CInitializeFlags::OS_LOCKING_OK,
+    ));
+    let slot = raw
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| raw.get_token_info(*s).unwrap().label().trim() == "certautopilot")
+        .unwrap();
+    let session = raw.open_rw_session(slot).unwrap();
+    // The login is the token's, shared with `kek`'s session.
+    let _ = session.login(
+        cryptoki::session::UserType::User,
+        Some(&cryptoki::types::AuthPin::from(PIN)),
+    );
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    session
+        .generate_key(
+            &cryptoki::mechanism::Mechanism::AesKeyGen,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::ValueLen(32.into()),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(true),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+                Attribute::Label(b"certautopilot-kek-v3".to_vec()),
+            ],
+        )
+        .unwrap();
+    let refused = kek.refresh().unwrap_err().to_string();
+    assert!(
+        refused.contains("certautopilot-kek-v3") && refused.contains("CKA_EXTRACTABLE=true"),
+        "{refused}"
+    );
+    assert!(
+        kek.wrap(&dek).is_err(),
+        "nothing is wrapped while the token holds it"
+    );
+    drop(session);
+    drop(raw);
 }
 
 #[tokio::test]

@@ -2,8 +2,6 @@
 //! to a webhook: every record arrives, in order, across a forwarder crash.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -180,59 +178,70 @@ async fn syslog_receives_every_record_in_order_across_a_forwarder_crash() {
     assert!(line.contains("[audit@32473 seq=\"1\" hash=\""), "{line}");
 }
 
-/// A minimal HTTP receiver: answers 200 to each POST and keeps the bodies.
-fn webhook_receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/audit", listener.local_addr().unwrap());
+/// A minimal HTTPS receiver (rustls, a certificate for 127.0.0.1 signed by
+/// a private CA): answers 200 to each POST and keeps the bodies. Returns
+/// its URL, the CA and the bodies.
+async fn webhook_receiver(
+    dir: &std::path::Path,
+) -> (String, PathBuf, Arc<Mutex<Vec<serde_json::Value>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+    let (acceptor, ca) = tls_acceptor(dir);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/audit", listener.local_addr().unwrap());
     let bodies = Arc::new(Mutex::new(Vec::new()));
     let sink = bodies.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            let sink = sink.clone();
-            std::thread::spawn(move || serve(stream, &sink));
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (acceptor, sink) = (acceptor.clone(), sink.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut stream = tokio::io::BufReader::new(tls);
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        line.clear();
+                        stream.read_line(&mut line).await.unwrap();
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    stream.read_exact(&mut body).await.unwrap();
+                    sink.lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&body).unwrap());
+                    stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await
+                        .unwrap();
+                    stream.flush().await.unwrap();
+                }
+            });
         }
     });
-    (url, bodies)
-}
-
-fn serve(stream: std::net::TcpStream, sink: &Mutex<Vec<serde_json::Value>>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
-    loop {
-        let mut length = 0usize;
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        loop {
-            line.clear();
-            reader.read_line(&mut line).unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
-        sink.lock()
-            .unwrap()
-            .push(serde_json::from_slice(&body).unwrap());
-        writer
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-            .unwrap();
-    }
+    (url, ca, bodies)
 }
 
 #[tokio::test]
 async fn the_webhook_receives_json_batches_in_order() {
-    let (url, bodies) = webhook_receiver();
+    let dir = tempfile::tempdir().unwrap();
+    let (url, ca, bodies) = webhook_receiver(dir.path()).await;
     let db = TestDb::migrated("siem_webhook").await;
     append(&Audit::new(db.store().await), 1, 120).await;
     let env = [
         ("CAP_SIEM_WEBHOOK_URL", url.as_str()),
+        ("CAP_SIEM_WEBHOOK_CA_FILE", ca.to_str().unwrap()),
         ("CAP_SIEM_BATCH", "50"),
         ("CAP_SIEM_POLL_MS", "50"),
     ];
@@ -257,14 +266,36 @@ async fn the_webhook_receives_json_batches_in_order() {
     assert!(first["hash"].as_str().unwrap().len() == 64, "{first}");
 }
 
-/// A TLS syslog receiver (rustls, a certificate made by `openssl` for
-/// 127.0.0.1): parses RFC 6587 octet-counted frames and keeps each message.
-async fn tls_receiver(dir: &std::path::Path) -> (u16, PathBuf, Arc<Mutex<Vec<String>>>) {
+#[test]
+fn a_plain_http_webhook_is_refused_at_configuration() {
+    let secret_url = "http://127.0.0.1:9/audit?token=s3cr3t";
+    let out = std::process::Command::new(support::bin())
+        .arg("scheduler")
+        .env_clear()
+        .env("CAP_MONGO_URI", "mongodb://127.0.0.1:1/x")
+        .env("CAP_KEK_FILE", "/nonexistent/kek.json")
+        .env("CAP_SIEM_WEBHOOK_URL", secret_url)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("CAP_SIEM_WEBHOOK_URL") && stderr.contains("https://"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("s3cr3t"),
+        "the URL is not echoed: {stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+/// A rustls acceptor for `cert.pem`/`key.pem` made in `dir` by a private CA;
+/// returns it and the CA.
+fn tls_acceptor(dir: &std::path::Path) -> (tokio_rustls::TlsAcceptor, PathBuf) {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
-    // A private CA and a certificate for 127.0.0.1 signed by it.
     let ca = support::pebble::listener_certificate(dir);
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -278,7 +309,15 @@ async fn tls_receiver(dir: &std::path::Path) -> (u16, PathBuf, Arc<Mutex<Vec<Str
         PrivateKeyDer::from_pem_file(&key).unwrap(),
     )
     .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca)
+}
+
+/// A TLS syslog receiver (rustls, a certificate made by `openssl` for
+/// 127.0.0.1): parses RFC 6587 octet-counted frames and keeps each message.
+async fn tls_receiver(dir: &std::path::Path) -> (u16, PathBuf, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+
+    let (acceptor, ca) = tls_acceptor(dir);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let messages = Arc::new(Mutex::new(Vec::new()));

@@ -4,6 +4,12 @@
 //! The key ring is sealed with AES-256-GCM under a key stretched from the
 //! passphrase with Argon2id (64 MiB, 3 passes), so a stolen bundle costs an
 //! attacker real work per guess; weak passphrases are refused outright.
+//!
+//! Format version 2 (written since) binds the whole header — format,
+//! version, KDF and its parameters, salt, nonce — into the associated data,
+//! and a header with fields this code does not know is refused, so nothing
+//! read before decryption can be changed unnoticed. Version 1 bundles (whose
+//! associated data is a fixed label) are still read.
 
 use std::path::Path;
 
@@ -20,7 +26,10 @@ use super::file::KeyRing;
 use super::{KekError, KEY_LEN};
 
 const FORMAT: &str = "certautopilot-kek-bundle";
-const AAD: &[u8] = b"certautopilot-kek-bundle/1";
+/// The format version `export` writes.
+const VERSION: u32 = 2;
+/// Version 1's associated data: a label only.
+const V1_AAD: &[u8] = b"certautopilot-kek-bundle/1";
 pub const MIN_PASSPHRASE_CHARS: usize = 14;
 const MIN_DISTINCT_CHARS: usize = 6;
 const MEMORY_KIB: u32 = 64 * 1024;
@@ -33,6 +42,7 @@ const MAX_ITERATIONS: u32 = 16;
 const MAX_PARALLELISM: u32 = 16;
 
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Bundle {
     format: String,
     version: u32,
@@ -42,12 +52,36 @@ struct Bundle {
 }
 
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Kdf {
     algorithm: String,
     memory_kib: u32,
     iterations: u32,
     parallelism: u32,
     salt: String,
+}
+
+impl Bundle {
+    /// The associated data the ciphertext is sealed with: every header field
+    /// (from version 2; version 1 used a fixed label).
+    fn aad(&self) -> Vec<u8> {
+        if self.version == 1 {
+            return V1_AAD.to_vec();
+        }
+        let k = &self.kdf;
+        format!(
+            "{}/{}\nkdf={} memory_kib={} iterations={} parallelism={} salt={}\nnonce={}",
+            self.format,
+            self.version,
+            k.algorithm,
+            k.memory_kib,
+            k.iterations,
+            k.parallelism,
+            k.salt,
+            self.nonce
+        )
+        .into_bytes()
+    }
 }
 
 /// Refuses empty, short and low-variety passphrases, with the reason.
@@ -116,6 +150,11 @@ pub fn export(key_ring: &Path, passphrase: &str) -> Result<String, KekError> {
         key_ring,
     )?
     .to_json();
+    seal(&ring_text, passphrase, VERSION)
+}
+
+/// Seals key-ring JSON into a bundle of format `version`.
+fn seal(ring_text: &str, passphrase: &str, version: u32) -> Result<String, KekError> {
     let mut salt = [0u8; 16];
     let mut nonce = [0u8; 12];
     rand::rng().fill_bytes(&mut salt);
@@ -128,22 +167,23 @@ pub fn export(key_ring: &Path, passphrase: &str) -> Result<String, KekError> {
         salt: B64.encode(salt),
     };
     let key = stretch(passphrase, &salt, &kdf)?;
+    let mut bundle = Bundle {
+        format: FORMAT.into(),
+        version,
+        kdf,
+        nonce: B64.encode(nonce),
+        ciphertext: String::new(),
+    };
     let ciphertext = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key.as_ref()))
         .encrypt(
             Nonce::from_slice(&nonce),
             Payload {
                 msg: ring_text.as_bytes(),
-                aad: AAD,
+                aad: &bundle.aad(),
             },
         )
         .expect("AES-GCM encryption cannot fail for in-memory sizes");
-    let bundle = Bundle {
-        format: FORMAT.into(),
-        version: 1,
-        kdf,
-        nonce: B64.encode(nonce),
-        ciphertext: B64.encode(ciphertext),
-    };
+    bundle.ciphertext = B64.encode(ciphertext);
     Ok(serde_json::to_string_pretty(&bundle).expect("bundle serializes"))
 }
 
@@ -151,8 +191,15 @@ pub fn export(key_ring: &Path, passphrase: &str) -> Result<String, KekError> {
 /// to overwrite an existing file. Returns the key ring's versions.
 pub fn import(bundle_text: &str, passphrase: &str, key_ring: &Path) -> Result<Vec<u32>, KekError> {
     let bad = |reason: &str| KekError::Refused(format!("not a usable KEK bundle: {reason}"));
-    let bundle: Bundle = serde_json::from_str(bundle_text).map_err(|_| bad("not bundle JSON"))?;
-    if bundle.format != FORMAT || bundle.version != 1 || bundle.kdf.algorithm != "argon2id" {
+    let bundle: Bundle = serde_json::from_str(bundle_text).map_err(|e| {
+        bad(&format!(
+            "not bundle JSON, or a field this version does not know: {e}"
+        ))
+    })?;
+    if bundle.format != FORMAT
+        || !(1..=VERSION).contains(&bundle.version)
+        || bundle.kdf.algorithm != "argon2id"
+    {
         return Err(bad("unknown format or version"));
     }
     let salt = B64
@@ -174,7 +221,7 @@ pub fn import(bundle_text: &str, passphrase: &str, key_ring: &Path) -> Result<Ve
                 Nonce::from_slice(&nonce),
                 Payload {
                     msg: &ciphertext,
-                    aad: AAD,
+                    aad: &bundle.aad(),
                 },
             )
             .map_err(|_| KekError::Refused("wrong passphrase, or the bundle was altered".into()))?,
@@ -234,6 +281,57 @@ mod tests {
         assert!(
             import(&bundle, pass, &restored).is_err(),
             "never overwrites"
+        );
+    }
+
+    #[test]
+    fn an_altered_header_is_refused_and_old_bundles_still_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = dir.path().join("kek.json");
+        FileKek::init(&ring).unwrap();
+        let pass = "correct horse battery staple";
+        let text = export(&ring, pass).unwrap();
+        let bundle: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(bundle["version"], 2);
+        type Alteration = (&'static str, fn(&mut serde_json::Value));
+        let alterations: [Alteration; 8] = [
+            ("downgraded to version 1", |b| b["version"] = 1.into()),
+            ("more memory", |b| b["kdf"]["memory_kib"] = 65537.into()),
+            ("fewer iterations", |b| b["kdf"]["iterations"] = 2.into()),
+            ("more lanes", |b| b["kdf"]["parallelism"] = 2.into()),
+            // 16 and 12 bytes of 7.
+            ("another salt", |b| {
+                b["kdf"]["salt"] = "BwcHBwcHBwcHBwcHBwcHBw==".into()
+            }),
+            ("another nonce", |b| b["nonce"] = "BwcHBwcHBwcHBwcH".into()),
+            ("a field added to the header", |b| b["note"] = "hi".into()),
+            ("a field added to the KDF", |b| {
+                b["kdf"]["secret"] = 1.into()
+            }),
+        ];
+        for (what, alter) in alterations {
+            let mut altered = bundle.clone();
+            alter(&mut altered);
+            let out = dir.path().join(format!("{}.json", what.replace(' ', "-")));
+            let refused = import(&altered.to_string(), pass, &out);
+            assert!(refused.is_err(), "{what}: accepted");
+            assert!(!out.exists(), "{what}: nothing written");
+        }
+        assert_eq!(
+            import(&text, pass, &dir.path().join("ok.json")).unwrap(),
+            vec![1]
+        );
+
+        // A bundle written before version 2 still opens.
+        let ring_text = KeyRing::parse(&std::fs::read_to_string(&ring).unwrap(), &ring)
+            .unwrap()
+            .to_json();
+        let old = seal(&ring_text, pass, 1).unwrap();
+        let restored = dir.path().join("from-v1.json");
+        assert_eq!(import(&old, pass, &restored).unwrap(), vec![1]);
+        assert_eq!(
+            std::fs::read_to_string(&restored).unwrap(),
+            std::fs::read_to_string(&ring).unwrap()
         );
     }
 

@@ -2,9 +2,10 @@
 //! Kubernetes Secret), refused when readable by group or others.
 //!
 //! Key-ring format (JSON): `{"current": 2, "keys": {"1": "<base64>", "2": "<base64>"}}`.
-//! Rewrites (rotate, retire, import) go to a temporary file in the same
-//! directory that is renamed over the old one, so a reader never sees half a
-//! key ring.
+//! Rewrites (rotate, retire) go to a temporary file in the same directory
+//! that is renamed over the old one, so a reader never sees half a key ring,
+//! and hold an exclusive lock on `<key ring>.lock` from reading the key ring
+//! to renaming the new one, so two rotations at once cannot lose a version.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -22,7 +23,9 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{random_key, wrap_aad, KekError, KekProvider, SecretKey, KEY_LEN};
+use super::{
+    check_value_of, random_key, wrap_aad, KekError, KekProvider, SecretKey, CHECK_BLOCK, KEY_LEN,
+};
 
 const NONCE_LEN: usize = 12;
 
@@ -159,8 +162,10 @@ impl FileKek {
         Ok(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key.as_ref())))
     }
 
-    /// Applies `change` to the key ring on disk and in memory.
+    /// Applies `change` to the key ring on disk and in memory, under the
+    /// key ring's lock (released when the lock file is closed).
     fn rewrite(&self, change: impl FnOnce(&mut KeyRing)) -> Result<(), KekError> {
+        let _lock = lock(&self.path)?;
         let mut loaded = read(&self.path)?;
         change(&mut loaded.ring);
         replace(&self.path, &loaded.ring.to_json())?;
@@ -252,6 +257,19 @@ impl KekProvider for FileKek {
         Ok(new_version)
     }
 
+    fn check_value(&self, version: u32) -> Result<[u8; CHECK_BLOCK.len()], KekError> {
+        let loaded = self.ring.read().unwrap();
+        let key = loaded
+            .ring
+            .keys
+            .get(&version)
+            .ok_or_else(|| KekError::MissingVersion {
+                version,
+                source_name: self.path.display().to_string(),
+            })?;
+        Ok(check_value_of(key))
+    }
+
     fn remove(&self, version: u32) -> Result<(), KekError> {
         if version == self.current_version() {
             return Err(KekError::Refused(format!(
@@ -291,6 +309,27 @@ fn read(path: &Path) -> Result<Loaded, KekError> {
         ring: KeyRing::parse(&text, path)?,
         stamp: Some(Stamp::of(&meta)),
     })
+}
+
+/// Takes the exclusive lock of the key ring at `path` (waiting for it): a
+/// lock file beside it, since the key ring itself is replaced by a rename.
+fn lock(path: &Path) -> Result<std::fs::File, KekError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let io = |error| KekError::Io {
+        path: lock_path.clone(),
+        error,
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(io)?;
+    file.lock().map_err(io)?;
+    Ok(file)
 }
 
 /// Writes a new file with mode 0600; refuses to overwrite.
@@ -373,6 +412,42 @@ mod tests {
             missing.contains("KEK version 7") && missing.contains("a.json"),
             "{missing}"
         );
+    }
+
+    #[test]
+    fn concurrent_rotations_keep_every_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek.json");
+        FileKek::init(&path).unwrap();
+        // Each thread is a `kek rotate` of its own: its own view of the file.
+        let (threads, rounds) = (4u32, 5u32);
+        let made: Vec<u32> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    let kek = FileKek::load(&path).unwrap();
+                    s.spawn(move || {
+                        (0..rounds)
+                            .map(|_| kek.rotate().unwrap())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        let last = 1 + threads * rounds;
+        let mut made = made;
+        made.sort_unstable();
+        assert_eq!(
+            made,
+            (2..=last).collect::<Vec<_>>(),
+            "each rotation made a version of its own"
+        );
+        let kek = FileKek::load(&path).unwrap();
+        assert_eq!(kek.versions(), (1..=last).collect::<Vec<_>>(), "none lost");
+        assert_eq!(kek.current_version(), last);
     }
 
     #[test]

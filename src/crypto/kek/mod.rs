@@ -11,6 +11,7 @@
 //! rotate` reaches every running process without a restart.
 
 pub mod bundle;
+pub mod check;
 pub mod file;
 pub mod pkcs11;
 
@@ -34,6 +35,8 @@ pub enum KekError {
     MissingVersion { version: u32, source_name: String },
     #[error("cannot unwrap a data key with KEK version {version}: wrong key or damaged data")]
     UnwrapFailed { version: u32 },
+    #[error("KEK version {version} does not match the key-check value recorded for it: this is another key ring (or token), not the one this installation's data keys are wrapped with")]
+    NotThisKeyRing { version: u32 },
     #[error("key ring {path} is readable by group or others (mode {mode:o}): chmod 600 it")]
     TooOpen { path: PathBuf, mode: u32 },
     #[error("key ring {path}: {reason}")]
@@ -66,6 +69,10 @@ pub trait KekProvider: Send + Sync {
     fn rotate(&self) -> Result<u32, KekError>;
     /// Removes `version` from the source. Callers check it is unused first.
     fn remove(&self, version: u32) -> Result<(), KekError>;
+    /// The key-check value of `version`: [`CHECK_BLOCK`] encrypted under it
+    /// (AES-256, one block), which tells one key from another without
+    /// revealing either ([`check`] records and compares them).
+    fn check_value(&self, version: u32) -> Result<[u8; CHECK_BLOCK.len()], KekError>;
 
     /// A wrap/unwrap round trip with a canary: is the KEK reachable and sound?
     fn check(&self) -> Result<(), KekError> {
@@ -80,7 +87,7 @@ pub trait KekProvider: Send + Sync {
 }
 
 /// Which provider, and where its keys are (from `CAP_KEK_*` / `CAP_PKCS11_*`).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum KekConfig {
     File {
         path: PathBuf,
@@ -90,6 +97,25 @@ pub enum KekConfig {
         token_label: String,
         pin: Zeroizing<String>,
     },
+}
+
+/// Without the PIN.
+impl std::fmt::Debug for KekConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KekConfig::File { path } => f.debug_struct("File").field("path", path).finish(),
+            KekConfig::Pkcs11 {
+                module,
+                token_label,
+                pin: _,
+            } => f
+                .debug_struct("Pkcs11")
+                .field("module", module)
+                .field("token_label", token_label)
+                .field("pin", &"<redacted>")
+                .finish(),
+        }
+    }
 }
 
 /// Opens the configured provider. A file key ring is read (and its mode
@@ -104,6 +130,21 @@ pub fn open(config: &KekConfig) -> Result<Arc<dyn KekProvider>, KekError> {
             pin,
         } => Arc::new(Pkcs11Kek::new(module, token_label, pin.clone())?),
     })
+}
+
+/// The block whose encryption is a KEK's check value. Not all zeros (that
+/// block's encryption is the GHASH key of AES-GCM under the same key) and
+/// ending in a zero 32-bit counter, which AES-GCM with 96-bit nonces never
+/// encrypts: so the value is no keystream block of any wrap either.
+pub const CHECK_BLOCK: [u8; 16] = *b"cap-kek-kcv1\0\0\0\0";
+
+/// The check value of a KEK held in memory (the `file` provider).
+fn check_value_of(key: &[u8; KEY_LEN]) -> [u8; CHECK_BLOCK.len()] {
+    use aes::cipher::{BlockEncrypt, KeyInit};
+    let cipher = aes::Aes256::new(key.into());
+    let mut block = CHECK_BLOCK.into();
+    cipher.encrypt_block(&mut block);
+    block.into()
 }
 
 pub fn random_key() -> SecretKey {

@@ -22,7 +22,7 @@ use cryptoki::types::AuthPin;
 use rand::RngCore;
 use zeroize::Zeroizing;
 
-use super::{wrap_aad, KekError, KekProvider, SecretKey, KEY_LEN};
+use super::{wrap_aad, KekError, KekProvider, SecretKey, CHECK_BLOCK, KEY_LEN};
 
 const LABEL_PREFIX: &str = "certautopilot-kek-v";
 const IV_LEN: usize = 12;
@@ -147,19 +147,31 @@ impl Connection {
         for handle in handles {
             let attrs = self
                 .session
-                .get_attributes(handle, &[AttributeType::Label])
-                .map_err(|e| err("reading a KEK label", e))?;
+                .get_attributes(
+                    handle,
+                    &[
+                        AttributeType::Label,
+                        AttributeType::Sensitive,
+                        AttributeType::Extractable,
+                    ],
+                )
+                .map_err(|e| err("reading a KEK's attributes", e))?;
+            let (mut version, mut sensitive, mut extractable) = (None, None, None);
             for attr in attrs {
-                if let Attribute::Label(label) = attr {
-                    let label = String::from_utf8_lossy(&label).to_string();
-                    if let Some(v) = label
-                        .strip_prefix(LABEL_PREFIX)
-                        .and_then(|v| v.parse().ok())
-                    {
-                        self.keys.insert(v, handle);
+                match attr {
+                    Attribute::Label(label) => {
+                        version = String::from_utf8_lossy(&label)
+                            .strip_prefix(LABEL_PREFIX)
+                            .and_then(|v| v.parse::<u32>().ok())
                     }
+                    Attribute::Sensitive(b) => sensitive = Some(b),
+                    Attribute::Extractable(b) => extractable = Some(b),
+                    _ => {}
                 }
             }
+            let Some(version) = version else { continue };
+            guard_kek(version, sensitive, extractable)?;
+            self.keys.insert(version, handle);
         }
         Ok(())
     }
@@ -176,6 +188,28 @@ impl Connection {
                 version,
                 source_name: source,
             })
+    }
+}
+
+/// A KEK must never leave the token: only a key that is sensitive and not
+/// extractable is used (a key made by `kek init` or `kek rotate` is both).
+fn guard_kek(
+    version: u32,
+    sensitive: Option<bool>,
+    extractable: Option<bool>,
+) -> Result<(), KekError> {
+    let label = format!("{LABEL_PREFIX}{version}");
+    let refuse = |what: &str| {
+        Err(KekError::Pkcs11(format!(
+            "KEK {label} is refused: {what}; a KEK must be CKA_SENSITIVE=true and CKA_EXTRACTABLE=false (replace the object with one made so)"
+        )))
+    };
+    match (sensitive, extractable) {
+        (Some(true), Some(false)) => Ok(()),
+        (Some(false), _) => refuse("it is CKA_SENSITIVE=false"),
+        (_, Some(true)) => refuse("it is CKA_EXTRACTABLE=true"),
+        (None, _) => refuse("the token does not report CKA_SENSITIVE"),
+        (_, None) => refuse("the token does not report CKA_EXTRACTABLE"),
     }
 }
 
@@ -250,6 +284,25 @@ impl KekProvider for Pkcs11Kek {
         self.with(|c| c.load_keys())
     }
 
+    fn check_value(&self, version: u32) -> Result<[u8; CHECK_BLOCK.len()], KekError> {
+        let source = self.source();
+        self.with(|c| {
+            if !c.keys.contains_key(&version) {
+                c.load_keys()?;
+            }
+            let key = c.key(version, source)?;
+            // One block under ECB: the same value the file provider computes
+            // for the same key.
+            let value = c
+                .session
+                .encrypt(&Mechanism::AesEcb, key, &CHECK_BLOCK)
+                .map_err(|e| err("computing a KEK check value", e))?;
+            value
+                .try_into()
+                .map_err(|_| KekError::Pkcs11("the token's check value is not one block".into()))
+        })
+    }
+
     fn rotate(&self) -> Result<u32, KekError> {
         self.with(|c| {
             c.load_keys()?;
@@ -291,5 +344,29 @@ impl KekProvider for Pkcs11Kek {
             c.keys.remove(&version);
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_sensitive_unextractable_kek_is_used() {
+        guard_kek(1, Some(true), Some(false)).unwrap();
+        for (sensitive, extractable, named) in [
+            (Some(false), Some(false), "CKA_SENSITIVE=false"),
+            (Some(true), Some(true), "CKA_EXTRACTABLE=true"),
+            (None, Some(false), "does not report CKA_SENSITIVE"),
+            (Some(true), None, "does not report CKA_EXTRACTABLE"),
+        ] {
+            let refused = guard_kek(3, sensitive, extractable)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                refused.contains(named) && refused.contains("certautopilot-kek-v3"),
+                "{refused}"
+            );
+        }
     }
 }

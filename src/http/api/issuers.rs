@@ -40,7 +40,7 @@ pub struct NewIssuer {
 }
 
 /// Where and how DNS-01 records are published (RFC 2136 with TSIG).
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewDnsSettings {
     /// The zone's primary, host:port, which takes the dynamic updates.
@@ -68,11 +68,37 @@ fn default_tsig_algorithm() -> String {
 }
 
 /// External Account Binding: the CA's key id and base64url HMAC key.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Eab {
     pub kid: String,
     pub hmac_key: String,
+}
+
+/// Without the TSIG secret.
+impl std::fmt::Debug for NewDnsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewDnsSettings")
+            .field("primary", &self.primary)
+            .field("zone", &self.zone)
+            .field("tsig_key_name", &self.tsig_key_name)
+            .field("tsig_algorithm", &self.tsig_algorithm)
+            .field("tsig_secret", &"<redacted>")
+            .field("nameservers", &self.nameservers)
+            .field("propagation_timeout_secs", &self.propagation_timeout_secs)
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+/// Without the HMAC key.
+impl std::fmt::Debug for Eab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Eab")
+            .field("kid", &self.kid)
+            .field("hmac_key", &"<redacted>")
+            .finish()
+    }
 }
 
 fn default_challenge() -> String {
