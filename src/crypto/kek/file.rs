@@ -298,7 +298,11 @@ fn read(path: &Path) -> Result<Loaded, KekError> {
     };
     let meta = std::fs::metadata(path).map_err(io)?;
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    use std::os::unix::fs::MetadataExt;
+    // Our own uid is the owner of /proc/self; where that cannot be read,
+    // take the strict rule (as root).
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0);
+    if !private_enough(mode, meta.uid(), me) {
         return Err(KekError::TooOpen {
             path: path.to_path_buf(),
             mode,
@@ -309,6 +313,15 @@ fn read(path: &Path) -> Result<Loaded, KekError> {
         ring: KeyRing::parse(&text, path)?,
         stamp: Some(Stamp::of(&meta)),
     })
+}
+
+/// Whether a key ring with `mode`, owned by `owner`, may be read by the
+/// process running as `me`: readable and writable by its owner only, or —
+/// as PostgreSQL allows for its key files — also readable by the group when
+/// root owns it and we are not root. That is how Kubernetes mounts a Secret
+/// for a non-root pod with an `fsGroup` (root-owned, mode 0440).
+fn private_enough(mode: u32, owner: u32, me: u32) -> bool {
+    mode & 0o077 == 0 || (owner == 0 && me != 0 && mode & 0o037 == 0)
 }
 
 /// Takes the exclusive lock of the key ring at `path` (waiting for it): a
@@ -395,6 +408,20 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         let err = FileKek::load(&path).err().unwrap().to_string();
         assert!(err.contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn a_root_owned_group_readable_key_ring_is_private_enough_for_a_non_root_reader() {
+        // A Kubernetes Secret mounted for uid 65532 with fsGroup: 0440, root's.
+        assert!(private_enough(0o440, 0, 65532));
+        assert!(private_enough(0o640, 0, 65532));
+        assert!(private_enough(0o600, 65532, 65532));
+        // Writable or executable by the group, readable by others, owned by
+        // someone else than root, or read by root itself: refused.
+        assert!(!private_enough(0o460, 0, 65532));
+        assert!(!private_enough(0o444, 0, 65532));
+        assert!(!private_enough(0o440, 1000, 65532));
+        assert!(!private_enough(0o440, 0, 0));
     }
 
     #[test]

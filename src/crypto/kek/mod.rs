@@ -37,7 +37,7 @@ pub enum KekError {
     UnwrapFailed { version: u32 },
     #[error("KEK version {version} does not match the key-check value recorded for it: this is another key ring (or token), not the one this installation's data keys are wrapped with")]
     NotThisKeyRing { version: u32 },
-    #[error("key ring {path} is readable by group or others (mode {mode:o}): chmod 600 it")]
+    #[error("key ring {path} is readable by group or others (mode {mode:o}): chmod 600 it (one owned by root may also be group-readable, 0440, for a process that is not root, as a Kubernetes Secret with an fsGroup is)")]
     TooOpen { path: PathBuf, mode: u32 },
     #[error("key ring {path}: {reason}")]
     BadKeyRing { path: PathBuf, reason: String },
