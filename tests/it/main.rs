@@ -16,7 +16,9 @@
 //! - certificates against a real CA (Pebble): `issuance`, `orders`, `lb`,
 //!   `api`, `renewals`, `revocation`, `dns01`, `drift`;
 //! - outbound connections: `egress` (the egress policy, request timeouts, the
-//!   deadline of a job attempt).
+//!   deadline of a job attempt);
+//! - Kubernetes: `adapter` (the queue-depth metrics adapter, read as the
+//!   aggregator and kubectl read it).
 //!
 //! `support` starts what they run against — the database server, Pebble,
 //! bind9, haproxy, `certautopilot` processes, or a whole [`support::cluster::Cluster`]
@@ -24,6 +26,7 @@
 
 mod support;
 
+mod adapter;
 mod api;
 mod architecture;
 mod audit;
