@@ -7,7 +7,7 @@
 //!
 //! | layer | owns |
 //! |---|---|
-//! | [`domain`] | pure types and rules: certificate and its status transitions, issuer, order stage, renewal windows and jitter, drift classification, every job kind with its payload and idempotency key, back-off, keys and CSRs |
+//! | [`domain`] | pure types and rules: certificate and its status transitions, issuer, order stage, renewal windows and jitter, drift classification, every job kind with its payload and idempotency key, back-off, keys and CSRs, the worker count an HPA asks for |
 //! | [`observe`] | metrics, JSON logs, the shutdown signal |
 //! | [`net`] | the egress policy every outbound connection a tenant can aim passes (`CAP_EGRESS_ALLOW`), and its hook into hyper's connector |
 //! | [`store`] | the MongoDB connection and the database's clock, fenced writes, schema and migrations, and one module per collection — the only code that reads or writes `certificates`, `orders`, `challenges`, `issuers`, `projects`, `tokens`, `keys` and `kek_versions` |
@@ -17,7 +17,7 @@
 //! | [`acme`] | the ACME client and the calls behind each order step, with its own error type; DNS-01 over RFC 2136, ARI, revocation |
 //! | [`work`] | one module per job kind, the registry that names them all, the leader's scans, ACME errors as job outcomes |
 //! | [`actors`] | ClaimActor, LeaseActor, SchedulerActor, OrderActor (owns the order state machine), KekRotationActor, SiemActor, readiness, supervision |
-//! | [`http`] | `/healthz`, `/readyz`, `/metrics`, the HTTP-01 responder and the `/v1` API |
+//! | [`http`] | `/healthz`, `/readyz`, `/metrics`, the HTTP-01 responder, the `/v1` API and the metrics adapter's `external.metrics.k8s.io` |
 //! | [`cli`] | the configuration, the workloads' wiring, one module per operator command |
 //!
 //! `main.rs` parses the command line and dispatches to [`cli`].

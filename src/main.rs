@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use certautopilot::cli::audit::AuditCommand;
-use certautopilot::cli::config::{CommonArgs, WorkloadArgs};
+use certautopilot::cli::config::{AdapterArgs, CommonArgs, WorkloadArgs};
 use certautopilot::cli::fleet::FleetCommand;
 use certautopilot::cli::kek::KekCommand;
 use certautopilot::cli::token::TokenCommand;
@@ -37,6 +37,8 @@ enum Command {
     Scheduler(WorkloadArgs),
     /// api, worker and scheduler in one process (single machine, development)
     All(WorkloadArgs),
+    /// Serve the queue depth to Kubernetes HPAs as external.metrics.k8s.io (TLS)
+    MetricsAdapter(AdapterArgs),
     /// Apply schema migrations (collections, indexes); safe to repeat
     Migrate {
         #[command(flatten)]
@@ -97,6 +99,14 @@ async fn run(command: Command) -> Result<ExitCode, Failure> {
         Command::Kek(command) => return cli::kek::run(command).await,
         Command::Token(command) => return cli::token::run(command).await,
         Command::Audit(command) => return cli::audit::run(command).await,
+        Command::MetricsAdapter(args) => {
+            let cfg = args.resolve()?;
+            logging::init(cfg.common.log_format);
+            cli::metrics_adapter::run(cfg)
+                .await
+                .map_err(|e| Failure::Runtime(e.to_string()))?;
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     let cfg = args.resolve()?;
     let kek = cfg.common.kek.clone()?;

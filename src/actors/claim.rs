@@ -99,8 +99,8 @@ impl ClaimActor {
     fn claim_round(&mut self, ctx: &mut Context<Self>) {
         // Jobs run only under a schema that fits and the installation's own
         // KEK: what another key ring sealed no other process could open.
-        let fit = self.readiness.schema_fit().is_some_and(|f| f.runs())
-            && !self.readiness.kek_foreign();
+        let fit =
+            self.readiness.schema_fit().is_some_and(|f| f.runs()) && !self.readiness.kek_foreign();
         // Never hold a job before our presence is recorded: a worker that
         // died unannounced would keep its jobs for a whole job lease.
         if self.claiming

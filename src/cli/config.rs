@@ -44,6 +44,10 @@ pub const DEFAULT_SIEM_POLL_MS: u64 = 1000;
 pub const DEFAULT_KEK_PROVIDER: &str = "file";
 pub const DEFAULT_PKCS11_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 pub const DEFAULT_PKCS11_TOKEN_LABEL: &str = "certautopilot";
+pub const DEFAULT_ADAPTER_ADDR: &str = "0.0.0.0:6443";
+/// The common name kube-apiserver's front-proxy client certificate has
+/// when kubeadm makes it.
+pub const DEFAULT_ADAPTER_ALLOWED_NAMES: &str = "front-proxy-client";
 
 /// Flags shared by every command that talks to the database. Each one reads
 /// its `CAP_*` variable when the flag is absent.
@@ -250,6 +254,156 @@ pub struct WorkloadArgs {
     /// Fault injection for tests: shift this process's local clock by N seconds [default: 0]
     #[arg(long, env = "CAP_CLOCK_OFFSET_SECS", allow_hyphen_values = true)]
     pub clock_offset_secs: Option<String>,
+}
+
+/// Flags of the `metrics-adapter` workload.
+#[derive(Args, Debug, Clone, Default)]
+pub struct AdapterArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Address of the external.metrics.k8s.io listener (TLS) [default: 0.0.0.0:6443]
+    #[arg(long, env = "CAP_ADAPTER_ADDR")]
+    pub adapter_addr: Option<String>,
+    /// Its serving certificate chain, PEM (required)
+    #[arg(long, env = "CAP_ADAPTER_TLS_CERT")]
+    pub adapter_tls_cert: Option<String>,
+    /// The serving certificate's private key, PEM (required)
+    #[arg(long, env = "CAP_ADAPTER_TLS_KEY")]
+    pub adapter_tls_key: Option<String>,
+    /// The request-header CA (PEM) that signs the aggregator's client certificate (required)
+    #[arg(long, env = "CAP_ADAPTER_CLIENT_CA")]
+    pub adapter_client_ca: Option<String>,
+    /// Common names that client certificate may have, comma-separated [default: front-proxy-client]
+    #[arg(long, env = "CAP_ADAPTER_ALLOWED_NAMES")]
+    pub adapter_allowed_names: Option<String>,
+    /// Plain listener for /healthz, /readyz and /metrics (probes carry no client certificate) [default: 127.0.0.1:8080]
+    #[arg(long, env = "CAP_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// How long the database may be unreachable before /readyz fails [default: 10]
+    #[arg(long, env = "CAP_READYZ_GRACE_SECS")]
+    pub readyz_grace_secs: Option<String>,
+    /// Longest a SIGTERM'd process spends draining before it exits [default: 25]
+    #[arg(long, env = "CAP_SHUTDOWN_GRACE_SECS")]
+    pub shutdown_grace_secs: Option<String>,
+    /// Identity of this process in logs [default: hostname-pid-random]
+    #[arg(long, env = "CAP_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+}
+
+/// What the metrics adapter needs: its files are read and checked here, so
+/// a bad one stops it at start with the variable named.
+#[derive(Debug, Clone)]
+pub struct AdapterConfig {
+    pub common: CommonConfig,
+    pub addr: SocketAddr,
+    pub tls: rustls::ServerConfig,
+    /// Verifies the aggregator's client certificate chain.
+    pub client_ca: std::sync::Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    pub allowed_names: Vec<String>,
+    pub http_addr: SocketAddr,
+    pub readyz_grace: Duration,
+    pub shutdown_grace: Duration,
+    pub instance_id: String,
+}
+
+impl AdapterArgs {
+    pub fn resolve(&self) -> Result<AdapterConfig, ConfigError> {
+        use crate::http::adapter::tls;
+        let common = self.common.resolve()?;
+        let addr = socket_addr(
+            self.adapter_addr.as_deref().unwrap_or(DEFAULT_ADAPTER_ADDR),
+            "CAP_ADAPTER_ADDR",
+            "0.0.0.0:6443",
+        )?;
+        let http_addr = socket_addr(
+            self.http_addr.as_deref().unwrap_or(DEFAULT_HTTP_ADDR),
+            "CAP_HTTP_ADDR",
+            "0.0.0.0:8080",
+        )?;
+        let file = |value: &Option<String>, name: &str, what: &str| match value
+            .as_deref()
+            .map(str::trim)
+        {
+            Some(path) if !path.is_empty() => Ok(std::path::PathBuf::from(path)),
+            _ => Err(ConfigError(format!(
+                "{name} is not set: the metrics adapter needs {what}"
+            ))),
+        };
+        fn invalid(name: &'static str) -> impl Fn(String) -> ConfigError {
+            move |e| ConfigError(format!("invalid {name}: {e}"))
+        }
+        let cert = file(
+            &self.adapter_tls_cert,
+            "CAP_ADAPTER_TLS_CERT",
+            "its serving certificate chain (PEM)",
+        )?;
+        let key = file(
+            &self.adapter_tls_key,
+            "CAP_ADAPTER_TLS_KEY",
+            "its serving certificate's private key (PEM)",
+        )?;
+        let ca = file(
+            &self.adapter_client_ca,
+            "CAP_ADAPTER_CLIENT_CA",
+            "the request-header CA (PEM) that signs the aggregator's client certificate",
+        )?;
+        let chain = tls::read_certs(&cert).map_err(invalid("CAP_ADAPTER_TLS_CERT"))?;
+        let key = tls::read_key(&key).map_err(invalid("CAP_ADAPTER_TLS_KEY"))?;
+        let client_ca = tls::read_certs(&ca)
+            .and_then(tls::client_verifier)
+            .map_err(invalid("CAP_ADAPTER_CLIENT_CA"))?;
+        let tls = tls::server_config(chain, key, client_ca.clone()).map_err(|e| {
+            ConfigError(format!(
+                "CAP_ADAPTER_TLS_KEY does not go with CAP_ADAPTER_TLS_CERT: {e}"
+            ))
+        })?;
+        let allowed_names: Vec<String> = self
+            .adapter_allowed_names
+            .as_deref()
+            .unwrap_or(DEFAULT_ADAPTER_ALLOWED_NAMES)
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect();
+        if allowed_names.is_empty() {
+            return Err(ConfigError(
+                "CAP_ADAPTER_ALLOWED_NAMES names no common name: list the front-proxy client certificate's, e.g. front-proxy-client".into(),
+            ));
+        }
+        Ok(AdapterConfig {
+            common,
+            addr,
+            tls,
+            client_ca,
+            allowed_names,
+            http_addr,
+            readyz_grace: secs(
+                &self.readyz_grace_secs,
+                "CAP_READYZ_GRACE_SECS",
+                DEFAULT_READYZ_GRACE_SECS,
+                0..=3600,
+            )?,
+            shutdown_grace: secs(
+                &self.shutdown_grace_secs,
+                "CAP_SHUTDOWN_GRACE_SECS",
+                DEFAULT_SHUTDOWN_GRACE_SECS,
+                1..=3600,
+            )?,
+            instance_id: match self.instance_id.as_deref().map(str::trim) {
+                Some(id) if !id.is_empty() => id.to_string(),
+                _ => default_instance_id(),
+            },
+        })
+    }
+}
+
+fn socket_addr(value: &str, name: &str, example: &str) -> Result<SocketAddr, ConfigError> {
+    value.trim().parse().map_err(|_| {
+        ConfigError(format!(
+            "invalid {name} {value:?}: expected host:port with an IP address, e.g. {example}"
+        ))
+    })
 }
 
 /// A configuration error: one line that names the variable.
@@ -796,6 +950,41 @@ mod tests {
             assert!(!shown.contains("4711-secret-pin"), "{shown}");
             assert!(shown.contains("<redacted>"), "{shown}");
         }
+    }
+
+    #[test]
+    fn the_adapter_defaults_are_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["adapter".into()]).unwrap();
+        let write = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            Some(path.to_string_lossy().into_owned())
+        };
+        let args = AdapterArgs {
+            common: args().common,
+            adapter_tls_cert: write("tls.crt", cert.cert.pem()),
+            adapter_tls_key: write("tls.key", cert.signing_key.serialize_pem()),
+            adapter_client_ca: write("ca.crt", cert.cert.pem()),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.addr, "0.0.0.0:6443".parse().unwrap());
+        assert_eq!(c.allowed_names, vec!["front-proxy-client".to_string()]);
+        assert_eq!(c.http_addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.readyz_grace, Duration::from_secs(10));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(25));
+
+        let mut named = args.clone();
+        named.adapter_allowed_names = Some(" aggregator , front-proxy-client,".into());
+        assert_eq!(
+            named.resolve().unwrap().allowed_names,
+            vec!["aggregator".to_string(), "front-proxy-client".to_string()]
+        );
+        let mut bad = args.clone();
+        bad.adapter_addr = Some("6443".into());
+        let err = bad.resolve().unwrap_err().to_string();
+        assert!(err.contains("CAP_ADAPTER_ADDR"), "{err}");
     }
 
     #[test]

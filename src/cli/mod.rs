@@ -3,6 +3,7 @@
 //!
 //! - [`config`] — every `CAP_*` knob, its default, and validation.
 //! - [`workloads`] — wiring of `api`, `worker`, `scheduler` and `all`.
+//! - [`metrics_adapter`] — wiring of `metrics-adapter`, the HPA's queue-depth source.
 //! - [`migrate`], [`health`], [`audit`], [`kek`], [`token`], [`fleet`] — the operator commands.
 
 pub mod audit;
@@ -10,6 +11,7 @@ pub mod config;
 pub mod fleet;
 pub mod health;
 pub mod kek;
+pub mod metrics_adapter;
 pub mod migrate;
 pub mod token;
 pub mod workloads;

@@ -365,7 +365,7 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
 }
 
 /// Renews a process's fleet record every third of its lease until shutdown.
-async fn stay_registered(presence: Presence, shutdown: Shutdown) {
+pub async fn stay_registered(presence: Presence, shutdown: Shutdown) {
     let mut every = tokio::time::interval(presence.ttl() / 3);
     loop {
         tokio::select! {

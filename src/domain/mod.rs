@@ -9,7 +9,9 @@
 //! - [`jobs`] — every job kind, its payload and its idempotency key.
 //! - [`backoff`] — exponential back-off with jitter, shared by every retry.
 //! - [`certs`] — certificate keys, CSRs, reading issued chains.
+//! - [`autoscale`] — the worker count an HPA asks for from the queue depth.
 
+pub mod autoscale;
 pub mod backoff;
 pub mod certificate;
 pub mod certs;

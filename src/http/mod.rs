@@ -1,8 +1,10 @@
 //! The HTTP surface: `/healthz`, `/readyz` and `/metrics` on every workload
 //! ([`health`]), and on `api` replicas the `/v1` API and the HTTP-01
 //! responder ([`api`]); HTTPS on the main listener when it has a
-//! certificate ([`tls`]).
+//! certificate ([`tls`]); on the metrics adapter, the
+//! `external.metrics.k8s.io` API ([`adapter`]).
 
+pub mod adapter;
 pub mod api;
 pub mod health;
 pub mod tls;

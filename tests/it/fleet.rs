@@ -188,7 +188,12 @@ async fn a_binary_older_than_the_floor_refuses_to_start_and_migrate_waits_for_ol
     // One schema version behind, above the floor: it runs against the
     // migrated schema, as the previous release's pods do during an upgrade.
     let behind = (CURRENT_VERSION - 1).to_string();
-    let previous = Proc::start("worker", &db, "floor-previous", &[("CAP_TEST_KNOWN_SCHEMA_VERSION", behind.as_str())]);
+    let previous = Proc::start(
+        "worker",
+        &db,
+        "floor-previous",
+        &[("CAP_TEST_KNOWN_SCHEMA_VERSION", behind.as_str())],
+    );
     previous.wait_alive().await;
     assert!(
         support::wait_until(Duration::from_secs(20), || ready(&previous)).await,
@@ -204,8 +209,9 @@ async fn a_binary_older_than_the_floor_refuses_to_start_and_migrate_waits_for_ol
     assert_eq!(refused.wait_exit(Duration::from_secs(20)).await, Some(1));
     let log = refused.log_text();
     assert!(
-        log.contains(&format!("schema version {CURRENT_VERSION} is newer than the {below}"))
-            && log.contains(&format!("schema version {FLOOR} or later")),
+        log.contains(&format!(
+            "schema version {CURRENT_VERSION} is newer than the {below}"
+        )) && log.contains(&format!("schema version {FLOOR} or later")),
         "{log}"
     );
 
@@ -229,6 +235,10 @@ async fn a_binary_older_than_the_floor_refuses_to_start_and_migrate_waits_for_ol
     );
     let out = cli(&db, &["migrate", "--force"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let unready = support::wait_until(Duration::from_secs(20), || async { !ready(&old).await }).await;
-    assert!(unready, "the old instance is not ready against the raised floor");
+    let unready =
+        support::wait_until(Duration::from_secs(20), || async { !ready(&old).await }).await;
+    assert!(
+        unready,
+        "the old instance is not ready against the raised floor"
+    );
 }

@@ -20,6 +20,8 @@
 //!   deadline of a job attempt);
 //! - deploying it: `chart` (the Helm chart linted, rendered for Kubernetes
 //!   1.29 to 1.33 and validated with the real tools, its objects checked).
+//! - Kubernetes: `adapter` (the queue-depth metrics adapter, read as the
+//!   aggregator and kubectl read it).
 //!
 //! `support` starts what they run against — the database server, Pebble,
 //! bind9, haproxy, `certautopilot` processes, or a whole [`support::cluster::Cluster`]
@@ -27,6 +29,7 @@
 
 mod support;
 
+mod adapter;
 mod api;
 mod architecture;
 mod audit;

@@ -301,7 +301,9 @@ fn read(path: &Path) -> Result<Loaded, KekError> {
     use std::os::unix::fs::MetadataExt;
     // Our own uid is the owner of /proc/self; where that cannot be read,
     // take the strict rule (as root).
-    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0);
+    let me = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0);
     if !private_enough(mode, meta.uid(), me) {
         return Err(KekError::TooOpen {
             path: path.to_path_buf(),
