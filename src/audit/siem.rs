@@ -196,11 +196,19 @@ impl Sink {
                     frames.push_str(&octet_counted(&syslog_message(r, hostname)));
                 }
                 let s = stream.as_mut().expect("connected");
-                let written = async {
+                // A receiver that stops reading must not stall the forwarder
+                // for good: the batch fails and is sent again.
+                let written = tokio::time::timeout(SYSLOG_WRITE_TIMEOUT, async {
                     s.write_all(frames.as_bytes()).await?;
                     s.flush().await
-                }
-                .await;
+                })
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("not written within {} s", SYSLOG_WRITE_TIMEOUT.as_secs()),
+                    ))
+                });
                 if let Err(e) = written {
                     *stream = None;
                     return Err(SinkError::Io(format!("syslog {}: {e}", config.addr)));
@@ -228,6 +236,9 @@ impl Sink {
         }
     }
 }
+
+/// How long one batch may take to write to the syslog receiver.
+const SYSLOG_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn connect_syslog(config: &SyslogConfig) -> Result<Stream, SinkError> {
     let io = |e: std::io::Error| SinkError::Io(format!("syslog {}: {e}", config.addr));

@@ -47,13 +47,14 @@ pub async fn run(cfg: AdapterConfig) -> Result<(), StartError> {
     // In the fleet registry like every process (`fleet status`).
     let presence = Presence::new(
         store.clone(),
-        Identity::of_this_binary(&cfg.instance_id, vec!["metrics-adapter"]),
+        Identity::of_this_binary(
+            &cfg.instance_id,
+            vec!["metrics-adapter"],
+            schema::known_version(),
+        ),
         FLEET_RECORD_TTL,
     );
-    actix::spawn(super::workloads::stay_registered(
-        presence.clone(),
-        shutdown.clone(),
-    ));
+    actix::spawn(presence.clone().keep_renewed(shutdown.clone()));
     let queue = JobQueue::new(store.clone());
     let kinds: Vec<String> = JobKind::ALL
         .iter()

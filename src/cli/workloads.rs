@@ -146,10 +146,11 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
 
     // Every process is in the fleet registry; a worker's record is also its
     // presence lease, renewed by its claim actor, the others' by a task here.
-    let identity = Identity::of_this_binary(&cfg.instance_id, roles.names());
+    let identity =
+        Identity::of_this_binary(&cfg.instance_id, roles.names(), schema::known_version());
     let registered = (!roles.worker).then(|| {
         let presence = Presence::new(store.clone(), identity.clone(), cfg.worker_presence);
-        actix::spawn(stay_registered(presence.clone(), shutdown.clone()));
+        actix::spawn(presence.clone().keep_renewed(shutdown.clone()));
         presence
     });
 
@@ -362,19 +363,4 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Renews a process's fleet record every third of its lease until shutdown.
-pub async fn stay_registered(presence: Presence, shutdown: Shutdown) {
-    let mut every = tokio::time::interval(presence.ttl() / 3);
-    loop {
-        tokio::select! {
-            _ = every.tick() => {
-                if let Err(e) = presence.renew().await {
-                    tracing::warn!(error = %short(&e), "renewing this process's fleet record failed");
-                }
-            }
-            _ = shutdown.requested() => return,
-        }
-    }
 }

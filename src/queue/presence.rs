@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use mongodb::error::Error as MongoError;
 
+use crate::observe::shutdown::Shutdown;
 use crate::store::fleet::{self, Identity};
 use crate::store::Store;
 
@@ -39,6 +40,22 @@ impl Presence {
     /// Announces (or renews) this process until the database's now plus the TTL.
     pub async fn renew(&self) -> Result<(), MongoError> {
         fleet::announce(&self.store, &self.identity, self.ttl).await
+    }
+
+    /// Renews the record every third of its lease until shutdown (for the
+    /// processes whose claim actor does not renew it: all but workers).
+    pub async fn keep_renewed(self, shutdown: Shutdown) {
+        let mut every = tokio::time::interval(self.ttl / 3);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {
+                    if let Err(e) = self.renew().await {
+                        tracing::warn!(error = %crate::store::short(&e), "renewing this process's fleet record failed");
+                    }
+                }
+                _ = shutdown.requested() => return,
+            }
+        }
     }
 
     /// Removes this process's presence; called after its jobs were released.

@@ -32,12 +32,17 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn of_this_binary(instance_id: &str, roles: Vec<&'static str>) -> Identity {
+    /// This binary, which knows schema version `schema_known`.
+    pub fn of_this_binary(
+        instance_id: &str,
+        roles: Vec<&'static str>,
+        schema_known: i64,
+    ) -> Identity {
         Identity {
             instance_id: instance_id.to_string(),
             roles,
             version: env!("CARGO_PKG_VERSION"),
-            schema_known: super::schema::known_version(),
+            schema_known,
         }
     }
 }

@@ -633,7 +633,7 @@ async fn bad_settings_stop_it_at_start_naming_the_variable() {
     ];
     for (env, expected) in cases {
         let mut p = Proc::start("metrics-adapter", &db, "adapter-settings", &env);
-        let code = p.wait_exit(Duration::from_secs(20)).await;
+        let code = p.wait_exit(Duration::from_secs(60)).await;
         assert_eq!(code, Some(2), "{expected}: {}", p.log_text());
         assert!(
             p.log_text().contains(expected),

@@ -42,7 +42,11 @@ async fn a_claim_actor_that_keeps_failing_is_restarted_with_growing_back_off() {
             JobQueue::new(store.clone()),
             Presence::new(
                 store.clone(),
-                certautopilot::store::fleet::Identity::of_this_binary("w", vec!["worker"]),
+                certautopilot::store::fleet::Identity::of_this_binary(
+                    "w",
+                    vec!["worker"],
+                    certautopilot::store::schema::CURRENT_VERSION,
+                ),
                 Duration::from_secs(10),
             ),
             Handlers::new().register(JobKind::Probe, Probe),
