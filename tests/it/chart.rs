@@ -620,6 +620,16 @@ fn probes_are_readyz_and_healthz_and_grace_outlasts_the_drain() {
             "{w}: grace {grace} not above the drain {drain}"
         );
     }
+    // The adapter's probes use its plain listener (the kubelet has no
+    // front-proxy certificate for the TLS one).
+    let adapter = &pod_spec(deployment(&objs, "metrics-adapter"))["containers"][0];
+    assert_eq!(adapter["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(adapter["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(adapter["readinessProbe"]["httpGet"]["port"], "http");
+    assert_eq!(
+        env(adapter, "CAP_HTTP_ADDR").unwrap()["value"],
+        "0.0.0.0:8080"
+    );
     // The api's port 80 (HTTP-01) goes to the challenge listener.
     let api = &pod_spec(deployment(&objs, "api"))["containers"][0];
     assert_eq!(
