@@ -203,4 +203,18 @@ async fn refresh_queue_depth(state: &AppState) {
         }
         Err(_) => tracing::debug!("queue depth timed out; serving the last value"),
     }
+    let oldest = async {
+        let since = state.queue.oldest_runnable().await?;
+        let now = state.queue.store().server_now().await?;
+        Ok::<_, mongodb::error::Error>(since.map_or(0, |t| {
+            (now.timestamp_millis() - t.timestamp_millis()).max(0) / 1000
+        }))
+    };
+    match tokio::time::timeout(DEPTH_DEADLINE, oldest).await {
+        Ok(Ok(secs)) => state.metrics.queue_oldest_queued_seconds.set(secs),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %crate::store::short(&e), "oldest queued job unavailable; serving the last value")
+        }
+        Err(_) => tracing::debug!("oldest queued job timed out; serving the last value"),
+    }
 }

@@ -16,6 +16,9 @@ pub struct Metrics {
     pub registry: Registry,
     /// Jobs by kind and state (queued, running, dead), read at scrape time.
     pub queue_depth: GaugeVec,
+    /// How long the oldest runnable queued job has waited (0: none waits),
+    /// read at scrape time.
+    pub queue_oldest_queued_seconds: IntGauge,
     /// Job outcomes: completed, retrying, dead, released, lease_lost.
     pub jobs_total: IntCounterVec,
     /// Seconds one claim round trip took (transaction included).
@@ -71,6 +74,11 @@ impl Metrics {
                 "Jobs in the queue by kind and state",
             ),
             &["kind", "state"],
+        )
+        .unwrap();
+        let queue_oldest_queued_seconds = IntGauge::new(
+            "certautopilot_queue_oldest_queued_seconds",
+            "Seconds the oldest runnable queued job has waited to be claimed (0 when none waits)",
         )
         .unwrap();
         let jobs_total = IntCounterVec::new(
@@ -231,6 +239,7 @@ impl Metrics {
         .unwrap();
         for c in [
             Box::new(queue_depth.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(queue_oldest_queued_seconds.clone()),
             Box::new(jobs_total.clone()),
             Box::new(claim_latency.clone()),
             Box::new(scheduler_is_leader.clone()),
@@ -260,6 +269,7 @@ impl Metrics {
         Arc::new(Metrics {
             registry,
             queue_depth,
+            queue_oldest_queued_seconds,
             jobs_total,
             claim_latency,
             scheduler_is_leader,

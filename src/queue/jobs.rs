@@ -496,6 +496,24 @@ impl JobQueue {
     }
 
     /// Jobs in each (kind, state) except `done`, from the `state_kind` index.
+    /// When the oldest runnable queued job became runnable (its `run_at`,
+    /// not after the database's now), if any waits: from the
+    /// `state_run_at` index (migration 14).
+    pub async fn oldest_runnable(&self) -> Result<Option<DateTime>, MongoError> {
+        let filter =
+            doc! { "state": JobState::Queued.as_str(), "$expr": { "$lte": ["$run_at", "$$NOW"] } };
+        let found = self
+            .store
+            .ride_through("oldest queued job", || {
+                self.jobs
+                    .find_one(filter.clone())
+                    .sort(doc! { "run_at": 1 })
+                    .projection(doc! { "run_at": 1 })
+            })
+            .await?;
+        Ok(found.and_then(|d| d.get_datetime("run_at").ok().copied()))
+    }
+
     pub async fn depth(&self) -> Result<Vec<(String, String, i64)>, MongoError> {
         let pipeline = vec![
             doc! { "$match": { "state": { "$in": ["queued", "running", "dead"] } } },

@@ -228,7 +228,23 @@ const MIGRATIONS: &[Migration] = &[
         needs_kek: false,
         contract: false,
     },
+    Migration {
+        version: 14,
+        name: "the oldest queued job, for the queue-age metric",
+        collections: &[],
+        indexes: v14_indexes,
+        data: None,
+        needs_kek: false,
+        contract: false,
+    },
 ];
+
+fn v14_indexes() -> Vec<(&'static str, IndexModel)> {
+    vec![(
+        "jobs",
+        index(doc! { "state": 1, "run_at": 1 }, "state_run_at"),
+    )]
+}
 
 fn v10_indexes() -> Vec<(&'static str, IndexModel)> {
     // A project's audit log: its target, or an anchored prefix of it.

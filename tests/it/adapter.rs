@@ -314,6 +314,18 @@ async fn the_value_is_the_queued_jobs_in_the_database_filtered_by_kind_and_state
     let pki = Pki::new();
     let (adapter, base) = start_adapter(db, &pki, "adapter-depth").await;
     let client = pki.client(Some(&pki.front_proxy));
+    // The api's gauge of the oldest runnable queued job: nobody claims, so
+    // it keeps waiting.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let waited = crate::support::wait_until(std::time::Duration::from_secs(15), || async {
+        cluster.apis[0]
+            .metric("certautopilot_queue_oldest_queued_seconds", "")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    })
+    .await;
+    assert!(waited, "the oldest queued job's wait is reported");
     // In the fleet registry, as every process is.
     let store = db.store().await;
     let registered = crate::support::wait_until(std::time::Duration::from_secs(10), || async {

@@ -821,6 +821,7 @@ fn monitoring_renders_the_alerts_on_real_metric_names() {
         "CertAutoPilotRenewalFailing",
         "CertAutoPilotNoSchedulerLeader",
         "CertAutoPilotQueueGrowing",
+        "CertAutoPilotQueuedJobTooOld",
         "CertAutoPilotDeadJobs",
         "CertAutoPilotDrift",
         "CertAutoPilotSiemForwardingLagging",
@@ -833,6 +834,14 @@ fn monitoring_renders_the_alerts_on_real_metric_names() {
         .find(|r| r["alert"] == "CertAutoPilotNoSchedulerLeader")
         .unwrap();
     assert_eq!(leader["for"], "2m");
+    let too_old = rules
+        .iter()
+        .find(|r| r["alert"] == "CertAutoPilotQueuedJobTooOld")
+        .unwrap();
+    assert!(
+        too_old["expr"].as_str().unwrap().ends_with("> 300"),
+        "the 5-minute target: {too_old}"
+    );
     let expiry = rules
         .iter()
         .find(|r| r["alert"] == "CertAutoPilotCertificateExpiringSoon")
