@@ -54,7 +54,7 @@ pub async fn key(secrets: &Secrets) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         Err(SecretError::NotFound(_)) => {}
         found => return Ok(found?),
     }
-    if latest(secrets.store()).await?.is_some() {
+    if latest(secrets.store()).await?.is_some() || copied(secrets.store()).await? {
         return Err(KeyError::Gone);
     }
     Ok(secrets
@@ -231,6 +231,17 @@ impl Checkpoint {
     }
 }
 
+/// Whether the log holds a copy of any checkpoint (an `audit.checkpoint`
+/// record, found through the `target` index): then checkpoints were made,
+/// whatever the collection says now.
+pub async fn copied(store: &Store) -> Result<bool, MongoError> {
+    Ok(store
+        .collection(AUDIT_COLLECTION)
+        .find_one(doc! { "target": { "$regex": "^audit/" }, "action": CHECKPOINT_ACTION })
+        .await?
+        .is_some())
+}
+
 /// The last checkpoint, if any.
 pub async fn latest(store: &Store) -> Result<Option<Checkpoint>, MongoError> {
     Ok(store
@@ -324,6 +335,11 @@ pub async fn next(
     }
     if let (Some(witness), Some(cp)) = (witness, &last) {
         witness.saw(cp);
+    }
+    if last.is_none() && copied(store).await? {
+        return Ok(Next::Refused(
+            "every checkpoint is gone, but the log holds copies of them: the checkpoints were deleted".into(),
+        ));
     }
     let (head_seq, head_hash) = Audit::new(store.clone()).head().await?;
     let (from_seq, from_hash) = last

@@ -489,6 +489,16 @@ pub async fn verify(
             },
         );
     }
+    // Checkpoints were made (the log copies them) but none is left.
+    if report.checkpoints == 0 && checkpoint::copied(store).await? {
+        return fail(
+            report.clone(),
+            Tampering::CheckpointGap {
+                checkpoint_seq: 0,
+                detail: "every checkpoint is gone, but the log holds copies of them".into(),
+            },
+        );
+    }
     progress(report.records);
     Ok(report)
 }

@@ -7,6 +7,7 @@
 //! that SHA-256 alone) be rekeyed without their secrets (migration 12).
 
 use hmac::{Hmac, Mac};
+use mongodb::bson::{Bson, Document};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
@@ -35,10 +36,21 @@ impl TokenKey {
         let key = self
             .key
             .get_or_try_init(|| async {
+                let secret = SecretRef::system(TOKEN_KEY_SECRET);
+                match self.secrets.get(&secret).await {
+                    Err(SecretError::NotFound(_)) => {}
+                    found => return found,
+                }
+                // Made once, with the first token: once tokens were keyed
+                // with it, a missing key was deleted, and a new one would
+                // only split the replicas (and hide it).
+                if crate::store::tokens::any_keyed(self.secrets.store()).await? {
+                    return Err(SecretError::NotFound(format!(
+                        "{TOKEN_KEY_SECRET}, although API tokens were keyed with it: restore it from a backup (it is not made again)"
+                    )));
+                }
                 self.secrets
-                    .get_or_create(&SecretRef::system(TOKEN_KEY_SECRET), || {
-                        super::kek::random_key().to_vec()
-                    })
+                    .get_or_create(&secret, || super::kek::random_key().to_vec())
                     .await
             })
             .await?;
@@ -50,10 +62,61 @@ impl TokenKey {
         Ok(keyed(self.key().await?, &legacy_id(secret)))
     }
 
+    /// Whether the token key exists already.
+    pub async fn exists(&self) -> Result<bool, SecretError> {
+        match self.secrets.get(&SecretRef::system(TOKEN_KEY_SECRET)).await {
+            Ok(_) => Ok(true),
+            Err(SecretError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The MAC over what a token record grants — its ids, `global_admin`,
+    /// `roles`, `expires_at` and `created_by` — so that a database writer
+    /// cannot raise a token it holds, or revive an expired one, by editing
+    /// its record.
+    pub async fn grants_mac(&self, record: &Document) -> Result<String, SecretError> {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(self.key().await?).expect("HMAC takes any key length");
+        mac.update(grants_text(record).as_bytes());
+        Ok(hex(&mac.finalize().into_bytes()))
+    }
+
     /// The record id for a record stored by earlier builds under `legacy`.
     pub async fn rekeyed(&self, legacy: &str) -> Result<String, SecretError> {
         Ok(keyed(self.key().await?, legacy))
     }
+}
+
+/// The granting fields of a token record, in a fixed form.
+fn grants_text(record: &Document) -> String {
+    let roles: Vec<String> = record
+        .get_array("roles")
+        .map(|a| {
+            a.iter()
+                .filter_map(Bson::as_document)
+                .map(|r| {
+                    format!(
+                        "{}={}",
+                        r.get_str("project_id").unwrap_or_default(),
+                        r.get_str("role").unwrap_or_default()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "certautopilot token grants v1\n{}\n{}\n{}\n{}\n{}\n{}",
+        record.get_str("_id").unwrap_or_default(),
+        record.get_str("id").unwrap_or_default(),
+        record.get_bool("global_admin").unwrap_or(false),
+        roles.join(","),
+        record
+            .get_datetime("expires_at")
+            .map(|t| t.timestamp_millis().to_string())
+            .unwrap_or_else(|_| "never".into()),
+        record.get_str("created_by").unwrap_or_default(),
+    )
 }
 
 /// The id earlier builds stored a token under: SHA-256 of its secret.

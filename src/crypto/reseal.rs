@@ -46,15 +46,47 @@ impl Reseal {
     ) -> Result<(), String> {
         let token_key = TokenKey::new(self.secrets.clone());
         let legacy_tokens = tokens::legacy(store).await.map_err(|e| short(&e))?;
+        // Old tokens are rekeyed once, by the run that makes the token key.
+        // Records "of earlier builds" found after that were inserted since
+        // (a database writer who also rolled the schema back): left alone,
+        // they authenticate nobody.
+        if !legacy_tokens.is_empty() && token_key.exists().await.map_err(|e| e.to_string())? {
+            let ids: Vec<&str> = legacy_tokens
+                .iter()
+                .map(|t| t.get_str("id").unwrap_or("?"))
+                .collect();
+            tracing::warn!(tokens = ?ids, "token records keyed by a plain hash appeared after the token key was made: not rekeyed");
+            progress(&format!(
+                "  left {} token record(s) keyed by a plain hash that appeared after the token key was made (not rekeyed: they authenticate nobody): {}",
+                ids.len(),
+                ids.join(", ")
+            ));
+            return self.bind_secrets(store, progress).await;
+        }
         for record in &legacy_tokens {
             let old = record.get_str("_id").unwrap_or_default();
             let new = token_key.rekeyed(old).await.map_err(|e| e.to_string())?;
-            tokens::rekey(store, record, &new)
+            let mut rekeyed = record.clone();
+            rekeyed.insert("_id", new.as_str());
+            let mac = token_key
+                .grants_mac(&rekeyed)
+                .await
+                .map_err(|e| e.to_string())?;
+            rekeyed.insert("grants_mac", mac);
+            tokens::rekey(store, &rekeyed, old, &new)
                 .await
                 .map_err(|e| short(&e))?;
         }
         progress(&format!("  rekeyed {} API token(s)", legacy_tokens.len()));
+        self.bind_secrets(store, progress).await
+    }
 
+    /// Seals clear EAB keys and binds every unbound secret to its owner.
+    async fn bind_secrets(
+        &self,
+        store: &Store,
+        progress: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<(), String> {
         let clear = issuers::clear_eab_keys(store)
             .await
             .map_err(|e| short(&e))?;

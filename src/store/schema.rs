@@ -512,8 +512,18 @@ pub async fn migrate_with_kek(
     force: bool,
     mut progress: impl FnMut(&str) + Send,
 ) -> Result<MigrateReport, MigrateError> {
-    let from = read_version(store).await?;
+    let state = read_state(store).await?;
+    let from = state.version;
     if from > known_version() {
+        // A binary the floor still lets run (a rollback's migration hook)
+        // has nothing to do; one below the floor must not touch the schema.
+        if state.floor <= known_version() {
+            return Ok(MigrateReport {
+                from,
+                to: from,
+                applied: Vec::new(),
+            });
+        }
         return Err(MigrateError::TooNew(from));
     }
     let mut applied = Vec::new();

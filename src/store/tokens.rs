@@ -36,6 +36,15 @@ pub async fn live(store: &Store, record_id: &str) -> Result<Option<Document>, Mo
         .await
 }
 
+/// Whether any record is keyed by this build (then its token key exists).
+pub async fn any_keyed(store: &Store) -> Result<bool, MongoError> {
+    Ok(store
+        .collection(TOKENS)
+        .find_one(doc! { "keyed": KEYED })
+        .await?
+        .is_some())
+}
+
 /// Records keyed by earlier builds.
 pub async fn legacy(store: &Store) -> Result<Vec<Document>, MongoError> {
     store
@@ -46,13 +55,19 @@ pub async fn legacy(store: &Store) -> Result<Vec<Document>, MongoError> {
         .await
 }
 
-/// Moves a legacy record to `new_id`, in one transaction (the record
-/// keeps its unique `id`, so the old one must go as the new one lands).
-pub async fn rekey(store: &Store, legacy: &Document, new_id: &str) -> Result<(), MongoError> {
-    let mut record = legacy.clone();
-    let old_id = record.remove("_id");
+/// Replaces the legacy record `old_id` with `rekeyed` under `new_id`, in
+/// one transaction (the record keeps its unique `id`, so the old one must
+/// go as the new one lands).
+pub async fn rekey(
+    store: &Store,
+    rekeyed: &Document,
+    old_id: &str,
+    new_id: &str,
+) -> Result<(), MongoError> {
+    let mut record = rekeyed.clone();
     record.insert("_id", new_id);
     record.insert("keyed", KEYED);
+    let old_id = old_id.to_string();
     store
         .ride_through("rekey token", || async {
             let context = (store.clone(), old_id.clone(), record.clone());
@@ -116,8 +131,9 @@ pub async fn page(
     Ok((found, next))
 }
 
-/// Revokes `id` and, transitively, every live token minted with it
-/// (`created_by`); returns the ids revoked.
+/// Revokes `id` and, transitively, every token minted with it
+/// (`created_by`), walking through tokens already revoked so that the live
+/// tokens they minted are reached too; returns the ids walked.
 pub async fn revoke_with_minted(store: &Store, id: &str) -> Result<Vec<String>, MongoError> {
     let mut revoked = Vec::new();
     let mut wave = vec![id.to_string()];
@@ -132,7 +148,7 @@ pub async fn revoke_with_minted(store: &Store, id: &str) -> Result<Vec<String>, 
         revoked.extend(wave.iter().cloned());
         let minted: Vec<Document> = store
             .collection(TOKENS)
-            .find(doc! { "created_by": { "$in": &wave }, "revoked": false })
+            .find(doc! { "created_by": { "$in": &wave } })
             .projection(doc! { "id": 1 })
             .await?
             .try_collect()

@@ -61,7 +61,7 @@ impl JobHandler for IssueCertificate {
             let renewal = payload.is_renewal();
             let ready = async {
                 granted(&store, &cert).await?;
-                issuer_of(&store, &cert.issuer_id).await
+                issuer_of(&store, &cert).await
             };
             let result = match ready.await {
                 Ok(issuer) => {

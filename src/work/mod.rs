@@ -33,11 +33,19 @@ async fn find_certificate(store: &Store, id: &str) -> Result<Option<Certificate>
     Ok(certificates::find(store, id).await?)
 }
 
-/// A certificate's issuer, as orders and revocations need it; gone or
-/// unreadable is permanent.
-async fn issuer_of(store: &Store, id: &str) -> Result<Issuer, HandlerError> {
-    let d = issuers::find_document(store, id)
+/// A certificate's issuer, as orders and revocations need it: looked up in
+/// the certificate's own project, so an `issuer_id` pointed at another
+/// project's issuer (a database writer's move) never lends its account or
+/// keys; gone, elsewhere or unreadable is permanent.
+async fn issuer_of(store: &Store, cert: &Certificate) -> Result<Issuer, HandlerError> {
+    let id = &cert.issuer_id;
+    let d = issuers::in_project(store, &cert.project_id, id)
         .await?
-        .ok_or_else(|| HandlerError::Permanent(format!("issuer {id} no longer exists")))?;
+        .ok_or_else(|| {
+            HandlerError::Permanent(format!(
+                "issuer {id} no longer exists in project {}",
+                cert.project_id
+            ))
+        })?;
     issuers::parse(&d).map_err(HandlerError::Permanent)
 }

@@ -54,7 +54,7 @@ async fn refresh(
     let leaf = certs::inspect_chain(&current.chain_pem)
         .map_err(|e| HandlerError::Permanent(e.to_string()))?;
     let ari_id = ari::certificate_id(&leaf.leaf_der).map_err(HandlerError::Permanent)?;
-    let issuer = issuer_of(&store, &cert.issuer_id).await?;
+    let issuer = issuer_of(&store, &cert).await?;
     let account = acme::account(
         &issuer,
         &secrets,

@@ -66,7 +66,7 @@ async fn revoke(
         .map_err(|e| HandlerError::Permanent(e.to_string()))?;
 
     if !current.revoked {
-        let issuer = issuer_of(&store, &cert.issuer_id).await?;
+        let issuer = issuer_of(&store, &cert).await?;
         let retry = RetryAfter::default();
         let account = acme::account(&issuer, &secrets, metrics, retry.clone(), &transport)
             .await

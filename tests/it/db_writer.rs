@@ -57,6 +57,38 @@ async fn a_token_record_inserted_into_the_database_authenticates_nobody() {
     assert_eq!(got.status, 401, "{}", got.text);
     // A real token still works.
     assert_eq!(cluster.api.get_answer("/projects").await.status, 200);
+
+    // Nor can a token's record be edited to grant more: a viewer made a
+    // global admin, or an expired token revived, no longer authenticates.
+    let (status, p) = cluster
+        .api
+        .post("/projects", serde_json::json!({ "name": "raised" }))
+        .await;
+    assert_eq!(status, 201, "{p}");
+    let (status, viewer) = cluster
+        .api
+        .post(
+            "/tokens",
+            serde_json::json!({ "roles": [{ "project_id": p["id"], "role": "viewer" }] }),
+        )
+        .await;
+    assert_eq!(status, 201, "{viewer}");
+    let viewer_api = cluster.api.with_token(viewer["token"].as_str().unwrap());
+    assert_eq!(viewer_api.get_answer("/projects").await.status, 200);
+    store
+        .collection("tokens")
+        .update_one(
+            doc! { "id": viewer["id"].as_str().unwrap() },
+            doc! { "$set": { "global_admin": true }, "$unset": { "expires_at": "" } },
+        )
+        .await
+        .unwrap();
+    let got = viewer_api.get_answer("/projects").await;
+    assert_eq!(
+        got.status, 401,
+        "a raised token authenticates nobody: {}",
+        got.text
+    );
 }
 
 #[tokio::test]
@@ -114,6 +146,34 @@ async fn a_key_reference_moved_to_another_project_does_not_open() {
     assert_eq!(
         a_admin.get_text(&format!("{}/private-key", a.1)).await,
         a_key
+    );
+
+    // Point B's certificate at A's issuer: the worker looks issuers up in
+    // the certificate's own project, so A's ACME account is never used.
+    let a_issuer = a_doc.get_str("issuer_id").unwrap();
+    certs
+        .update_one(
+            doc! { "_id": &b.2 },
+            doc! { "$set": { "issuer_id": a_issuer } },
+        )
+        .await
+        .unwrap();
+    let (status, body) = b_admin.post(&format!("{}/issue", b.1), json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    let refused = b_admin
+        .wait_for(&b.1, Duration::from_secs(60), "refused", |c| {
+            c["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("no longer exists in project"))
+        })
+        .await;
+    assert_ne!(
+        refused["serial"],
+        a_doc
+            .get_document("current")
+            .unwrap()
+            .get_str("serial")
+            .unwrap()
     );
 }
 

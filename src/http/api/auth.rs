@@ -168,6 +168,7 @@ pub async fn create(
     if let Some(by) = created_by {
         record.insert("created_by", by);
     }
+    record.insert("grants_mac", token_key.grants_mac(&record).await?);
     tokens::insert(store, record).await?;
     Ok(NewToken { id, secret })
 }
@@ -187,6 +188,14 @@ async fn caller(store: Store, token_key: TokenKey, header: Option<String>) -> Ap
     let Some(token) = found else {
         return Err(Problem::unauthorized().detail("unknown, revoked or expired API token"));
     };
+    let expected = token_key.grants_mac(&token).await.map_err(|e| {
+        tracing::error!(error = %e, "the API token key cannot be read");
+        Problem::unavailable("tokens cannot be checked right now (is the KEK available?)")
+    })?;
+    if token.get_str("grants_mac") != Ok(expected.as_str()) {
+        tracing::error!(token = %token.get_str("id").unwrap_or_default(), "an API token record was altered in the database: refused");
+        return Err(Problem::unauthorized().detail("unknown, revoked or expired API token"));
+    }
     let seen = token.get_datetime("last_used_at").ok().copied();
     if let Err(e) = tokens::touch(&store, &record_id, seen, store.server_now().await?).await {
         tracing::warn!(error = %crate::store::short(&e), "a token's last use was not recorded");
