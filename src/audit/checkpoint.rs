@@ -252,7 +252,8 @@ pub async fn latest(store: &Store) -> Result<Option<Checkpoint>, MongoError> {
         .map(|d| Checkpoint::parse(&d)))
 }
 
-async fn at(store: &Store, seq: i64) -> Result<Option<Checkpoint>, MongoError> {
+/// The checkpoint at `seq`, if any.
+pub async fn at(store: &Store, seq: i64) -> Result<Option<Checkpoint>, MongoError> {
     Ok(store
         .collection(CHECKPOINTS_COLLECTION)
         .find_one(doc! { "_id": seq })

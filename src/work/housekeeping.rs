@@ -24,6 +24,9 @@ pub struct Housekeeping {
     pub metrics: Arc<Metrics>,
     /// The last checkpoint this process sealed or found.
     pub witness: Arc<Witness>,
+    /// One seal at a time in this process: two housekeeping jobs running
+    /// at once would both chain onto the same checkpoint and fork the chain.
+    pub sealing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl JobHandler for Housekeeping {
@@ -33,9 +36,13 @@ impl JobHandler for Housekeeping {
         let retention = self.job_retention;
         let metrics = self.metrics.clone();
         let witness = self.witness.clone();
+        let sealing = self.sealing.clone();
         Box::pin(async move {
             let store = queue.store().clone();
-            let sealed = seal_audit_chain(&job, &secrets, &witness, &metrics).await?;
+            let sealed = {
+                let _one_at_a_time = sealing.lock().await;
+                seal_audit_chain(&job, &secrets, &witness, &metrics).await?
+            };
             let purged = queue
                 .purge_finished(retention)
                 .await
@@ -100,7 +107,16 @@ async fn seal_audit_chain(
             true,
         )
         .await?;
-    witness.saw(&checkpoint);
+    // What is stored at that seq (another run may have sealed it first).
+    let stored = checkpoint::at(store, checkpoint.seq)
+        .await
+        .map_err(JobError::from)?
+        .unwrap_or_else(|| checkpoint.clone());
+    witness.saw(&stored);
+    if stored != checkpoint {
+        metrics.audit_seal_refused.set(0);
+        return Ok(stored.seq);
+    }
     metrics.audit_seal_refused.set(0);
     Audit::new(store.clone())
         .record(checkpoint.event(&job.lease.holder))

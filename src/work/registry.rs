@@ -92,6 +92,7 @@ pub fn standard(deps: WorkerDeps) -> Handlers {
                     job_retention: deps.job_retention,
                     metrics: deps.metrics.clone(),
                     witness: Default::default(),
+                    sealing: Default::default(),
                 },
             ),
             JobKind::Probe => handlers.register(kind, Probe),
