@@ -423,6 +423,39 @@ async fn append_and_wait_for_seal(db: &TestDb, n: i64) -> Checkpoint {
     latest_checkpoint(db).await.unwrap()
 }
 
+/// Waits until `worker` reports that it refuses to seal the chain.
+async fn wait_for_seal_refused(worker: &Proc) {
+    let refused = support::wait_until(Duration::from_secs(60), || async {
+        worker
+            .metric("certautopilot_audit_seal_refused", "")
+            .await
+            .unwrap_or(0.0)
+            == 1.0
+    })
+    .await;
+    assert!(refused, "the seal refused; log:\n{}", worker.log_text());
+}
+
+/// `certautopilot health --json`: whether it exited 0, and its `audit` check.
+fn audit_health(db: &TestDb) -> (bool, serde_json::Value) {
+    let out = Command::new(bin())
+        .args(["health", "--json"])
+        .env_clear()
+        .env("CAP_MONGO_URI", &db.uri)
+        .env("CAP_KEK_FILE", &db.kek_file)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let audit_check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "audit")
+        .unwrap_or_else(|| panic!("an audit check: {report}"))
+        .clone();
+    (out.status.success(), audit_check)
+}
+
 /// The review's attack (issue 11, section 2): with write access to MongoDB
 /// and no KEK, a record sealed by a checkpoint is edited, every later hash
 /// and the head recomputed, and the checkpoints from it on and the
@@ -452,20 +485,7 @@ async fn a_rewrite_that_deletes_the_checkpoint_key_is_not_sealed_and_is_caught()
         .unwrap();
 
     let (_scheduler, worker) = housekeeping_procs(&db, "after");
-    let refused = support::wait_until(Duration::from_secs(60), || async {
-        worker
-            .metric("certautopilot_audit_seal_refused", "")
-            .await
-            .unwrap_or(0.0)
-            == 1.0
-    })
-    .await;
-    assert!(
-        refused,
-        "the seal refused; log:
-{}",
-        worker.log_text()
-    );
+    wait_for_seal_refused(&worker).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         latest_checkpoint(&db).await.map(|c| c.seq),
@@ -493,17 +513,9 @@ async fn a_rewrite_that_deletes_the_checkpoint_key_is_not_sealed_and_is_caught()
     assert_eq!(out.status.code(), Some(3), "{stdout}");
     assert!(stdout.contains("checkpoint key"), "{stdout}");
 
-    let out = cli(&["health", "--json"]);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let audit_check = report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "audit")
-        .unwrap()
-        .clone();
-    assert_eq!(audit_check["ok"], false, "{report}");
-    assert!(!out.status.success());
+    let (healthy, audit_check) = audit_health(&db);
+    assert_eq!(audit_check["ok"], false, "{audit_check}");
+    assert!(!healthy);
 }
 
 /// The same rewrite keeping the key: the remaining checkpoints are all
@@ -534,40 +546,13 @@ async fn checkpoints_cut_back_behind_what_a_worker_saw_are_not_sealed_over() {
         "cut-scheduler-2",
         &[("CAP_HOUSEKEEPING_SECS", "1")],
     );
-    let refused = support::wait_until(Duration::from_secs(60), || async {
-        worker
-            .metric("certautopilot_audit_seal_refused", "")
-            .await
-            .unwrap_or(0.0)
-            == 1.0
-    })
-    .await;
-    assert!(
-        refused,
-        "the seal refused; log:
-{}",
-        worker.log_text()
-    );
+    wait_for_seal_refused(&worker).await;
     assert!(
         latest_checkpoint(&db).await.unwrap().seq < edited,
         "nothing sealed over the forged records"
     );
-    let out = Command::new(bin())
-        .args(["health", "--json"])
-        .env_clear()
-        .env("CAP_MONGO_URI", &db.uri)
-        .env("CAP_KEK_FILE", &db.kek_file)
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let audit_check = report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "audit")
-        .unwrap()
-        .clone();
-    assert_eq!(audit_check["ok"], false, "{report}");
+    let (_, audit_check) = audit_health(&db);
+    assert_eq!(audit_check["ok"], false, "{audit_check}");
     assert!(
         audit_check["detail"].as_str().unwrap().contains("cut back"),
         "{audit_check}"
