@@ -41,10 +41,9 @@ use crate::domain::backoff::Backoff;
 use crate::store::clock::{LocalClock, ServerClock};
 
 pub const DEFAULT_DATABASE: &str = "certautopilot";
-/// How long the driver looks for a primary before one operation gives up
-/// (unless the URI sets `serverSelectionTimeoutMS`); kept short so that
-/// [`Store::ride_through`] owns the overall window.
-const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(3);
+/// The shortest wait for a primary, whatever the election window: a new
+/// client needs a moment to find the primary at all.
+const MIN_SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(3);
 const ELECTION_BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 
 /// Server error codes a step-down, an election or a shutdown produce.
@@ -89,9 +88,16 @@ impl Store {
         options.read_concern = Some(ReadConcern::majority());
         options.selection_criteria =
             Some(SelectionCriteria::ReadPreference(ReadPreference::Primary));
+        // How long one operation waits for a primary (unless the URI sets
+        // `serverSelectionTimeoutMS`): the election window, so that every
+        // read and write — not only those wrapped in `ride_through` — rides
+        // through a step-down or an election instead of failing after a few
+        // seconds (the API answered 503 during a step-down storm); never
+        // under 3 s. Probes
+        // (`/readyz`, `health`) bound their own waits.
         options
             .server_selection_timeout
-            .get_or_insert(SERVER_SELECTION_TIMEOUT);
+            .get_or_insert(election_retry.max(MIN_SERVER_SELECTION_TIMEOUT));
         options
             .connect_timeout
             .get_or_insert(Duration::from_secs(3));

@@ -1,6 +1,6 @@
-//! Riding through an election: `replSetStepDown` for 5 s while 200 jobs run
-//! and the health endpoints are polled. On a server of its own, so that the
-//! step-down affects no other test's server.
+//! Riding through an election: `replSetStepDown` for 5 s while 200 jobs run,
+//! the health endpoints are polled and the API is read and written. On a
+//! server of its own, so that the step-down affects no other test's server.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -44,10 +44,14 @@ async fn a_five_second_step_down_fails_no_job_and_no_request() {
         );
     }
 
-    // Poll the three endpoints throughout; count answers and 5xx.
+    // Poll the three endpoints throughout, and create and list projects
+    // through the API (whose reads and writes are not all wrapped in a
+    // retry: they used to fail once the driver gave up looking for a
+    // primary after 3 s); count answers and failures.
     let stop = Arc::new(AtomicBool::new(false));
     let answers = Arc::new(AtomicU64::new(0));
     let server_errors = Arc::new(AtomicU64::new(0));
+    let api_failures = Arc::new(AtomicU64::new(0));
     let poller = {
         let (stop, answers, server_errors) = (stop.clone(), answers.clone(), server_errors.clone());
         let urls = ["/healthz", "/readyz", "/metrics"].map(|p| proc.url(p));
@@ -73,6 +77,45 @@ async fn a_five_second_step_down_fails_no_job_and_no_request() {
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        })
+    };
+    let api_client = {
+        let (stop, api_failures) = (stop.clone(), api_failures.clone());
+        let projects = proc.url("/v1/projects");
+        let token = support::api::bootstrap_token(&db);
+        tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap();
+            let mut calls = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                calls += 1;
+                let create = client
+                    .post(&projects)
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({ "name": format!("ride-{calls}") }))
+                    .send();
+                let list = client
+                    .get(format!("{projects}?limit=5"))
+                    .bearer_auth(&token)
+                    .send();
+                for (what, answer) in [("create", create.await), ("list", list.await)] {
+                    match answer {
+                        Ok(r) if r.status().is_success() => {}
+                        Ok(r) => {
+                            eprintln!("{what} a project answered {}", r.status());
+                            api_failures.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => {
+                            eprintln!("{what} a project failed: {e}");
+                            api_failures.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            calls
         })
     };
 
@@ -104,6 +147,7 @@ async fn a_five_second_step_down_fails_no_job_and_no_request() {
     .await;
     stop.store(true, Ordering::SeqCst);
     poller.await.unwrap();
+    let api_calls = api_client.await.unwrap();
 
     let failed = store
         .collection("jobs")
@@ -128,7 +172,99 @@ async fn a_five_second_step_down_fails_no_job_and_no_request() {
     assert_eq!(retried + dead, 0.0);
     assert_eq!(server_errors.load(Ordering::SeqCst), 0, "no 5xx answers");
     assert!(
+        api_calls > 20,
+        "the API was really called ({api_calls} rounds)"
+    );
+    assert_eq!(
+        api_failures.load(Ordering::SeqCst),
+        0,
+        "every API call rode through the step-down"
+    );
+    assert!(
         answers.load(Ordering::SeqCst) > 30,
         "the endpoints were really polled"
+    );
+}
+
+/// Step-downs back to back for 8 s: the primary is away for longer than the
+/// driver's old 3 s wait for one, and every API read and write must still
+/// answer 2xx, however long it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_step_downs_fail_no_api_request() {
+    let db = TestDb::on_own_server("stepdowns").await;
+    let store = db.store().await;
+    let api = Proc::start("api", &db, "patient-api", &[]);
+    api.wait_alive().await;
+    let projects = api.url("/v1/projects");
+    let token = support::api::bootstrap_token(&db);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    // The API answers before the storm.
+    let before = client
+        .get(&projects)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(before.status(), 200);
+
+    let storm = {
+        let admin = store.client().database("admin");
+        tokio::spawn(async move {
+            let until = std::time::Instant::now() + Duration::from_secs(8);
+            let mut step_downs = 0;
+            while std::time::Instant::now() < until {
+                // Refused while there is no primary: then again at once.
+                if admin
+                    .run_command(doc! { "replSetStepDown": 5, "force": true })
+                    .await
+                    .is_ok()
+                {
+                    step_downs += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            step_downs
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        let create = client
+            .post(&projects)
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "name": format!("storm-{i}") }))
+            .send();
+        let list = client
+            .get(format!("{projects}?limit=5"))
+            .bearer_auth(&token)
+            .send();
+        calls.push(tokio::spawn(async move {
+            let answers = [create.await, list.await];
+            answers.map(|a| a.map(|r| r.status().as_u16()).map_err(|e| e.to_string()))
+        }));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut failures = Vec::new();
+    for call in calls {
+        for answer in call.await.unwrap() {
+            match answer {
+                Ok(200 | 201) => {}
+                other => failures.push(format!("{other:?}")),
+            }
+        }
+    }
+    let step_downs = storm.await.unwrap();
+    assert!(
+        step_downs >= 2,
+        "the primary stepped down back to back ({step_downs} times)"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of 80 API calls failed during the step-downs: {failures:?}; log:\n{}",
+        failures.len(),
+        api.log_text()
     );
 }
