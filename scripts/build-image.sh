@@ -78,12 +78,15 @@ stage_rootfs() {
 # Runs the image the way the chart does (uid 65532, read-only root, a tmpfs
 # on /tmp) against a secantusd-rs of its own on loopback.
 smoke() {
-  local run=("$tool" run --rm --read-only --tmpfs /tmp:rw,size=64m --network host ${CAP_IMAGE_RUN_ARGS:-})
+  # CAP_IMAGE_RUN_ARGS is a list of flags: split on whitespace, on purpose.
+  local extra=()
+  read -ra extra <<<"${CAP_IMAGE_RUN_ARGS:-}"
+  local run=("$tool" run --rm --read-only --tmpfs "/tmp:rw,size=64m" --network host "${extra[@]}")
   # Globals: the EXIT trap runs after this function has returned.
   dir="$(mktemp -d)" db_pid="" sched=""
   cleanup() {
-    [ -n "$sched" ] && "$tool" rm -f "$sched" >/dev/null 2>&1 || true
-    [ -n "$db_pid" ] && kill "$db_pid" 2>/dev/null || true
+    if [ -n "$sched" ]; then "$tool" rm -f "$sched" >/dev/null 2>&1 || true; fi
+    if [ -n "$db_pid" ]; then kill "$db_pid" 2>/dev/null || true; fi
     rm -rf "$dir"
   }
   trap cleanup EXIT
@@ -106,7 +109,7 @@ smoke() {
   # The key ring, made by the image itself into a directory 65532 owns, then
   # mounted read-only as the chart mounts its Secret.
   mkdir -p "$dir/kek" && chown 65532:65532 "$dir/kek"
-  "$tool" run --rm --read-only --tmpfs /tmp ${CAP_IMAGE_RUN_ARGS:-} \
+  "$tool" run --rm --read-only --tmpfs /tmp "${extra[@]}" \
     -v "$dir/kek:/kek" "$image" kek init --file /kek/kek.json
   local owner; owner="$(stat -c %u:%g "$dir/kek/kek.json")"
   [ "$owner" = 65532:65532 ] || { echo "smoke: the key ring is owned by $owner, not 65532:65532" >&2; exit 1; }

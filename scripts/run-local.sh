@@ -28,7 +28,7 @@ bin="$PWD/target/debug/certautopilot"
 pids=()
 app_pid=""
 cleanup() {
-  [ -n "$app_pid" ] && kill -INT "$app_pid" 2>/dev/null && wait "$app_pid" 2>/dev/null || true
+  if [ -n "$app_pid" ] && kill -INT "$app_pid" 2>/dev/null; then wait "$app_pid" 2>/dev/null || true; fi
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }

@@ -22,6 +22,8 @@
 //!   1.29 to 1.33 and validated with the real tools, its objects checked).
 //! - Kubernetes: `adapter` (the queue-depth metrics adapter, read as the
 //!   aggregator and kubectl read it).
+//! - the shell scripts: `chaos_scripts` (shellcheck over `chaos/` and
+//!   `scripts/`; the chaos harness's kubernetes mode without a cluster).
 //!
 //! `support` starts what they run against — the database server, Pebble,
 //! bind9, haproxy, `certautopilot` processes, or a whole [`support::cluster::Cluster`]
@@ -33,6 +35,7 @@ mod adapter;
 mod api;
 mod architecture;
 mod audit;
+mod chaos_scripts;
 mod chart;
 mod db_writer;
 mod dns01;
