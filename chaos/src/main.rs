@@ -24,8 +24,9 @@ struct Args {
     /// own; `all` for every one; `clean` removes what an interrupted run left.
     #[arg(required = true)]
     scenarios: Vec<String>,
-    /// How long each scenario runs under load (seconds), fault included.
-    #[arg(long, default_value_t = 120)]
+    /// How long each scenario runs under load (seconds), fault included:
+    /// the full length by default; CI runs 30.
+    #[arg(long, default_value_t = 300)]
     duration: u64,
     /// Also write the reports as JSON here (an array, one per scenario).
     #[arg(long)]
