@@ -494,8 +494,19 @@ async fn zone_loss(stack: &mut Stack, duration: Duration) -> Result<Fault, Strin
         }
     }
     let lost = Instant::now();
+    let lost_at = DateTime::now();
     // Longer than the scheduler's lease, so that the standby takes over.
     tokio::time::sleep((duration / 3).max(Duration::from_secs(30))).await;
+    let renewed_meanwhile = stack
+        .mongo
+        .collection::<Document>("audit")
+        .count_documents(doc! {
+            "action": "job.completed",
+            "details.key": { "$regex": "^renew:" },
+            "time": { "$gte": lost_at },
+        })
+        .await
+        .unwrap_or(0);
     for h in &hosts {
         topology::heal(h);
     }
@@ -509,11 +520,18 @@ async fn zone_loss(stack: &mut Stack, duration: Duration) -> Result<Fault, Strin
     }
     Ok(Fault {
         ended: Instant::now(),
-        checks: vec![(
-            format!("zone {zone} lost and back"),
-            true,
-            format!("down for {:.0} s", lost.elapsed().as_secs_f64()),
-        )],
+        checks: vec![
+            (
+                format!("zone {zone} lost and back"),
+                true,
+                format!("down for {:.0} s", lost.elapsed().as_secs_f64()),
+            ),
+            (
+                "renewals continued while the zone was down".into(),
+                renewed_meanwhile > 0,
+                format!("{renewed_meanwhile} renewals completed meanwhile"),
+            ),
+        ],
     })
 }
 
