@@ -6,10 +6,22 @@
 # API, waits for the certificate, and prints where its PEM chain is and its
 # fingerprint. Then it keeps running until Ctrl-C.
 #
+# The database syncs its log on every commit (--sync-on-commit): a write the
+# API acknowledged survives the database being killed.
+#
 # State lives under .local/ (database, key ring, admin token, certificates)
-# and is kept between runs. Knobs: CAP_LOCAL_DIR (default ./.local),
-# CAP_LOCAL_DB_PORT (27117), CAP_LOCAL_ACME_PORT (14000), CAP_LOCAL_HTTP01_PORT
-# (5002: where Pebble validates HTTP-01), and every CAP_* setting of the README.
+# and is kept between runs. Knobs (defaults in parentheses):
+#   CAP_LOCAL_DIR          where the state lives (./.local)
+#   CAP_LOCAL_DB_PORT      the database (27117)
+#   CAP_LOCAL_ACME_PORT    Pebble's ACME directory (14000; its management
+#                          interface on this plus 1000)
+#   CAP_LOCAL_HTTP01_PORT  where Pebble validates HTTP-01 (5002; TLS-ALPN-01
+#                          on this plus 1)
+#   CAP_LOCAL_DNS_PORT     pebble-challtestsrv, Pebble's DNS (8053; its
+#                          management interface on this plus 2)
+#   CAP_HTTP_ADDR          the API (127.0.0.1:8080)
+#   CARGO_TARGET_DIR       where the binary is built (./target)
+# and every CAP_* setting of the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -19,11 +31,12 @@ dir="${CAP_LOCAL_DIR:-$PWD/.local}"
 port="${CAP_LOCAL_DB_PORT:-27117}"
 acme_port="${CAP_LOCAL_ACME_PORT:-14000}"
 http01_port="${CAP_LOCAL_HTTP01_PORT:-5002}"
+dns_port="${CAP_LOCAL_DNS_PORT:-8053}"
 mkdir -p "$dir/pebble" "$dir/certs"
 
 echo "run-local: building certautopilot" >&2
 cargo build --locked --quiet
-bin="$PWD/target/debug/certautopilot"
+bin="${CARGO_TARGET_DIR:-$PWD/target}/debug/certautopilot"
 
 pids=()
 app_pid=""
@@ -37,8 +50,10 @@ trap 'exit 130' INT TERM
 
 # setsid: a Ctrl-C in the terminal reaches certautopilot first, which hands
 # its work back through the database; the rest is stopped after it.
+# --sync-on-commit: without it a killed database loses the writes of its last
+# 20-40 ms, although they were acknowledged with w=majority.
 setsid secantusd-rs --host 127.0.0.1 --port "$port" --storage-path "$dir/db" --cache-size 512M \
-  --log-level WARNING >"$dir/db.log" 2>&1 &
+  --sync-on-commit --log-level WARNING >"$dir/db.log" 2>&1 &
 pids+=($!)
 
 # Pebble's own HTTPS listener needs a certificate: a private CA, made once.
@@ -55,9 +70,9 @@ cat >"$dir/pebble/pebble.json" <<JSON
   "httpPort": $http01_port, "tlsPort": $((http01_port + 1)), "ocspResponderURL": "", "externalAccountBindingRequired": false}}
 JSON
 setsid pebble-challtestsrv -defaultIPv4 127.0.0.1 -defaultIPv6 "" -http01 "" -https01 "" -tlsalpn01 "" \
-  -dns01 127.0.0.1:8053 -management 127.0.0.1:8055 >"$dir/pebble/challtestsrv.log" 2>&1 &
+  -dns01 "127.0.0.1:$dns_port" -management "127.0.0.1:$((dns_port + 2))" >"$dir/pebble/challtestsrv.log" 2>&1 &
 pids+=($!)
-PEBBLE_VA_NOSLEEP=1 setsid pebble -config "$dir/pebble/pebble.json" -dnsserver 127.0.0.1:8053 \
+PEBBLE_VA_NOSLEEP=1 setsid pebble -config "$dir/pebble/pebble.json" -dnsserver "127.0.0.1:$dns_port" \
   >"$dir/pebble/pebble.log" 2>&1 &
 pids+=($!)
 
