@@ -2,9 +2,15 @@
 # The local single-node stack, end to end: a secantusd-rs database, a local
 # ACME CA (Debian's Pebble with pebble-challtestsrv as its DNS, all on
 # loopback), and `certautopilot all` (API, worker and scheduler in one
-# process). It declares a fixture project, issuer and certificate through the
-# API, waits for the certificate, and prints where its PEM chain is and its
-# fingerprint. Then it keeps running until Ctrl-C.
+# process). It declares a fixture project ("local", granted
+# local.example.test), issuer ("local pebble") and certificate ("www")
+# through the API — or, run again on the same state, finds the ones it
+# declared before and declares only what is missing — waits for the
+# certificate, and prints where its PEM chain is and its fingerprint. Then it
+# keeps running until Ctrl-C. Pebble keeps nothing between runs: on a later
+# run the reused issuer's ACME account is unknown to it, so a new order on it
+# (a renewal, POST .../issue) fails with accountDoesNotExist; remove the state
+# directory to start afresh.
 #
 # The database syncs its log on every commit (--sync-on-commit): a write the
 # API acknowledged survives the database being killed.
@@ -106,30 +112,63 @@ if [ ! -s "$dir/admin-token" ]; then
   (umask 077; "$bin" token create --role admin --description "run-local" >"$dir/admin-token")
 fi
 token="$(cat "$dir/admin-token")"
-api() { # METHOD PATH [JSON]
-  curl -sS -X "$1" "http://$CAP_HTTP_ADDR/v1$2" -H "Authorization: Bearer $token" \
-    -H 'Content-Type: application/json' ${3:+--data "$3"}
+api() { # METHOD PATH [JSON]: prints the answer's body; an answer >= 400 is named and fails
+  local out code
+  out=$(curl -sS -X "$1" "http://$CAP_HTTP_ADDR/v1$2" -H "Authorization: Bearer $token" \
+    -H 'Content-Type: application/json' ${3:+--data "$3"} -w '\n%{http_code}')
+  code=${out##*$'\n'}
+  out=${out%$'\n'*}
+  if [ "$code" -ge 400 ]; then
+    echo "run-local: $1 $2 answered $code: $out" >&2
+    return 1
+  fi
+  printf '%s\n' "$out"
+}
+find_id() { # LIST_PATH JQ_CONDITION: the id of the first item that meets it, every page read; empty if none
+  local after="" body id
+  while :; do
+    # (errexit does not reach into command substitutions: a failed call must
+    # not read as "none found", which would declare a second fixture.)
+    body=$(api GET "$1?limit=200${after:+&after=$after}") || return 1
+    id=$(jq -r "first(.items[] | select($2) | .id) // empty" <<<"$body")
+    [ -n "$id" ] && { echo "$id"; return 0; }
+    after=$(jq -r '.next // empty' <<<"$body")
+    [ -n "$after" ] || return 0
+  done
 }
 
-project=$(api POST /projects '{"name":"local"}' | jq -r .id)
-# A project certifies only the names a global admin granted it. Shared:
-# earlier runs against the same state declared a project of their own for
-# the same name.
-grant=$(api PUT "/projects/$project/domains" '{"domains":["local.example.test"],"shared":true}')
-if [ "$(jq -r '.domains[0].name' <<<"$grant")" != "local.example.test" ]; then
-  echo "run-local: granting local.example.test failed: $grant" >&2
-  exit 1
+# The fixture: what an earlier run against this state declared is found by
+# name (the oldest first) and reused; only what is missing is declared.
+declared=()
+acme_url="https://127.0.0.1:$acme_port/dir"
+project=$(find_id /projects '.name == "local"')
+if [ -z "$project" ]; then
+  project=$(api POST /projects '{"name":"local"}' | jq -r .id)
+  declared+=(project)
 fi
-issuer=$(api POST "/projects/$project/issuers" "$(jq -n --arg url "https://127.0.0.1:$acme_port/dir" \
-  --rawfile ca "$dir/pebble/ca.pem" \
-  '{name: "local pebble", directory_url: $url, contact: "ops@example.test", challenge: "http-01", ca_bundle_pem: $ca}')" | jq -r .id)
-cert=$(api POST "/projects/$project/certificates" "$(jq -n --arg issuer "$issuer" \
-  '{name: "www", dns_names: ["www.local.example.test", "local.example.test"], issuer_id: $issuer, key_algorithm: "ecdsa-p256"}')" | jq -r .id)
-echo "run-local: declared certificate $cert (project $project); waiting for it to be issued" >&2
+# A project certifies only the names a global admin granted it.
+if ! api GET "/projects/$project/domains" | jq -e '.domains[] | select(.name == "local.example.test")' >/dev/null; then
+  api PUT "/projects/$project/domains" '{"domains":["local.example.test"]}' >/dev/null
+  declared+=(grant)
+fi
+issuer=$(find_id "/projects/$project/issuers" ".name == \"local pebble\" and .directory_url == \"$acme_url\"")
+if [ -z "$issuer" ]; then
+  issuer=$(api POST "/projects/$project/issuers" "$(jq -n --arg url "$acme_url" \
+    --rawfile ca "$dir/pebble/ca.pem" \
+    '{name: "local pebble", directory_url: $url, contact: "ops@example.test", challenge: "http-01", ca_bundle_pem: $ca}')" | jq -r .id)
+  declared+=(issuer)
+fi
+cert=$(find_id "/projects/$project/certificates" ".name == \"www\" and .issuer_id == \"$issuer\"")
+if [ -z "$cert" ]; then
+  cert=$(api POST "/projects/$project/certificates" "$(jq -n --arg issuer "$issuer" \
+    '{name: "www", dns_names: ["www.local.example.test", "local.example.test"], issuer_id: $issuer, key_algorithm: "ecdsa-p256"}')" | jq -r .id)
+  declared+=(certificate)
+fi
+echo "run-local: project $project, issuer $issuer, certificate $cert (declared now: ${declared[*]:-nothing, all found}); waiting for it to be issued" >&2
 
 status=""
 for i in $(seq 1 300); do
-  body=$(api GET "/projects/$project/certificates/$cert")
+  body=$(api GET "/projects/$project/certificates/$cert") || { sleep 0.2; continue; }
   status=$(jq -r .status <<<"$body")
   [ "$status" = issued ] && break
   [ $((i % 10)) = 0 ] && echo "run-local: $status $(jq -r '.last_error // ""' <<<"$body")" >&2
