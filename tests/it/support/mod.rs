@@ -436,6 +436,9 @@ pub struct Proc {
     pub http: SocketAddr,
     pub id: String,
     log: Arc<Mutex<Vec<String>>>,
+    /// The thread collecting its stderr into `log`: done once the process
+    /// has exited and its last line is in.
+    log_reader: std::thread::JoinHandle<()>,
 }
 
 pub fn bin() -> &'static str {
@@ -472,7 +475,7 @@ impl Proc {
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
         let tag = id.to_string();
-        std::thread::spawn(move || {
+        let log_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if std::env::var_os("CAP_TEST_SHOW_LOGS").is_some() {
                     eprintln!("[{tag}] {line}");
@@ -485,6 +488,7 @@ impl Proc {
             http,
             id: id.to_string(),
             log,
+            log_reader,
         }
     }
 
@@ -531,11 +535,16 @@ impl Proc {
         );
     }
 
-    /// Waits for the process to exit, returning its exit code.
+    /// Waits for the process to exit, returning its exit code, with every
+    /// line it wrote to stderr in its log (else a test reading the log right
+    /// after could miss the last ones, its reason to exit among them).
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
+                while !self.log_reader.is_finished() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 return status.code();
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
