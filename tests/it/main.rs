@@ -6,6 +6,8 @@
 //! - the job queue and coordination: `queue`, `workers`, `leases`,
 //!   `schedulers`, `election` (a step-down, on a server of its own),
 //!   `supervision`;
+//! - the database dying: `durability` (a `--sync-on-commit` server of its
+//!   own SIGKILLed under API writes and restarted: none answered 2xx lost);
 //! - running it: `operator` (settings, migrations, health), `stats`,
 //!   `fleet` (the fleet registry, the schema floor);
 //! - tenancy: `tenancy` (domain grants, the responder by name);
@@ -40,6 +42,7 @@ mod chart;
 mod db_writer;
 mod dns01;
 mod drift;
+mod durability;
 mod egress;
 mod election;
 mod fleet;

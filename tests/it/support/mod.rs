@@ -5,9 +5,11 @@
 //! else one throw-away `secantusd-rs` shared by every test of the binary, on
 //! a free loopback port with a temporary data directory and a small cache.
 //! Every test gets its own database; a test that disturbs its server (a
-//! step-down) gets a server of its own ([`TestDb::on_own_server`]). Servers
-//! are started through a shell guard that kills them when this test process
-//! goes away, since statics are never dropped.
+//! step-down) gets a server of its own ([`TestDb::on_own_server`]), and a
+//! test that kills its server gets one it can restart on the same
+//! data ([`TestDb::on_restartable_server`]). Servers ([`DbServer`]) are started
+//! through a shell guard that kills them when this test process goes away,
+//! since statics are never dropped.
 //!
 //! The benches include this module too (through `tests/common/mod.rs`) and
 //! each uses a little of it: hence `dead_code` is allowed.
@@ -44,79 +46,202 @@ pub fn server_base() -> String {
             if let Ok(uri) = std::env::var("CAP_TEST_MONGO_URI") {
                 return uri;
             }
-            // Never stopped: its guard ends it when this process exits.
-            let (uri, _guard) = start_secantus();
-            shorten_transaction_lifetime(&uri);
+            // Never dropped: its guard ends it and removes its data when this
+            // process exits.
+            let server = DbServer::start();
+            let uri = server.base();
+            std::mem::forget(server);
             uri
         })
         .clone()
 }
 
-/// A `secantusd-rs` that one test has to itself, stopped when dropped.
-struct OwnServer {
+/// A `secantusd-rs` on a free loopback port with a temporary data directory
+/// and a small cache, started through a shell guard that kills it when this
+/// test process goes away, since statics are never dropped.
+///
+/// Every server is started with `--sync-on-commit`, as the local stack is:
+/// without it a SIGKILL loses the last 20–40 ms of writes acknowledged with
+/// `w=majority`. It costs little here: the whole `tests/it` suite took 147 s
+/// with it against 138 s without (two runs each, 2 cores), though a test
+/// that only writes (500 jobs by 8 claimers) takes about 30 % longer.
+///
+/// A restartable one can be SIGKILLed ([`DbServer::kill`]) and started again
+/// on the same data and port ([`DbServer::restart`]): its data directory
+/// outlives the server process, removed when the `DbServer` is dropped or
+/// once this test process is gone.
+pub struct DbServer {
+    dir: PathBuf,
+    /// `host:port`, picked by the server on its first start.
+    addr: String,
+    restartable: bool,
+    running: Mutex<Option<Running>>,
+}
+
+/// One run of the server: its guard shell and the server's own pid.
+struct Running {
     guard: Child,
+    pid: i32,
 }
 
-impl OwnServer {
-    /// Returns the server and its base URI.
-    fn start() -> (OwnServer, String) {
-        let (uri, guard) = start_secantus();
-        shorten_transaction_lifetime(&uri);
-        (OwnServer { guard }, uri)
+impl DbServer {
+    /// A server whose data goes with it.
+    pub fn start() -> DbServer {
+        DbServer::launch(false)
+    }
+
+    /// A server that can be killed and restarted on its data.
+    pub fn start_restartable() -> DbServer {
+        DbServer::launch(true)
+    }
+
+    fn launch(restartable: bool) -> DbServer {
+        let dir = tempfile::Builder::new()
+            .prefix("cap-test-db-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let (addr, running) = spawn_secantus(&dir, "127.0.0.1:0", restartable);
+        shorten_transaction_lifetime(&base_uri(&addr));
+        DbServer {
+            dir,
+            addr,
+            restartable,
+            running: Mutex::new(Some(running)),
+        }
+    }
+
+    /// `mongodb://host:port/?replicaSet=secantus`.
+    pub fn base(&self) -> String {
+        base_uri(&self.addr)
+    }
+
+    /// The server process itself (not its guard shell), while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.running.lock().unwrap().as_ref().map(|r| r.pid)
+    }
+
+    /// SIGKILLs the server process itself and returns once it is dead (its
+    /// sockets and files released); its data stays for [`DbServer::restart`].
+    pub fn kill(&self) {
+        assert!(
+            self.restartable,
+            "only a restartable server may be killed: its guard removes the data of any other"
+        );
+        let running = self.running.lock().unwrap().take();
+        let Some(mut running) = running else {
+            panic!("the server is not running")
+        };
+        let pid = nix::unistd::Pid::from_raw(running.pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("SIGKILL the server");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !process_gone(running.pid) {
+            assert!(Instant::now() < deadline, "secantusd-rs survived SIGKILL");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stop_guard(&mut running.guard);
+    }
+
+    /// Starts the server again on the same data directory and port.
+    pub fn restart(&self) {
+        let mut slot = self.running.lock().unwrap();
+        assert!(slot.is_none(), "the server is still running");
+        let (addr, running) = spawn_secantus(&self.dir, &self.addr, self.restartable);
+        assert_eq!(addr, self.addr, "restarted on another address");
+        *slot = Some(running);
+        drop(slot);
+        shorten_transaction_lifetime(&self.base());
     }
 }
 
-impl Drop for OwnServer {
-    /// The guard's TERM trap kills the server and removes its data.
+impl Drop for DbServer {
+    /// The guard's TERM trap kills the server; then the data goes.
     fn drop(&mut self) {
-        let guard = nix::unistd::Pid::from_raw(self.guard.id() as i32);
-        let _ = nix::sys::signal::kill(guard, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.guard.wait();
+        if let Some(mut running) = self.running.lock().unwrap().take() {
+            stop_guard(&mut running.guard);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// Starts `secantusd-rs` under its guard shell; returns the server's base
-/// URI and the guard.
+fn base_uri(addr: &str) -> String {
+    format!("mongodb://{addr}/?replicaSet=secantus")
+}
+
+fn stop_guard(guard: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(guard.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let _ = guard.wait();
+}
+
+/// Whether `pid` has exited: no such process, or only its zombie left.
+fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('Z' | 'X')))
+            .unwrap_or(true),
+    }
+}
+
+/// Starts `secantusd-rs` on `addr` (port 0: a free one) under its guard
+/// shell; returns the address it listens on and the run.
 #[allow(clippy::zombie_processes)]
-fn start_secantus() -> (String, Child) {
+fn spawn_secantus(dir: &std::path::Path, addr: &str, restartable: bool) -> (String, Running) {
     let bin = which("secantusd-rs").unwrap_or_else(|| {
         panic!("secantusd-rs not found: run scripts/setup.sh (or set CAP_TEST_MONGO_URI)")
     });
-    let dir = tempfile::Builder::new()
-        .prefix("cap-test-db-")
-        .tempdir()
-        .unwrap()
-        .keep();
-    // The guard loop ends the server when this test process exits, however it
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    // The guard ends the server when this test process exits, however it
     // exits, or when the guard is sent SIGTERM; the shared server's guard is
-    // deliberately never waited for.
+    // deliberately never waited for. A restartable server's data is removed
+    // only once this test process is gone (else by `DbServer`'s drop).
+    let remove = if restartable {
+        format!(
+            "kill -0 {} 2>/dev/null || rm -rf {}",
+            std::process::id(),
+            dir.display()
+        )
+    } else {
+        format!("rm -rf {}", dir.display())
+    };
     let script = format!(
-        "{bin} --port 0 --host 127.0.0.1 --storage-path {dir}/data --cache-size 256M --log-level WARNING 2>>{dir}/server.log & pid=$!; \
-         trap 'kill -9 $pid 2>/dev/null; rm -rf {dir}' EXIT; trap 'exit' TERM; \
+        "{bin} --port {port} --host {host} --storage-path {dir}/data --cache-size 256M --log-level WARNING --sync-on-commit 2>>{dir}/server.log & pid=$!; \
+         echo \"server-pid $pid\"; \
+         trap 'kill -9 $pid 2>/dev/null; {remove}' EXIT; trap 'exit' TERM; \
          while kill -0 {parent} 2>/dev/null && kill -0 $pid 2>/dev/null; do sleep 0.5; done",
         bin = bin.display(),
         dir = dir.display(),
         parent = std::process::id()
     );
-    let mut child = Command::new("sh")
+    let mut guard = Command::new("sh")
         .arg("-c")
         .arg(script)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start secantusd-rs");
-    let stdout = child.stdout.take().unwrap();
+    let stdout = guard.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
+    // The guard names the server's pid; the server, where it listens.
+    let (mut pid, mut listening) = (None, None);
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         let Some(Ok(line)) = lines.next() else { break };
-        if let Some(addr) = line.strip_prefix("secantusd-rs listening on ") {
-            let addr = addr.trim().to_string();
+        if let Some(p) = line.strip_prefix("server-pid ") {
+            pid = Some(p.trim().parse().expect("a pid"));
+        } else if let Some(addr) = line.strip_prefix("secantusd-rs listening on ") {
+            listening = Some(addr.trim().to_string());
+        }
+        if let (Some(pid), Some(addr)) = (pid, &listening) {
             std::thread::spawn(move || for _ in lines {});
-            return (format!("mongodb://{addr}/?replicaSet=secantus"), child);
+            return (addr.clone(), Running { guard, pid });
         }
     }
-    panic!("secantusd-rs did not report its port");
+    let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+    panic!("secantusd-rs did not report its port; its log:\n{log}");
 }
 
 /// The setting the README recommends for production: a process killed
@@ -161,7 +286,7 @@ pub struct TestDb {
     _kek_dir: tempfile::TempDir,
     /// Its server, when it has one of its own: declared last, so stopped
     /// after everything else here is gone.
-    _own_server: Option<OwnServer>,
+    own_server: Option<DbServer>,
 }
 
 impl TestDb {
@@ -183,13 +308,31 @@ impl TestDb {
         let db = if std::env::var_os("CAP_TEST_MONGO_URI").is_some() {
             TestDb::fresh(hint)
         } else {
-            let (server, base) = OwnServer::start();
-            TestDb::on(&base, hint, Some(server))
+            let server = DbServer::start();
+            TestDb::on(&server.base(), hint, Some(server))
         };
         db.migrate().await
     }
 
-    fn on(base: &str, hint: &str, own_server: Option<OwnServer>) -> TestDb {
+    /// A migrated database on a `secantusd-rs` of its own that the test may
+    /// SIGKILL and restart on the same data ([`TestDb::server`]). Always a
+    /// local server, `CAP_TEST_MONGO_URI` or not: the test must own the
+    /// process.
+    pub async fn on_restartable_server(hint: &str) -> TestDb {
+        let server = DbServer::start_restartable();
+        TestDb::on(&server.base(), hint, Some(server))
+            .migrate()
+            .await
+    }
+
+    /// The server of its own ([`TestDb::on_restartable_server`], …).
+    pub fn server(&self) -> &DbServer {
+        self.own_server
+            .as_ref()
+            .expect("this database is on the shared server")
+    }
+
+    fn on(base: &str, hint: &str, own_server: Option<DbServer>) -> TestDb {
         let name = format!(
             "cap_{}_{}_{}",
             hint,
@@ -205,7 +348,7 @@ impl TestDb {
             name,
             kek_file,
             _kek_dir: kek_dir,
-            _own_server: own_server,
+            own_server,
         }
     }
 
@@ -293,6 +436,9 @@ pub struct Proc {
     pub http: SocketAddr,
     pub id: String,
     log: Arc<Mutex<Vec<String>>>,
+    /// The thread collecting its stderr into `log`: done once the process
+    /// has exited and its last line is in.
+    log_reader: std::thread::JoinHandle<()>,
 }
 
 pub fn bin() -> &'static str {
@@ -329,7 +475,7 @@ impl Proc {
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
         let tag = id.to_string();
-        std::thread::spawn(move || {
+        let log_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if std::env::var_os("CAP_TEST_SHOW_LOGS").is_some() {
                     eprintln!("[{tag}] {line}");
@@ -342,6 +488,7 @@ impl Proc {
             http,
             id: id.to_string(),
             log,
+            log_reader,
         }
     }
 
@@ -388,11 +535,16 @@ impl Proc {
         );
     }
 
-    /// Waits for the process to exit, returning its exit code.
+    /// Waits for the process to exit, returning its exit code, with every
+    /// line it wrote to stderr in its log (else a test reading the log right
+    /// after could miss the last ones, its reason to exit among them).
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
+                while !self.log_reader.is_finished() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 return status.code();
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
