@@ -105,10 +105,12 @@ async fn drive(
         "kill-storm" => kill_storm(stack, deadline).await?,
         other => return Err(format!("unknown scenario {other:?}")),
     };
+    // Measured from the fault's end, under the load, which goes on until
+    // the run's end whatever the answer.
+    let recovery = consistent_since(stack, &load, fault.ended).await;
     if let Some(rest) = deadline.checked_duration_since(Instant::now()) {
         tokio::time::sleep(rest).await;
     }
-    let recovery = consistent_since(stack, &load, fault.ended).await;
     let record = load.stop().await;
     let _ = watch_stop.send(true);
     let renewed = renewals.await.unwrap_or_default();
