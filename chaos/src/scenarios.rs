@@ -363,10 +363,12 @@ async fn consistent_since(stack: &Stack, load: &Load, since: Instant) -> Option<
         let not_issued = certificates
             .count_documents(doc! { "project_id": &stack.project, "status": { "$ne": "issued" } })
             .await;
+        // Overdue for renewal by more than the slack, or expired outright.
         let overdue = certificates
-            .count_documents(
-                doc! { "project_id": &stack.project, "renewal_due_at": { "$lt": overdue_before } },
-            )
+            .count_documents(doc! { "project_id": &stack.project, "$or": [
+                { "renewal_due_at": { "$lt": overdue_before } },
+                { "current.not_after": { "$lt": DateTime::now() } },
+            ] })
             .await;
         let known = certificates
             .count_documents(doc! { "_id": { "$in": &requested } })
@@ -425,7 +427,7 @@ async fn rolling_restart(
         let behind = fleet_wait(bin, stack, "1");
         checks.push((
             "the previous release was running".to_string(),
-            behind.is_err(),
+            behind.as_ref().is_err_and(|e| e.contains("older than")),
             behind.map_or_else(
                 |e| e.lines().last().unwrap_or_default().to_string(),
                 |_| "every instance already new".into(),
@@ -433,11 +435,16 @@ async fn rolling_restart(
         ));
         // The pre-upgrade Job: the new release's migrations, under the old
         // release's running processes.
+        let before = schema_version(stack).await;
         let out = crate::stack::cli_with(bin, stack, &["migrate"]);
+        let after = schema_version(stack).await;
         checks.push((
             "migrations ran under the old release".to_string(),
             out.is_ok(),
-            out.map_or_else(|e| e, |_| "migrate exited 0".into()),
+            out.map_or_else(
+                |e| e,
+                |_| format!("migrate exited 0; schema version {before} before, {after} after"),
+            ),
         ));
         stack.settings.bin = bin.clone();
     }
@@ -687,12 +694,11 @@ async fn leader_pause(stack: &mut Stack) -> Result<Fault, String> {
     })
 }
 
-/// The primary stepped down every 6 s for half the run (at most a minute).
-/// The single-node database has no other member to elect: each step-down
-/// asks for 5 s without a primary, and secantusd-rs was measured back as
-/// primary after about 2 s (no request waited longer), about what a
-/// replica set's election after a step-down takes. Longer outages, step-
-/// downs back to back, are tests/it/election.rs's.
+/// The primary stepped down for 2 s every 5 s for half the run (at most a
+/// minute). The single-node database has no other member to elect: it is
+/// without a primary for the step-down's 2 s, about what a replica set's
+/// election after a step-down takes. Longer outages, step-downs back to
+/// back, are tests/it/election.rs's.
 async fn stepdown_storm(stack: &mut Stack, duration: Duration) -> Result<Fault, String> {
     let admin = stack.mongo.client().database("admin");
     let until = Instant::now() + (duration / 2).min(Duration::from_secs(60));
@@ -806,4 +812,17 @@ fn machine() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{} ({cores} cores)", host.trim())
+}
+
+/// The schema version the database records (0 when unreadable).
+async fn schema_version(stack: &Stack) -> i64 {
+    stack
+        .mongo
+        .collection::<Document>("schema")
+        .find_one(doc! { "_id": "version" })
+        .await
+        .ok()
+        .flatten()
+        .and_then(|d| d.get_i64("version").ok())
+        .unwrap_or(0)
 }

@@ -44,7 +44,7 @@ pub struct Stack {
     pub workers: Vec<Proc>,
     pub schedulers: Vec<Proc>,
     /// Pebble, its DNS server and haproxy: never faulted.
-    aux: Vec<Child>,
+    _aux: Aux,
     pub pebble_log: PathBuf,
     /// The balancer's address, as a URL.
     pub front: String,
@@ -78,8 +78,8 @@ impl Stack {
         let pebble_dir = settings.dir.join("pebble");
         std::fs::create_dir_all(&pebble_dir).map_err(|e| e.to_string())?;
         listener_certificate(&pebble_dir)?;
-        let mut aux = Vec::new();
-        aux.push(spawn_logged(
+        let mut aux = Aux(Vec::new());
+        aux.0.push(spawn_logged(
             Command::new("pebble-challtestsrv")
                 .args(["-defaultIPv4", &HOST_IP.to_string(), "-defaultIPv6", ""])
                 .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
@@ -104,7 +104,7 @@ impl Stack {
         )
         .map_err(|e| e.to_string())?;
         let pebble_log = pebble_dir.join("pebble.log");
-        aux.push(spawn_logged(
+        aux.0.push(spawn_logged(
             Command::new("pebble")
                 .args([
                     "-config",
@@ -239,8 +239,8 @@ impl Stack {
         // Health-checks /healthz every 500 ms, down after two misses. A
         // request that found no server, or no answer from one within 8 s (an
         // api in a zone that just vanished, reached over a kept-alive
-        // connection), is sent to another: as a cloud balancer's retries do.
-        // A retried write may then exist twice; none answered is lost.
+        // connection), is sent to another, POSTs included: a retried write
+        // may then exist twice; none answered is lost.
         std::fs::write(
             &haproxy_cfg,
             format!(
@@ -251,7 +251,7 @@ impl Stack {
             ),
         )
         .map_err(|e| e.to_string())?;
-        aux.push(spawn_logged(
+        aux.0.push(spawn_logged(
             Command::new("haproxy").args(["-db", "-f", &haproxy_cfg.display().to_string()]),
             &settings.dir.join("haproxy.log"),
         )?);
@@ -263,7 +263,7 @@ impl Stack {
             apis,
             workers,
             schedulers,
-            aux,
+            _aux: aux,
             pebble_log,
             token,
             mongo_uri,
@@ -446,7 +446,18 @@ impl Stack {
             p.kill();
         }
         self.db.kill();
-        for c in &mut self.aux {
+        // The helper servers go with `self._aux`.
+    }
+}
+
+/// Pebble, its DNS server and haproxy, killed when dropped: also when the
+/// installation fails to start halfway, so no later run finds their ports
+/// taken.
+struct Aux(Vec<Child>);
+
+impl Drop for Aux {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -109,6 +109,19 @@ fn ip(args: &[&str]) -> Result<(), String> {
 pub fn build(hosts: &[Host]) -> Result<(), String> {
     ip(&["link", "add", BRIDGE, "type", "bridge"])?;
     ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", BRIDGE])?;
+    // Bridged traffic must not meet the host's iptables (a Docker host's
+    // FORWARD policy is DROP, and br_netfilter would apply it).
+    ip(&[
+        "link",
+        "set",
+        BRIDGE,
+        "type",
+        "bridge",
+        "nf_call_iptables",
+        "0",
+        "nf_call_ip6tables",
+        "0",
+    ])?;
     ip(&["link", "set", BRIDGE, "up"])?;
     for host in hosts {
         let ns = host.ns.as_str();
