@@ -13,7 +13,7 @@ scripts/setup.sh
 cargo test --locked "$@"
 if [ "$#" -eq 0 ] && [ "${CAP_TEST_CHAOS:-1}" != 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
-    chaos/run all --duration 30 --report target/chaos-short.json
+    chaos/run all --duration 30 --report .chaos/short-report.json
   else
     echo "test.sh: the chaos scenarios need root (network namespaces): skipped" >&2
   fi
