@@ -86,13 +86,7 @@ async fn an_untouched_chain_verifies_and_the_cli_says_so() {
     let db = TestDb::migrated("audit_intact").await;
     let key = chain(&db, 30, 20).await;
     assert_eq!(verify(&db, &key).await, None);
-    let out = Command::new(bin())
-        .args(["audit", "verify"])
-        .env_clear()
-        .env("CAP_MONGO_URI", &db.uri)
-        .env("CAP_KEK_FILE", &db.kek_file)
-        .output()
-        .unwrap();
+    let out = db.cli(&["audit", "verify"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -123,13 +117,7 @@ async fn an_edited_record_is_named() {
     ));
 
     // The CLI exits non-zero and names the record.
-    let out = Command::new(bin())
-        .args(["audit", "verify"])
-        .env_clear()
-        .env("CAP_MONGO_URI", &db.uri)
-        .env("CAP_KEK_FILE", &db.kek_file)
-        .output()
-        .unwrap();
+    let out = db.cli(&["audit", "verify"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{stdout}");
     assert!(stdout.contains("record 12 was edited"), "{stdout}");
@@ -438,13 +426,7 @@ async fn wait_for_seal_refused(worker: &Proc) {
 
 /// `certautopilot health --json`: whether it exited 0, and its `audit` check.
 fn audit_health(db: &TestDb) -> (bool, serde_json::Value) {
-    let out = Command::new(bin())
-        .args(["health", "--json"])
-        .env_clear()
-        .env("CAP_MONGO_URI", &db.uri)
-        .env("CAP_KEK_FILE", &db.kek_file)
-        .output()
-        .unwrap();
+    let out = db.cli(&["health", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let audit_check = report["checks"]
         .as_array()

@@ -5,13 +5,12 @@
 //! chain verifies.
 
 use std::collections::{HashMap, HashSet};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::api::{bootstrap_token, ApiClient};
-use crate::support::{self, bin, documents, Proc, TestDb};
+use crate::support::{self, documents, Proc, TestDb};
 use mongodb::bson::doc;
 
 /// Concurrent API clients writing.
@@ -204,13 +203,7 @@ async fn a_database_sigkilled_under_a_stream_of_writes_loses_none_answered_2xx()
         unaudited.len(),
         unaudited.iter().take(10).collect::<Vec<_>>()
     );
-    let out = Command::new(bin())
-        .args(["audit", "verify"])
-        .env_clear()
-        .env("CAP_MONGO_URI", &db.uri)
-        .env("CAP_KEK_FILE", &db.kek_file)
-        .output()
-        .unwrap();
+    let out = db.cli(&["audit", "verify"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("intact"),

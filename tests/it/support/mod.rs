@@ -290,6 +290,18 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// `certautopilot ARGS` run to completion as an operator would, against
+    /// this database and its key ring, with nothing else in its environment.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin())
+            .args(args)
+            .env_clear()
+            .env("CAP_MONGO_URI", &self.uri)
+            .env("CAP_KEK_FILE", &self.kek_file)
+            .output()
+            .expect("run certautopilot")
+    }
+
     /// A fresh, empty database (not migrated) on the shared server.
     pub fn fresh(hint: &str) -> TestDb {
         TestDb::on(&server_base(), hint, None)
