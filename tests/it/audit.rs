@@ -550,14 +550,14 @@ async fn each_checkpoint_is_copied_into_the_log_once() {
     let procs = housekeeping_procs(&db, "copies");
     let sealed = support::wait_until(Duration::from_secs(60), || async {
         store
-            .collection(audit::CHECKPOINTS_COLLECTION)
-            .count_documents(doc! {})
+            .collection(audit::AUDIT_COLLECTION)
+            .count_documents(doc! { "action": "audit.checkpoint" })
             .await
             .unwrap()
             >= 3
     })
     .await;
-    assert!(sealed, "three checkpoints sealed");
+    assert!(sealed, "three checkpoints sealed and copied");
     drop(procs);
     let checkpoints = support::documents(&store, audit::CHECKPOINTS_COLLECTION, doc! {}).await;
     let copies = support::documents(
@@ -566,11 +566,21 @@ async fn each_checkpoint_is_copied_into_the_log_once() {
         doc! { "action": "audit.checkpoint" },
     )
     .await;
+    // The processes are killed at some moment: the newest checkpoint may
+    // have been sealed just before, its copy not yet appended.
+    let newest = checkpoints
+        .iter()
+        .map(Checkpoint::parse)
+        .map(|cp| cp.seq)
+        .max();
     for cp in checkpoints.iter().map(Checkpoint::parse) {
         let of_it: Vec<&Document> = copies
             .iter()
             .filter(|r| r.get_document("details").unwrap().get_i64("seq") == Ok(cp.seq))
             .collect();
+        if of_it.is_empty() && Some(cp.seq) == newest {
+            continue;
+        }
         assert_eq!(of_it.len(), 1, "one copy of the checkpoint at {}", cp.seq);
         assert_eq!(
             of_it[0].get_document("details").unwrap().get_str("mac"),
