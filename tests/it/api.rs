@@ -405,8 +405,10 @@ async fn a_token_made_through_the_api_expires() {
         .unwrap()
         .timestamp_millis()
         - mongodb::bson::DateTime::now().timestamp_millis();
+    // The expiry is the database's clock plus 90 days, compared with ours:
+    // a few seconds either way is the two clocks, not the lifetime.
     assert!(
-        (89 * 86_400_000..=90 * 86_400_000).contains(&until),
+        (89 * 86_400_000..=90 * 86_400_000 + 5_000).contains(&until),
         "{lasting}"
     );
 
