@@ -14,6 +14,7 @@
 //! | [`crypto`] | KEK providers (`file`, `pkcs11`) and bundles, envelope encryption, secrets at rest sealed for their owners, API token keys, migration 12's re-sealing |
 //! | [`queue`] | the fenced job queue, leases and worker presence (their own collections), the handler interface and its outcome |
 //! | [`audit`] | the hash-chained audit log (its own collections), chained checkpoints, `audit verify`, SIEM forwarding |
+//! | [`backup`] | snapshots of the whole installation: the file format (manifest, digests, zstd), `snapshot save` at one point in time, `snapshot restore` checked end to end before anything is written |
 //! | [`acme`] | the ACME client and the calls behind each order step, with its own error type; DNS-01 over RFC 2136, ARI, revocation |
 //! | [`work`] | one module per job kind, the registry that names them all, the leader's scans, ACME errors as job outcomes |
 //! | [`actors`] | ClaimActor, LeaseActor, SchedulerActor, OrderActor (owns the order state machine), KekRotationActor, SiemActor, readiness, supervision |
@@ -25,6 +26,7 @@
 pub mod acme;
 pub mod actors;
 pub mod audit;
+pub mod backup;
 pub mod cli;
 pub mod crypto;
 pub mod domain;

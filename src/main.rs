@@ -9,8 +9,10 @@ use clap::{Parser, Subcommand};
 
 use certautopilot::cli::audit::AuditCommand;
 use certautopilot::cli::config::{AdapterArgs, CommonArgs, WorkloadArgs};
+use certautopilot::cli::dr::DrCommand;
 use certautopilot::cli::fleet::FleetCommand;
 use certautopilot::cli::kek::KekCommand;
+use certautopilot::cli::snapshot::SnapshotCommand;
 use certautopilot::cli::token::TokenCommand;
 use certautopilot::cli::workloads::{self, Roles};
 use certautopilot::cli::{self, Failure};
@@ -60,6 +62,12 @@ enum Command {
     /// API tokens
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Snapshots of the whole installation: save, restore, inspect
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Disaster recovery: the end-to-end drill
+    #[command(subcommand)]
+    Dr(DrCommand),
     /// Check the installation; exit 0 only when healthy
     Health {
         #[command(flatten)]
@@ -99,6 +107,8 @@ async fn run(command: Command) -> Result<ExitCode, Failure> {
         Command::Kek(command) => return cli::kek::run(command).await,
         Command::Token(command) => return cli::token::run(command).await,
         Command::Audit(command) => return cli::audit::run(command).await,
+        Command::Snapshot(command) => return cli::snapshot::run(command).await,
+        Command::Dr(command) => return cli::dr::run(command).await,
         Command::MetricsAdapter(args) => {
             let cfg = args.resolve()?;
             logging::init(cfg.common.log_format);

@@ -17,10 +17,12 @@
 //! together with every record after the one left (a rollback), and the
 //! removal of every checkpoint together with the records they covered. The
 //! SIEM copy ([`crate::audit::siem`]), which receives every checkpoint as an
-//! `audit.checkpoint` record, is the outside witness for those.
+//! `audit.checkpoint` record, is the outside witness for those; [`witness`]
+//! compares its file with the log.
 
 pub mod checkpoint;
 pub mod siem;
+pub mod witness;
 
 pub use checkpoint::{Checkpoint, CHECKPOINTS_COLLECTION, CHECKPOINT_KEY_SECRET};
 

@@ -1,5 +1,6 @@
 //! `certautopilot audit verify`: walks the hash chain and its checkpoints.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
@@ -19,16 +20,30 @@ pub enum AuditCommand {
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,
+        /// Also compare the log with the records a SIEM received: a file of
+        /// our syslog forwarder's lines as rsyslog writes them. Lists what
+        /// the SIEM holds that the database lacks (after a restore: what
+        /// happened after the snapshot); exit 3 when the two disagree
+        #[arg(long)]
+        witness: Option<PathBuf>,
     },
 }
 
 pub async fn run(command: AuditCommand) -> Result<ExitCode, Failure> {
     match command {
-        AuditCommand::Verify { common, json } => verify(common, json).await,
+        AuditCommand::Verify {
+            common,
+            json,
+            witness,
+        } => verify(common, json, witness).await,
     }
 }
 
-async fn verify(common: CommonArgs, json: bool) -> Result<ExitCode, Failure> {
+async fn verify(
+    common: CommonArgs,
+    json: bool,
+    witness: Option<PathBuf>,
+) -> Result<ExitCode, Failure> {
     let store = connect(&common).await?;
     let kek = open_kek(&common)?;
     let secrets = Secrets::new(store.clone(), kek);
@@ -51,12 +66,38 @@ async fn verify(common: CommonArgs, json: bool) -> Result<ExitCode, Failure> {
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprintln!();
     }
+    let witnessed = match &witness {
+        None => None,
+        Some(path) => {
+            let file = std::fs::File::open(path)
+                .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", path.display())))?;
+            let compared = audit::witness::compare(&store, std::io::BufReader::new(file))
+                .await
+                .map_err(|e| {
+                    Failure::Runtime(format!(
+                        "reading the audit log: {}",
+                        crate::store::short(&e)
+                    ))
+                })?
+                .map_err(|e| Failure::Runtime(format!("reading {}: {e}", path.display())))?;
+            Some(compared)
+        }
+    };
+    let confirmed = witnessed.as_ref().is_none_or(|w| w.confirmed);
     if json {
+        let value = match &witnessed {
+            None => serde_json::to_value(&report),
+            Some(w) => serde_json::to_value(serde_json::json!({ "chain": report, "witness": w })),
+        }
+        .expect("report serializes");
         println!(
             "{}",
-            serde_json::to_string_pretty(&report).expect("report serializes")
+            serde_json::to_string_pretty(&value).expect("report serializes")
         );
     } else {
+        if let Some(w) = &witnessed {
+            print!("{}", w.render_human());
+        }
         match &report.problem {
             None => println!(
                 "audit chain intact: {} records (last seq {}), {} checkpoints verified",
@@ -68,7 +109,7 @@ async fn verify(common: CommonArgs, json: bool) -> Result<ExitCode, Failure> {
             ),
         }
     }
-    Ok(if report.problem.is_none() {
+    Ok(if report.problem.is_none() && confirmed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)

@@ -334,7 +334,7 @@ pub async fn run(command: KekCommand) -> Result<ExitCode, Failure> {
 }
 
 /// The bundle passphrase: from `--passphrase-file`, else `CAP_KEK_PASSPHRASE`.
-fn passphrase(file: Option<&std::path::Path>) -> Result<zeroize::Zeroizing<String>, Failure> {
+pub fn passphrase(file: Option<&std::path::Path>) -> Result<zeroize::Zeroizing<String>, Failure> {
     let raw = match file {
         Some(path) => std::fs::read_to_string(path)
             .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", path.display())))?,

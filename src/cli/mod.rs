@@ -4,15 +4,18 @@
 //! - [`config`] — every `CAP_*` knob, its default, and validation.
 //! - [`workloads`] — wiring of `api`, `worker`, `scheduler` and `all`.
 //! - [`metrics_adapter`] — wiring of `metrics-adapter`, the HPA's queue-depth source.
-//! - [`migrate`], [`health`], [`audit`], [`kek`], [`token`], [`fleet`] — the operator commands.
+//! - [`migrate`], [`health`], [`audit`], [`kek`], [`token`], [`fleet`],
+//!   [`snapshot`], [`dr`] — the operator commands.
 
 pub mod audit;
 pub mod config;
+pub mod dr;
 pub mod fleet;
 pub mod health;
 pub mod kek;
 pub mod metrics_adapter;
 pub mod migrate;
+pub mod snapshot;
 pub mod token;
 pub mod workloads;
 

@@ -383,6 +383,33 @@ impl JobQueue {
             .collect())
     }
 
+    /// Sets every queued or running job aside (queued, due in the year
+    /// 9999, its holder cleared, `held` saying why) so that no worker runs
+    /// it: `dr drill` does this to the restored copy's jobs, which belong to
+    /// the installation it rehearses, before it runs a worker of its own.
+    /// Returns how many it set aside.
+    pub async fn hold_all(&self, why: &str) -> Result<u64, MongoError> {
+        const YEAR_9999: i64 = 253_402_300_799_000;
+        let result = self
+            .store
+            .ride_through("hold jobs", || {
+                self.jobs.update_many(
+                    doc! { "state": { "$in": ["queued", "running"] } },
+                    doc! {
+                        "$set": {
+                            "state": JobState::Queued.as_str(),
+                            "run_at": DateTime::from_millis(YEAR_9999),
+                            "holder": Bson::Null,
+                            "held": why,
+                        },
+                        "$currentDate": { "updated_at": true },
+                    },
+                )
+            })
+            .await?;
+        Ok(result.modified_count)
+    }
+
     /// Extends the lease to the database's now plus its length.
     pub async fn heartbeat(&self, lease: &JobLease) -> Result<(), JobError> {
         let expires_at = self.store.server_after(lease.length).await?;

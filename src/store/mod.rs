@@ -3,7 +3,8 @@
 //! clock ([`clock`]), fenced writes ([`fence`]), the schema and its
 //! migrations ([`schema`]), and one module per collection ([`certificates`],
 //! [`orders`], [`challenges`], [`issuers`], [`projects`], [`tokens`],
-//! [`keys`], [`kek_versions`]; [`stats`] shares the certificate counts).
+//! [`keys`], [`kek_versions`]; [`stats`] shares the certificate counts), and
+//! whole-database reads and loads for snapshots ([`snapshot`]).
 //!
 //! Every write uses write concern `majority` and every read that decides
 //! anything goes to the primary (DESIGN.md invariant 1), whatever the URI
@@ -23,6 +24,7 @@ pub mod keys;
 pub mod orders;
 pub mod projects;
 pub mod schema;
+pub mod snapshot;
 pub mod stats;
 pub mod tokens;
 

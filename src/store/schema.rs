@@ -526,6 +526,17 @@ pub async fn migrate_with_kek(
         }
         return Err(MigrateError::TooNew(from));
     }
+    // The collections and indexes of the migrations already applied, made
+    // again where they are missing: a restored snapshot carries data, not
+    // indexes, and its schema version says nothing is left to apply.
+    if from > 0 {
+        progress(&format!(
+            "the indexes of migrations 1 to {from}, where missing"
+        ));
+        for m in MIGRATIONS.iter().filter(|m| m.version <= from) {
+            create_collections_and_indexes(store, m).await?;
+        }
+    }
     let mut applied = Vec::new();
     for m in MIGRATIONS
         .iter()
@@ -607,6 +618,15 @@ async fn older_instances(store: &Store, version: i64) -> Result<Vec<String>, Mon
 }
 
 async fn apply(store: &Store, m: &Migration) -> Result<(), MongoError> {
+    create_collections_and_indexes(store, m).await?;
+    if let Some(data) = m.data {
+        data(store).await?;
+    }
+    record_applied(store, m).await
+}
+
+/// Idempotent: what exists is left as it is.
+async fn create_collections_and_indexes(store: &Store, m: &Migration) -> Result<(), MongoError> {
     let db = store.db();
     for name in m.collections {
         let result = store
@@ -624,9 +644,10 @@ async fn apply(store: &Store, m: &Migration) -> Result<(), MongoError> {
             .ride_through("create index", || c.create_index(model.clone()))
             .await?;
     }
-    if let Some(data) = m.data {
-        data(store).await?;
-    }
+    Ok(())
+}
+
+async fn record_applied(store: &Store, m: &Migration) -> Result<(), MongoError> {
     let schema = store.collection(SCHEMA_COLLECTION);
     store
         .ride_through("record migration", || {

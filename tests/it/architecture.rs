@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 /// The layers, lowest first. A module may import from its own layer and
 /// those before it.
-const LAYERS: [&str; 12] = [
-    "domain", "observe", "net", "store", "crypto", "queue", "audit", "acme", "work", "actors",
-    "http", "cli",
+const LAYERS: [&str; 13] = [
+    "domain", "observe", "net", "store", "crypto", "queue", "audit", "backup", "acme", "work",
+    "actors", "http", "cli",
 ];
 
 /// Where `.collection(` may be called: the store, and the layers that own

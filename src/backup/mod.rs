@@ -1,0 +1,443 @@
+//! Snapshots of a whole installation: [`save`] reads every collection at
+//! one point in time ([`crate::store::snapshot`]) into one compressed file
+//! with a manifest ([`format`]); [`restore`] checks a file end to end and
+//! only then loads it into an empty database.
+//!
+//! Secrets stay as they are stored, ciphertext and wrapped data keys: a
+//! snapshot is useless without the KEK, which is backed up apart from it
+//! (`certautopilot kek export`). Indexes are not in the file: `migrate`
+//! creates them on the restored data.
+
+pub mod format;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, RawDocument, RawDocumentBuf};
+
+use crate::audit::{Audit, Event, AUDIT_HEAD_COLLECTION, GENESIS_HASH};
+use crate::store::kek_versions::KEK_VERSIONS;
+use crate::store::keys::KEYS;
+use crate::store::schema::{known_version, SCHEMA_COLLECTION};
+use crate::store::{short, snapshot, Store};
+use format::{
+    AuditHead, Item, KekVersionNeeded, Manifest, SnapshotError, SnapshotReader, SnapshotWriter,
+};
+
+/// Documents per insert while restoring, and the most bytes one holds.
+const RESTORE_BATCH: usize = 1000;
+const RESTORE_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("database error: {0}")]
+    Db(String),
+    #[error("{0}")]
+    File(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl From<mongodb::error::Error> for BackupError {
+    fn from(e: mongodb::error::Error) -> Self {
+        BackupError::Db(short(&e))
+    }
+}
+
+/// What the manifest says beyond counts and digests, gathered from the
+/// documents as they stream past.
+#[derive(Default)]
+struct Observed {
+    audit_head: Option<AuditHead>,
+    schema: Option<(i64, i64)>,
+    data_keys: BTreeMap<i64, i64>,
+    check_values: BTreeMap<i64, String>,
+}
+
+impl Observed {
+    fn see(&mut self, collection: &str, d: &RawDocument) {
+        let int = |field: &str| {
+            d.get_i64(field)
+                .ok()
+                .or_else(|| d.get_i32(field).ok().map(i64::from))
+        };
+        match collection {
+            AUDIT_HEAD_COLLECTION if d.get_str("_id") == Ok("head") => {
+                self.audit_head = Some(AuditHead {
+                    seq: int("seq").unwrap_or(0),
+                    hash: d.get_str("hash").unwrap_or(GENESIS_HASH).to_string(),
+                });
+            }
+            SCHEMA_COLLECTION if d.get_str("_id") == Ok("version") => {
+                let version = int("version").unwrap_or(0);
+                self.schema = Some((version, int("floor").unwrap_or(version).min(version)));
+            }
+            KEYS => {
+                if let Some(v) = int("kek_version") {
+                    *self.data_keys.entry(v).or_default() += 1;
+                }
+            }
+            KEK_VERSIONS => {
+                if let (Some(v), Ok(value)) = (int("_id"), d.get_binary("check_value")) {
+                    self.check_values.insert(v, format::hex(value.bytes));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn kek_versions(&self) -> Vec<KekVersionNeeded> {
+        self.data_keys
+            .iter()
+            .map(|(v, n)| KekVersionNeeded {
+                version: *v,
+                data_keys: *n,
+                check_value: self.check_values.get(v).cloned(),
+            })
+            .collect()
+    }
+}
+
+/// Progress on a terminal: one line, rewritten at most every 200 ms.
+pub struct Progress {
+    what: &'static str,
+    tty: bool,
+    started: Instant,
+    shown: Instant,
+}
+
+impl Progress {
+    pub fn new(what: &'static str) -> Progress {
+        Progress {
+            what,
+            tty: std::io::stderr().is_terminal(),
+            started: Instant::now(),
+            shown: Instant::now() - Duration::from_secs(1),
+        }
+    }
+
+    pub fn show(&mut self, done: u64, total: u64, unit: &str) {
+        if !self.tty || self.shown.elapsed() < Duration::from_millis(200) {
+            return;
+        }
+        self.shown = Instant::now();
+        let rate = done as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+        eprint!(
+            "\r{}: {done} of ~{total} {unit} ({rate:.0}/s)   ",
+            self.what
+        );
+    }
+
+    pub fn done(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
+
+/// Collections in the order a snapshot holds them: by name, with `schema`
+/// last, so that a restore cut short leaves a database without a schema
+/// version, which no workload runs against.
+fn snapshot_order(mut names: Vec<String>) -> Vec<String> {
+    names.sort();
+    if let Some(at) = names.iter().position(|n| n == SCHEMA_COLLECTION) {
+        let schema = names.remove(at);
+        names.push(schema);
+    }
+    names
+}
+
+/// Writes a snapshot of the whole database to `out` (refusing to replace a
+/// file), through `out.partial` renamed at the end, so `out` exists only
+/// when it is complete. Returns its manifest.
+pub async fn save(store: &Store, out: &Path) -> Result<Manifest, BackupError> {
+    if out.exists() {
+        return Err(BackupError::Refused(format!(
+            "{} exists: snapshots are never overwritten; name a new file",
+            out.display()
+        )));
+    }
+    let names = snapshot_order(snapshot::collections(store).await?);
+    let mut total = 0;
+    for name in &names {
+        total += store
+            .collection(name)
+            .estimated_document_count()
+            .await
+            .unwrap_or(0);
+    }
+    let partial = PathBuf::from(format!("{}.partial", out.display()));
+    let file = create_private(&partial)?;
+    let written = write(store, &names, total, file).await;
+    let manifest = match written {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&partial, out)
+        .map_err(|e| BackupError::File(format!("renaming {}: {e}", partial.display())))?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // The rename is durable once the directory is.
+        let _ = File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(manifest)
+}
+
+fn create_private(path: &Path) -> Result<File, BackupError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| BackupError::File(format!("cannot create {}: {e}", path.display())))
+}
+
+async fn write(
+    store: &Store,
+    names: &[String],
+    total: u64,
+    file: File,
+) -> Result<Manifest, BackupError> {
+    let version = env!("CARGO_PKG_VERSION");
+    let io = |e: std::io::Error| BackupError::File(format!("writing the snapshot: {e}"));
+    let mut writer =
+        SnapshotWriter::new(BufWriter::with_capacity(1 << 20, file), version).map_err(io)?;
+    let mut observed = Observed::default();
+    let mut current = String::new();
+    let mut documents: u64 = 0;
+    let mut progress = Progress::new("snapshot");
+    let taken_at = snapshot::read_at_one_point(store, names, |read| match read {
+        snapshot::Read::Collection(name) => {
+            current = name.to_string();
+            writer.begin_collection(name)
+        }
+        snapshot::Read::Document(d) => {
+            observed.see(&current, d);
+            documents += 1;
+            progress.show(documents, total, "documents");
+            writer.document(d.as_bytes())
+        }
+    })
+    .await
+    .map_err(|e| {
+        BackupError::Db(format!(
+            "{} (the snapshot's read was interrupted; nothing was kept: run it again)",
+            short(&e)
+        ))
+    })?
+    .map_err(io)?;
+    progress.done();
+    let (schema_version, schema_floor) = observed.schema.unwrap_or((0, 0));
+    let manifest = Manifest {
+        format_version: format::FORMAT_VERSION,
+        schema_version,
+        schema_floor,
+        taken_at: taken_at
+            .try_to_rfc3339_string()
+            .unwrap_or_else(|_| taken_at.to_string()),
+        created_by: version.to_string(),
+        database: store.db().name().to_string(),
+        collections: Vec::new(),
+        audit_head: observed.audit_head.clone().unwrap_or(AuditHead {
+            seq: 0,
+            hash: GENESIS_HASH.to_string(),
+        }),
+        kek_versions: observed.kek_versions(),
+    };
+    let (out, manifest) = writer.finish(manifest).map_err(io)?;
+    let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    Ok(manifest)
+}
+
+fn open(path: &Path) -> Result<BufReader<File>, BackupError> {
+    File::open(path)
+        .map(|f| BufReader::with_capacity(1 << 20, f))
+        .map_err(|e| BackupError::File(format!("cannot read {}: {e}", path.display())))
+}
+
+/// Reads `path` to its end and returns its manifest when it is whole and
+/// matches it. Writes nothing.
+pub fn inspect(path: &Path) -> Result<Manifest, BackupError> {
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let mut progress = Progress::new("checking the snapshot");
+    let manifest = format::verify(open(path)?, |bytes| {
+        progress.show(
+            bytes >> 20,
+            (size >> 20).max(1),
+            "MiB (uncompressed, of the compressed size)",
+        )
+    })?;
+    progress.done();
+    Ok(manifest)
+}
+
+/// Refuses a target database that holds any document.
+pub async fn ensure_empty(store: &Store) -> Result<(), BackupError> {
+    let found = snapshot::non_empty(store).await?;
+    if found.is_empty() {
+        return Ok(());
+    }
+    let list = found
+        .iter()
+        .map(|(n, c)| format!("{n} ({c})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let interrupted = !found.iter().any(|(n, _)| n == SCHEMA_COLLECTION);
+    Err(BackupError::Refused(format!(
+        "database {} is not empty: it holds documents in {list}; restore only into an empty database{}",
+        store.db().name(),
+        if interrupted {
+            " (it has no schema version: if an earlier restore was cut short, drop the database and restore again)"
+        } else {
+            " (name another database in the URI, or drop this one if it is a scratch copy)"
+        }
+    )))
+}
+
+/// A restore that happened.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Restored {
+    pub manifest: Manifest,
+    pub documents: i64,
+    /// The `snapshot.restored` audit record the restore appended.
+    pub audit_seq: i64,
+}
+
+/// Checks `path` end to end, then loads it into `store`'s database, which
+/// must be empty, and records the restore in the audit log.
+pub async fn restore(store: &Store, path: &Path, actor: &str) -> Result<Restored, BackupError> {
+    ensure_empty(store).await?;
+    let manifest = inspect(path)?;
+    restore_inspected(store, path, &manifest, actor).await
+}
+
+/// [`restore`], for a file [`inspect`] has just checked (its manifest given).
+pub async fn restore_inspected(
+    store: &Store,
+    path: &Path,
+    manifest: &Manifest,
+    actor: &str,
+) -> Result<Restored, BackupError> {
+    ensure_empty(store).await?;
+    if manifest.schema_version > known_version() {
+        return Err(BackupError::Refused(format!(
+            "the snapshot is at schema version {}, newer than the {} this release knows, which cannot create that schema's indexes: restore it with release {} or later",
+            manifest.schema_version,
+            known_version(),
+            manifest.created_by
+        )));
+    }
+    let mut reader = SnapshotReader::open(open(path)?)?;
+    let total = manifest.documents() as u64;
+    let mut progress = Progress::new("restore");
+    let mut current: Option<String> = None;
+    let mut batch: Vec<RawDocumentBuf> = Vec::new();
+    let mut batch_bytes = 0;
+    let mut documents: i64 = 0;
+    let flush = |name: &Option<String>, batch: &mut Vec<RawDocumentBuf>| {
+        let (name, docs) = (name.clone(), std::mem::take(batch));
+        async move {
+            match name {
+                Some(name) => snapshot::load(store, &name, &docs).await,
+                None => Ok(()),
+            }
+        }
+    };
+    let restored_manifest =
+        loop {
+            match reader.next_item()? {
+                Some(Item::Collection(name)) => {
+                    flush(&current, &mut batch).await?;
+                    batch_bytes = 0;
+                    snapshot::create_collection(store, &name).await?;
+                    current = Some(name);
+                }
+                Some(Item::Document(bytes)) => {
+                    batch_bytes += bytes.len();
+                    batch.push(RawDocumentBuf::from_bytes(bytes).map_err(|e| {
+                        SnapshotError::Damaged(format!("a document is not BSON: {e}"))
+                    })?);
+                    documents += 1;
+                    if batch.len() >= RESTORE_BATCH || batch_bytes >= RESTORE_BATCH_BYTES {
+                        flush(&current, &mut batch).await?;
+                        batch_bytes = 0;
+                        progress.show(documents as u64, total, "documents");
+                    }
+                }
+                Some(Item::End(m)) => {
+                    flush(&current, &mut batch).await?;
+                    break m;
+                }
+                None => unreachable!("the end is the manifest"),
+            }
+        };
+    progress.done();
+    if &restored_manifest != manifest {
+        return Err(BackupError::Refused(format!(
+            "{} changed while it was being restored: drop the database and restore again",
+            path.display()
+        )));
+    }
+    let event = Event::new(actor, "snapshot.restored", "snapshot").with(doc! {
+        "taken_at": &manifest.taken_at,
+        "created_by": &manifest.created_by,
+        "from_database": &manifest.database,
+        "audit_head_seq": manifest.audit_head.seq,
+        "audit_head_hash": &manifest.audit_head.hash,
+        "documents": documents,
+    });
+    let audit_seq = Audit::new(store.clone()).append(&event).await?;
+    Ok(Restored {
+        manifest: restored_manifest,
+        documents,
+        audit_seq,
+    })
+}
+
+/// The manifest, for people.
+pub fn describe(m: &Manifest) -> String {
+    let mut out = format!(
+        "snapshot taken {} by certautopilot {} from database {}\nformat version {}, schema version {} (floor {})\naudit head: record {} ({})\n",
+        m.taken_at, m.created_by, m.database, m.format_version, m.schema_version, m.schema_floor,
+        m.audit_head.seq, m.audit_head.hash
+    );
+    if m.kek_versions.is_empty() {
+        out.push_str("KEK versions needed: none (no data keys)\n");
+    }
+    for k in &m.kek_versions {
+        out.push_str(&format!(
+            "KEK version {} needed by {} data key(s)\n",
+            k.version, k.data_keys
+        ));
+    }
+    out.push_str("collection                  documents  sha256\n");
+    for c in &m.collections {
+        out.push_str(&format!(
+            "{:<26} {:>10}  {}\n",
+            c.name, c.documents, c.sha256
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_comes_last() {
+        let names = ["schema", "audit", "jobs", "keys"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(snapshot_order(names), ["audit", "jobs", "keys", "schema"]);
+    }
+}

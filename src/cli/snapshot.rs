@@ -1,0 +1,110 @@
+//! `certautopilot snapshot save | restore | inspect`: backups of the whole
+//! installation ([`crate::backup`]).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use super::config::CommonArgs;
+use super::{connect, operator, Failure};
+use crate::backup;
+
+#[derive(Subcommand)]
+pub enum SnapshotCommand {
+    /// Write every collection, read at one point in time, to one compressed
+    /// file with a manifest (mode 0600; refuses to overwrite). Secrets stay
+    /// ciphertext: the snapshot is useless without the KEK
+    Save {
+        /// The snapshot to create
+        #[arg(long)]
+        out: PathBuf,
+        /// Print the manifest as JSON on standard output
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Check a snapshot end to end, then load it into the (empty) database
+    /// CAP_MONGO_URI or --mongo-uri names; run `migrate` after it
+    Restore {
+        /// The snapshot
+        #[arg(long)]
+        from: PathBuf,
+        /// Print what was restored as JSON on standard output
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Check a snapshot end to end and print its manifest; touches no database
+    Inspect {
+        /// The snapshot
+        #[arg(long)]
+        from: PathBuf,
+        /// Print the manifest as JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn failed(e: backup::BackupError) -> Failure {
+    Failure::Runtime(e.to_string())
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("a manifest serializes")
+    );
+}
+
+pub async fn run(command: SnapshotCommand) -> Result<ExitCode, Failure> {
+    match command {
+        SnapshotCommand::Save { out, json, common } => {
+            let store = connect(&common).await?;
+            let manifest = backup::save(&store, &out).await.map_err(failed)?;
+            let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+            eprintln!(
+                "wrote {} ({} documents, {:.1} MiB, mode 0600). Store it offsite; it holds ciphertext only, so keep the KEK bundle (`certautopilot kek export`) and its passphrase apart from it: without them it restores nothing usable",
+                out.display(),
+                manifest.documents(),
+                size as f64 / (1024.0 * 1024.0)
+            );
+            if json {
+                print_json(&manifest);
+            } else {
+                print!("{}", backup::describe(&manifest));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SnapshotCommand::Restore { from, json, common } => {
+            let store = connect(&common).await?;
+            let restored = backup::restore(&store, &from, &operator())
+                .await
+                .map_err(failed)?;
+            eprintln!(
+                "restored {} documents into database {} (audit record {} records the restore). Next: supply the KEK (`certautopilot kek import`), run `certautopilot migrate` (it builds the indexes), `certautopilot audit verify` and `certautopilot health`",
+                restored.documents,
+                store.db().name(),
+                restored.audit_seq
+            );
+            if json {
+                print_json(&restored);
+            } else {
+                print!("{}", backup::describe(&restored.manifest));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SnapshotCommand::Inspect { from, json } => {
+            let manifest = backup::inspect(&from).map_err(failed)?;
+            eprintln!("{} is whole and matches its manifest", from.display());
+            if json {
+                print_json(&manifest);
+            } else {
+                print!("{}", backup::describe(&manifest));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
