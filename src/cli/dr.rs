@@ -450,6 +450,29 @@ async fn supply_kek(
             held
         ));
     }
+    // Each version must open a data key it wrapped: before the check values
+    // are compared (or, if none is recorded yet, recorded), so that a wrong
+    // key ring never has its values taken for the installation's.
+    for need in &manifest.kek_versions {
+        let version = need.version as u32;
+        let Some(wrapped) = crate::store::keys::sample_wrapped_key(store, version)
+            .await
+            .map_err(|e| short(&e))?
+        else {
+            continue;
+        };
+        let kek = provider.clone();
+        let opened = tokio::task::spawn_blocking(move || kek.unwrap(version, &wrapped))
+            .await
+            .map_err(|_| "unwrapping a data key panicked".to_string())?;
+        if opened.is_err() {
+            return Err(format!(
+                "KEK version {version} of {} does not open the data keys wrapped with it: wrong key ring or bundle; the snapshot's data keys need KEK version {version} ({} data key(s))",
+                provider.describe(),
+                need.data_keys
+            ));
+        }
+    }
     check::verify(store, provider.clone()).await.map_err(|e| match e {
         check::CheckError::Kek(kek::KekError::NotThisKeyRing { version }) => format!(
             "KEK version {version} of {} is not this installation's (its check value differs from the recorded one): wrong key ring or bundle; the snapshot's data keys need KEK version {version} ({} data key(s))",

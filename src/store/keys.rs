@@ -136,6 +136,20 @@ pub async fn data_keys_by_version(store: &Store) -> Result<BTreeMap<u32, i64>, M
         .collect())
 }
 
+/// One wrapped data key of KEK version `version`, if any: a restore
+/// proves the KEK it was given opens what the snapshot holds.
+pub async fn sample_wrapped_key(
+    store: &Store,
+    version: u32,
+) -> Result<Option<Vec<u8>>, MongoError> {
+    let found = store
+        .collection(KEYS)
+        .find_one(doc! { "kek_version": version as i64 })
+        .projection(doc! { "wrapped_key": 1 })
+        .await?;
+    Ok(found.and_then(|d| d.get_binary_generic("wrapped_key").ok().cloned()))
+}
+
 /// Data keys not yet on `current`.
 pub fn remaining(counts: &BTreeMap<u32, i64>, current: u32) -> i64 {
     counts

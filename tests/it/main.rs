@@ -14,6 +14,8 @@
 //! - a database writer without the KEK: `db_writer` (forged tokens, moved
 //!   key references, migration 12);
 //! - the code's own shape: `architecture` (layers, cycles, collection owners);
+//! - backup and disaster recovery: `backup` (snapshots under writes, restore
+//!   into a fresh server, damaged files refused, `dr drill`, the SIEM witness);
 //! - keys and records: `secrets`, `pkcs11`, `rotation`, `audit`, `siem`,
 //!   `log_secrets` (no secret in any log line at debug);
 //! - certificates against a real CA (Pebble): `issuance`, `orders`, `lb`,
@@ -37,6 +39,7 @@ mod adapter;
 mod api;
 mod architecture;
 mod audit;
+mod backup;
 mod chaos_scripts;
 mod chart;
 mod db_writer;

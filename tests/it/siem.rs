@@ -14,15 +14,15 @@ use nix::sys::signal::Signal;
 
 /// rsyslogd in the foreground, receiving RFC 6587 octet-counted TCP on a
 /// loopback port and writing each message, raw, as one line of `out`.
-struct Rsyslog {
+pub struct Rsyslog {
     child: Child,
-    port: u16,
-    out: PathBuf,
+    pub port: u16,
+    pub out: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Rsyslog {
-    fn start() -> Rsyslog {
+    pub fn start() -> Rsyslog {
         let dir = tempfile::tempdir().unwrap();
         let port = support::free_addr().port();
         let out = dir.path().join("received.log");
@@ -70,7 +70,7 @@ template(name="raw" type="string" string="%rawmsg%\n")
     }
 
     /// The `seq` of every message received so far, in arrival order.
-    fn received(&self) -> Vec<i64> {
+    pub fn received(&self) -> Vec<i64> {
         seqs(&std::fs::read_to_string(&self.out).unwrap_or_default())
     }
 }

@@ -32,6 +32,7 @@ pub fn token(db: &TestDb, args: &[&str]) -> String {
 }
 
 /// JSON calls to `base` (`http://host:port/v1`) with a bearer token.
+#[derive(Clone)]
 pub struct ApiClient {
     pub base: String,
     token: Option<String>,

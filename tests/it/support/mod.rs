@@ -326,6 +326,22 @@ impl TestDb {
         db.migrate().await
     }
 
+    /// An empty database (not migrated) on a server of its own: a clean
+    /// cluster to restore into. With `CAP_TEST_MONGO_URI` set, a fresh
+    /// database on that server.
+    pub fn empty_on_own_server(hint: &str) -> TestDb {
+        if std::env::var_os("CAP_TEST_MONGO_URI").is_some() {
+            return TestDb::fresh(hint);
+        }
+        let server = DbServer::start();
+        TestDb::on(&server.base(), hint, Some(server))
+    }
+
+    /// Another empty database on this one's server.
+    pub fn sibling(&self, hint: &str) -> TestDb {
+        TestDb::on(&self.uri, hint, None)
+    }
+
     /// A migrated database on a `secantusd-rs` of its own that the test may
     /// SIGKILL and restart on the same data ([`TestDb::server`]). Always a
     /// local server, `CAP_TEST_MONGO_URI` or not: the test must own the

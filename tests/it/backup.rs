@@ -1,0 +1,614 @@
+//! Backup and disaster recovery: `snapshot save` under writes, `snapshot
+//! restore` into a fresh server, damaged snapshots refused before anything
+//! is written, `dr drill` end to end against Pebble (and with the wrong KEK),
+//! and `audit verify --witness` against a real rsyslog's file.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mongodb::bson::doc;
+use serde_json::{json, Value};
+
+use crate::siem::Rsyslog;
+use crate::support::api::{bootstrap_token, ApiClient};
+use crate::support::cluster::{Cluster, Role};
+use crate::support::pebble::{Pebble, PebbleOptions};
+use crate::support::{self, free_addr, wait_until, Proc, TestDb};
+use certautopilot::audit::{Audit, Event, AUDIT_COLLECTION};
+
+const PASSPHRASE: &str = "correct horse battery staple 42";
+
+fn ok(out: &std::process::Output, what: &str) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{what} failed: {text}");
+    text
+}
+
+fn refused(out: &std::process::Output, what: &str) -> String {
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{what} was not refused: {text}");
+    text
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The KEK of `db`, exported to a bundle in `dir`.
+fn export_kek(db: &TestDb, dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let passphrase = dir.join("passphrase");
+    std::fs::write(&passphrase, PASSPHRASE).unwrap();
+    let bundle = dir.join("kek.bundle");
+    ok(
+        &db.cli(&[
+            "kek",
+            "export",
+            "--out",
+            path(&bundle),
+            "--passphrase-file",
+            path(&passphrase),
+        ]),
+        "kek export",
+    );
+    (bundle, passphrase)
+}
+
+#[tokio::test]
+async fn a_snapshot_under_writes_restores_into_a_fresh_server_with_every_key_usable() {
+    let cluster = Cluster::builder("backup")
+        .pebble(PebbleOptions {
+            nonce_reject_percent: 0,
+            ..PebbleOptions::default()
+        })
+        .workers(1)
+        .scheduler()
+        .env(Role::Scheduler, "CAP_HOUSEKEEPING_SECS", "1")
+        .env(Role::Scheduler, "CAP_KEK_ROTATION_CHECK_SECS", "1")
+        .start()
+        .await;
+    let api = &cluster.api;
+    let (p, issuer) = api.project_with_issuer("backed-up", cluster.pebble()).await;
+    api.grant(&p, &["example.test"]).await;
+    let cert = |name: &str| json!({ "name": name, "dns_names": [format!("{name}.example.test")], "issuer_id": issuer });
+    let (renewed, first) = api
+        .issue(&p, cert("renewed"), Duration::from_secs(60))
+        .await;
+    let (revoked, _) = api
+        .issue(&p, cert("revoked"), Duration::from_secs(60))
+        .await;
+    let (status, _) = api.post(&format!("{renewed}/issue"), json!({})).await;
+    assert_eq!(status, 202);
+    let old_serial = first["serial"].as_str().unwrap().to_string();
+    api.wait_for(&renewed, Duration::from_secs(60), "renewed", |c| {
+        c["status"] == "issued" && c["serial"].as_str().is_some_and(|s| s != old_serial)
+    })
+    .await;
+    let (status, _) = api
+        .post(
+            &format!("{revoked}/revoke"),
+            json!({ "reason": "superseded" }),
+        )
+        .await;
+    assert_eq!(status, 202);
+    api.wait_for(&revoked, Duration::from_secs(60), "revoked", |c| {
+        c["status"] == "revoked"
+    })
+    .await;
+    ok(&cluster.db.cli(&["kek", "rotate"]), "kek rotate");
+    let rewrapped = wait_until(Duration::from_secs(60), || async {
+        let out = cluster.db.cli(&["kek", "status", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|s| s["remaining"] == 0)
+    })
+    .await;
+    assert!(rewrapped, "the workers re-wrapped every data key");
+    api.issue(&p, cert("after-rotation"), Duration::from_secs(60))
+        .await;
+    // Checkpoints seal the chain (housekeeping every second).
+    let store = cluster.db.store().await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            support::documents(&store, "audit_checkpoints", doc! {})
+                .await
+                .len()
+                >= 2
+        })
+        .await,
+        "the chain is sealed"
+    );
+
+    // A client keeps writing through the API while the snapshot is taken.
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, passphrase) = export_kek(&cluster.db, dir.path());
+    let snap = dir.path().join("installation.snap");
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let writer = {
+        let (api, stop, acknowledged) = (api.clone(), stop.clone(), acknowledged.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let (status, body) = api
+                    .post("/projects", json!({ "name": format!("w{i}") }))
+                    .await;
+                if status == 201 {
+                    acknowledged
+                        .lock()
+                        .unwrap()
+                        .push(body["id"].as_str().unwrap().to_string());
+                }
+            }
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            acknowledged.lock().unwrap().len() >= 20
+        })
+        .await
+    );
+    let before_snapshot = acknowledged.lock().unwrap().clone();
+    let saved = {
+        let (db_uri, kek) = (cluster.db.uri.clone(), cluster.db.kek_file.clone());
+        let snap = snap.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(support::bin())
+                .args([
+                    "snapshot",
+                    "save",
+                    "--out",
+                    snap.to_str().unwrap(),
+                    "--json",
+                ])
+                .env_clear()
+                .env("CAP_MONGO_URI", db_uri)
+                .env("CAP_KEK_FILE", kek)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let during = acknowledged.lock().unwrap().len() - before_snapshot.len();
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let manifest: Value = serde_json::from_slice(&saved.stdout).unwrap_or(Value::Null);
+    ok(&saved, "snapshot save");
+    assert!(during > 0, "writes went on while the snapshot was read");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&snap).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let versions: Vec<i64> = manifest["kek_versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_i64().unwrap())
+        .collect();
+    assert!(
+        versions.contains(&2),
+        "a data key on the rotated version: {manifest}"
+    );
+    // Nothing in the file is a private key in the clear.
+    let plain = zstd::decode_all(std::fs::File::open(&snap).unwrap()).unwrap();
+    assert!(!String::from_utf8_lossy(&plain).contains("PRIVATE KEY"));
+
+    // The disaster: the installation and its database are gone.
+    let pebble_root = cluster.pebble().issuing_root_pem().await;
+    store.db().drop().await.unwrap();
+    // (Pebble stays up: the restored ACME accounts live there.)
+    for p in cluster
+        .apis
+        .iter()
+        .chain(&cluster.workers)
+        .chain(&cluster.schedulers)
+    {
+        p.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+
+    // A fresh server, the KEK from its bundle, the snapshot.
+    let restored = TestDb::empty_on_own_server("restored");
+    std::fs::remove_file(&restored.kek_file).unwrap();
+    ok(
+        &restored.cli(&[
+            "kek",
+            "import",
+            "--bundle",
+            path(&bundle),
+            "--file",
+            path(&restored.kek_file),
+            "--passphrase-file",
+            path(&passphrase),
+        ]),
+        "kek import",
+    );
+    ok(
+        &restored.cli(&["snapshot", "restore", "--from", path(&snap)]),
+        "snapshot restore",
+    );
+    ok(&restored.cli(&["migrate"]), "migrate");
+    let verified = ok(&restored.cli(&["audit", "verify"]), "audit verify");
+    assert!(verified.contains("checkpoints verified"), "{verified}");
+    let rstore = restored.store().await;
+    let indexes = rstore.collection("jobs").list_index_names().await.unwrap();
+    assert!(
+        indexes.iter().any(|n| n == "key_unique"),
+        "migrate built the indexes: {indexes:?}"
+    );
+
+    // One point in time: every project acknowledged before the snapshot
+    // began is there, and the projects agree with their audit records.
+    let projects: BTreeSet<String> = support::documents(&rstore, "projects", doc! {})
+        .await
+        .iter()
+        .map(|d| d.get_str("_id").unwrap().to_string())
+        .collect();
+    for id in &before_snapshot {
+        assert!(
+            projects.contains(id),
+            "project {id}, acknowledged before the snapshot, was restored"
+        );
+    }
+    let audited: BTreeSet<String> = support::documents(
+        &rstore,
+        AUDIT_COLLECTION,
+        doc! { "action": "project.created" },
+    )
+    .await
+    .iter()
+    .map(|d| {
+        d.get_str("target")
+            .unwrap()
+            .trim_start_matches("projects/")
+            .to_string()
+    })
+    .collect();
+    // The API appends a project's audit record just after storing it, so
+    // the one request in flight when the snapshot was read may have its
+    // project without its record yet; never the other way round.
+    assert!(
+        audited.is_subset(&projects),
+        "every audited project was restored"
+    );
+    let unaudited: Vec<_> = projects.difference(&audited).collect();
+    assert!(
+        unaudited.len() <= 1 && unaudited.iter().all(|id| !before_snapshot.contains(*id)),
+        "at most the one project in flight lacks its audit record: {unaudited:?}"
+    );
+
+    // The restored installation runs: health passes with its scheduler up,
+    // and every certificate's key decrypts and matches its chain.
+    let scheduler = Proc::start("scheduler", &restored, "restored-scheduler", &[]);
+    let api_proc = Proc::start("api", &restored, "restored-api", &[]);
+    api_proc.wait_alive().await;
+    let healthy = wait_until(Duration::from_secs(30), || async {
+        restored.cli(&["health"]).status.success()
+    })
+    .await;
+    assert!(
+        healthy,
+        "health: {}{}",
+        String::from_utf8_lossy(&restored.cli(&["health"]).stdout),
+        scheduler.log_text()
+    );
+    let rapi = ApiClient::new(api_proc.url("/v1"), bootstrap_token(&restored));
+    let (_, list) = rapi
+        .get(&format!("/projects/{p}/certificates?limit=100"))
+        .await;
+    let certificates = list["items"].as_array().unwrap();
+    assert_eq!(certificates.len(), 3, "{list}");
+    for c in certificates {
+        let id = c["id"].as_str().unwrap();
+        let (_, full) = rapi.get(&format!("/projects/{p}/certificates/{id}")).await;
+        let chain = full["chain_pem"].as_str().unwrap();
+        support::api::verify_chain(&pebble_root, chain).unwrap();
+        let key = rapi
+            .get_text(&format!("/projects/{p}/certificates/{id}/private-key"))
+            .await;
+        let leaf = certautopilot::domain::certs::inspect_chain(chain).unwrap();
+        assert_eq!(
+            certautopilot::domain::certs::public_key_der(&key).unwrap(),
+            leaf.public_key_der,
+            "certificate {id}'s restored key matches its chain"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_truncated_or_newer_snapshot_is_refused_before_anything_is_written() {
+    let db = TestDb::migrated("snap_damaged").await;
+    Audit::new(db.store().await)
+        .append(&Event::new("test", "thing.changed", "things/1"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("good.snap");
+    ok(
+        &db.cli(&["snapshot", "save", "--out", path(&snap)]),
+        "snapshot save",
+    );
+    let again = refused(
+        &db.cli(&["snapshot", "save", "--out", path(&snap)]),
+        "overwriting a snapshot",
+    );
+    assert!(again.contains("never overwritten"), "{again}");
+    let bytes = std::fs::read(&snap).unwrap();
+
+    let plain = zstd::decode_all(&bytes[..]).unwrap();
+    let at = plain.windows(11).position(|w| w == b"thing.chang").unwrap();
+    let mut edited = plain.clone();
+    edited[at] = b'T';
+    let newer = {
+        let mut p = plain.clone();
+        let at = p.windows(14).position(|w| w == b"format_version").unwrap() + 15;
+        p[at] = 9; // int64 1 -> 9
+        p
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "one byte changed",
+            zstd::encode_all(&edited[..], 3).unwrap(),
+            "does not match its manifest",
+        ),
+        (
+            "one compressed byte changed",
+            {
+                let mut b = bytes.clone();
+                let i = b.len() / 2;
+                b[i] ^= 0x20;
+                b
+            },
+            "snapshot",
+        ),
+        ("truncated", bytes[..bytes.len() - 20].to_vec(), "snapshot"),
+        (
+            "a newer format",
+            zstd::encode_all(&newer[..], 3).unwrap(),
+            "format version 9",
+        ),
+    ];
+    for (what, content, says) in cases {
+        let file = dir.path().join("bad.snap");
+        std::fs::write(&file, &content).unwrap();
+        let target = db.sibling("snap_target");
+        let err = refused(
+            &target.cli(&["snapshot", "restore", "--from", path(&file)]),
+            what,
+        );
+        assert!(err.contains(says), "{what}: {err}");
+        let store = target.store().await;
+        assert!(
+            certautopilot::store::snapshot::non_empty(&store)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{what}: nothing was written"
+        );
+        std::fs::remove_file(&file).unwrap();
+    }
+    // A database that holds anything is refused, and left as it was.
+    let err = refused(
+        &db.cli(&["snapshot", "restore", "--from", path(&snap)]),
+        "restoring into a non-empty database",
+    );
+    assert!(err.contains("is not empty"), "{err}");
+}
+
+#[tokio::test]
+async fn the_drill_issues_from_pebble_and_fails_at_the_kek_step_with_the_wrong_kek() {
+    let db = TestDb::migrated("drill_src").await;
+    let _token = bootstrap_token(&db); // a data key on KEK version 1
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, passphrase) = export_kek(&db, dir.path());
+    let snap = dir.path().join("drill.snap");
+    ok(
+        &db.cli(&["snapshot", "save", "--out", path(&snap)]),
+        "snapshot save",
+    );
+
+    let challenge = free_addr();
+    let pebble = Pebble::start(challenge.port(), 0);
+    let ca = dir.path().join("pebble-listener-ca.pem");
+    std::fs::write(&ca, &pebble.listener_ca_pem).unwrap();
+    let drill = |target: &TestDb, bundle: &Path, report: &Path| {
+        target.cli(&[
+            "dr",
+            "drill",
+            "--snapshot",
+            path(&snap),
+            "--target-uri",
+            &target.uri,
+            "--kek-bundle",
+            path(bundle),
+            "--passphrase-file",
+            path(&passphrase),
+            "--acme-directory",
+            &pebble.directory,
+            "--acme-ca-bundle",
+            path(&ca),
+            "--challenge-addr",
+            &challenge.to_string(),
+            "--domain",
+            "drill.example.test",
+            "--contact",
+            "ops@example.test",
+            "--issue-timeout-secs",
+            "90",
+            "--report",
+            path(report),
+        ])
+    };
+    let target = TestDb::empty_on_own_server("drill_target");
+    let report_file = dir.path().join("report.json");
+    let out = drill(&target, &bundle, &report_file);
+    let text = ok(&out, "dr drill");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_file).unwrap()).unwrap();
+    eprintln!("{text}");
+    assert_eq!(report["passed"], true, "{report}");
+    let steps: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "target is empty",
+            "snapshot is whole",
+            "restore",
+            "kek",
+            "migrate",
+            "audit verify",
+            "health",
+            "restored jobs held",
+            "issue a certificate"
+        ]
+    );
+    assert!(report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["outcome"] == "passed" && s["seconds"].is_number()));
+
+    // The same target again: not empty, refused at the first step.
+    let again = drill(&target, &bundle, &dir.path().join("again.json"));
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("is not empty"));
+
+    // Another installation's KEK: the drill fails at the kek step, naming
+    // the version the data keys need, and runs nothing after it.
+    let stranger = TestDb::fresh("drill_stranger");
+    let (wrong, _) = export_kek(&stranger, &tempfile::tempdir().unwrap().keep());
+    let wrong_target = target.sibling("drill_wrong");
+    let wrong_report = dir.path().join("wrong.json");
+    let out = drill(&wrong_target, &wrong, &wrong_report);
+    assert!(!out.status.success());
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&wrong_report).unwrap()).unwrap();
+    let kek = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "kek")
+        .unwrap();
+    assert_eq!(kek["outcome"], "failed", "{report}");
+    assert!(
+        kek["detail"].as_str().unwrap().contains("KEK version 1"),
+        "{kek}"
+    );
+    assert!(report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip_while(|s| s["name"] != "kek")
+        .skip(1)
+        .all(|s| s["outcome"] == "skipped"));
+}
+
+#[tokio::test]
+async fn the_siem_witness_lists_what_was_written_after_the_snapshot_and_flags_a_changed_hash() {
+    let rsyslog = Rsyslog::start();
+    let db = TestDb::migrated("witness").await;
+    let audit = Audit::new(db.store().await);
+    let append = |from: i64, to: i64| {
+        let audit = audit.clone();
+        async move {
+            for i in from..=to {
+                audit
+                    .append(&Event::new("test", "thing.changed", format!("things/{i}")))
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    append(1, 30).await;
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("w.snap");
+    ok(
+        &db.cli(&["snapshot", "save", "--out", path(&snap)]),
+        "snapshot save",
+    );
+    let at_snapshot = audit.head().await.unwrap().0;
+    append(31, 40).await;
+    let head = audit.head().await.unwrap().0;
+    let addr = format!("127.0.0.1:{}", rsyslog.port);
+    let forwarder = Proc::start(
+        "scheduler",
+        &db,
+        "witness-forwarder",
+        &[
+            ("CAP_SIEM_SYSLOG_ADDR", addr.as_str()),
+            ("CAP_SIEM_POLL_MS", "50"),
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            (1..=head).all(|s| rsyslog.received().contains(&s))
+        })
+        .await,
+        "the SIEM received every record; log:\n{}",
+        forwarder.log_text()
+    );
+    drop(forwarder);
+
+    let restored = db.sibling("witness_restored");
+    std::fs::copy(&db.kek_file, &restored.kek_file).unwrap();
+    ok(
+        &restored.cli(&["snapshot", "restore", "--from", path(&snap)]),
+        "snapshot restore",
+    );
+    ok(&restored.cli(&["migrate"]), "migrate");
+    let out = restored.cli(&["audit", "verify", "--json", "--witness", path(&rsyslog.out)]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{report}");
+    let lacking: Vec<i64> = report["witness"]["missing_from_database"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_i64().unwrap())
+        .filter(|s| *s <= head)
+        .collect();
+    assert_eq!(
+        lacking,
+        ((at_snapshot + 1)..=head).collect::<Vec<_>>(),
+        "{report}"
+    );
+    assert!(
+        report["witness"]["disagreements"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{report}"
+    );
+
+    // A record before the snapshot with another hash in the SIEM: flagged.
+    let text = std::fs::read_to_string(&rsyslog.out).unwrap();
+    let victim = text.lines().find(|l| l.contains("seq=\"5\"")).unwrap();
+    let hash = victim
+        .split("hash=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let forged = text.replace(hash, &"0".repeat(64));
+    let forged_file = dir.path().join("forged.log");
+    std::fs::write(&forged_file, forged).unwrap();
+    let out = restored.cli(&["audit", "verify", "--json", "--witness", path(&forged_file)]);
+    assert_eq!(out.status.code(), Some(3));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let flagged: Vec<i64> = report["witness"]["disagreements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(flagged, [5], "{report}");
+}
