@@ -190,6 +190,59 @@ pub async fn save(store: &Store, out: &Path) -> Result<Manifest, BackupError> {
     Ok(manifest)
 }
 
+const SCHEDULED_PREFIX: &str = "certautopilot-";
+const SCHEDULED_SUFFIX: &str = ".snap";
+
+/// The name of a scheduled snapshot taken at `now` (UTC), which sorts by time:
+/// `certautopilot-20261202T031700Z.snap`.
+pub fn scheduled_name(now: std::time::SystemTime) -> String {
+    let ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let iso = mongodb::bson::DateTime::from_millis(ms)
+        .try_to_rfc3339_string()
+        .unwrap_or_default();
+    // 2026-12-02T03:17:00.123Z -> 20261202T031700Z
+    let compact: String = iso
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == 'T')
+        .collect();
+    format!("{SCHEDULED_PREFIX}{compact}Z{SCHEDULED_SUFFIX}")
+}
+
+/// Deletes the scheduled snapshots in `dir` beyond the newest `keep`, and
+/// what runs cut short left behind (`*.snap.partial`); returns what it deleted.
+pub fn prune(dir: &Path, keep: usize) -> Result<Vec<PathBuf>, BackupError> {
+    let listing = std::fs::read_dir(dir)
+        .map_err(|e| BackupError::File(format!("cannot list {}: {e}", dir.display())))?;
+    let mut snapshots = Vec::new();
+    let mut partials = Vec::new();
+    for entry in listing.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.starts_with(SCHEDULED_PREFIX) {
+            continue;
+        }
+        if name.ends_with(SCHEDULED_SUFFIX) {
+            snapshots.push(entry.path());
+        } else if name.ends_with(".snap.partial") {
+            partials.push(entry.path());
+        }
+    }
+    snapshots.sort();
+    let excess = snapshots.len().saturating_sub(keep);
+    let mut deleted = Vec::new();
+    for path in snapshots.into_iter().take(excess).chain(partials) {
+        std::fs::remove_file(&path)
+            .map_err(|e| BackupError::File(format!("cannot delete {}: {e}", path.display())))?;
+        deleted.push(path);
+    }
+    Ok(deleted)
+}
+
 fn create_private(path: &Path) -> Result<File, BackupError> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
@@ -432,6 +485,47 @@ pub fn describe(m: &Manifest) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scheduled_names_sort_by_time() {
+        let at = |secs| std::time::UNIX_EPOCH + Duration::from_secs(secs);
+        assert_eq!(
+            scheduled_name(at(1_796_181_420)),
+            "certautopilot-20261202T031700Z.snap"
+        );
+        assert!(scheduled_name(at(1_796_181_420)) < scheduled_name(at(1_796_267_820)));
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_and_nothing_else_of_ours() {
+        let dir = std::env::temp_dir().join(format!("cap-prune-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in [
+            "certautopilot-20261201T031700Z.snap",
+            "certautopilot-20261202T031700Z.snap",
+            "certautopilot-20261203T031700Z.snap",
+            "certautopilot-20261130T031700Z.snap.partial",
+            "notes.txt",
+        ] {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        let deleted = prune(&dir, 2).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        left.sort();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(deleted.len(), 2);
+        assert_eq!(
+            left,
+            [
+                "certautopilot-20261202T031700Z.snap",
+                "certautopilot-20261203T031700Z.snap",
+                "notes.txt"
+            ]
+        );
+    }
 
     #[test]
     fn schema_comes_last() {

@@ -17,8 +17,16 @@ pub enum SnapshotCommand {
     /// ciphertext: the snapshot is useless without the KEK
     Save {
         /// The snapshot to create
+        #[arg(long, required_unless_present = "out_dir", conflicts_with = "out_dir")]
+        out: Option<PathBuf>,
+        /// Or a directory to create it in, named
+        /// certautopilot-YYYYMMDDTHHMMSSZ.snap (a scheduled backup)
         #[arg(long)]
-        out: PathBuf,
+        out_dir: Option<PathBuf>,
+        /// With --out-dir: after a successful save, delete the oldest
+        /// certautopilot-*.snap there beyond the newest N [default: keep all]
+        #[arg(long, requires = "out_dir")]
+        keep: Option<usize>,
         /// Print the manifest as JSON on standard output
         #[arg(long)]
         json: bool,
@@ -61,7 +69,23 @@ fn print_json(value: &impl serde::Serialize) {
 
 pub async fn run(command: SnapshotCommand) -> Result<ExitCode, Failure> {
     match command {
-        SnapshotCommand::Save { out, json, common } => {
+        SnapshotCommand::Save {
+            out,
+            out_dir,
+            keep,
+            json,
+            common,
+        } => {
+            if keep == Some(0) {
+                return Err(Failure::Config(super::config::ConfigError(
+                    "--keep 0 would delete the snapshot just taken: keep at least 1".into(),
+                )));
+            }
+            let out = match (out, &out_dir) {
+                (Some(out), _) => out,
+                (None, Some(dir)) => dir.join(backup::scheduled_name(std::time::SystemTime::now())),
+                (None, None) => unreachable!("clap requires one of them"),
+            };
             let store = connect(&common).await?;
             let manifest = backup::save(&store, &out).await.map_err(failed)?;
             let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
@@ -71,6 +95,11 @@ pub async fn run(command: SnapshotCommand) -> Result<ExitCode, Failure> {
                 manifest.documents(),
                 size as f64 / (1024.0 * 1024.0)
             );
+            if let (Some(dir), Some(keep)) = (&out_dir, keep) {
+                for old in backup::prune(dir, keep).map_err(failed)? {
+                    eprintln!("deleted {} (keeping the newest {keep})", old.display());
+                }
+            }
             if json {
                 print_json(&manifest);
             } else {

@@ -391,6 +391,47 @@ async fn a_damaged_truncated_or_newer_snapshot_is_refused_before_anything_is_wri
         );
         std::fs::remove_file(&file).unwrap();
     }
+    // Scheduled snapshots: named by time, the oldest beyond --keep deleted.
+    let scheduled = dir.path().join("scheduled");
+    std::fs::create_dir(&scheduled).unwrap();
+    for _ in 0..3 {
+        ok(
+            &db.cli(&[
+                "snapshot",
+                "save",
+                "--out-dir",
+                path(&scheduled),
+                "--keep",
+                "2",
+            ]),
+            "scheduled snapshot",
+        );
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let mut kept: Vec<String> = std::fs::read_dir(&scheduled)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    kept.sort();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(
+        kept.iter()
+            .all(|n| n.starts_with("certautopilot-") && n.ends_with("Z.snap")),
+        "{kept:?}"
+    );
+    let zero = refused(
+        &db.cli(&[
+            "snapshot",
+            "save",
+            "--out-dir",
+            path(&scheduled),
+            "--keep",
+            "0",
+        ]),
+        "--keep 0",
+    );
+    assert!(zero.contains("keep at least 1"), "{zero}");
+
     // A database that holds anything is refused, and left as it was.
     let err = refused(
         &db.cli(&["snapshot", "restore", "--from", path(&snap)]),

@@ -718,13 +718,21 @@ fn every_workload_spreads_over_zones() {
 
 #[test]
 fn every_pod_runs_non_root_read_only_without_capabilities() {
-    for objs in [minimal(&[]), example("pkcs11.yaml")] {
+    for objs in [
+        minimal(&[]),
+        example("pkcs11.yaml"),
+        example("ha-three-zones.yaml"),
+    ] {
         for o in objs
             .iter()
-            .filter(|o| o["kind"] == "Deployment" || o["kind"] == "Job")
+            .filter(|o| ["Deployment", "Job", "CronJob"].contains(&o["kind"].as_str().unwrap()))
         {
             let name = o["metadata"]["name"].as_str().unwrap();
-            let spec = &o["spec"]["template"]["spec"];
+            let spec = if o["kind"] == "CronJob" {
+                &o["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+            } else {
+                &o["spec"]["template"]["spec"]
+            };
             assert_eq!(spec["securityContext"]["runAsNonRoot"], true, "{name}");
             assert_eq!(
                 spec["securityContext"]["seccompProfile"]["type"],
@@ -750,6 +758,178 @@ fn every_pod_runs_non_root_read_only_without_capabilities() {
             }
         }
     }
+}
+
+#[test]
+fn the_backup_cronjob_snapshots_to_the_claim_without_the_kek() {
+    // Off by default.
+    assert!(!kinds(&minimal(&[])).contains("CronJob"));
+    let on = [
+        "--set",
+        "backup.enabled=true,backup.volume.existingClaim=snaps",
+    ];
+    let objs = minimal(&on);
+    let cron = find(&objs, "CronJob", "rel-certautopilot-backup");
+    assert_eq!(cron["apiVersion"], "batch/v1");
+    let spec = &cron["spec"];
+    assert_eq!(spec["schedule"], "17 3 * * *");
+    assert_eq!(spec["concurrencyPolicy"], "Forbid");
+    assert_eq!(spec["startingDeadlineSeconds"], 3600);
+    assert_eq!(spec["successfulJobsHistoryLimit"], 3);
+    assert_eq!(spec["failedJobsHistoryLimit"], 3);
+    let job = &spec["jobTemplate"]["spec"];
+    assert_eq!(job["backoffLimit"], 2);
+    assert_eq!(job["activeDeadlineSeconds"], 3600);
+    let pod = &job["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "Never");
+    assert_eq!(pod["serviceAccountName"], "rel-certautopilot");
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["fsGroup"], 65532);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let containers = pod["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    assert!(pod.get("initContainers").is_none());
+    let c = &containers[0];
+    assert_eq!(
+        c["image"],
+        pod_spec(deployment(&objs, "api"))["containers"][0]["image"]
+    );
+    // The image has no shell: the binary names the file and prunes.
+    assert_eq!(
+        c["args"],
+        serde_json::json!(["snapshot", "save", "--out-dir", "/backups", "--keep", "14"])
+    );
+    assert!(c.get("command").is_none());
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(
+        env(c, "CAP_MONGO_URI").unwrap()["valueFrom"]["secretKeyRef"],
+        serde_json::json!({"name": "rel-certautopilot-mongo", "key": "uri"})
+    );
+    assert_eq!(env(c, "CAP_LOG_FORMAT").unwrap()["value"], "json");
+    let no_kek = |pod: &Value, what: &str| {
+        let c = &pod["containers"][0];
+        for e in c["env"].as_array().unwrap() {
+            let name = e["name"].as_str().unwrap();
+            assert!(
+                !name.starts_with("CAP_KEK_") && !name.starts_with("CAP_PKCS11_"),
+                "{what}: the backup pod gets {name}"
+            );
+        }
+        let volumes = pod["volumes"].as_array().unwrap();
+        let names: BTreeSet<&str> = volumes
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, BTreeSet::from(["backups", "tmp"]), "{what}");
+        assert!(volumes.iter().all(|v| v.get("secret").is_none()), "{what}");
+        let mounts: BTreeSet<&str> = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["mountPath"].as_str().unwrap())
+            .collect();
+        assert_eq!(mounts, BTreeSet::from(["/backups", "/tmp"]), "{what}");
+    };
+    no_kek(pod, "file provider");
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "backups")
+        .unwrap();
+    assert_eq!(volume["persistentVolumeClaim"]["claimName"], "snaps");
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "backups")
+        .unwrap();
+    assert_eq!(mount["mountPath"], "/backups");
+    assert!(mount.get("subPath").is_none());
+    assert_ne!(mount["readOnly"], true);
+    // Nor the HSM's PIN, module or volumes under PKCS#11, nor a KEK setting
+    // given as an extra variable.
+    let objs = with_values(
+        &chart().join("examples/pkcs11.yaml"),
+        &[
+            on[0],
+            on[1],
+            "--set",
+            "config.extraEnv.CAP_KEK_FILE=/kek.json",
+            "--set",
+            "config.extraEnv.CAP_ELECTION_RETRY_SECS=60",
+        ],
+    );
+    let cron = find(&objs, "CronJob", "rel-certautopilot-backup");
+    let pod = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    no_kek(pod, "pkcs11 provider");
+    let c = &pod["containers"][0];
+    assert_eq!(
+        env(c, "CAP_MONGO_URI").unwrap()["valueFrom"]["secretKeyRef"]["name"],
+        "certautopilot-mongo"
+    );
+    assert_eq!(env(c, "CAP_ELECTION_RETRY_SECS").unwrap()["value"], "60");
+    // The settings reach the CronJob.
+    let objs = minimal(&[
+        on[0],
+        on[1],
+        "--set",
+        "backup.keep=30,backup.volume.subPath=cap,backup.schedule=5 1 * * 0",
+        "--set",
+        "backup.concurrencyPolicy=Replace,backup.activeDeadlineSeconds=600",
+    ]);
+    let cron = find(&objs, "CronJob", "rel-certautopilot-backup");
+    assert_eq!(cron["spec"]["schedule"], "5 1 * * 0");
+    assert_eq!(cron["spec"]["concurrencyPolicy"], "Replace");
+    let job = &cron["spec"]["jobTemplate"]["spec"];
+    assert_eq!(job["activeDeadlineSeconds"], 600);
+    let c = &job["template"]["spec"]["containers"][0];
+    assert_eq!(
+        c["args"],
+        serde_json::json!(["snapshot", "save", "--out-dir", "/backups", "--keep", "30"])
+    );
+    assert_eq!(c["volumeMounts"][0]["subPath"], "cap");
+    // Enabled without a claim: refused, saying what is missing.
+    let min = chart().join("ci/minimal-values.yaml");
+    let err = template(&["-f", min.to_str().unwrap(), "--set", "backup.enabled=true"]).unwrap_err();
+    assert!(
+        err.contains("backup.enabled needs backup.volume.existingClaim"),
+        "{err}"
+    );
+    // What the schema refuses: keeping none (it would delete the snapshot
+    // just taken), an absolute subPath, a policy Kubernetes does not know.
+    for (set, expect) in [
+        ("backup.keep=0", "/backup/keep"),
+        ("backup.volume.subPath=/abs", "/backup/volume/subPath"),
+        (
+            "backup.concurrencyPolicy=Never",
+            "/backup/concurrencyPolicy",
+        ),
+        ("backup.volume.claim=snaps", "'claim' not allowed"),
+    ] {
+        let err = template(&["-f", min.to_str().unwrap(), on[0], on[1], "--set", set])
+            .expect_err(&format!("{set} was accepted"));
+        assert!(err.contains(expect), "{set}: {err}");
+    }
+    // The production example turns it on (and so is validated against the
+    // Kubernetes schemas with the other values files).
+    let ha = example("ha-three-zones.yaml");
+    let cron = find(&ha, "CronJob", "rel-certautopilot-backup");
+    let pod = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "certautopilot-snapshots"
+    );
+    no_kek(pod, "three-zone example");
 }
 
 #[test]

@@ -88,6 +88,9 @@ hook Secret of their own. */}}
 {{- if gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas) -}}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" -}}
 {{- end -}}
+{{- if and .Values.backup.enabled (not .Values.backup.volume.existingClaim) -}}
+{{- fail "backup.enabled needs backup.volume.existingClaim: the PersistentVolumeClaim the snapshots are written to (the chart makes none, so uninstalling keeps them)" -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Queued jobs per worker that the autoscaler aims for. */}}
