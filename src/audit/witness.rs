@@ -28,7 +28,8 @@ use super::AUDIT_COLLECTION;
 use crate::store::Store;
 
 pub const RESTORED_ACTION: &str = "snapshot.restored";
-/// At most this many records are listed one by one in each part of a report.
+/// At most this many records are listed one by one in each part of the
+/// text report (the JSON one holds them all).
 const LISTED: usize = 1000;
 
 /// One audit record as the SIEM received it.
@@ -36,6 +37,7 @@ const LISTED: usize = 1000;
 pub struct WitnessRecord {
     pub seq: i64,
     pub hash: String,
+    pub prev_hash: Option<String>,
     pub time: Option<String>,
     pub action: Option<String>,
     pub target: Option<String>,
@@ -66,6 +68,7 @@ fn json_body(line: &str) -> Option<WitnessRecord> {
         return Some(WitnessRecord {
             seq,
             hash,
+            prev_hash: text("prev_hash"),
             time,
             action: text("action"),
             target: text("target"),
@@ -85,6 +88,7 @@ fn structured_data(line: &str) -> Option<WitnessRecord> {
     Some(WitnessRecord {
         seq: param("seq")?.parse().ok()?,
         hash: param("hash")?,
+        prev_hash: param("prev_hash"),
         time: None,
         action: None,
         target: param("target"),
@@ -126,7 +130,7 @@ pub struct WitnessReport {
 }
 
 /// Reads the SIEM's file and compares it with the audit log. The SIEM's
-/// records are held in memory, one entry per record (about 100 bytes).
+/// records are held in memory, one entry per record (a few hundred bytes).
 pub async fn compare(
     store: &Store,
     witness: impl BufRead,
@@ -152,28 +156,38 @@ pub async fn compare(
     }
     let witness_records = received.values().map(BTreeMap::len).sum();
     let audit = store.collection(AUDIT_COLLECTION);
-    let restore = audit
+    let restores: Vec<mongodb::bson::Document> = audit
         .find(doc! { "action": RESTORED_ACTION })
-        .sort(doc! { "_id": -1 })
-        .limit(1)
+        .sort(doc! { "_id": 1 })
         .await?
-        .try_next()
-        .await?
-        .map(|r| RestorePoint {
-            seq: r.get_i64("_id").unwrap_or(0),
-            taken_at: r
-                .get_document("details")
-                .ok()
-                .and_then(|d| d.get_str("taken_at").ok())
-                .map(str::to_string),
-        });
-    let forked = |seq: i64| restore.as_ref().is_some_and(|r| seq >= r.seq);
+        .try_collect()
+        .await?;
+    let restore_seqs: BTreeSet<i64> = restores
+        .iter()
+        .filter_map(|r| r.get_i64("_id").ok())
+        .collect();
+    let restore = restores.last().map(|r| RestorePoint {
+        seq: r.get_i64("_id").unwrap_or(0),
+        taken_at: r
+            .get_document("details")
+            .ok()
+            .and_then(|d| d.get_str("taken_at").ok())
+            .map(str::to_string),
+    });
+    // From the first restore on, the SIEM may hold a lost branch beside the
+    // database's. A SIEM record that links to the database's record before
+    // it is on the database's branch, though, and must match it (except at
+    // a restore, where both branches start from the snapshot's head).
+    let forked = |seq: i64| restore_seqs.first().is_some_and(|first| seq >= *first);
+    let on_our_branch = |seq: i64, record: &WitnessRecord, prev_db_hash: &str| {
+        !restore_seqs.contains(&seq) && record.prev_hash.as_deref() == Some(prev_db_hash)
+    };
 
     let mut agreed = 0;
     let mut disagreements = Vec::new();
     let mut missing = Vec::new();
     let mut missing_from_witness = 0;
-    let mut in_database = BTreeSet::new();
+    let mut prev_db_hash = super::GENESIS_HASH.to_string();
     let mut records = audit
         .find(doc! {})
         .projection(doc! { "hash": 1 })
@@ -182,17 +196,17 @@ pub async fn compare(
         .await?;
     while let Some(r) = records.try_next().await? {
         let Ok(seq) = r.get_i64("_id") else { continue };
-        let hash = r.get_str("hash").unwrap_or_default();
-        in_database.insert(seq);
+        let hash = r.get_str("hash").unwrap_or_default().to_string();
+        let prev = std::mem::replace(&mut prev_db_hash, hash.clone());
         let Some(mut hashes) = received.remove(&seq) else {
             missing_from_witness += 1;
             continue;
         };
-        if hashes.remove(hash).is_some() {
+        if hashes.remove(&hash).is_some() {
             agreed += 1;
         }
         for (other, record) in hashes {
-            if forked(seq) {
+            if forked(seq) && !on_our_branch(seq, &record, &prev) {
                 missing.push(record);
             } else {
                 disagreements.push(Disagreement {
@@ -204,9 +218,11 @@ pub async fn compare(
         }
     }
     // What is left has a sequence number the database does not hold.
+    // (A record that links to the database's last one was cut off it.)
     for (seq, hashes) in received {
         for (hash, record) in hashes {
-            if forked(seq) || restore.is_none() {
+            let cut_off = on_our_branch(seq, &record, &prev_db_hash);
+            if (forked(seq) && !cut_off) || restore.is_none() {
                 missing.push(record);
             } else {
                 disagreements.push(Disagreement {
@@ -219,8 +235,6 @@ pub async fn compare(
     }
     missing.sort_by_key(|r| r.seq);
     let missing_total = missing.len();
-    missing.truncate(LISTED);
-    disagreements.truncate(LISTED);
     let confirmed = disagreements.is_empty() && (restore.is_some() || missing_total == 0);
     Ok(Ok(WitnessReport {
         witness_records,
@@ -270,7 +284,7 @@ impl WitnessReport {
                     " (no restore explains them: the log was cut back)"
                 }
             ));
-            for r in &self.missing_from_database {
+            for r in self.missing_from_database.iter().take(LISTED) {
                 out.push_str(&format!(
                     "  record {:>8}  {}  {}  {}\n",
                     r.seq,
@@ -279,14 +293,14 @@ impl WitnessReport {
                     r.target.as_deref().unwrap_or("-")
                 ));
             }
-            if self.missing_from_database.len() < self.missing_from_database_total {
+            if LISTED < self.missing_from_database_total {
                 out.push_str(&format!(
                     "  … and {} more (all of them in --json)\n",
-                    self.missing_from_database_total - self.missing_from_database.len()
+                    self.missing_from_database_total - LISTED
                 ));
             }
         }
-        for d in &self.disagreements {
+        for d in self.disagreements.iter().take(LISTED) {
             out.push_str(&format!(
                 "DIFFERS: record {}: the SIEM holds hash {}, the database {}\n",
                 d.seq,

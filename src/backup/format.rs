@@ -41,7 +41,8 @@ pub struct Manifest {
     /// The schema the snapshot's data is at, and its floor.
     pub schema_version: i64,
     pub schema_floor: i64,
-    /// The database's time when the snapshot was read (RFC 3339).
+    /// The database's time just before the snapshot's read began (RFC
+    /// 3339): the data is as of that moment or a few milliseconds later.
     pub taken_at: String,
     /// The release that wrote it.
     pub created_by: String,

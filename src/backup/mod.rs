@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, RawDocument, RawDocumentBuf};
 
+use crate::audit::witness::RESTORED_ACTION;
 use crate::audit::{Audit, Event, AUDIT_HEAD_COLLECTION, GENESIS_HASH};
 use crate::store::kek_versions::KEK_VERSIONS;
 use crate::store::keys::KEYS;
-use crate::store::schema::{known_version, SCHEMA_COLLECTION};
+use crate::store::schema::{self, known_version, SCHEMA_COLLECTION};
 use crate::store::{short, snapshot, Store};
 use format::{
     AuditHead, Item, KekVersionNeeded, Manifest, SnapshotError, SnapshotReader, SnapshotWriter,
@@ -163,14 +164,7 @@ pub async fn save(store: &Store, out: &Path) -> Result<Manifest, BackupError> {
         )));
     }
     let names = snapshot_order(snapshot::collections(store).await?);
-    let mut total = 0;
-    for name in &names {
-        total += store
-            .collection(name)
-            .estimated_document_count()
-            .await
-            .unwrap_or(0);
-    }
+    let total = snapshot::estimated_total(store, &names).await;
     let partial = PathBuf::from(format!("{}.partial", out.display()));
     let file = create_private(&partial)?;
     let written = write(store, &names, total, file).await;
@@ -181,8 +175,11 @@ pub async fn save(store: &Store, out: &Path) -> Result<Manifest, BackupError> {
             return Err(e);
         }
     };
-    std::fs::rename(&partial, out)
-        .map_err(|e| BackupError::File(format!("renaming {}: {e}", partial.display())))?;
+    // A link, not a rename: it fails if `out` appeared meanwhile, so no
+    // snapshot is ever replaced.
+    let linked = std::fs::hard_link(&partial, out);
+    let _ = std::fs::remove_file(&partial);
+    linked.map_err(|e| BackupError::File(format!("creating {}: {e}", out.display())))?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         // The rename is durable once the directory is.
         let _ = File::open(dir).and_then(|d| d.sync_all());
@@ -215,7 +212,8 @@ pub fn scheduled_name(now: std::time::SystemTime) -> String {
 }
 
 /// Deletes the scheduled snapshots in `dir` beyond the newest `keep`, and
-/// what runs cut short left behind (`*.snap.partial`); returns what it deleted.
+/// what runs cut short left behind (`*.snap.partial` untouched for a day);
+/// returns what it deleted.
 pub fn prune(dir: &Path, keep: usize) -> Result<Vec<PathBuf>, BackupError> {
     let listing = std::fs::read_dir(dir)
         .map_err(|e| BackupError::File(format!("cannot list {}: {e}", dir.display())))?;
@@ -228,7 +226,7 @@ pub fn prune(dir: &Path, keep: usize) -> Result<Vec<PathBuf>, BackupError> {
         }
         if name.ends_with(SCHEDULED_SUFFIX) {
             snapshots.push(entry.path());
-        } else if name.ends_with(".snap.partial") {
+        } else if name.ends_with(".snap.partial") && stale(&entry) {
             partials.push(entry.path());
         }
     }
@@ -241,6 +239,17 @@ pub fn prune(dir: &Path, keep: usize) -> Result<Vec<PathBuf>, BackupError> {
         deleted.push(path);
     }
     Ok(deleted)
+}
+
+/// A partial file untouched for a day: left by a run that died (another
+/// run's file in progress is written every moment).
+fn stale(entry: &std::fs::DirEntry) -> bool {
+    entry
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > Duration::from_secs(86_400))
 }
 
 fn create_private(path: &Path) -> Result<File, BackupError> {
@@ -396,51 +405,74 @@ pub async fn restore_inspected(
     let mut batch: Vec<RawDocumentBuf> = Vec::new();
     let mut batch_bytes = 0;
     let mut documents: i64 = 0;
-    let flush = |name: &Option<String>, batch: &mut Vec<RawDocumentBuf>| {
-        let (name, docs) = (name.clone(), std::mem::take(batch));
-        async move {
-            match name {
-                Some(name) => snapshot::load(store, &name, &docs).await,
-                None => Ok(()),
+    let mut audit_seq = None;
+    loop {
+        let item = reader.next_item()?;
+        let ends_collection = matches!(item, Some(Item::Collection(_)) | Some(Item::End(_)));
+        if ends_collection || batch.len() >= RESTORE_BATCH || batch_bytes >= RESTORE_BATCH_BYTES {
+            if let Some(Item::End(m)) = &item {
+                // The last batch holds the schema version: write it only
+                // if the file is the one that was checked.
+                if m != manifest {
+                    return Err(BackupError::Refused(format!(
+                        "{} changed while it was being restored: drop the database and restore again",
+                        path.display()
+                    )));
+                }
             }
+            if let Some(name) = &current {
+                snapshot::load(store, name, &std::mem::take(&mut batch)).await?;
+            }
+            batch_bytes = 0;
+            progress.show(documents as u64, total, "documents");
         }
-    };
-    let restored_manifest =
-        loop {
-            match reader.next_item()? {
-                Some(Item::Collection(name)) => {
-                    flush(&current, &mut batch).await?;
-                    batch_bytes = 0;
-                    snapshot::create_collection(store, &name).await?;
-                    current = Some(name);
+        match item {
+            Some(Item::Collection(name)) => {
+                if name == SCHEMA_COLLECTION {
+                    // Everything but the schema version is in: build the
+                    // indexes (no workload may run on the copy without its
+                    // unique indexes) and record the restore; a restore cut
+                    // short from here on still has no schema version.
+                    schema::create_indexes_up_to(store, manifest.schema_version).await?;
+                    audit_seq = Some(record_restore(store, manifest, documents, actor).await?);
                 }
-                Some(Item::Document(bytes)) => {
-                    batch_bytes += bytes.len();
-                    batch.push(RawDocumentBuf::from_bytes(bytes).map_err(|e| {
-                        SnapshotError::Damaged(format!("a document is not BSON: {e}"))
-                    })?);
-                    documents += 1;
-                    if batch.len() >= RESTORE_BATCH || batch_bytes >= RESTORE_BATCH_BYTES {
-                        flush(&current, &mut batch).await?;
-                        batch_bytes = 0;
-                        progress.show(documents as u64, total, "documents");
-                    }
-                }
-                Some(Item::End(m)) => {
-                    flush(&current, &mut batch).await?;
-                    break m;
-                }
-                None => unreachable!("the end is the manifest"),
+                snapshot::create_collection(store, &name).await?;
+                current = Some(name);
             }
-        };
-    progress.done();
-    if &restored_manifest != manifest {
-        return Err(BackupError::Refused(format!(
-            "{} changed while it was being restored: drop the database and restore again",
-            path.display()
-        )));
+            Some(Item::Document(bytes)) => {
+                batch_bytes += bytes.len();
+                batch.push(
+                    RawDocumentBuf::from_bytes(bytes).map_err(|e| {
+                        SnapshotError::Damaged(format!("a document is not BSON: {e}"))
+                    })?,
+                );
+                documents += 1;
+            }
+            Some(Item::End(_)) | None => break,
+        }
     }
-    let event = Event::new(actor, "snapshot.restored", "snapshot").with(doc! {
+    progress.done();
+    let audit_seq = match audit_seq {
+        Some(seq) => seq,
+        // A snapshot without a schema collection (never migrated).
+        None => record_restore(store, manifest, documents, actor).await?,
+    };
+    Ok(Restored {
+        manifest: manifest.clone(),
+        documents,
+        audit_seq,
+    })
+}
+
+/// Appends `snapshot.restored`: where the restored log forks from the one
+/// the SIEM holds (`audit verify --witness` reads it).
+async fn record_restore(
+    store: &Store,
+    manifest: &Manifest,
+    documents: i64,
+    actor: &str,
+) -> Result<i64, BackupError> {
+    let event = Event::new(actor, RESTORED_ACTION, "snapshot").with(doc! {
         "taken_at": &manifest.taken_at,
         "created_by": &manifest.created_by,
         "from_database": &manifest.database,
@@ -448,11 +480,11 @@ pub async fn restore_inspected(
         "audit_head_hash": &manifest.audit_head.hash,
         "documents": documents,
     });
-    let audit_seq = Audit::new(store.clone()).append(&event).await?;
-    Ok(Restored {
-        manifest: restored_manifest,
-        documents,
-        audit_seq,
+    Audit::new(store.clone()).append(&event).await.map_err(|e| {
+        BackupError::Db(format!(
+            "recording the restore in the audit log: {} (the data is loaded but the restore is not recorded: drop the database and restore again)",
+            short(&e)
+        ))
     })
 }
 
@@ -516,10 +548,12 @@ mod tests {
             .collect();
         left.sort();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(deleted.len(), 2);
+        assert_eq!(deleted.len(), 1);
+        // A partial written just now may be another run's: it stays.
         assert_eq!(
             left,
             [
+                "certautopilot-20261130T031700Z.snap.partial",
                 "certautopilot-20261202T031700Z.snap",
                 "certautopilot-20261203T031700Z.snap",
                 "notes.txt"

@@ -95,9 +95,6 @@ async fn verify(
             serde_json::to_string_pretty(&value).expect("report serializes")
         );
     } else {
-        if let Some(w) = &witnessed {
-            print!("{}", w.render_human());
-        }
         match &report.problem {
             None => println!(
                 "audit chain intact: {} records (last seq {}), {} checkpoints verified",
@@ -107,6 +104,9 @@ async fn verify(
                 "audit chain DAMAGED: {problem} (verified {} records before it)",
                 report.records
             ),
+        }
+        if let Some(w) = &witnessed {
+            print!("{}", w.render_human());
         }
     }
     Ok(if report.problem.is_none() && confirmed {

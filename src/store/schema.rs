@@ -625,6 +625,15 @@ async fn apply(store: &Store, m: &Migration) -> Result<(), MongoError> {
     record_applied(store, m).await
 }
 
+/// The collections and indexes of every migration up to `version` (a
+/// restored snapshot's), where missing; records nothing.
+pub async fn create_indexes_up_to(store: &Store, version: i64) -> Result<(), MongoError> {
+    for m in MIGRATIONS.iter().filter(|m| m.version <= version) {
+        create_collections_and_indexes(store, m).await?;
+    }
+    Ok(())
+}
+
 /// Idempotent: what exists is left as it is.
 async fn create_collections_and_indexes(store: &Store, m: &Migration) -> Result<(), MongoError> {
     let db = store.db();

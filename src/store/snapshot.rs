@@ -31,6 +31,19 @@ pub async fn collections(store: &Store) -> Result<Vec<String>, MongoError> {
     Ok(names)
 }
 
+/// About how many documents `names` hold together (for progress).
+pub async fn estimated_total(store: &Store, names: &[String]) -> u64 {
+    let mut total = 0;
+    for name in names {
+        total += store
+            .collection(name)
+            .estimated_document_count()
+            .await
+            .unwrap_or(0);
+    }
+    total
+}
+
 /// Collections that hold at least one document, with their counts.
 pub async fn non_empty(store: &Store) -> Result<Vec<(String, u64)>, MongoError> {
     let mut found = Vec::new();
