@@ -11,6 +11,8 @@
 
 #[path = "../tests/it/support/mod.rs"]
 mod common;
+#[path = "shared/peak_rss.rs"]
+mod peak_rss;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -197,7 +199,7 @@ async fn load_chain(db: &TestDb, n: i64) {
 /// wall time and its peak resident memory (VmHWM, sampled until it exits).
 fn verify_process(db: &TestDb) -> (Duration, u64) {
     let started = Instant::now();
-    let mut child = std::process::Command::new(common::bin())
+    let child = std::process::Command::new(common::bin())
         .args(["audit", "verify", "--json"])
         .env_clear()
         .env("CAP_MONGO_URI", &db.uri)
@@ -206,25 +208,8 @@ fn verify_process(db: &TestDb) -> (Duration, u64) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let status_path = format!("/proc/{}/status", child.id());
-    let mut peak_kib = 0u64;
-    loop {
-        if let Ok(status) = std::fs::read_to_string(&status_path) {
-            if let Some(kib) = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            {
-                peak_kib = peak_kib.max(kib);
-            }
-        }
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let (peak_kib, out) = peak_rss::wait_sampling_peak(child);
     let elapsed = started.elapsed();
-    let out = child.wait_with_output().unwrap();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["problem"].is_null(), "{report}");
     (elapsed, peak_kib)

@@ -11,6 +11,8 @@
 
 #[path = "../tests/it/support/mod.rs"]
 mod common;
+#[path = "shared/peak_rss.rs"]
+mod peak_rss;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -75,30 +77,13 @@ async fn populate(db: &TestDb, n: usize) {
 /// Runs a command to its end; its wall time and peak resident memory.
 fn measured(mut command: std::process::Command) -> (Duration, u64) {
     let started = Instant::now();
-    let mut child = command
+    let child = command
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let status_path = format!("/proc/{}/status", child.id());
-    let mut peak_kib = 0u64;
-    loop {
-        if let Ok(status) = std::fs::read_to_string(&status_path) {
-            if let Some(kib) = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            {
-                peak_kib = peak_kib.max(kib);
-            }
-        }
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let (peak_kib, out) = peak_rss::wait_sampling_peak(child);
     let elapsed = started.elapsed();
-    let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "{}",
