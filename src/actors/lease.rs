@@ -53,6 +53,9 @@ pub struct LeaseActor {
     ttl: Duration,
     state: LeaseState,
     busy: bool,
+    /// The lease document changed while an acquisition was in flight: that
+    /// attempt may have read it before the change, so try again at once.
+    changed_while_busy: bool,
     subscribers: Vec<Recipient<LeadershipChanged>>,
     readiness: Arc<Readiness>,
     metrics: Arc<Metrics>,
@@ -76,6 +79,7 @@ impl LeaseActor {
             ttl: settings.ttl,
             state: LeaseState::Follower,
             busy: false,
+            changed_while_busy: false,
             subscribers,
             readiness,
             metrics,
@@ -116,6 +120,7 @@ impl LeaseActor {
             Some(_) => return,
         }
         self.busy = true;
+        self.changed_while_busy = false;
         let leases = self.leases.clone();
         let (name, holder, ttl) = (self.name.clone(), self.holder.clone(), self.ttl);
         let sent = Instant::now();
@@ -136,7 +141,12 @@ impl LeaseActor {
                         actix::spawn(async move { audit.record(event).await });
                         act.become_(LeaseState::Leader { term, renewed_at: sent });
                     }
-                    Ok(None) => act.restarts.reset(),
+                    Ok(None) => {
+                        act.restarts.reset();
+                        if std::mem::take(&mut act.changed_while_busy) {
+                            act.tick(ctx);
+                        }
+                    }
                     Err(e) => {
                         tracing::error!(error = %crate::store::short(&e), "lease acquisition failed; restarting the lease actor");
                         ctx.stop();
@@ -269,7 +279,15 @@ struct LeaseChanged;
 impl Handler<LeaseChanged> for LeaseActor {
     type Result = ();
     fn handle(&mut self, _: LeaseChanged, ctx: &mut Context<Self>) {
-        if self.state == LeaseState::Follower {
+        if self.state != LeaseState::Follower {
+            return;
+        }
+        tracing::debug!(busy = self.busy, "the lease document changed");
+        if self.busy {
+            // Dropping it would leave the standby to its next retry (a fifth
+            // of the TTL) when the leader has just let go.
+            self.changed_while_busy = true;
+        } else {
             self.tick(ctx);
         }
     }

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{self, bin, Proc, TestDb};
+use crate::support::{self, bin, OutputWithin, Proc, TestDb};
 use certautopilot::audit::{self, Audit, Checkpoint, Event, Tampering};
 use certautopilot::crypto::secrets::Secrets;
 use certautopilot::queue::jobs::{JobQueue, NewJob};
@@ -487,7 +487,7 @@ async fn a_rewrite_that_deletes_the_checkpoint_key_is_not_sealed_and_is_caught()
             .env_clear()
             .env("CAP_MONGO_URI", &db.uri)
             .env("CAP_KEK_FILE", &db.kek_file)
-            .output()
+            .output_within_limit()
             .unwrap()
     };
     let out = cli(&["audit", "verify"]);

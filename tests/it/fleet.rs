@@ -7,7 +7,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::support::{self, bin, Proc, TestDb};
+use crate::support::{self, bin, OutputWithin, Proc, TestDb};
 use certautopilot::store::schema::CURRENT_VERSION;
 use mongodb::bson::{doc, DateTime};
 
@@ -19,7 +19,7 @@ fn cli(db: &TestDb, args: &[&str]) -> Output {
         .env_clear()
         .env("CAP_MONGO_URI", &db.uri)
         .env("CAP_KEK_FILE", &db.kek_file)
-        .output()
+        .output_within_limit()
         .unwrap()
 }
 

@@ -8,9 +8,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::support::api::token;
-use crate::support::bin;
 use crate::support::cluster::{Cluster, Role};
 use crate::support::pebble::PebbleOptions;
+use crate::support::{bin, OutputWithin};
 use serde_json::json;
 
 const ZONE: &str = "logs.example.test";
@@ -121,7 +121,7 @@ async fn no_secret_reaches_a_log_line_at_debug() {
             .env("CAP_KEK_FILE", &db.kek_file)
             .env("CAP_KEK_PASSPHRASE", PASSPHRASE)
             .env("RUST_LOG", "debug")
-            .output()
+            .output_within_limit()
             .unwrap();
         assert!(
             out.status.success(),

@@ -4,7 +4,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::support::{self, bin, Proc, TestDb};
+use crate::support::{self, bin, OutputWithin, Proc, TestDb};
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
 
@@ -16,7 +16,7 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().expect("run certautopilot")
+    cmd.output_within_limit().expect("run certautopilot")
 }
 
 fn stderr(o: &Output) -> String {
@@ -95,7 +95,7 @@ async fn migrate_twice_and_concurrently_gives_the_same_schema() {
         .arg("migrate")
         .env_clear()
         .env("CAP_MONGO_URI", &db.uri)
-        .output();
+        .output_within_limit();
     let b = std::thread::spawn({
         let uri = db.uri.clone();
         move || {
@@ -103,7 +103,7 @@ async fn migrate_twice_and_concurrently_gives_the_same_schema() {
                 .arg("migrate")
                 .env_clear()
                 .env("CAP_MONGO_URI", uri)
-                .output()
+                .output_within_limit()
                 .unwrap()
         }
     });

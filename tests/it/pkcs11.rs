@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{self, Proc, TestDb};
+use crate::support::{self, OutputWithin, Proc, TestDb};
 use certautopilot::crypto::kek::{random_key, KekError, KekProvider, Pkcs11Kek};
 use zeroize::Zeroizing;
 
@@ -166,7 +166,7 @@ async fn readyz_is_503_while_the_token_is_unavailable() {
         .args(["kek", "init"])
         .env_clear()
         .envs(env)
-        .output()
+        .output_within_limit()
         .unwrap();
     assert!(
         init.status.success(),

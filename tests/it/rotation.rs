@@ -4,7 +4,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::support::{self, bin, Proc, TestDb};
+use crate::support::{self, bin, OutputWithin, Proc, TestDb};
 use certautopilot::crypto::kek::{FileKek, KekProvider};
 use certautopilot::crypto::secrets::{SecretRef, Secrets};
 use certautopilot::store::keys::data_keys_by_version;
@@ -17,7 +17,7 @@ fn cli(db: &TestDb, args: &[&str]) -> Output {
         .env_clear()
         .env("CAP_MONGO_URI", &db.uri)
         .env("CAP_KEK_FILE", &db.kek_file)
-        .output()
+        .output_within_limit()
         .unwrap()
 }
 

@@ -50,14 +50,16 @@ async fn assert_never_two_leaders(a: &Proc, b: &Proc, for_how_long: Duration) {
 #[tokio::test]
 async fn one_leader_at_a_time_and_the_standby_takes_over() {
     let db = TestDb::migrated("leaders").await;
-    let a = Proc::start("scheduler", &db, "sched-a", &[]);
+    // The lease actor's debug lines say why a hand-over was slow.
+    let env = [("RUST_LOG", "info,certautopilot::actors::lease=debug")];
+    let a = Proc::start("scheduler", &db, "sched-a", &env);
     assert!(
         support::wait_until(Duration::from_secs(20), || async {
             holder(&db).await.is_some()
         })
         .await
     );
-    let b = Proc::start("scheduler", &db, "sched-b", &[]);
+    let b = Proc::start("scheduler", &db, "sched-b", &env);
     b.wait_alive().await;
     assert_never_two_leaders(&a, &b, Duration::from_secs(4)).await;
     let first = holder(&db).await.unwrap();
@@ -78,7 +80,9 @@ async fn one_leader_at_a_time_and_the_standby_takes_over() {
     );
     assert!(
         took_over && handover < Duration::from_secs(2),
-        "hand-over took {handover:?}"
+        "hand-over took {handover:?}\nleader's log:\n{}\nstandby's log:\n{}",
+        leader.log_text(),
+        standby.log_text()
     );
 
     // SIGKILL: no release; the standby waits out the lease (15 s) plus at most

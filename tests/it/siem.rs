@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{self, Proc, TestDb};
+use crate::support::{self, OutputWithin, Proc, TestDb};
 use certautopilot::audit::{Audit, Event, AUDIT_COLLECTION};
 use mongodb::bson::doc;
 use nix::sys::signal::Signal;
@@ -275,7 +275,7 @@ fn a_plain_http_webhook_is_refused_at_configuration() {
         .env("CAP_MONGO_URI", "mongodb://127.0.0.1:1/x")
         .env("CAP_KEK_FILE", "/nonexistent/kek.json")
         .env("CAP_SIEM_WEBHOOK_URL", secret_url)
-        .output()
+        .output_within_limit()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");

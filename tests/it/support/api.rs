@@ -5,7 +5,7 @@ use std::process::Command;
 use mongodb::bson::{doc, Document};
 use serde_json::Value;
 
-use super::TestDb;
+use super::{OutputWithin, TestDb};
 use certautopilot::store::Store;
 
 /// A global admin token, made the way an operator bootstraps one.
@@ -21,7 +21,7 @@ pub fn token(db: &TestDb, args: &[&str]) -> String {
         .env_clear()
         .env("CAP_MONGO_URI", &db.uri)
         .env("CAP_KEK_FILE", &db.kek_file)
-        .output()
+        .output_within_limit()
         .unwrap();
     assert!(
         out.status.success(),

@@ -35,6 +35,74 @@ use mongodb::bson::Document;
 use certautopilot::store::schema;
 use certautopilot::store::Store;
 
+/// How long a test lets one `certautopilot` command run before it kills it
+/// and fails: a wedged server then fails the test that met it, with the
+/// command's output, instead of stalling the whole run until CI gives up.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(300);
+
+/// `Command::output`, bounded by [`COMMAND_LIMIT`].
+pub trait OutputWithin {
+    fn output_within_limit(&mut self) -> std::io::Result<std::process::Output>;
+}
+
+impl OutputWithin for Command {
+    fn output_within_limit(&mut self) -> std::io::Result<std::process::Output> {
+        use std::io::Read;
+        let mut child = self
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        // Read both pipes as they fill (a full pipe would stall the child);
+        // the buffers stay readable if the child has to be killed.
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            let buffer = Arc::new(Mutex::new(Vec::new()));
+            let filling = buffer.clone();
+            let reader = std::thread::spawn(move || {
+                let Some(mut pipe) = pipe else { return };
+                let mut chunk = [0u8; 8192];
+                while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+                    filling.lock().unwrap().extend_from_slice(&chunk[..n]);
+                }
+            });
+            (buffer, reader)
+        };
+        let (stdout, out_reader) = drain(child.stdout.take().map(|p| Box::new(p) as _));
+        let (stderr, err_reader) = drain(child.stderr.take().map(|p| Box::new(p) as _));
+        let deadline = Instant::now() + COMMAND_LIMIT;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{self:?} did not finish within {COMMAND_LIMIT:?} and was killed\n\
+                     stdout:\n{}\nstderr:\n{}",
+                    String::from_utf8_lossy(&stdout.lock().unwrap()),
+                    String::from_utf8_lossy(&stderr.lock().unwrap())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // A grandchild that kept the pipes open would keep them from ending:
+        // what the command itself wrote has arrived once it has exited.
+        for reader in [out_reader, err_reader] {
+            let waited = Instant::now();
+            while !reader.is_finished() && waited.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let take = |b: &Arc<Mutex<Vec<u8>>>| std::mem::take(&mut *b.lock().unwrap());
+        Ok(std::process::Output {
+            status,
+            stdout: take(&stdout),
+            stderr: take(&stderr),
+        })
+    }
+}
+
 static SERVER: OnceLock<String> = OnceLock::new();
 static DB_SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -298,7 +366,7 @@ impl TestDb {
             .env_clear()
             .env("CAP_MONGO_URI", &self.uri)
             .env("CAP_KEK_FILE", &self.kek_file)
-            .output()
+            .output_within_limit()
             .expect("run certautopilot")
     }
 
