@@ -3,9 +3,10 @@
 //!
 //! - `seq` is a strict total order across every process: an append is one
 //!   transaction that increments the head document (`audit_head`), inserts
-//!   the record under that number and moves the head's hash. Concurrent
-//!   appends conflict on the head and are retried by the driver, so numbers
-//!   have no gaps and no duplicates.
+//!   the record under that number and moves the head's hash. Appends that
+//!   overlap in one process share that transaction ([`group_commit`]);
+//!   those of several processes conflict on the head and are retried by the
+//!   driver, so numbers have no gaps and no duplicates.
 //! - `hash` is SHA-256 over the record's fields in a fixed order, including
 //!   `prev_hash`, so each record commits to all history before it.
 //! - Checkpoints ([`checkpoint`]) seal the chain with a chained HMAC under a
@@ -21,6 +22,7 @@
 //! compares its file with the log.
 
 pub mod checkpoint;
+pub mod group_commit;
 pub mod siem;
 pub mod witness;
 
@@ -73,10 +75,13 @@ impl Event {
     }
 }
 
+/// Appends records; clones share one [`group_commit::GroupCommit`], so the
+/// appends of every clone that overlap in time share transactions.
 #[derive(Clone)]
 pub struct Audit {
     store: Store,
     metrics: Option<Arc<Metrics>>,
+    group: Arc<group_commit::GroupCommit>,
 }
 
 impl Audit {
@@ -84,6 +89,7 @@ impl Audit {
         Audit {
             store,
             metrics: None,
+            group: Arc::default(),
         }
     }
 
@@ -92,59 +98,22 @@ impl Audit {
         self
     }
 
-    /// Appends `event` as the next record; returns its `seq`.
+    /// Appends `event` as the next record; returns its `seq`. Appends that
+    /// overlap in time go out together ([`group_commit`]).
     pub async fn append(&self, event: &Event) -> Result<i64, MongoError> {
-        let time = self.store.server_now().await?;
-        let seq = self
-            .store
-            .ride_through("append audit record", || async {
-                let context = (self.store.clone(), event.clone(), time);
-                let mut session = self.store.client().start_session().await?;
-                session
-                    .start_transaction()
-                    .and_run(context, |session, (store, event, time)| {
-                        async move {
-                            // Taking the head first makes concurrent appends
-                            // conflict at once; the driver retries the loser.
-                            let head = store
-                                .collection(AUDIT_HEAD_COLLECTION)
-                                .find_one_and_update(
-                                    doc! { "_id": "head" },
-                                    doc! { "$inc": { "seq": 1i64 } },
-                                )
-                                .upsert(true)
-                                .return_document(ReturnDocument::After)
-                                .session(&mut *session)
-                                .await?
-                                .expect("an upsert returns the document");
-                            let seq = head.get_i64("seq").unwrap_or(1);
-                            let prev_hash = head.get_str("hash").unwrap_or(GENESIS_HASH);
-                            let record = record(seq, *time, event, prev_hash);
-                            let hash = record.get_str("hash").expect("hashed").to_string();
-                            store
-                                .collection(AUDIT_COLLECTION)
-                                .insert_one(record)
-                                .session(&mut *session)
-                                .await?;
-                            store
-                                .collection(AUDIT_HEAD_COLLECTION)
-                                .update_one(
-                                    doc! { "_id": "head" },
-                                    doc! { "$set": { "hash": hash } },
-                                )
-                                .session(&mut *session)
-                                .await?;
-                            Ok(seq)
-                        }
-                        .boxed()
-                    })
-                    .await
+        let (store, metrics) = (self.store.clone(), self.metrics.clone());
+        self.group
+            .append(event, move |events| {
+                let (store, metrics) = (store.clone(), metrics.clone());
+                async move {
+                    let first = commit_group(&store, events.clone()).await?;
+                    if let Some(m) = &metrics {
+                        m.audit_appends_total.inc_by(events.len() as u64);
+                    }
+                    Ok(first)
+                }
             })
-            .await?;
-        if let Some(m) = &self.metrics {
-            m.audit_appends_total.inc();
-        }
-        Ok(seq)
+            .await
     }
 
     /// Appends, logging instead of failing: for events reported after the
@@ -170,6 +139,63 @@ impl Audit {
             None => (0, GENESIS_HASH.to_string()),
         })
     }
+}
+
+/// Appends `events` as consecutive records in one transaction; returns the
+/// first one's `seq`. All carry the database's time as the group went out.
+async fn commit_group(store: &Store, events: Vec<Event>) -> Result<i64, MongoError> {
+    let time = store.server_now().await?;
+    let count = events.len() as i64;
+    store
+        .ride_through("append audit records", || async {
+            let context = (store.clone(), events.clone(), time);
+            let mut session = store.client().start_session().await?;
+            session
+                .start_transaction()
+                .and_run(context, |session, (store, events, time)| {
+                    async move {
+                        // Taking the head first makes concurrent appends
+                        // conflict at once; the driver retries the loser.
+                        let head = store
+                            .collection(AUDIT_HEAD_COLLECTION)
+                            .find_one_and_update(
+                                doc! { "_id": "head" },
+                                doc! { "$inc": { "seq": count } },
+                            )
+                            .upsert(true)
+                            .return_document(ReturnDocument::After)
+                            .session(&mut *session)
+                            .await?
+                            .expect("an upsert returns the document");
+                        let first = head.get_i64("seq").unwrap_or(count) - count + 1;
+                        let mut prev_hash =
+                            head.get_str("hash").unwrap_or(GENESIS_HASH).to_string();
+                        let mut records = Vec::with_capacity(events.len());
+                        for (i, event) in events.iter().enumerate() {
+                            let record = record(first + i as i64, *time, event, &prev_hash);
+                            prev_hash = record.get_str("hash").expect("hashed").to_string();
+                            records.push(record);
+                        }
+                        store
+                            .collection(AUDIT_COLLECTION)
+                            .insert_many(records)
+                            .session(&mut *session)
+                            .await?;
+                        store
+                            .collection(AUDIT_HEAD_COLLECTION)
+                            .update_one(
+                                doc! { "_id": "head" },
+                                doc! { "$set": { "hash": &prev_hash } },
+                            )
+                            .session(&mut *session)
+                            .await?;
+                        Ok(first)
+                    }
+                    .boxed()
+                })
+                .await
+        })
+        .await
 }
 
 /// A record as stored, its hash computed.

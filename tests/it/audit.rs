@@ -654,3 +654,69 @@ async fn concurrent_appends_from_several_processes_form_one_gapless_chain() {
     seal(&db, &key, all.len() as i64).await;
     assert_eq!(verify(&db, &key).await, None);
 }
+
+/// Group commit inside one process: appends from many tasks of one `Audit`
+/// (sharing transactions) and of a second, separate `Audit` (whose groups
+/// conflict with the first's on the head) form one gapless chain, and each
+/// caller is answered with the `seq` of its own record.
+#[tokio::test]
+async fn overlapping_appends_of_one_process_share_transactions_and_each_gets_its_own_seq() {
+    let db = TestDb::migrated("audit_groups").await;
+    let store = db.store().await;
+    let (shared, separate) = (Audit::new(store.clone()), Audit::new(store.clone()));
+    let mut tasks = Vec::new();
+    for task in 0..12 {
+        let audit = if task < 8 {
+            shared.clone()
+        } else {
+            separate.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut answered = Vec::new();
+            for i in 0..40 {
+                let target = format!("things/{task}-{i}");
+                let seq = audit
+                    .append(&Event::new("grouped", "thing.changed", target.clone()))
+                    .await
+                    .unwrap();
+                answered.push((seq, target));
+            }
+            answered
+        }));
+    }
+    let mut answered = Vec::new();
+    for task in tasks {
+        answered.extend(task.await.unwrap());
+    }
+    let all = records(&db).await;
+    let seqs: Vec<i64> = all.iter().map(|r| r.get_i64("seq").unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=480).collect::<Vec<_>>(),
+        "no gaps, no duplicates"
+    );
+    for (seq, target) in &answered {
+        assert_eq!(
+            all[*seq as usize - 1].get_str("target").unwrap(),
+            target,
+            "seq {seq} answered to the caller that appended it"
+        );
+    }
+    // Each task's own records are in the order it appended them.
+    for task in 0..12 {
+        let mine: Vec<i64> = answered
+            .iter()
+            .filter(|(_, t)| t.starts_with(&format!("things/{task}-")))
+            .map(|(s, _)| *s)
+            .collect();
+        assert!(
+            mine.windows(2).all(|w| w[0] < w[1]),
+            "task {task}: {mine:?}"
+        );
+    }
+    let key = audit::checkpoint::key(&Secrets::new(store.clone(), db.kek()))
+        .await
+        .unwrap();
+    seal(&db, &key, 480).await;
+    assert_eq!(verify(&db, &key).await, None);
+}
