@@ -197,6 +197,33 @@ impl JobQueue {
         }
     }
 
+    /// The ids of the jobs that hold any of `keys`, by key.
+    pub async fn ids_by_key(
+        &self,
+        keys: &[&str],
+    ) -> Result<std::collections::HashMap<String, ObjectId>, MongoError> {
+        let found: Vec<Document> = self
+            .store
+            .ride_through("find jobs by key", || async {
+                self.jobs
+                    .find(doc! { "key": { "$in": keys } })
+                    .projection(doc! { "_id": 1, "key": 1 })
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await?;
+        Ok(found
+            .iter()
+            .filter_map(|d| {
+                Some((
+                    d.get_str("key").ok()?.to_string(),
+                    d.get_object_id("_id").ok()?,
+                ))
+            })
+            .collect())
+    }
+
     /// Adds a job unless one with the same key exists (the unique index on
     /// `key` refuses the second). Safe to repeat.
     pub async fn enqueue(&self, job: &NewJob) -> Result<Enqueued, MongoError> {

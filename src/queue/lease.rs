@@ -16,7 +16,7 @@ use mongodb::error::Error as MongoError;
 use mongodb::Collection;
 
 use crate::queue::jobs::{Enqueued, JobQueue, NewJob, JOBS_COLLECTION};
-use crate::store::fence::{write_fenced, FenceError, FencedWrite};
+use crate::store::fence::{write_all_fenced, write_fenced, FenceError, FencedWrite};
 use crate::store::{is_duplicate_key, Store};
 
 pub const LEASES_COLLECTION: &str = "leases";
@@ -241,6 +241,79 @@ impl Leases {
         match result {
             Ok(()) => Ok(Enqueued { id, created: true }),
             Err(FenceError::Db(e)) if is_duplicate_key(&e) => Ok(Enqueued { id, created: false }),
+            Err(FenceError::Lost) => Err(LeaseError::Lost(term.lease.clone())),
+            Err(FenceError::Db(e)) => Err(LeaseError::Db(e)),
+        }
+    }
+
+    /// Enqueues `jobs` on behalf of a leader in one transaction that first
+    /// proves the term is still current; a job whose key is already queued
+    /// is not added again. Answers in the order of `jobs`.
+    pub async fn enqueue_all_as_leader(
+        &self,
+        term: &Term,
+        jobs: &[NewJob],
+    ) -> Result<Vec<Enqueued>, LeaseError> {
+        let queue = JobQueue::new(self.store.clone());
+        let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
+        // A write error aborts a transaction, so the keys already queued are
+        // looked up first; one queued meanwhile by another enqueuer (not a
+        // leader: those are fenced off) aborts it, and it is looked at again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut queued = queue.ids_by_key(&keys).await?;
+            let now = self.store.server_now().await?;
+            let mut fresh = Vec::new();
+            let enqueued: Vec<Enqueued> = jobs
+                .iter()
+                .map(|job| match queued.get(&job.key) {
+                    Some(id) => Enqueued {
+                        id: *id,
+                        created: false,
+                    },
+                    None => {
+                        let document = JobQueue::new_job_document(job, now);
+                        let id = document.get_object_id("_id").expect("new job has an id");
+                        fresh.push(document);
+                        // The same key twice in `jobs`: one job.
+                        queued.insert(job.key.clone(), id);
+                        Enqueued { id, created: true }
+                    }
+                })
+                .collect();
+            let write = FencedWrite::InsertMany {
+                collection: JOBS_COLLECTION.to_string(),
+                documents: fresh,
+            };
+            match write_all_fenced(
+                &self.store,
+                LEASES_COLLECTION,
+                leader_fence(term),
+                vec![write],
+            )
+            .await
+            {
+                Ok(()) => return Ok(enqueued),
+                Err(FenceError::Db(e)) if is_duplicate_key(&e) && attempt < 3 => continue,
+                Err(FenceError::Lost) => return Err(LeaseError::Lost(term.lease.clone())),
+                Err(FenceError::Db(e)) => return Err(LeaseError::Db(e)),
+            }
+        }
+    }
+
+    /// Makes every one of `writes` on behalf of a leader, in one transaction,
+    /// only while its term is current.
+    pub async fn write_all_as_leader(
+        &self,
+        term: &Term,
+        writes: Vec<FencedWrite>,
+    ) -> Result<(), LeaseError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        match write_all_fenced(&self.store, LEASES_COLLECTION, leader_fence(term), writes).await {
+            Ok(()) => Ok(()),
             Err(FenceError::Lost) => Err(LeaseError::Lost(term.lease.clone())),
             Err(FenceError::Db(e)) => Err(LeaseError::Db(e)),
         }

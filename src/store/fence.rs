@@ -15,7 +15,7 @@ use mongodb::error::Error as MongoError;
 
 use crate::store::Store;
 
-/// The one write to make under a fence.
+/// A write to make under a fence.
 #[derive(Debug, Clone)]
 pub enum FencedWrite {
     UpdateOne {
@@ -27,6 +27,11 @@ pub enum FencedWrite {
     InsertOne {
         collection: String,
         document: Document,
+    },
+    /// Nothing when `documents` is empty.
+    InsertMany {
+        collection: String,
+        documents: Vec<Document>,
     },
 }
 
@@ -50,18 +55,29 @@ pub async fn write_fenced(
     fence: Document,
     write: FencedWrite,
 ) -> Result<(), FenceError> {
+    write_all_fenced(store, fence_collection, fence, vec![write]).await
+}
+
+/// Makes every one of `writes`, in order and in one transaction, only if
+/// `fence` still matches: all land or none.
+pub async fn write_all_fenced(
+    store: &Store,
+    fence_collection: &str,
+    fence: Document,
+    writes: Vec<FencedWrite>,
+) -> Result<(), FenceError> {
     let result = store
         .ride_through("fenced write", || async {
             let context = (
                 store.clone(),
                 store.collection(fence_collection),
                 fence.clone(),
-                write.clone(),
+                writes.clone(),
             );
             let mut session = store.client().start_session().await?;
             session
                 .start_transaction()
-                .and_run(context, |session, (store, fences, fence, write)| {
+                .and_run(context, |session, (store, fences, fence, writes)| {
                     async move {
                         let touched = fences
                             .update_one(
@@ -73,29 +89,43 @@ pub async fn write_fenced(
                         if touched.matched_count == 0 {
                             return Err(MongoError::custom(AbortFenceLost));
                         }
-                        match write {
-                            FencedWrite::UpdateOne {
-                                collection,
-                                filter,
-                                update,
-                                upsert,
-                            } => {
-                                store
-                                    .collection(collection)
-                                    .update_one(filter.clone(), update.clone())
-                                    .upsert(*upsert)
-                                    .session(&mut *session)
-                                    .await?;
-                            }
-                            FencedWrite::InsertOne {
-                                collection,
-                                document,
-                            } => {
-                                store
-                                    .collection(collection)
-                                    .insert_one(document.clone())
-                                    .session(&mut *session)
-                                    .await?;
+                        for write in writes.iter() {
+                            match write {
+                                FencedWrite::UpdateOne {
+                                    collection,
+                                    filter,
+                                    update,
+                                    upsert,
+                                } => {
+                                    store
+                                        .collection(collection)
+                                        .update_one(filter.clone(), update.clone())
+                                        .upsert(*upsert)
+                                        .session(&mut *session)
+                                        .await?;
+                                }
+                                FencedWrite::InsertOne {
+                                    collection,
+                                    document,
+                                } => {
+                                    store
+                                        .collection(collection)
+                                        .insert_one(document.clone())
+                                        .session(&mut *session)
+                                        .await?;
+                                }
+                                FencedWrite::InsertMany {
+                                    collection,
+                                    documents,
+                                } => {
+                                    if !documents.is_empty() {
+                                        store
+                                            .collection(collection)
+                                            .insert_many(documents.clone())
+                                            .session(&mut *session)
+                                            .await?;
+                                    }
+                                }
                             }
                         }
                         Ok(())

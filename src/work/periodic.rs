@@ -4,7 +4,7 @@
 //! Each kind keeps its next time in a field of the certificate, indexed. A
 //! tick asks only for certificates whose time has passed, enqueues one job
 //! per certificate keyed by the certificate and that time, and moves the time
-//! one interval on — both as the leader ([`Leases::enqueue_as_leader`]), so a
+//! one interval on — both as the leader ([`Leases::enqueue_all_as_leader`]), so a
 //! deposed leader writes nothing and a successor that finds the same time
 //! meets the same key. A job may set the next time itself (an ARI refresh
 //! honours the CA's `Retry-After`); the move only applies while the time is
@@ -12,7 +12,6 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use mongodb::bson::{doc, DateTime};
 
 use crate::domain::jobs::{self, CertificatePayload, JobKind, JobSpec};
@@ -22,8 +21,9 @@ use crate::store::certificates;
 
 /// Certificates one tick schedules at most, per kind (the rest wait).
 pub const DEFAULT_BATCH: i64 = 1000;
-/// Enqueues in flight at once during a tick.
-pub const ENQUEUE_CONCURRENCY: usize = 8;
+/// Certificates whose jobs a tick enqueues in one transaction (and whose
+/// marks it moves in the next): 1,000 due take 8 transactions.
+pub const ENQUEUE_GROUP: usize = 250;
 
 /// One kind of periodic work.
 #[derive(Debug, Clone, Copy)]
@@ -93,19 +93,25 @@ pub async fn enqueue_due(
     let (now, due) =
         certificates::due(leases.store(), field, batch, doc! { "_id": 1, field: 1 }).await?;
     let next = DateTime::from_millis(now.timestamp_millis() + every.as_millis() as i64);
-    let outcomes: Vec<Result<bool, LeaseError>> = futures::stream::iter(due)
-        .map(|cert| async move {
-            let id = cert.get_str("_id").unwrap_or_default().to_string();
-            let due_at = cert.get_datetime(field).copied().unwrap_or(now);
-            let job = NewJob::from_spec((periodic.job)(&id, due_at.timestamp_millis()));
-            let enqueued = leases.enqueue_as_leader(term, &job).await?;
-            leases
-                .write_as_leader(term, certificates::move_next(&id, field, due_at, next))
-                .await?;
-            Ok(enqueued.created)
-        })
-        .buffer_unordered(ENQUEUE_CONCURRENCY)
-        .collect()
-        .await;
+    let mut outcomes = Vec::with_capacity(due.len());
+    for group in due.chunks(ENQUEUE_GROUP) {
+        let due_at =
+            |cert: &mongodb::bson::Document| cert.get_datetime(field).copied().unwrap_or(now);
+        let id =
+            |cert: &mongodb::bson::Document| cert.get_str("_id").unwrap_or_default().to_string();
+        let jobs: Vec<NewJob> = group
+            .iter()
+            .map(|cert| {
+                NewJob::from_spec((periodic.job)(&id(cert), due_at(cert).timestamp_millis()))
+            })
+            .collect();
+        let enqueued = leases.enqueue_all_as_leader(term, &jobs).await?;
+        let moves = group
+            .iter()
+            .map(|cert| certificates::move_next(&id(cert), field, due_at(cert), next))
+            .collect();
+        leases.write_all_as_leader(term, moves).await?;
+        outcomes.extend(enqueued.iter().map(|e| Ok(e.created)));
+    }
     TickReport::of(outcomes)
 }
