@@ -22,6 +22,7 @@ pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
 /// The longest a token made through the API lives, and its lifetime when
 /// the request names none: 90 days.
 pub const DEFAULT_API_TOKEN_MAX_LIFETIME_SECS: u64 = 90 * 86_400;
+pub const DEFAULT_API_TOKEN_CACHE_SECS: u64 = 5;
 pub const DEFAULT_HOUSEKEEPING_SECS: u64 = 60;
 pub const DEFAULT_RENEWAL_SCAN_SECS: u64 = 30;
 pub const DEFAULT_DRIFT_SCAN_SECS: u64 = 3600;
@@ -186,6 +187,9 @@ pub struct WorkloadArgs {
     /// Longest lifetime of a token made through the API, and its lifetime when none is asked for [default: 7776000, 90 days]
     #[arg(long, env = "CAP_API_TOKEN_MAX_LIFETIME_SECS")]
     pub api_token_max_lifetime_secs: Option<String>,
+    /// How long an api replica remembers a checked token; a revoked token works on other replicas for up to this long; 0 checks every request [default: 5]
+    #[arg(long, env = "CAP_API_TOKEN_CACHE_SECS")]
+    pub api_token_cache_secs: Option<String>,
     /// How often the scheduler leader enqueues housekeeping [default: 60]
     #[arg(long, env = "CAP_HOUSEKEEPING_SECS")]
     pub housekeeping_secs: Option<String>,
@@ -442,6 +446,7 @@ pub struct WorkloadConfig {
     pub readyz_grace: Duration,
     pub shutdown_grace: Duration,
     pub api_token_max_lifetime: Duration,
+    pub api_token_cache: Duration,
     pub housekeeping_interval: Duration,
     pub job_max_attempts: u32,
     pub job_retention: Duration,
@@ -611,6 +616,12 @@ impl WorkloadArgs {
                 "CAP_API_TOKEN_MAX_LIFETIME_SECS",
                 DEFAULT_API_TOKEN_MAX_LIFETIME_SECS,
                 60..=10 * 365 * 86_400,
+            )?,
+            api_token_cache: secs(
+                &self.api_token_cache_secs,
+                "CAP_API_TOKEN_CACHE_SECS",
+                DEFAULT_API_TOKEN_CACHE_SECS,
+                0..=300,
             )?,
             housekeeping_interval: secs(
                 &self.housekeeping_secs,

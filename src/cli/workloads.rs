@@ -26,6 +26,7 @@ use crate::crypto::api_tokens::TokenKey;
 use crate::crypto::kek::KekConfig;
 use crate::crypto::secrets::Secrets;
 use crate::domain::jobs::JobKind;
+use crate::http::api::token_cache::TokenCache;
 use crate::http::api::ApiState;
 use crate::http::{self, health::DepthCache, AppState};
 use crate::observe::metrics::Metrics;
@@ -131,6 +132,7 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
         store: store.clone(),
         secrets: Secrets::new(store.clone(), kek.clone()),
         token_key: TokenKey::new(Secrets::new(store.clone(), kek.clone())),
+        token_cache: Arc::new(TokenCache::new(cfg.api_token_cache)),
         queue: queue.clone(),
         audit: Audit::new(store.clone()).with_metrics(metrics.clone()),
         metrics: metrics.clone(),

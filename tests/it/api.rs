@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::support::api::{assert_not_stored, token};
-use crate::support::cluster::Cluster;
+use crate::support::cluster::{Cluster, Role};
 use crate::support::pebble::PebbleOptions;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -544,4 +544,87 @@ async fn tokens_are_listed_without_secrets_and_revoked_with_what_they_minted() {
     assert_eq!(p_admin.get(&format!("/projects/{p}")).await.0, 401);
     assert_eq!(p_editor.get(&format!("/projects/{p}")).await.0, 401);
     assert_eq!(q_admin.get(&format!("/projects/{q}")).await.0, 200);
+}
+
+/// Replicas remember a checked token for `CAP_API_TOKEN_CACHE_SECS`: one
+/// revoked through another replica stops working there within that time,
+/// and at once on the replica that revoked it.
+#[tokio::test]
+async fn a_token_revoked_through_one_replica_stops_on_the_others_within_the_cache_time() {
+    let cache = Duration::from_secs(2);
+    let cluster = Cluster::builder("token_cache")
+        .apis(2)
+        .env(Role::Api, "CAP_API_TOKEN_CACHE_SECS", "2")
+        .start()
+        .await;
+    let root = &cluster.api;
+    let (status, p) = root.post("/projects", json!({ "name": "cached" })).await;
+    assert_eq!(status, 201, "{p}");
+    let p = p["id"].as_str().unwrap().to_string();
+    let (viewer_id, viewer) = mint(root, &p, "viewer").await;
+    let on = |i: usize, client: &crate::support::api::ApiClient| {
+        client.with_base(format!("http://{}/v1", cluster.apis[i].http))
+    };
+    let (viewer_a, viewer_b) = (on(0, &viewer), on(1, &viewer));
+    let project = format!("/projects/{p}");
+    assert_eq!(viewer_b.get(&project).await.0, 200, "checked on B");
+
+    let revoked = on(0, root)
+        .call(Method::DELETE, &format!("/tokens/{viewer_id}"), None)
+        .await;
+    assert_eq!(revoked.0, 204, "{}", revoked.1);
+    let at = std::time::Instant::now();
+    assert_eq!(viewer_a.get(&project).await.0, 401, "at once where revoked");
+    let stopped = crate::support::wait_until(cache + Duration::from_secs(2), || async {
+        viewer_b.get(&project).await.0 == 401
+    })
+    .await;
+    let took = at.elapsed();
+    println!("the revoked token stopped on the other replica after {took:?}");
+    assert!(
+        stopped && took <= cache + Duration::from_millis(500),
+        "took {took:?}"
+    );
+    assert_eq!(viewer_b.get(&project).await.0, 401, "and stays stopped");
+}
+
+/// A documented path asked with a method it does not answer: 405 naming the
+/// methods it does in `Allow`; a path nobody answers: 404.
+#[tokio::test]
+async fn an_unknown_method_on_a_known_path_is_405_with_allow() {
+    let cluster = Cluster::builder("allow").start().await;
+    let (status, p) = cluster
+        .api
+        .post("/projects", json!({ "name": "allow" }))
+        .await;
+    assert_eq!(status, 201, "{p}");
+    let p = p["id"].as_str().unwrap();
+    let http = reqwest::Client::new();
+    let base = &cluster.api.base;
+    for (method, path, allow) in [
+        (Method::TRACE, "/projects".to_string(), "GET, POST"),
+        (Method::DELETE, format!("/projects/{p}"), "GET"),
+        (
+            Method::PUT,
+            format!("/projects/{p}/certificates"),
+            "GET, POST",
+        ),
+        (Method::POST, "/tokens/tok_x".to_string(), "DELETE"),
+    ] {
+        let answer = http
+            .request(method.clone(), format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 405, "{method} {path}");
+        assert_eq!(answer.headers()["allow"], allow, "{method} {path}");
+        let body: Value = answer.json().await.unwrap();
+        assert!(body["detail"].as_str().unwrap().contains(allow), "{body}");
+    }
+    let answer = http
+        .request(Method::TRACE, format!("{base}/projects/{p}/nothing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 404);
 }

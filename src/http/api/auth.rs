@@ -8,6 +8,8 @@
 //! another project's objects exist.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
@@ -18,6 +20,7 @@ use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use rand::RngCore;
 
 use super::problem::{ApiResult, Problem};
+use super::token_cache::TokenCache;
 use super::ApiState;
 use crate::crypto::api_tokens::TokenKey;
 use crate::crypto::secrets::SecretError;
@@ -173,7 +176,12 @@ pub async fn create(
     Ok(NewToken { id, secret })
 }
 
-async fn caller(store: Store, token_key: TokenKey, header: Option<String>) -> ApiResult<Caller> {
+async fn caller(
+    store: Store,
+    token_key: TokenKey,
+    cache: Arc<TokenCache<Caller>>,
+    header: Option<String>,
+) -> ApiResult<Caller> {
     let Some(header) = header else {
         return Err(Problem::unauthorized());
     };
@@ -184,6 +192,9 @@ async fn caller(store: Store, token_key: TokenKey, header: Option<String>) -> Ap
         tracing::error!(error = %e, "the API token key cannot be read");
         Problem::unavailable("tokens cannot be checked right now (is the KEK available?)")
     })?;
+    if let Some(known) = cache.get(&record_id) {
+        return Ok(known);
+    }
     let found = tokens::live(&store, &record_id).await?;
     let Some(token) = found else {
         return Err(Problem::unauthorized().detail("unknown, revoked or expired API token"));
@@ -197,7 +208,8 @@ async fn caller(store: Store, token_key: TokenKey, header: Option<String>) -> Ap
         return Err(Problem::unauthorized().detail("unknown, revoked or expired API token"));
     }
     let seen = token.get_datetime("last_used_at").ok().copied();
-    if let Err(e) = tokens::touch(&store, &record_id, seen, store.server_now().await?).await {
+    let now = store.server_now().await?;
+    if let Err(e) = tokens::touch(&store, &record_id, seen, now).await {
         tracing::warn!(error = %crate::store::short(&e), "a token's last use was not recorded");
     }
     let roles = token
@@ -214,11 +226,16 @@ async fn caller(store: Store, token_key: TokenKey, header: Option<String>) -> Ap
                 .collect()
         })
         .unwrap_or_default();
-    Ok(Caller {
+    let caller = Caller {
         token_id: token.get_str("id").unwrap_or_default().to_string(),
         global_admin: token.get_bool("global_admin").unwrap_or(false),
         roles,
-    })
+    };
+    let left = token.get_datetime("expires_at").ok().map(|at| {
+        Duration::from_millis((at.timestamp_millis() - now.timestamp_millis()).max(0) as u64)
+    });
+    cache.put(&record_id, &caller, left);
+    Ok(caller)
 }
 
 impl FromRequest for Caller {
@@ -228,16 +245,16 @@ impl FromRequest for Caller {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req
             .app_data::<web::Data<ApiState>>()
-            .map(|s| (s.store.clone(), s.token_key.clone()));
+            .map(|s| (s.store.clone(), s.token_key.clone(), s.token_cache.clone()));
         let header = req
             .headers()
             .get("Authorization")
             .and_then(|h| h.to_str().ok())
             .map(str::to_string);
         Box::pin(async move {
-            let (store, token_key) =
+            let (store, token_key, cache) =
                 state.ok_or_else(|| Problem::unavailable("the API is not configured"))?;
-            caller(store, token_key, header).await
+            caller(store, token_key, cache, header).await
         })
     }
 }

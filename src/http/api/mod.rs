@@ -11,6 +11,7 @@ pub mod issuers;
 pub mod openapi;
 pub mod problem;
 pub mod projects;
+pub mod token_cache;
 pub mod tokens;
 pub mod validate;
 
@@ -36,6 +37,8 @@ pub struct ApiState {
     pub secrets: Secrets,
     /// Keys token records ([`crate::crypto::api_tokens`]).
     pub token_key: TokenKey,
+    /// Tokens checked in the last few seconds (`CAP_API_TOKEN_CACHE_SECS`).
+    pub token_cache: std::sync::Arc<token_cache::TokenCache<auth::Caller>>,
     pub queue: JobQueue,
     pub audit: Audit,
     pub metrics: std::sync::Arc<crate::observe::metrics::Metrics>,
@@ -69,10 +72,31 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(certificates::routes)
             .configure(tokens::routes)
             .configure(audit_log::routes)
-            .default_service(web::to(|| async {
-                Err::<actix_web::HttpResponse, _>(Problem::not_found("endpoint"))
-            })),
+            .default_service(web::to(unmatched)),
     );
+}
+
+/// No route took the request: 405 with `Allow` for a documented path asked
+/// with another method, else 404.
+async fn unmatched(req: HttpRequest) -> actix_web::HttpResponse {
+    use actix_web::ResponseError;
+    let Some(methods) = openapi::methods_at(req.path()) else {
+        return Problem::not_found("endpoint").error_response();
+    };
+    let allow = methods.join(", ");
+    let mut response = Problem::new(
+        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+    )
+    .detail(format!("{} is not answered here; {allow} is", req.method()))
+    .error_response();
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allow) {
+        response
+            .headers_mut()
+            .insert(actix_web::http::header::ALLOW, value);
+    }
+    response
 }
 
 /// The separate challenge listener (`CAP_CHALLENGE_ADDR`): challenges only.

@@ -58,6 +58,44 @@ pub fn document() -> &'static str {
     })
 }
 
+/// The methods the document gives for the path that `path` (a request's)
+/// falls under, upper case; `None` when no documented path matches it.
+pub fn methods_at(path: &str) -> Option<&'static [String]> {
+    type Template = (Vec<Option<String>>, Vec<String>);
+    static TEMPLATES: OnceLock<Vec<Template>> = OnceLock::new();
+    let templates = TEMPLATES.get_or_init(|| {
+        let doc: serde_json::Value =
+            serde_json::from_str(document()).expect("the document is JSON");
+        let paths = doc["paths"].as_object().cloned().unwrap_or_default();
+        paths
+            .into_iter()
+            .map(|(template, item)| {
+                // `{name}` matches any one segment; the rest must be equal.
+                let segments = template
+                    .split('/')
+                    .map(|s| (!s.starts_with('{')).then(|| s.to_string()))
+                    .collect();
+                let methods = item
+                    .as_object()
+                    .map(|ops| ops.keys().map(|m| m.to_uppercase()).collect())
+                    .unwrap_or_default();
+                (segments, methods)
+            })
+            .collect()
+    });
+    let asked: Vec<&str> = path.split('/').collect();
+    templates
+        .iter()
+        .find(|(segments, _)| {
+            segments.len() == asked.len()
+                && segments.iter().zip(&asked).all(|(want, got)| match want {
+                    Some(literal) => literal == got,
+                    None => !got.is_empty(),
+                })
+        })
+        .map(|(_, methods)| methods.as_slice())
+}
+
 pub async fn serve() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
@@ -80,6 +118,13 @@ mod tests {
         ] {
             assert!(doc["paths"][path].is_object(), "{path} documented");
         }
+        assert_eq!(
+            super::methods_at("/v1/projects/prj_1/certificates").unwrap(),
+            ["GET", "POST"]
+        );
+        assert_eq!(super::methods_at("/v1/tokens/tok_1").unwrap(), ["DELETE"]);
+        assert!(super::methods_at("/v1/projects/prj_1/nothing").is_none());
+        assert!(super::methods_at("/v1/projects//certificates").is_none());
         let schemas = &doc["components"]["schemas"];
         for s in ["NewCertificate", "CertificateView", "Problem", "FieldError"] {
             assert!(schemas[s].is_object(), "{s} documented");

@@ -239,6 +239,8 @@ pub async fn revoke(
         .filter(|t| caller.manages(t))
         .ok_or_else(|| Problem::not_found("token"))?;
     let revoked = store_tokens::revoke_with_minted(&state.store, &id).await?;
+    // Here at once; on the other replicas within CAP_API_TOKEN_CACHE_SECS.
+    state.token_cache.clear();
     audit(
         &state,
         caller.actor(),

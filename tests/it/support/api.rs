@@ -59,6 +59,14 @@ impl ApiClient {
     }
 
     /// The same API, called with another bearer token.
+    /// The same token against another base URL (one replica, say).
+    pub fn with_base(&self, base: String) -> ApiClient {
+        ApiClient {
+            base,
+            ..self.clone()
+        }
+    }
+
     pub fn with_token(&self, token: &str) -> ApiClient {
         ApiClient {
             base: self.base.clone(),
