@@ -12,12 +12,13 @@
 
 use std::time::Duration;
 
-use mongodb::bson::{doc, DateTime};
+use mongodb::bson::{doc, oid::ObjectId, DateTime, Document};
 
 use crate::domain::jobs::{self, CertificatePayload, JobKind, JobSpec};
-use crate::queue::jobs::NewJob;
+use crate::queue::jobs::{Enqueued, NewJob};
 use crate::queue::lease::{LeaseError, Leases, Term};
 use crate::store::certificates;
+use crate::store::fence::FencedWrite;
 
 /// Certificates one tick schedules at most, per kind (the rest wait).
 pub const DEFAULT_BATCH: i64 = 1000;
@@ -64,20 +65,53 @@ pub struct TickReport {
 }
 
 impl TickReport {
-    /// Counts a tick's enqueues (`true`: created); the first error wins.
-    pub fn of(outcomes: Vec<Result<bool, LeaseError>>) -> Result<TickReport, LeaseError> {
-        let mut report = TickReport {
-            due: outcomes.len(),
-            ..TickReport::default()
-        };
-        for outcome in outcomes {
-            match outcome? {
-                true => report.enqueued += 1,
-                false => report.already_queued += 1,
-            }
+    /// Counts a tick's enqueues: new jobs, and those already queued.
+    pub fn of(enqueued: &[Enqueued]) -> TickReport {
+        let created = enqueued.iter().filter(|e| e.created).count();
+        TickReport {
+            due: enqueued.len(),
+            enqueued: created,
+            already_queued: enqueued.len() - created,
         }
-        Ok(report)
     }
+}
+
+/// Enqueues the job `job` makes of each of `work` as the leader of `term`,
+/// [`ENQUEUE_GROUP`] at a time: a group's jobs in one fenced transaction,
+/// then the writes `mark` makes of each (given the job queued for it) in
+/// another. A leader that dies between the two leaves work its successor
+/// finds again, whose enqueue then meets the same keys. `pause_between` is
+/// fault injection for tests: a sleep between a group's two transactions.
+/// Answers, in the order of `work`, the job queued for each.
+pub async fn enqueue_in_groups<T>(
+    leases: &Leases,
+    term: &Term,
+    work: &[T],
+    job: impl Fn(&T) -> NewJob,
+    mark: impl Fn(&T, ObjectId) -> FencedWrite,
+    pause_between: Option<Duration>,
+) -> Result<Vec<Enqueued>, LeaseError> {
+    let mut queued = Vec::with_capacity(work.len());
+    for group in work.chunks(ENQUEUE_GROUP) {
+        let jobs: Vec<NewJob> = group.iter().map(&job).collect();
+        let enqueued = leases.enqueue_all_as_leader(term, &jobs).await?;
+        if let Some(pause) = pause_between {
+            tracing::warn!(
+                jobs = group.len(),
+                pause_secs = pause.as_secs(),
+                "fault injection: pausing between an enqueue and its marks"
+            );
+            tokio::time::sleep(pause).await;
+        }
+        let marks = group
+            .iter()
+            .zip(&enqueued)
+            .map(|(w, e)| mark(w, e.id))
+            .collect();
+        leases.write_all_as_leader(term, marks).await?;
+        queued.extend(enqueued);
+    }
+    Ok(queued)
 }
 
 /// Enqueues `periodic` for up to `batch` certificates whose time has come,
@@ -93,25 +127,16 @@ pub async fn enqueue_due(
     let (now, due) =
         certificates::due(leases.store(), field, batch, doc! { "_id": 1, field: 1 }).await?;
     let next = DateTime::from_millis(now.timestamp_millis() + every.as_millis() as i64);
-    let mut outcomes = Vec::with_capacity(due.len());
-    for group in due.chunks(ENQUEUE_GROUP) {
-        let due_at =
-            |cert: &mongodb::bson::Document| cert.get_datetime(field).copied().unwrap_or(now);
-        let id =
-            |cert: &mongodb::bson::Document| cert.get_str("_id").unwrap_or_default().to_string();
-        let jobs: Vec<NewJob> = group
-            .iter()
-            .map(|cert| {
-                NewJob::from_spec((periodic.job)(&id(cert), due_at(cert).timestamp_millis()))
-            })
-            .collect();
-        let enqueued = leases.enqueue_all_as_leader(term, &jobs).await?;
-        let moves = group
-            .iter()
-            .map(|cert| certificates::move_next(&id(cert), field, due_at(cert), next))
-            .collect();
-        leases.write_all_as_leader(term, moves).await?;
-        outcomes.extend(enqueued.iter().map(|e| Ok(e.created)));
-    }
-    TickReport::of(outcomes)
+    let due_at = |cert: &Document| cert.get_datetime(field).copied().unwrap_or(now);
+    let id = |cert: &Document| cert.get_str("_id").unwrap_or_default().to_string();
+    let enqueued = enqueue_in_groups(
+        leases,
+        term,
+        &due,
+        |cert| NewJob::from_spec((periodic.job)(&id(cert), due_at(cert).timestamp_millis())),
+        |cert, _| certificates::move_next(&id(cert), field, due_at(cert), next),
+        None,
+    )
+    .await?;
+    Ok(TickReport::of(&enqueued))
 }

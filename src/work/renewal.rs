@@ -21,13 +21,13 @@ use crate::domain::jobs;
 use crate::queue::jobs::NewJob;
 use crate::queue::lease::{LeaseError, Leases, Term};
 use crate::store::certificates;
-use crate::work::periodic::{TickReport, ENQUEUE_GROUP};
+use crate::work::periodic::{enqueue_in_groups, TickReport};
 
 /// Certificates a tick enqueues at most (the rest wait for the next tick).
 pub const DEFAULT_SCAN_BATCH: i64 = 1000;
 
 /// One scan: enqueues a renewal for up to `batch` certificates whose time has
-/// come, as the leader of `term`, [`ENQUEUE_GROUP`] at a time: each group's
+/// come, as the leader of `term`, in groups ([`enqueue_in_groups`]): each group's
 /// jobs in one fenced transaction, then their marks in another.
 /// `pause_after_enqueue` is fault injection for tests: sleep between a
 /// group's enqueue and its marks, so a test can kill us there.
@@ -44,40 +44,26 @@ pub async fn enqueue_due(
         doc! { "_id": 1, "current.serial": 1, "consecutive_failures": 1 },
     )
     .await?;
-    let due: Vec<_> = due.iter().map(certificates::parse).collect();
-    let mut created = Vec::with_capacity(due.len());
-    for group in due.chunks(ENQUEUE_GROUP) {
-        let serial = |c: &Certificate| {
-            c.current
-                .as_ref()
-                .map(|c| c.serial.clone())
-                .unwrap_or_default()
-        };
-        let jobs: Vec<NewJob> = group
-            .iter()
-            .map(|c| NewJob::from_spec(jobs::renewal(&c.id, &serial(c), c.consecutive_failures)))
-            .collect();
-        let enqueued = leases.enqueue_all_as_leader(term, &jobs).await?;
-        if let Some(pause) = pause_after_enqueue {
-            tracing::warn!(
-                certificates = group.len(),
-                pause_secs = pause.as_secs(),
-                "fault injection: pausing between renewals' enqueue and their marks"
-            );
-            tokio::time::sleep(pause).await;
-        }
-        let marks = group
-            .iter()
-            .zip(&enqueued)
-            .map(|(c, e)| certificates::renewal_enqueued(&c.id, &serial(c), e.id))
-            .collect();
-        leases.write_all_as_leader(term, marks).await?;
-        for (c, e) in group.iter().zip(&enqueued) {
-            if e.created {
-                tracing::info!(certificate = %c.id, serial = %serial(c), job = %e.id, "renewal enqueued");
-            }
-            created.push(Ok(e.created));
+    let due: Vec<Certificate> = due.iter().map(certificates::parse).collect();
+    let serial = |c: &Certificate| {
+        c.current
+            .as_ref()
+            .map(|c| c.serial.clone())
+            .unwrap_or_default()
+    };
+    let enqueued = enqueue_in_groups(
+        leases,
+        term,
+        &due,
+        |c| NewJob::from_spec(jobs::renewal(&c.id, &serial(c), c.consecutive_failures)),
+        |c, job| certificates::renewal_enqueued(&c.id, &serial(c), job),
+        pause_after_enqueue,
+    )
+    .await?;
+    for (c, e) in due.iter().zip(&enqueued) {
+        if e.created {
+            tracing::info!(certificate = %c.id, serial = %serial(c), job = %e.id, "renewal enqueued");
         }
     }
-    TickReport::of(created)
+    Ok(TickReport::of(&enqueued))
 }

@@ -567,6 +567,8 @@ async fn a_token_revoked_through_one_replica_stops_on_the_others_within_the_cach
     };
     let (viewer_a, viewer_b) = (on(0, &viewer), on(1, &viewer));
     let project = format!("/projects/{p}");
+    // Checked on both, so both remember it.
+    assert_eq!(viewer_a.get(&project).await.0, 200, "checked on A");
     assert_eq!(viewer_b.get(&project).await.0, 200, "checked on B");
 
     let revoked = on(0, root)
@@ -574,7 +576,11 @@ async fn a_token_revoked_through_one_replica_stops_on_the_others_within_the_cach
         .await;
     assert_eq!(revoked.0, 204, "{}", revoked.1);
     let at = std::time::Instant::now();
-    assert_eq!(viewer_a.get(&project).await.0, 401, "at once where revoked");
+    assert_eq!(
+        viewer_a.get(&project).await.0,
+        401,
+        "at once where revoked: the revocation cleared that replica's memory"
+    );
     let stopped = crate::support::wait_until(cache + Duration::from_secs(2), || async {
         viewer_b.get(&project).await.0 == 401
     })
