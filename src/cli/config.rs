@@ -23,6 +23,9 @@ pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
 /// the request names none: 90 days.
 pub const DEFAULT_API_TOKEN_MAX_LIFETIME_SECS: u64 = 90 * 86_400;
 pub const DEFAULT_API_TOKEN_CACHE_SECS: u64 = 5;
+/// Requests per minute one API token may make, over every api replica:
+/// 20 a second, sustained.
+pub const DEFAULT_API_RATE_LIMIT: u64 = 1200;
 pub const DEFAULT_HOUSEKEEPING_SECS: u64 = 60;
 pub const DEFAULT_RENEWAL_SCAN_SECS: u64 = 30;
 pub const DEFAULT_DRIFT_SCAN_SECS: u64 = 3600;
@@ -190,6 +193,9 @@ pub struct WorkloadArgs {
     /// How long an api replica remembers a checked token; a revoked token works on other replicas for up to this long; 0 checks every request [default: 5]
     #[arg(long, env = "CAP_API_TOKEN_CACHE_SECS")]
     pub api_token_cache_secs: Option<String>,
+    /// Requests per minute one API token may make, summed over every api replica; past it, 429 with Retry-After; 0: no limit [default: 1200]
+    #[arg(long, env = "CAP_API_RATE_LIMIT")]
+    pub api_rate_limit: Option<String>,
     /// How often the scheduler leader enqueues housekeeping [default: 60]
     #[arg(long, env = "CAP_HOUSEKEEPING_SECS")]
     pub housekeeping_secs: Option<String>,
@@ -447,6 +453,8 @@ pub struct WorkloadConfig {
     pub shutdown_grace: Duration,
     pub api_token_max_lifetime: Duration,
     pub api_token_cache: Duration,
+    /// Requests per minute per token; 0: none.
+    pub api_rate_limit: u64,
     pub housekeeping_interval: Duration,
     pub job_max_attempts: u32,
     pub job_retention: Duration,
@@ -622,6 +630,12 @@ impl WorkloadArgs {
                 "CAP_API_TOKEN_CACHE_SECS",
                 DEFAULT_API_TOKEN_CACHE_SECS,
                 0..=300,
+            )?,
+            api_rate_limit: number(
+                &self.api_rate_limit,
+                "CAP_API_RATE_LIMIT",
+                DEFAULT_API_RATE_LIMIT,
+                0..=100_000_000,
             )?,
             housekeeping_interval: secs(
                 &self.housekeeping_secs,

@@ -26,6 +26,7 @@ use crate::crypto::api_tokens::TokenKey;
 use crate::crypto::kek::KekConfig;
 use crate::crypto::secrets::Secrets;
 use crate::domain::jobs::JobKind;
+use crate::http::api::rate_limit::RateLimiter;
 use crate::http::api::token_cache::TokenCache;
 use crate::http::api::ApiState;
 use crate::http::{self, health::DepthCache, AppState};
@@ -133,6 +134,7 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
         secrets: Secrets::new(store.clone(), kek.clone()),
         token_key: TokenKey::new(Secrets::new(store.clone(), kek.clone())),
         token_cache: Arc::new(TokenCache::new(cfg.api_token_cache)),
+        rate_limiter: Arc::new(RateLimiter::new(store.clone(), cfg.api_rate_limit)),
         queue: queue.clone(),
         audit: Audit::new(store.clone()).with_metrics(metrics.clone()),
         metrics: metrics.clone(),
@@ -145,6 +147,15 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
         metrics.clone(),
         shutdown.clone(),
     ));
+
+    if roles.api {
+        actix::spawn(
+            api_state
+                .rate_limiter
+                .clone()
+                .keep_flushed(shutdown.clone()),
+        );
+    }
 
     // Every process is in the fleet registry; a worker's record is also its
     // presence lease, renewed by its claim actor, the others' by a task here.

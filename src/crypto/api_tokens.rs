@@ -6,6 +6,8 @@
 //! Hashing the secret first lets records stored by earlier builds (keyed by
 //! that SHA-256 alone) be rekeyed without their secrets (migration 12).
 
+use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
 use hmac::{Hmac, Mac};
 use mongodb::bson::{Bson, Document};
 use sha2::{Digest, Sha256};
@@ -80,6 +82,60 @@ impl TokenKey {
             Hmac::<Sha256>::new_from_slice(self.key().await?).expect("HMAC takes any key length");
         mac.update(grants_text(record).as_bytes());
         Ok(hex(&mac.finalize().into_bytes()))
+    }
+
+    /// Seals an answer kept for an idempotent retry (it may hold a token's
+    /// secret, shown once) for the record `record`: AES-256-GCM under a key
+    /// derived from the token key, so the database holds only ciphertext and
+    /// a KEK rotation leaves it readable. The nonce comes first.
+    pub async fn seal_answer(
+        &self,
+        record: &str,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, SecretError> {
+        let cipher = self.answer_cipher().await?;
+        let mut nonce = [0u8; 12];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce);
+        let ciphertext = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: record.as_bytes(),
+                },
+            )
+            .expect("AES-GCM encryption cannot fail for in-memory sizes");
+        Ok([nonce.as_slice(), &ciphertext].concat())
+    }
+
+    /// Opens what [`TokenKey::seal_answer`] sealed for `record`.
+    pub async fn open_answer(&self, record: &str, sealed: &[u8]) -> Result<Vec<u8>, SecretError> {
+        let damaged =
+            || SecretError::Damaged(record.to_string(), "the kept answer does not decrypt");
+        if sealed.len() < 12 {
+            return Err(damaged());
+        }
+        let (nonce, ciphertext) = sealed.split_at(12);
+        self.answer_cipher()
+            .await?
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: record.as_bytes(),
+                },
+            )
+            .map_err(|_| damaged())
+    }
+
+    async fn answer_cipher(&self) -> Result<Aes256Gcm, SecretError> {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(self.key().await?).expect("HMAC takes any key length");
+        mac.update(b"certautopilot idempotent answers v1");
+        let key = Zeroizing::new(mac.finalize().into_bytes().to_vec());
+        Ok(<Aes256Gcm as aes_gcm::KeyInit>::new(
+            Key::<Aes256Gcm>::from_slice(&key),
+        ))
     }
 
     /// The record id for a record stored by earlier builds under `legacy`.

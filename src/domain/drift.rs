@@ -19,6 +19,7 @@ pub const MAX_ENDPOINTS: usize = 20;
 pub struct Endpoint {
     /// A DNS name or an IP address.
     pub host: String,
+    #[serde(deserialize_with = "super::whole_number::deserialize")]
     pub port: u16,
     /// The name sent in the TLS handshake [default: `host` when it is a DNS
     /// name; none for an IP address].

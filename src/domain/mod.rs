@@ -21,3 +21,4 @@ pub mod issuer;
 pub mod jobs;
 pub mod order;
 pub mod renewal;
+pub mod whole_number;

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub kek_rotation_remaining: IntGauge,
     /// Audit records this process appended.
     pub audit_appends_total: IntCounter,
+    /// API requests refused with 429 for their token's rate limit.
+    pub api_rate_limited_total: IntCounter,
     /// The highest audit `seq` the SIEM forwarder has delivered, by sink.
     pub audit_forwarded_seq: IntGaugeVec,
     /// 1 while housekeeping refuses to seal the audit chain because the
@@ -143,6 +145,11 @@ impl Metrics {
         let kek_rotation_remaining = IntGauge::new(
             "certautopilot_kek_rotation_remaining",
             "Data keys not yet re-wrapped by the current KEK version (reported by the scheduler leader)",
+        )
+        .unwrap();
+        let api_rate_limited_total = IntCounter::new(
+            "certautopilot_api_rate_limited_total",
+            "API requests refused for their token's rate limit",
         )
         .unwrap();
         let audit_appends_total = IntCounter::new(
@@ -251,6 +258,7 @@ impl Metrics {
             Box::new(kek_data_keys.clone()),
             Box::new(kek_rotation_remaining.clone()),
             Box::new(audit_appends_total.clone()),
+            Box::new(api_rate_limited_total.clone()),
             Box::new(audit_forwarded_seq.clone()),
             Box::new(audit_seal_refused.clone()),
             Box::new(acme_requests_total.clone()),
@@ -281,6 +289,7 @@ impl Metrics {
             kek_data_keys,
             kek_rotation_remaining,
             audit_appends_total,
+            api_rate_limited_total,
             audit_forwarded_seq,
             audit_seal_refused,
             acme_requests_total,

@@ -3,7 +3,8 @@
 //! clock ([`clock`]), fenced writes ([`fence`]), the schema and its
 //! migrations ([`schema`]), and one module per collection ([`certificates`],
 //! [`orders`], [`challenges`], [`issuers`], [`projects`], [`tokens`],
-//! [`keys`], [`kek_versions`]; [`stats`] shares the certificate counts), and
+//! [`keys`], [`kek_versions`], [`idempotency`], [`rate_limits`]; [`stats`]
+//! shares the certificate counts), and
 //! whole-database reads and loads for snapshots ([`snapshot`]).
 //!
 //! Every write uses write concern `majority` and every read that decides
@@ -18,11 +19,13 @@ pub mod challenges;
 pub mod clock;
 pub mod fence;
 pub mod fleet;
+pub mod idempotency;
 pub mod issuers;
 pub mod kek_versions;
 pub mod keys;
 pub mod orders;
 pub mod projects;
+pub mod rate_limits;
 pub mod schema;
 pub mod snapshot;
 pub mod stats;

@@ -237,7 +237,32 @@ const MIGRATIONS: &[Migration] = &[
         needs_kek: false,
         contract: false,
     },
+    Migration {
+        version: 15,
+        name: "idempotency keys and per-token request counts",
+        collections: &[
+            super::idempotency::IDEMPOTENCY_KEYS,
+            super::rate_limits::RATE_LIMITS,
+        ],
+        indexes: v15_indexes,
+        data: None,
+        needs_kek: false,
+        contract: false,
+    },
 ];
+
+fn v15_indexes() -> Vec<(&'static str, IndexModel)> {
+    vec![
+        (
+            super::idempotency::IDEMPOTENCY_KEYS,
+            expiring(doc! { "expires_at": 1 }, "expires_at_ttl"),
+        ),
+        (
+            super::rate_limits::RATE_LIMITS,
+            expiring(doc! { "expires_at": 1 }, "expires_at_ttl"),
+        ),
+    ]
+}
 
 fn v14_indexes() -> Vec<(&'static str, IndexModel)> {
     vec![(
@@ -355,6 +380,20 @@ fn index(keys: Document, name: &str) -> IndexModel {
     IndexModel::builder()
         .keys(keys)
         .options(IndexOptions::builder().name(name.to_string()).build())
+        .build()
+}
+
+/// A TTL index: the server deletes a document once its date in `keys` has
+/// passed.
+fn expiring(keys: Document, name: &str) -> IndexModel {
+    IndexModel::builder()
+        .keys(keys)
+        .options(
+            IndexOptions::builder()
+                .name(name.to_string())
+                .expire_after(std::time::Duration::ZERO)
+                .build(),
+        )
         .build()
 }
 

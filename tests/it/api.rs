@@ -228,14 +228,16 @@ async fn bad_input_gets_a_4xx_problem_with_a_reason_never_a_500() {
         ("unknown field", json!({ "name": "x", "dns_names": ["a.example.test"], "issuer_id": issuer, "colour": "red" }).to_string().into_bytes(), 400, "unknown field"),
         ("wrong type", json!({ "name": "x", "dns_names": "a.example.test", "issuer_id": issuer }).to_string().into_bytes(), 400, "invalid type"),
         ("invalid DNS name", json!({ "name": "x", "dns_names": ["bad_name.example.test"], "issuer_id": issuer }).to_string().into_bytes(), 422, "dns_names[0]"),
-        ("wildcard with http-01", json!({ "name": "x", "dns_names": ["*.example.test"], "issuer_id": issuer }).to_string().into_bytes(), 422, "dns-01"),
+        ("wildcard with http-01", json!({ "name": "x", "dns_names": ["*.example.test"], "issuer_id": issuer }).to_string().into_bytes(), 409, "dns-01"),
         ("IP address", json!({ "name": "x", "dns_names": ["192.0.2.7"], "issuer_id": issuer }).to_string().into_bytes(), 422, "IP address"),
         ("name too long", json!({ "name": "x", "dns_names": [format!("{}.example.test", "a".repeat(250))], "issuer_id": issuer }).to_string().into_bytes(), 422, "at most"),
         ("no names", json!({ "name": "x", "dns_names": [], "issuer_id": issuer }).to_string().into_bytes(), 422, "at least one"),
         ("unknown key algorithm", json!({ "name": "x", "dns_names": ["a.example.test"], "issuer_id": issuer, "key_algorithm": "dsa" }).to_string().into_bytes(), 422, "key_algorithm"),
-        ("unknown issuer", json!({ "name": "x", "dns_names": ["a.example.test"], "issuer_id": "iss_000000000000000000000000" }).to_string().into_bytes(), 422, "issuer_id"),
+        ("unknown issuer", json!({ "name": "x", "dns_names": ["a.example.test"], "issuer_id": "iss_000000000000000000000000" }).to_string().into_bytes(), 409, "issuer_id"),
         ("oversized body", vec![b' '; 300 * 1024], 413, "at most"),
     ];
+    // 422: the request is invalid in itself; 409: it does not fit what is
+    // stored (the issuer, its challenge).
     for (what, body, status, reason) in cases {
         let got = send(body).await;
         assert_eq!(got.status, status, "{what}: {}", got.text);

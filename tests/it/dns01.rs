@@ -118,14 +118,15 @@ async fn ordinary_and_wildcard_certificates_are_issued_over_rfc2136_and_cleaned_
     let issuer_id = issuer["id"].as_str().unwrap().to_string();
     assert_not_stored(&db.store().await, &bind.key_secret).await;
 
-    // Outside the zone: refused before anything is ordered.
+    // Outside the zone: refused (409: it does not fit the issuer) before
+    // anything is ordered.
     let (status, problem) = api
         .post(
             &format!("/projects/{p}/certificates"),
             json!({ "name": "out", "dns_names": ["www.elsewhere.test"], "issuer_id": issuer_id }),
         )
         .await;
-    assert_eq!(status, 422, "{problem}");
+    assert_eq!(status, 409, "{problem}");
     assert!(
         problem
             .to_string()

@@ -11,6 +11,9 @@
 //! - running it: `operator` (settings, migrations, health), `stats`,
 //!   `fleet` (the fleet registry, the schema floor);
 //! - tenancy: `tenancy` (domain grants, the responder by name);
+//! - the API's contract and abuse: `contract` (schemathesis against the
+//!   OpenAPI document), `idempotency` (`Idempotency-Key` on POST),
+//!   `rate_limits` (per-token limits shared by the replicas);
 //! - a database writer without the KEK: `db_writer` (forged tokens, moved
 //!   key references, migration 12);
 //! - the code's own shape: `architecture` (layers, cycles, collection owners);
@@ -42,6 +45,7 @@ mod audit;
 mod backup;
 mod chaos_scripts;
 mod chart;
+mod contract;
 mod db_writer;
 mod dns01;
 mod drift;
@@ -49,6 +53,7 @@ mod durability;
 mod egress;
 mod election;
 mod fleet;
+mod idempotency;
 mod issuance;
 mod lb;
 mod leases;
@@ -57,6 +62,7 @@ mod operator;
 mod orders;
 mod pkcs11;
 mod queue;
+mod rate_limits;
 mod renewals;
 mod revocation;
 mod rotation;

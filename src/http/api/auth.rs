@@ -243,18 +243,29 @@ impl FromRequest for Caller {
     type Future = LocalBoxFuture<'static, Result<Caller, Problem>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let state = req
-            .app_data::<web::Data<ApiState>>()
-            .map(|s| (s.store.clone(), s.token_key.clone(), s.token_cache.clone()));
+        let state = req.app_data::<web::Data<ApiState>>().map(|s| {
+            (
+                s.store.clone(),
+                s.token_key.clone(),
+                s.token_cache.clone(),
+                s.rate_limiter.clone(),
+                s.metrics.clone(),
+            )
+        });
         let header = req
             .headers()
             .get("Authorization")
             .and_then(|h| h.to_str().ok())
             .map(str::to_string);
         Box::pin(async move {
-            let (store, token_key, cache) =
+            let (store, token_key, cache, limiter, metrics) =
                 state.ok_or_else(|| Problem::unavailable("the API is not configured"))?;
-            caller(store, token_key, cache, header).await
+            let caller = caller(store, token_key, cache, header).await?;
+            if let Err(limited) = limiter.admit(&caller.token_id).await {
+                metrics.api_rate_limited_total.inc();
+                return Err(Problem::too_many_requests(limited.retry_after));
+            }
+            Ok(caller)
         })
     }
 }

@@ -54,6 +54,7 @@ pub struct NewCertificate {
     pub key_algorithm: String,
     /// Renew this long before expiry [default: two thirds into the lifetime,
     /// or the CA's ARI window].
+    #[serde(default, deserialize_with = "crate::domain::whole_number::option")]
     pub renew_before_secs: Option<u64>,
     /// Issue a replacement at once when the certificate is revoked [default: true].
     #[serde(default = "yes")]
@@ -329,42 +330,51 @@ pub async fn create(
             );
         }
     }
-    // Read as the workers read it (one parse), so the two cannot disagree.
-    let issuer = match issuers::load(&state, &project_id, &body.issuer_id).await {
-        Ok(stored) => match store_issuers::parse(&stored) {
-            Ok(issuer) => Some(issuer),
-            Err(e) => {
-                reasons.add("issuer_id", format!("the issuer cannot be used: {e}"));
-                None
-            }
-        },
-        Err(p) if p.status == 404 => {
-            reasons.add("issuer_id", "no such issuer in this project");
-            None
-        }
-        Err(p) => return Err(p),
-    };
-    let wildcard_allowed = issuer.as_ref().is_some_and(|i| i.allows_wildcards());
-    validate::dns_names(&mut reasons, &body.dns_names, wildcard_allowed);
-    if let Some(zone) = issuer
-        .as_ref()
-        .and_then(|i| i.dns.as_ref())
-        .map(|d| &d.zone)
-    {
-        for (i, name) in body.dns_names.iter().enumerate() {
-            if !in_zone(name, zone) {
-                reasons.add(
-                    format!("dns_names[{i}]"),
-                    format!("{name:?} is outside the issuer's DNS zone {zone}"),
-                );
-            }
-        }
-    }
+    validate::dns_names(&mut reasons, &body.dns_names, true);
     for (field, reason) in endpoint_problems(&body.endpoints) {
         reasons.add(field, reason);
     }
     if !reasons.is_empty() {
         return Err(Problem::invalid(reasons.0));
+    }
+    // What the request asks of what is stored (the issuer, the project's
+    // grants): 409, the request being valid in itself.
+    let mut conflicts = Reasons::default();
+    // Read as the workers read it (one parse), so the two cannot disagree.
+    let issuer = match issuers::load(&state, &project_id, &body.issuer_id).await {
+        Ok(stored) => match store_issuers::parse(&stored) {
+            Ok(issuer) => Some(issuer),
+            Err(e) => {
+                conflicts.add("issuer_id", format!("the issuer cannot be used: {e}"));
+                None
+            }
+        },
+        Err(p) if p.status == 404 => {
+            conflicts.add("issuer_id", "no such issuer in this project");
+            None
+        }
+        Err(p) => return Err(p),
+    };
+    if let Some(issuer) = &issuer {
+        for (i, name) in body.dns_names.iter().enumerate() {
+            if name.starts_with("*.") && !issuer.allows_wildcards() {
+                conflicts.add(
+                    format!("dns_names[{i}]"),
+                    format!("{name:?} is a wildcard; wildcards need an issuer with the dns-01 challenge"),
+                );
+            }
+            if let Some(zone) = issuer.dns.as_ref().map(|d| &d.zone) {
+                if !in_zone(name, zone) {
+                    conflicts.add(
+                        format!("dns_names[{i}]"),
+                        format!("{name:?} is outside the issuer's DNS zone {zone}"),
+                    );
+                }
+            }
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(Problem::conflicting(conflicts.0));
     }
     // A project certifies only the names a global admin granted it.
     let grants = projects_store::domains(&state.store, &project_id)

@@ -58,8 +58,10 @@ pub struct NewDnsSettings {
     #[serde(default)]
     pub nameservers: Vec<String>,
     /// How long they may take [default: 120].
+    #[serde(default, deserialize_with = "crate::domain::whole_number::option")]
     pub propagation_timeout_secs: Option<u64>,
     /// TTL of the challenge records [default: 60].
+    #[serde(default, deserialize_with = "crate::domain::whole_number::option")]
     pub ttl: Option<u32>,
 }
 
@@ -172,8 +174,15 @@ fn check(body: &NewIssuer) -> Result<(), Problem> {
     let mut reasons = Reasons::default();
     validate::name(&mut reasons, "name", &body.name);
     match url::Url::parse(&body.directory_url) {
-        Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
-        Ok(_) => reasons.add("directory_url", "must be an https:// URL"),
+        Ok(u) if u.scheme() != "https" || u.host().is_none() => {
+            reasons.add("directory_url", "must be an https:// URL")
+        }
+        Ok(_) if !validate::matches(&validate::https_url_pattern(), &body.directory_url) => reasons
+            .add(
+                "directory_url",
+                "must be https:// then a host name or IPv4 address, an optional port and a path",
+            ),
+        Ok(_) => {}
         Err(e) => reasons.add("directory_url", format!("is not a URL: {e}")),
     }
     validate::email(&mut reasons, "contact", &body.contact);
@@ -195,8 +204,11 @@ fn check(body: &NewIssuer) -> Result<(), Problem> {
         }
     }
     if let Some(eab) = &body.eab {
-        if eab.kid.trim().is_empty() {
-            reasons.add("eab.kid", "must not be empty");
+        if !validate::matches(validate::EAB_KID_PATTERN, &eab.kid) {
+            reasons.add(
+                "eab.kid",
+                "must be 1 to 255 printable ASCII characters, no spaces",
+            );
         }
         use base64::Engine;
         if base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -219,7 +231,9 @@ fn check_dns(reasons: &mut Reasons, dns: &NewDnsSettings) {
     if let Some(p) = server_address_problem(&dns.primary) {
         reasons.add("dns.primary", p);
     }
-    if let Some(p) = validate::dns_name_problem(dns.zone.trim_end_matches('.'), false) {
+    if let Some(p) =
+        validate::dns_name_problem(dns.zone.strip_suffix('.').unwrap_or(&dns.zone), false)
+    {
         reasons.add("dns.zone", format!("{:?} {p}", dns.zone));
     }
     if dns.tsig_key_name.is_empty()

@@ -7,10 +7,12 @@ pub mod audit_log;
 pub mod auth;
 pub mod certificates;
 pub mod challenges;
+pub mod idempotency;
 pub mod issuers;
 pub mod openapi;
 pub mod problem;
 pub mod projects;
+pub mod rate_limit;
 pub mod token_cache;
 pub mod tokens;
 pub mod validate;
@@ -39,6 +41,8 @@ pub struct ApiState {
     pub token_key: TokenKey,
     /// Tokens checked in the last few seconds (`CAP_API_TOKEN_CACHE_SECS`).
     pub token_cache: std::sync::Arc<token_cache::TokenCache<auth::Caller>>,
+    /// Requests per minute per token, over every replica (`CAP_API_RATE_LIMIT`).
+    pub rate_limiter: std::sync::Arc<rate_limit::RateLimiter>,
     pub queue: JobQueue,
     pub audit: Audit,
     pub metrics: std::sync::Arc<crate::observe::metrics::Metrics>,
@@ -72,7 +76,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(certificates::routes)
             .configure(tokens::routes)
             .configure(audit_log::routes)
-            .default_service(web::to(unmatched)),
+            .default_service(web::to(unmatched))
+            .wrap(actix_web::middleware::from_fn(idempotency::guard)),
     );
 }
 

@@ -52,10 +52,359 @@ impl Modify for BearerAuth {
 pub fn document() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_pretty_json()
-            .expect("the OpenAPI document serializes")
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
+        refine(&mut doc);
+        serde_json::to_string_pretty(&doc).expect("the document serializes")
     })
+}
+
+/// What the handlers' annotations do not say, added to every operation
+/// alike: unique operation ids (`<tag>.<handler>`); on every POST the
+/// `Idempotency-Key` header and its answers; on every call with a token the
+/// rate limit's 429; and the links from each create to the calls on what it
+/// created, so that a client (or schemathesis) can follow them.
+fn refine(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for item in paths.values_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in item.iter_mut() {
+            let tag = op["tags"][0].as_str().unwrap_or("api").to_string();
+            if let Some(id) = op["operationId"].as_str() {
+                op["operationId"] = json!(format!("{tag}.{id}"));
+            }
+            if op_needs_token(op) {
+                op["responses"]["429"] = json!({
+                    "description": "Past the token's requests per minute (CAP_API_RATE_LIMIT)",
+                    "headers": { "Retry-After": {
+                        "description": "Seconds until a request fits again",
+                        "schema": { "type": "integer", "minimum": 1 } } },
+                    "content": { "application/problem+json": {
+                        "schema": { "$ref": "#/components/schemas/Problem" } } }
+                });
+            }
+            if method == "post" {
+                let mut params = op["parameters"].as_array().cloned().unwrap_or_default();
+                params.push(json!({
+                    "name": super::idempotency::HEADER,
+                    "in": "header",
+                    "required": false,
+                    "description": "Makes a retry safe: the same key and request within 24 hours gets the first answer (with `Idempotent-Replayed: true`) without doing the work again; the same key with another request, 422; while the first is still being answered, 409.",
+                    "schema": { "type": "string", "minLength": 1,
+                        "maxLength": super::idempotency::MAX_KEY_LEN,
+                        "pattern": super::idempotency::KEY_PATTERN }
+                }));
+                op["parameters"] = json!(params);
+            }
+        }
+    }
+    constrain(doc);
+    for (create, status, links) in created_links() {
+        let response = &mut doc["paths"][create.0][create.1]["responses"][status];
+        let mut all = serde_json::Map::new();
+        for (name, operation, parameters) in links {
+            all.insert(
+                name.to_string(),
+                json!({ "operationId": operation, "parameters": parameters }),
+            );
+        }
+        response["links"] = serde_json::Value::Object(all);
+    }
+}
+
+/// Formats of our own, for values no pattern can state; a client (and the
+/// test suite's schemathesis hooks) must know them.
+pub const FORMAT_PEM_CERTIFICATES: &str = "pem-certificates";
+pub const FORMAT_HOST_PORT: &str = "host-port";
+
+/// Every rule the handlers check of a field on its own, stated in the
+/// document: lengths, ranges, patterns, enums, counts. What a request asks
+/// of stored state (an issuer that exists, granted names) is answered 409
+/// and cannot be stated here.
+fn constrain(doc: &mut serde_json::Value) {
+    use super::validate::*;
+    use serde_json::json;
+    let name = json!({ "minLength": 1, "maxLength": MAX_NAME_LEN, "pattern": name_pattern() });
+    let dns_name = |wildcard: bool| json!({ "minLength": 1, "maxLength": MAX_DNS_NAME_LEN, "pattern": dns_name_pattern(wildcard) });
+    let host = json!({ "minLength": 1, "maxLength": MAX_DNS_NAME_LEN, "pattern": host_pattern() });
+    let host_port = json!({ "format": FORMAT_HOST_PORT, "minLength": 3 });
+    let rules: Vec<(&str, &str, serde_json::Value)> = vec![
+        ("NewProject", "name", name.clone()),
+        (
+            "DomainsUpdate",
+            "domains",
+            json!({ "maxItems": 100, "items": dns_name(false) }),
+        ),
+        ("NewIssuer", "name", name.clone()),
+        (
+            "NewIssuer",
+            "directory_url",
+            json!({ "pattern": https_url_pattern() }),
+        ),
+        (
+            "NewIssuer",
+            "contact",
+            json!({ "pattern": email_pattern() }),
+        ),
+        (
+            "NewIssuer",
+            "challenge",
+            json!({ "enum": super::issuers::CHALLENGE_TYPES }),
+        ),
+        (
+            "NewIssuer",
+            "ca_bundle_pem",
+            json!({ "format": FORMAT_PEM_CERTIFICATES }),
+        ),
+        ("Eab", "kid", json!({ "pattern": EAB_KID_PATTERN })),
+        (
+            "Eab",
+            "hmac_key",
+            json!({ "pattern": BASE64URL_KEY_PATTERN }),
+        ),
+        ("NewDnsSettings", "primary", host_port.clone()),
+        (
+            "NewDnsSettings",
+            "zone",
+            json!({ "minLength": 1, "maxLength": MAX_DNS_NAME_LEN + 1,
+            "pattern": format!("{}\\.?$", dns_name_pattern(false).trim_end_matches('$')) }),
+        ),
+        (
+            "NewDnsSettings",
+            "tsig_key_name",
+            json!({ "pattern": "^[A-Za-z0-9._-]{1,253}$" }),
+        ),
+        (
+            "NewDnsSettings",
+            "tsig_algorithm",
+            json!({ "enum": crate::domain::issuer::TsigAlgorithm::NAMES }),
+        ),
+        (
+            "NewDnsSettings",
+            "tsig_secret",
+            json!({ "pattern": TSIG_SECRET_PATTERN }),
+        ),
+        (
+            "NewDnsSettings",
+            "nameservers",
+            json!({ "maxItems": 10, "items": host_port }),
+        ),
+        (
+            "NewDnsSettings",
+            "propagation_timeout_secs",
+            json!({ "minimum": 1, "maximum": 3600 }),
+        ),
+        (
+            "NewDnsSettings",
+            "ttl",
+            json!({ "minimum": 1, "maximum": 86_400 }),
+        ),
+        ("NewCertificate", "name", name),
+        (
+            "NewCertificate",
+            "dns_names",
+            json!({ "minItems": 1, "maxItems": MAX_DNS_NAMES,
+            "uniqueItems": true, "items": dns_name(true) }),
+        ),
+        (
+            "NewCertificate",
+            "key_algorithm",
+            json!({ "enum": crate::domain::certs::KEY_ALGORITHMS }),
+        ),
+        (
+            "NewCertificate",
+            "renew_before_secs",
+            json!({ "minimum": 3600, "maximum": 365 * 86_400 }),
+        ),
+        (
+            "NewCertificate",
+            "endpoints",
+            json!({ "maxItems": crate::domain::drift::MAX_ENDPOINTS,
+            "uniqueItems": true }),
+        ),
+        (
+            "EndpointsUpdate",
+            "endpoints",
+            json!({ "maxItems": crate::domain::drift::MAX_ENDPOINTS,
+            "uniqueItems": true }),
+        ),
+        (
+            "Endpoint",
+            "host",
+            json!({ "anyOf": [host.clone(), { "format": "ipv6" }] }),
+        ),
+        (
+            "Endpoint",
+            "port",
+            json!({ "minimum": 1, "maximum": 65_535 }),
+        ),
+        ("Endpoint", "sni", host),
+        (
+            "RevokeRequest",
+            "reason",
+            json!({ "enum": crate::domain::certificate::REVOCATION_REASONS }),
+        ),
+        (
+            "Grant",
+            "role",
+            json!({ "enum": ["admin", "editor", "viewer"] }),
+        ),
+        ("NewToken", "expires_at", json!({ "format": "date-time" })),
+    ];
+    let schemas = &mut doc["components"]["schemas"];
+    for (schema, property, rule) in rules {
+        let target = &mut schemas[schema]["properties"][property];
+        assert!(target.is_object(), "{schema}.{property} is in the document");
+        merge(target, rule);
+    }
+    // Cross-field rules, in the schema of the whole body.
+    merge(
+        &mut schemas["NewToken"],
+        json!({ "anyOf": [
+            { "required": ["global_admin"], "properties": { "global_admin": { "const": true } } },
+            { "required": ["roles"], "properties": { "roles": { "minItems": 1 } } },
+        ] }),
+    );
+    merge(
+        &mut schemas["NewIssuer"],
+        json!({
+            "if": { "required": ["challenge"], "properties": { "challenge": { "const": "dns-01" } } },
+            "then": { "required": ["dns"], "properties": { "dns": { "type": "object" } } },
+            "else": { "properties": { "dns": { "type": "null" } } },
+        }),
+    );
+    // An example of each body: what a client starts from.
+    for (schema, example) in [
+        ("NewProject", json!({ "name": "payments" })),
+        (
+            "DomainsUpdate",
+            json!({ "domains": ["example.com"], "shared": false }),
+        ),
+        (
+            "NewIssuer",
+            json!({ "name": "letsencrypt",
+            "directory_url": "https://acme-v02.api.letsencrypt.org/directory",
+            "contact": "ops@example.com", "challenge": "http-01" }),
+        ),
+        (
+            "NewCertificate",
+            json!({ "name": "www", "dns_names": ["www.example.com"],
+            "issuer_id": "iss_000000000000000000000000", "key_algorithm": "ecdsa-p256" }),
+        ),
+        (
+            "EndpointsUpdate",
+            json!({ "endpoints": [{ "host": "www.example.com", "port": 443 }] }),
+        ),
+        ("RevokeRequest", json!({ "reason": "superseded" })),
+        (
+            "NewToken",
+            json!({ "roles": [{ "project_id": "prj_000000000000000000000000", "role": "viewer" }],
+            "description": "ci deploys" }),
+        ),
+    ] {
+        schemas[schema]["examples"] = json!([example]);
+    }
+    // Every page size.
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for op in paths
+            .values_mut()
+            .filter_map(|i| i.as_object_mut())
+            .flat_map(|i| i.values_mut())
+        {
+            for param in op["parameters"].as_array_mut().into_iter().flatten() {
+                if param["name"] == "limit" {
+                    merge(
+                        &mut param["schema"],
+                        json!({ "minimum": 1, "maximum": super::MAX_PAGE }),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Sets `rule`'s keys on `target`, an object; an `items` rule goes into the
+/// items' schema.
+fn merge(target: &mut serde_json::Value, rule: serde_json::Value) {
+    let serde_json::Value::Object(rule) = rule else {
+        return;
+    };
+    for (key, value) in rule {
+        if key == "items" && target["items"].is_object() {
+            merge(&mut target["items"], value);
+        } else {
+            target[key] = value;
+        }
+    }
+}
+
+fn op_needs_token(op: &serde_json::Value) -> bool {
+    op["security"].as_array().is_some_and(|s| !s.is_empty())
+}
+
+type Link = (&'static str, &'static str, serde_json::Value);
+
+/// Each create's answer, and the calls its id feeds.
+fn created_links() -> Vec<((&'static str, &'static str), &'static str, Vec<Link>)> {
+    use serde_json::json;
+    let project = json!({ "project_id": "$response.body#/id" });
+    let in_project = |id: &str| json!({ "project_id": "$request.path.project_id", "id": id });
+    let certificate = in_project("$response.body#/id");
+    vec![
+        (
+            ("/v1/projects", "post"),
+            "201",
+            vec![
+                ("GetProject", "projects.get", project.clone()),
+                ("GetDomains", "projects.domains", project.clone()),
+                ("SetDomains", "projects.set_domains", project.clone()),
+                ("CreateIssuer", "issuers.create", project.clone()),
+                ("ListIssuers", "issuers.list", project.clone()),
+                ("CreateCertificate", "certificates.create", project.clone()),
+                ("ListCertificates", "certificates.list", project.clone()),
+                ("ProjectAudit", "audit.project", project),
+            ],
+        ),
+        (
+            ("/v1/projects/{project_id}/issuers", "post"),
+            "201",
+            vec![("GetIssuer", "issuers.get", in_project("$response.body#/id"))],
+        ),
+        (
+            ("/v1/projects/{project_id}/certificates", "post"),
+            "201",
+            vec![
+                ("GetCertificate", "certificates.get", certificate.clone()),
+                ("Issue", "certificates.issue", certificate.clone()),
+                ("Revoke", "certificates.revoke", certificate.clone()),
+                (
+                    "SetEndpoints",
+                    "certificates.set_endpoints",
+                    certificate.clone(),
+                ),
+                (
+                    "PrivateKey",
+                    "certificates.private_key",
+                    certificate.clone(),
+                ),
+                ("Orders", "certificates.orders", certificate.clone()),
+                ("Jobs", "certificates.jobs", certificate),
+            ],
+        ),
+        (
+            ("/v1/tokens", "post"),
+            "201",
+            vec![(
+                "RevokeToken",
+                "tokens.revoke",
+                json!({ "id": "$response.body#/id" }),
+            )],
+        ),
+    ]
 }
 
 /// The methods the document gives for the path that `path` (a request's)

@@ -22,6 +22,9 @@ pub struct Problem {
     pub detail: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// Sent as `Retry-After` (whole seconds, at least 1).
+    #[serde(skip)]
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl Problem {
@@ -32,12 +35,29 @@ impl Problem {
             status: status.as_u16(),
             detail: None,
             errors: Vec::new(),
+            retry_after: None,
         }
     }
 
     pub fn detail(mut self, detail: impl Into<String>) -> Problem {
         self.detail = Some(detail.into());
         self
+    }
+
+    pub fn retry_after(mut self, after: std::time::Duration) -> Problem {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// Past the token's rate limit.
+    pub fn too_many_requests(after: std::time::Duration) -> Problem {
+        Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "Too many requests",
+        )
+        .detail("this token is past its requests per minute (CAP_API_RATE_LIMIT); retry after Retry-After seconds")
+        .retry_after(after)
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Problem {
@@ -52,6 +72,20 @@ impl Problem {
             "Invalid fields",
         )
         .detail("one or more fields are invalid; see errors");
+        p.errors = errors;
+        p
+    }
+
+    /// 409 with one reason per field: the request is valid in itself but
+    /// not with what is stored (an issuer that does not exist, or cannot
+    /// issue a wildcard).
+    pub fn conflicting(errors: Vec<FieldError>) -> Problem {
+        let mut p = Problem::new(
+            StatusCode::CONFLICT,
+            "conflicting-fields",
+            "Fields conflict with what is stored",
+        )
+        .detail("one or more fields do not fit the project's issuers or grants; see errors");
         p.errors = errors;
         p
     }
@@ -100,8 +134,16 @@ impl ResponseError for Problem {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if self.status == 503 {
-            response.insert_header(("Retry-After", "5"));
+        match self.retry_after {
+            // Whole seconds, rounded up: never sooner than the limit allows.
+            Some(after) => {
+                let secs = after.as_millis().div_ceil(1000).max(1);
+                response.insert_header(("Retry-After", secs.to_string()));
+            }
+            None if self.status == 503 => {
+                response.insert_header(("Retry-After", "5"));
+            }
+            None => {}
         }
         response
             .content_type("application/problem+json")

@@ -10,6 +10,79 @@ pub const MAX_DNS_NAMES: usize = 100;
 pub const MAX_DNS_NAME_LEN: usize = 253;
 pub const MAX_LABEL_LEN: usize = 63;
 
+// The rules as the OpenAPI document states them (JSON Schema patterns).
+// Each is written in what Rust's `regex`, ECMA-262 and Python's `re` read
+// alike: no lookaround, no `\s`, `\d` or `.`, only `\xNN` and `\uNNNN`
+// escapes. The checks below accept exactly what they match (the tests
+// hold them to it), so a request valid by the document is accepted.
+
+/// One DNS label: a-z, 0-9 and '-', not at either end, at most 63.
+const LABEL: &str = "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?";
+/// The last label of a DNS name begins with a letter (no TLD is numeric,
+/// and an IPv4 address is then never a name).
+const TOP_LABEL: &str = "[a-z]([a-z0-9-]{0,61}[a-z0-9])?";
+/// Characters `char::is_control` or `char::is_whitespace` holds of.
+const SPACE_OR_CONTROL: &str =
+    r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
+
+/// A display name: no control characters, something besides spaces.
+pub fn name_pattern() -> String {
+    format!(r"^[^\x00-\x1f\x7f-\x9f]*[^{SPACE_OR_CONTROL}][^\x00-\x1f\x7f-\x9f]*$")
+}
+
+/// A DNS name for a certificate (or a grant, without the wildcard).
+pub fn dns_name_pattern(wildcard: bool) -> String {
+    let star = if wildcard { r"(\*\.)?" } else { "" };
+    format!("^{star}({LABEL}\\.)+{TOP_LABEL}$")
+}
+
+/// An e-mail address, loosely: no spaces, one '@', a DNS name after it.
+pub fn email_pattern() -> String {
+    format!("^[^@{SPACE_OR_CONTROL}]+@({LABEL}\\.)+{TOP_LABEL}$")
+}
+
+/// A host to connect to: one or more DNS labels (`localhost`, an IPv4
+/// address's digits alike).
+pub fn host_pattern() -> String {
+    format!("^{LABEL}(\\.{LABEL})*$")
+}
+
+/// An ACME directory: https://, a host name (its last label beginning with
+/// a letter) or an IPv4 address, an optional port, then any path.
+pub fn https_url_pattern() -> String {
+    let label = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
+    let top = "[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
+    let octet = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+    let port =
+        "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0)";
+    format!(
+        "^https://(({label}\\.)*{top}|({octet}\\.){{3}}{octet})(:{port})?([/?#][\\x21-\\x7e]*)?$"
+    )
+}
+
+/// An External Account Binding key id: printable ASCII, no spaces.
+pub const EAB_KID_PATTERN: &str = r"^[\x21-\x7e]{1,255}$";
+
+/// Canonical unpadded-or-padded base64url of at least one byte.
+pub const BASE64URL_KEY_PATTERN: &str =
+    "^([A-Za-z0-9_-]{4})*([A-Za-z0-9_-]{4}|[A-Za-z0-9_-][AQgw]|[A-Za-z0-9_-]{2}[AEIMQUYcgkosw048])=*$";
+
+/// Canonical padded base64 of at least 16 bytes.
+pub const TSIG_SECRET_PATTERN: &str =
+    "^([A-Za-z0-9+/]{4}){5}([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{4}|[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)$";
+
+/// Whether `value` matches `pattern` (one of the above).
+pub fn matches(pattern: &str, value: &str) -> bool {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static COMPILED: OnceLock<Mutex<HashMap<String, regex::Regex>>> = OnceLock::new();
+    let mut compiled = COMPILED.get_or_init(Default::default).lock().unwrap();
+    compiled
+        .entry(pattern.to_string())
+        .or_insert_with(|| regex::Regex::new(pattern).expect("the rule's pattern compiles"))
+        .is_match(value)
+}
+
 /// Collects reasons, field by field.
 #[derive(Default)]
 pub struct Reasons(pub Vec<FieldError>);
@@ -95,9 +168,9 @@ pub fn dns_name_problem(name: &str, wildcard_allowed: bool) -> Option<String> {
     }
     if labels
         .last()
-        .is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit()))
+        .is_some_and(|tld| !tld.starts_with(|c: char| c.is_ascii_lowercase()))
     {
-        return Some("must not end in an all-numeric label".into());
+        return Some("must end in a label that begins with a letter".into());
     }
     None
 }
@@ -123,7 +196,7 @@ pub fn dns_names(reasons: &mut Reasons, names: &[String], wildcard_allowed: bool
     }
 }
 
-/// An e-mail address, loosely: something@domain.
+/// An e-mail address, loosely: something@domain ([`email_pattern`]).
 pub fn email(reasons: &mut Reasons, field: &str, value: &str) {
     match value.split_once('@') {
         Some((local, domain))
@@ -152,7 +225,8 @@ mod tests {
             ("-a.com", "start or end"),
             ("a_b.com", "a-z"),
             ("www.*.example.com", "wildcard only"),
-            ("a.123", "all-numeric"),
+            ("a.123", "begins with a letter"),
+            ("a.1x", "begins with a letter"),
         ] {
             let p = dns_name_problem(bad, false).unwrap_or_default();
             assert!(p.contains(why), "{bad}: {p}");
@@ -161,5 +235,124 @@ mod tests {
         assert!(dns_name_problem(&long_label, false).unwrap().contains("63"));
         let long_name = format!("{}com", "abcdefghi.".repeat(26));
         assert!(dns_name_problem(&long_name, false).unwrap().contains("253"));
+    }
+
+    /// The documented patterns accept exactly what the checks accept, on
+    /// names at every edge the checks draw.
+    #[test]
+    fn the_documented_patterns_agree_with_the_checks() {
+        let names = [
+            "www.example.com",
+            "*.example.com",
+            "a.b",
+            "a.1x",
+            "a.123",
+            "a-.com",
+            "-a.com",
+            "a..com",
+            "Example.com",
+            "a_b.com",
+            "example",
+            "127.0.0.1",
+            "xn--bcher-kva.example",
+            "www.*.example.com",
+            "*.com",
+            "a.b-",
+            "0.a",
+            "a.a0",
+            "a.a-0",
+        ];
+        for wildcard in [false, true] {
+            for n in names {
+                assert_eq!(
+                    matches(&dns_name_pattern(wildcard), n),
+                    dns_name_problem(n, wildcard).is_none(),
+                    "{n} (wildcard {wildcard})"
+                );
+            }
+        }
+        for (value, ok) in [
+            ("ops@example.com", true),
+            ("a@b.c", true),
+            ("@example.com", false),
+            ("a b@example.com", false),
+            ("a@b@example.com", false),
+            ("a@example", false),
+            ("a\u{a0}@example.com", false),
+            ("ünï@example.com", true),
+            ("a@EXAMPLE.com", false),
+        ] {
+            let mut r = Reasons::default();
+            email(&mut r, "contact", value);
+            assert_eq!(r.is_empty(), ok, "{value}");
+            assert_eq!(
+                matches(&email_pattern(), value),
+                ok,
+                "{value} by the pattern"
+            );
+        }
+        for (value, ok) in [
+            ("a", true),
+            (" a ", true),
+            ("   ", false),
+            ("", false),
+            ("tab\there", false),
+            ("\u{3000}", false),
+            ("x\u{85}", false),
+            ("ünïcode", true),
+            ("\u{a0}b", true),
+        ] {
+            let mut r = Reasons::default();
+            name(&mut r, "name", value);
+            assert_eq!(r.is_empty(), ok, "{value:?}");
+            assert_eq!(
+                matches(&name_pattern(), value),
+                ok,
+                "{value:?} by the pattern"
+            );
+        }
+        for (url, ok) in [
+            ("https://acme-v02.api.letsencrypt.org/directory", true),
+            ("https://127.0.0.1:14000/dir", true),
+            ("https://localhost", true),
+            ("https://LOCALHOST:443/x?y#z", true),
+            ("http://example.com/", false),
+            ("https://1.2.3.256/", false),
+            ("https://example.123/", false),
+            ("https://a_b.com/", false),
+            ("https://[::1]/", false),
+            ("https://x:65536/", false),
+            ("https://x/ a", false),
+            ("https://", false),
+        ] {
+            assert_eq!(matches(&https_url_pattern(), url), ok, "{url}");
+            if ok {
+                assert!(url::Url::parse(url).is_ok(), "{url} parses");
+            }
+        }
+        use base64::Engine;
+        for key in [
+            "AAAA", "AA", "AB", "AAA", "AAE", "A", "", "AAAA==", "-_-_", "AAAAAA==",
+        ] {
+            let decodes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(key.trim_end_matches('='))
+                .is_ok_and(|k| !k.is_empty());
+            assert_eq!(matches(BASE64URL_KEY_PATTERN, key), decodes, "{key}");
+        }
+        let sixteen = base64::engine::general_purpose::STANDARD.encode([7u8; 16]);
+        let fifteen = base64::engine::general_purpose::STANDARD.encode([7u8; 15]);
+        let seventeen = base64::engine::general_purpose::STANDARD.encode([7u8; 17]);
+        for (secret, ok) in [
+            (sixteen.as_str(), true),
+            (seventeen.as_str(), true),
+            (fifteen.as_str(), false),
+            ("BwcHBwcHBwcHBwcHBwcHBx==", false),
+        ] {
+            let decodes = base64::engine::general_purpose::STANDARD
+                .decode(secret)
+                .is_ok_and(|k| k.len() >= 16);
+            assert_eq!(decodes, ok, "{secret} decodes");
+            assert_eq!(matches(TSIG_SECRET_PATTERN, secret), ok, "{secret}");
+        }
     }
 }

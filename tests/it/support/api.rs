@@ -75,6 +75,42 @@ impl ApiClient {
         }
     }
 
+    /// The bearer token it calls with.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// A POST of `body` with `headers`, answered whole (with its headers).
+    pub async fn post_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Value,
+    ) -> (Answer, reqwest::header::HeaderMap) {
+        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let content_type = headers
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let text = resp.text().await.unwrap();
+        let answer = Answer {
+            status,
+            content_type,
+            body: serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone())),
+            text,
+        };
+        (answer, headers)
+    }
+
     /// The same API, called with no token at all.
     pub fn without_token(&self) -> ApiClient {
         ApiClient {

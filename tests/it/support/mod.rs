@@ -560,6 +560,9 @@ impl Proc {
             .env("CAP_INSTANCE_ID", id)
             .env("CAP_LOG_FORMAT", "json")
             .env("CAP_EGRESS_ALLOW", TEST_EGRESS_ALLOW)
+            // Tests call far faster than any client should; the rate-limit
+            // tests set their own.
+            .env("CAP_API_RATE_LIMIT", "1000000")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
