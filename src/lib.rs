@@ -22,6 +22,8 @@
 //! | [`cli`] | the configuration, the workloads' wiring, one module per operator command |
 //!
 //! `main.rs` parses the command line and dispatches to [`cli`].
+//! `fuzzing` (feature `fuzzing` only) holds the fuzz targets' entry points
+//! into the parsers of outside input (`fuzz/`).
 
 pub mod acme;
 pub mod actors;
@@ -30,6 +32,8 @@ pub mod backup;
 pub mod cli;
 pub mod crypto;
 pub mod domain;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod http;
 pub mod net;
 pub mod observe;

@@ -143,6 +143,31 @@ pub async fn txt(egress: &EgressPolicy, server: &str, name: &str) -> Result<Vec<
         .collect())
 }
 
+/// Everything the queries and updates read from a server's answer: the
+/// TXT values, the NS names, the A records' addresses and the TSIG error
+/// (for the fuzz target, `fuzz/`).
+#[cfg(feature = "fuzzing")]
+pub fn read_answer(
+    msg: &[u8],
+) -> Result<(Vec<String>, Vec<String>, Vec<Ipv4Addr>, Option<u16>), String> {
+    let response = Response::parse(msg)?;
+    let of = |t: u16| response.answers.iter().filter(move |rr| rr.rtype == t);
+    let txt = of(TYPE_TXT)
+        .map(|rr| read_txt(&msg[rr.rdata.clone()]))
+        .collect();
+    let ns = of(TYPE_NS)
+        .map(|rr| Reader::at(msg, rr.rdata.start).name())
+        .collect::<Result<_, _>>()?;
+    let a = of(TYPE_A)
+        .filter(|rr| rr.rdata.len() == 4)
+        .map(|rr| {
+            let b = &msg[rr.rdata.clone()];
+            Ipv4Addr::new(b[0], b[1], b[2], b[3])
+        })
+        .collect();
+    Ok((txt, ns, a, response.tsig_error(msg)))
+}
+
 /// The servers authoritative for `zone` (its NS records), as `host:53`
 /// addresses, asked of `primary`; each name's address from the primary
 /// (glue) or else from the system's resolver.

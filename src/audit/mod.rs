@@ -223,7 +223,7 @@ fn content_hash(fields: &Document) -> String {
 }
 
 /// The hash a stored record should carry, from its own fields.
-fn recompute(stored: &Document) -> Option<String> {
+pub(crate) fn recompute(stored: &Document) -> Option<String> {
     let mut d = Document::new();
     for field in [
         "seq",

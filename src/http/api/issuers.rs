@@ -170,7 +170,7 @@ fn render(d: &Document) -> serde_json::Value {
     .expect("a view serializes")
 }
 
-fn check(body: &NewIssuer) -> Result<(), Problem> {
+pub(crate) fn check(body: &NewIssuer) -> Result<(), Problem> {
     let mut reasons = Reasons::default();
     validate::name(&mut reasons, "name", &body.name);
     match url::Url::parse(&body.directory_url) {
