@@ -143,13 +143,21 @@ pub async fn txt(egress: &EgressPolicy, server: &str, name: &str) -> Result<Vec<
         .collect())
 }
 
-/// Everything the queries and updates read from a server's answer: the
-/// TXT values, the NS names, the A records' addresses and the TSIG error
-/// (for the fuzz target, `fuzz/`).
+/// Everything the queries and updates read from a server's answer (for
+/// the fuzz target, `fuzz/`).
 #[cfg(feature = "fuzzing")]
-pub fn read_answer(
-    msg: &[u8],
-) -> Result<(Vec<String>, Vec<String>, Vec<Ipv4Addr>, Option<u16>), String> {
+#[derive(Debug)]
+pub struct ReadAnswer {
+    pub txt: Vec<String>,
+    pub ns: Vec<String>,
+    pub a: Vec<Ipv4Addr>,
+    pub tsig_error: Option<u16>,
+}
+
+/// Reads `msg` as the queries and updates do: its TXT values, NS names, A
+/// records' addresses and TSIG error.
+#[cfg(feature = "fuzzing")]
+pub fn read_answer(msg: &[u8]) -> Result<ReadAnswer, String> {
     let response = Response::parse(msg)?;
     let of = |t: u16| response.answers.iter().filter(move |rr| rr.rtype == t);
     let txt = of(TYPE_TXT)
@@ -165,7 +173,12 @@ pub fn read_answer(
             Ipv4Addr::new(b[0], b[1], b[2], b[3])
         })
         .collect();
-    Ok((txt, ns, a, response.tsig_error(msg)))
+    Ok(ReadAnswer {
+        txt,
+        ns,
+        a,
+        tsig_error: response.tsig_error(msg),
+    })
 }
 
 /// The servers authoritative for `zone` (its NS records), as `host:53`
