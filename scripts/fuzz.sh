@@ -31,7 +31,10 @@ if [ "${#targets[@]}" -eq 0 ]; then
 fi
 echo "fuzz: building ${#targets[@]} targets" >&2
 (cd fuzz && cargo fuzz build --sanitizer none --debug-assertions >&2)
-bin="fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release"
+# Where cargo fuzz put them: fuzz/target, or CARGO_TARGET_DIR when set.
+target_dir="${CARGO_TARGET_DIR:-fuzz/target}"
+case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
+bin="$target_dir/$(rustc -vV | sed -n 's/^host: //p')/release"
 failed=()
 for t in "${targets[@]}"; do
   mkdir -p ".fuzz/$t"
@@ -48,8 +51,8 @@ for t in "${targets[@]}"; do
     status=FAILED
     failed+=("$t")
   fi
-  execs=$(grep -m1 '^stat::number_of_executed_units' "$log" | awk '{print $2}')
-  cov=$(grep -E '#[0-9]+.*cov: ' "$log" | tail -1 | sed -E 's/.*cov: ([0-9]+).*/\1/')
+  execs=$(grep -m1 '^stat::number_of_executed_units' "$log" | awk '{print $2}' || true)
+  cov=$(grep -E '#[0-9]+.*cov: ' "$log" | tail -1 | sed -E 's/.*cov: ([0-9]+).*/\1/' || true)
   corpus=$(find ".fuzz/$t" -type f | wc -l)
   printf 'fuzz: %-14s %-6s executions %s, coverage %s edges, corpus %s inputs\n' \
     "$t" "$status" "${execs:-?}" "${cov:-?}" "$corpus"
