@@ -6,14 +6,13 @@
 //! Hashing the secret first lets records stored by earlier builds (keyed by
 //! that SHA-256 alone) be rekeyed without their secrets (migration 12).
 
-use aes_gcm::aead::{Aead, Payload};
-use aes_gcm::{Aes256Gcm, Key, Nonce};
 use hmac::{Hmac, Mac};
 use mongodb::bson::{Bson, Document};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
+use super::envelope;
 use super::secrets::{SecretError, SecretRef, Secrets};
 
 /// The secret holding the token key.
@@ -93,18 +92,7 @@ impl TokenKey {
         record: &str,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, SecretError> {
-        let cipher = self.answer_cipher().await?;
-        let mut nonce = [0u8; 12];
-        rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce);
-        let ciphertext = cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: record.as_bytes(),
-                },
-            )
-            .expect("AES-GCM encryption cannot fail for in-memory sizes");
+        let (nonce, ciphertext) = envelope::encrypt(&self.answer_key().await?, record, plaintext);
         Ok([nonce.as_slice(), &ciphertext].concat())
     }
 
@@ -112,30 +100,20 @@ impl TokenKey {
     pub async fn open_answer(&self, record: &str, sealed: &[u8]) -> Result<Vec<u8>, SecretError> {
         let damaged =
             || SecretError::Damaged(record.to_string(), "the kept answer does not decrypt");
-        if sealed.len() < 12 {
-            return Err(damaged());
-        }
-        let (nonce, ciphertext) = sealed.split_at(12);
-        self.answer_cipher()
-            .await?
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: record.as_bytes(),
-                },
-            )
-            .map_err(|_| damaged())
+        let (nonce, ciphertext) = sealed
+            .split_first_chunk::<{ envelope::NONCE_LEN }>()
+            .ok_or_else(damaged)?;
+        envelope::decrypt(&self.answer_key().await?, record, nonce, ciphertext)
+            .map(|plain| plain.to_vec())
+            .ok_or_else(damaged)
     }
 
-    async fn answer_cipher(&self) -> Result<Aes256Gcm, SecretError> {
+    /// The answers' key: derived from the token key, for that use only.
+    async fn answer_key(&self) -> Result<Zeroizing<Vec<u8>>, SecretError> {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(self.key().await?).expect("HMAC takes any key length");
         mac.update(b"certautopilot idempotent answers v1");
-        let key = Zeroizing::new(mac.finalize().into_bytes().to_vec());
-        Ok(<Aes256Gcm as aes_gcm::KeyInit>::new(
-            Key::<Aes256Gcm>::from_slice(&key),
-        ))
+        Ok(Zeroizing::new(mac.finalize().into_bytes().to_vec()))
     }
 
     /// The record id for a record stored by earlier builds under `legacy`.

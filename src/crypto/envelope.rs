@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::kek::{random_key, KekError, KekProvider};
 
-const NONCE_LEN: usize = 12;
+pub const NONCE_LEN: usize = 12;
 
 /// A sealed secret, as stored: nothing in it is usable without the KEK.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,17 +31,12 @@ pub enum EnvelopeError {
     WrongRecord { record: String },
 }
 
-/// Seals `plaintext` for the record named `record` (e.g. `keys/<id>`).
-pub fn seal(
-    kek: &dyn KekProvider,
-    record: &str,
-    plaintext: &[u8],
-) -> Result<Sealed, EnvelopeError> {
-    let data_key = random_key();
-    let (kek_version, wrapped_key) = kek.wrap(&data_key)?;
+/// AES-256-GCM under `key` (32 bytes) with a fresh random nonce, `record`
+/// as the associated data: the nonce and the ciphertext.
+pub fn encrypt(key: &[u8], record: &str, plaintext: &[u8]) -> ([u8; NONCE_LEN], Vec<u8>) {
     let mut nonce = [0u8; NONCE_LEN];
     rand::rng().fill_bytes(&mut nonce);
-    let ciphertext = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(data_key.as_ref()))
+    let ciphertext = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key))
         .encrypt(
             Nonce::from_slice(&nonce),
             Payload {
@@ -50,6 +45,38 @@ pub fn seal(
             },
         )
         .expect("AES-GCM encryption cannot fail for in-memory sizes");
+    (nonce, ciphertext)
+}
+
+/// Opens what [`encrypt`] made; `None` when it was sealed for another
+/// record or altered.
+pub fn decrypt(
+    key: &[u8],
+    record: &str,
+    nonce: &[u8; NONCE_LEN],
+    ciphertext: &[u8],
+) -> Option<Zeroizing<Vec<u8>>> {
+    Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key))
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: record.as_bytes(),
+            },
+        )
+        .ok()
+        .map(Zeroizing::new)
+}
+
+/// Seals `plaintext` for the record named `record` (e.g. `keys/<id>`).
+pub fn seal(
+    kek: &dyn KekProvider,
+    record: &str,
+    plaintext: &[u8],
+) -> Result<Sealed, EnvelopeError> {
+    let data_key = random_key();
+    let (kek_version, wrapped_key) = kek.wrap(&data_key)?;
+    let (nonce, ciphertext) = encrypt(data_key.as_ref(), record, plaintext);
     Ok(Sealed {
         kek_version,
         wrapped_key,
@@ -65,18 +92,11 @@ pub fn open(
     sealed: &Sealed,
 ) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
     let data_key = kek.unwrap(sealed.kek_version, &sealed.wrapped_key)?;
-    Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(data_key.as_ref()))
-        .decrypt(
-            Nonce::from_slice(&sealed.nonce),
-            Payload {
-                msg: &sealed.ciphertext,
-                aad: record.as_bytes(),
-            },
-        )
-        .map(Zeroizing::new)
-        .map_err(|_| EnvelopeError::WrongRecord {
+    decrypt(data_key.as_ref(), record, &sealed.nonce, &sealed.ciphertext).ok_or_else(|| {
+        EnvelopeError::WrongRecord {
             record: record.to_string(),
-        })
+        }
+    })
 }
 
 #[cfg(test)]
