@@ -4,6 +4,7 @@
 //! - [`envelope`] — AES-256-GCM envelope encryption: a data key per secret, wrapped by a KEK.
 //! - [`secrets`] — secrets at rest in `keys`, sealed for their owner.
 //! - [`api_tokens`] — API token records keyed by an HMAC only KEK holders can compute.
+//! - [`webhook_signature`] — the HMAC-SHA256 signature on every webhook POST (targets, notifications).
 //! - [`reseal`] — schema migration 12's KEK work: binding what earlier builds stored.
 
 pub mod api_tokens;
@@ -11,3 +12,4 @@ pub mod envelope;
 pub mod kek;
 pub mod reseal;
 pub mod secrets;
+pub mod webhook_signature;

@@ -9,16 +9,20 @@
 //! - [`jobs`] — every job kind, its payload and its idempotency key.
 //! - [`backoff`] — exponential back-off with jitter, shared by every retry.
 //! - [`certs`] — certificate keys, CSRs, reading issued chains.
+//! - [`distribution`] — target kinds, a delivery's steps and states, its job key.
+//! - [`notifications`] — events, severities, routes, quiet hours and deduplication keys.
 //! - [`autoscale`] — the worker count an HPA asks for from the queue depth.
 
 pub mod autoscale;
 pub mod backoff;
 pub mod certificate;
 pub mod certs;
+pub mod distribution;
 pub mod drift;
 pub mod grants;
 pub mod issuer;
 pub mod jobs;
+pub mod notifications;
 pub mod order;
 pub mod renewal;
 pub mod whole_number;

@@ -1,0 +1,223 @@
+//! Distribution: putting an issued certificate where it is served
+//! (docs/distribution.md). A project declares targets; a certificate names
+//! the targets it goes to; each (certificate, serial, target) is delivered
+//! once, by one `distribute` job that runs [`Step`]s in order and saves each
+//! before the next.
+
+use serde::{Deserialize, Serialize};
+
+/// How a certificate reaches a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetKind {
+    /// Pull: `certautopilot agent` beside the server fetches and writes files.
+    Agent,
+    /// Push: SFTP upload to a host with a pinned host key, then a reload command.
+    Ssh,
+    /// Push: a `kubernetes.io/tls` Secret, replaced with optimistic concurrency.
+    KubernetesSecret,
+    /// Push: a signed POST of the certificate (the key only when asked).
+    Webhook,
+}
+
+impl TargetKind {
+    pub const ALL: [TargetKind; 4] = [
+        TargetKind::Agent,
+        TargetKind::Ssh,
+        TargetKind::KubernetesSecret,
+        TargetKind::Webhook,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Agent => "agent",
+            TargetKind::Ssh => "ssh",
+            TargetKind::KubernetesSecret => "kubernetes-secret",
+            TargetKind::Webhook => "webhook",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Whether what was there before can be put back when validation fails.
+    /// A webhook receiver's state is its own: nothing to put back.
+    pub const fn can_roll_back(self) -> bool {
+        !matches!(self, TargetKind::Webhook)
+    }
+
+    /// Whether CertAutoPilot writes to the target itself (the others fetch).
+    pub const fn is_push(self) -> bool {
+        !matches!(self, TargetKind::Agent)
+    }
+}
+
+/// Where one (certificate, target) stands, as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DistributionState {
+    /// A job is enqueued for the newest serial and has not started.
+    Queued,
+    /// A worker (or, for `agent`, the agent) is running its steps.
+    Running,
+    /// The target serves the new serial.
+    Validated,
+    /// Validation failed and the previous files or object are back.
+    RolledBack,
+    /// A step failed and nothing could be put back, or the attempts are spent.
+    Failed,
+}
+
+impl DistributionState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DistributionState::Queued => "queued",
+            DistributionState::Running => "running",
+            DistributionState::Validated => "validated",
+            DistributionState::RolledBack => "rolled_back",
+            DistributionState::Failed => "failed",
+        }
+    }
+
+    /// Whether the job for this serial has finished, well or not.
+    pub const fn is_final(self) -> bool {
+        matches!(
+            self,
+            DistributionState::Validated
+                | DistributionState::RolledBack
+                | DistributionState::Failed
+        )
+    }
+}
+
+/// A step of a `distribute` job, saved before the next starts so a worker
+/// that dies mid-job leaves the next one knowing what was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// Put the files or the object in place (keeping what was there).
+    Execute,
+    /// Check that the target's validation endpoint serves the new serial:
+    /// a TLS handshake comparing fingerprints, the drift scan's probe.
+    Validate,
+    /// Put back what was there before.
+    Rollback,
+}
+
+/// What a step ended in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepResult {
+    Succeeded,
+    Failed,
+}
+
+/// The step to run after `step` ended in `result`, or the state the job
+/// ends in. `has_validation`: the target names an endpoint to probe (without
+/// one, an executed delivery counts as validated).
+pub fn next(
+    kind: TargetKind,
+    step: Step,
+    result: StepResult,
+    has_validation: bool,
+) -> Result<Step, DistributionState> {
+    use StepResult::*;
+    match (step, result) {
+        (Step::Execute, Succeeded) if has_validation => Ok(Step::Validate),
+        (Step::Execute, Succeeded) => Err(DistributionState::Validated),
+        (Step::Execute, Failed) => Err(DistributionState::Failed),
+        (Step::Validate, Succeeded) => Err(DistributionState::Validated),
+        (Step::Validate, Failed) if kind.can_roll_back() => Ok(Step::Rollback),
+        (Step::Validate, Failed) => Err(DistributionState::Failed),
+        (Step::Rollback, Succeeded) => Err(DistributionState::RolledBack),
+        (Step::Rollback, Failed) => Err(DistributionState::Failed),
+    }
+}
+
+/// The idempotency key of the delivery of `serial` to `target_id`: a target
+/// gets each certificate once, however often issuance is reported.
+pub fn job_key(certificate_id: &str, serial: &str, target_id: &str) -> String {
+    format!("distribute:{certificate_id}:{serial}:{target_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use StepResult::*;
+
+    #[test]
+    fn kinds_round_trip_through_their_names() {
+        for kind in TargetKind::ALL {
+            assert_eq!(TargetKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::json!(kind.as_str())
+            );
+        }
+        assert_eq!(TargetKind::parse("ftp"), None);
+    }
+
+    #[test]
+    fn states_serialize_as_the_api_shows_them() {
+        for state in [
+            DistributionState::Queued,
+            DistributionState::Running,
+            DistributionState::Validated,
+            DistributionState::RolledBack,
+            DistributionState::Failed,
+        ] {
+            assert_eq!(
+                serde_json::to_value(state).unwrap(),
+                serde_json::json!(state.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_validation_rolls_back_where_the_target_can() {
+        for kind in [
+            TargetKind::Agent,
+            TargetKind::Ssh,
+            TargetKind::KubernetesSecret,
+        ] {
+            assert_eq!(next(kind, Step::Validate, Failed, true), Ok(Step::Rollback));
+            assert_eq!(
+                next(kind, Step::Rollback, Succeeded, true),
+                Err(DistributionState::RolledBack)
+            );
+        }
+        assert_eq!(
+            next(TargetKind::Webhook, Step::Validate, Failed, true),
+            Err(DistributionState::Failed)
+        );
+    }
+
+    #[test]
+    fn validation_follows_execution_only_when_there_is_an_endpoint() {
+        let ssh = TargetKind::Ssh;
+        assert_eq!(
+            next(ssh, Step::Execute, Succeeded, true),
+            Ok(Step::Validate)
+        );
+        assert_eq!(
+            next(ssh, Step::Execute, Succeeded, false),
+            Err(DistributionState::Validated)
+        );
+        assert_eq!(
+            next(ssh, Step::Execute, Failed, true),
+            Err(DistributionState::Failed),
+            "a failed execute changed nothing it knows of: nothing to roll back"
+        );
+        assert_eq!(
+            next(ssh, Step::Rollback, Failed, true),
+            Err(DistributionState::Failed)
+        );
+    }
+
+    #[test]
+    fn one_job_per_certificate_serial_and_target() {
+        assert_eq!(job_key("c", "s", "t"), "distribute:c:s:t");
+        assert_ne!(job_key("c", "s", "t"), job_key("c", "s2", "t"));
+        assert_ne!(job_key("c", "s", "t"), job_key("c", "s", "t2"));
+    }
+}
