@@ -7,7 +7,7 @@
 //!
 //! | layer | owns |
 //! |---|---|
-//! | [`domain`] | pure types and rules: certificate and its status transitions, issuer, order stage, renewal windows and jitter, drift classification, every job kind with its payload and idempotency key, back-off, keys and CSRs, the worker count an HPA asks for |
+//! | [`domain`] | pure types and rules: certificate and its status transitions, distribution targets and steps, notification events and routes, issuer, order stage, renewal windows and jitter, drift classification, every job kind with its payload and idempotency key, back-off, keys and CSRs, the worker count an HPA asks for |
 //! | [`observe`] | metrics, JSON logs, the shutdown signal |
 //! | [`net`] | the egress policy every outbound connection a tenant can aim passes (`CAP_EGRESS_ALLOW`), and its hook into hyper's connector |
 //! | [`store`] | the MongoDB connection and the database's clock, fenced writes, schema and migrations, and one module per collection — the only code that reads or writes `certificates`, `orders`, `challenges`, `issuers`, `projects`, `tokens`, `keys`, `kek_versions`, `idempotency_keys`, `rate_limits` and the fleet registry (`workers`) |
@@ -16,6 +16,7 @@
 //! | [`audit`] | the hash-chained audit log (its own collections), chained checkpoints, `audit verify`, SIEM forwarding |
 //! | [`backup`] | snapshots of the whole installation: the file format (manifest, digests, zstd), `snapshot save` at one point in time, `snapshot restore` checked end to end before anything is written |
 //! | [`acme`] | the ACME client and the calls behind each order step, with its own error type; DNS-01 over RFC 2136, ARI, revocation |
+//! | [`distribute`] | delivering certificates to their targets: atomic certificate files with the previous set kept, the signed webhook POST |
 //! | [`work`] | one module per job kind, the registry that names them all, the leader's scans, ACME errors as job outcomes |
 //! | [`actors`] | ClaimActor, LeaseActor, SchedulerActor, OrderActor (owns the order state machine), KekRotationActor, SiemActor, readiness, supervision |
 //! | [`http`] | `/healthz`, `/readyz`, `/metrics`, the HTTP-01 responder, the `/v1` API and the metrics adapter's `external.metrics.k8s.io` |
@@ -31,6 +32,7 @@ pub mod audit;
 pub mod backup;
 pub mod cli;
 pub mod crypto;
+pub mod distribute;
 pub mod domain;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

@@ -11,9 +11,22 @@ use std::path::{Path, PathBuf};
 
 /// The layers, lowest first. A module may import from its own layer and
 /// those before it.
-const LAYERS: [&str; 14] = [
-    "domain", "observe", "net", "store", "crypto", "queue", "audit", "backup", "acme", "work",
-    "actors", "http", "cli", "fuzzing",
+const LAYERS: [&str; 15] = [
+    "domain",
+    "observe",
+    "net",
+    "store",
+    "crypto",
+    "queue",
+    "audit",
+    "backup",
+    "acme",
+    "distribute",
+    "work",
+    "actors",
+    "http",
+    "cli",
+    "fuzzing",
 ];
 
 /// Where `.collection(` may be called: the store, and the layers that own
