@@ -3,7 +3,11 @@
 //! agent.
 //!
 //! - [`files`] — certificate files written atomically, the previous set kept for rollback.
+//! - [`http`] — requests to tenant-named hosts through the egress policy, one error type.
+//! - [`kubernetes_secret`] — a `kubernetes.io/tls` Secret replaced with optimistic concurrency.
 //! - [`webhook`] — one signed POST through the egress policy (targets and notification channels).
 
 pub mod files;
+pub mod http;
+pub mod kubernetes_secret;
 pub mod webhook;

@@ -1,16 +1,14 @@
 //! One signed POST to a webhook: the `webhook` distribution target and the
-//! webhook notification channel (docs/distribution.md).
-//!
-//! The URL is a tenant's, so the connection passes the egress policy: the
-//! host is resolved here, each address judged, and the request pinned to the
-//! permitted ones (a name cannot resolve elsewhere between check and
-//! connect). Redirects are not followed: a `Location` could point past the
-//! policy.
+//! webhook notification channel (docs/distribution.md). The URL is a
+//! tenant's, so the request goes through [`pinned_client`]: the egress
+//! policy, no redirects.
 
 use std::time::Duration;
 
 use url::Url;
 
+pub use super::http::DeliveryError;
+use super::http::{pinned_client, refusal, transport_failure};
 use crate::crypto::webhook_signature::{self, SIGNATURE_HEADER};
 use crate::net::egress::EgressPolicy;
 
@@ -20,31 +18,6 @@ pub const DELIVERY_HEADER: &str = "CertAutoPilot-Delivery";
 
 /// How long one POST may take, connection included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// How much of a refusing answer's body is kept for the error.
-const ERROR_BODY_LIMIT: usize = 512;
-
-/// Why a POST did not succeed, and whether trying again can help.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DeliveryError {
-    /// The URL is unusable or its host refused by the egress policy:
-    /// retrying cannot help until the target is changed.
-    #[error("{0}")]
-    Refused(String),
-    /// The receiver answered 4xx (other than 408 and 429): it will answer
-    /// the same again.
-    #[error("the receiver answered {status}: {body}")]
-    Rejected { status: u16, body: String },
-    /// A connection failure, a timeout, 408, 429 or 5xx: worth a retry.
-    #[error("{0}")]
-    Transient(String),
-}
-
-impl DeliveryError {
-    pub fn is_transient(&self) -> bool {
-        matches!(self, DeliveryError::Transient(_))
-    }
-}
 
 /// POSTs JSON `body` to `url`, signed with `secret` at `now_secs` (the
 /// sender's Unix time, which the receiver compares with its clock), naming
@@ -58,31 +31,8 @@ pub async fn post(
     now_secs: i64,
     timeout: Duration,
 ) -> Result<u16, DeliveryError> {
-    if !matches!(url.scheme(), "https" | "http") {
-        return Err(DeliveryError::Refused(format!(
-            "{url}: only http and https URLs can be posted to"
-        )));
-    }
-    let host = url
-        .host_str()
-        .ok_or_else(|| DeliveryError::Refused(format!("{url}: no host")))?;
-    let port = url
-        .port_or_known_default()
-        .ok_or_else(|| DeliveryError::Refused(format!("{url}: no port")))?;
-    let addrs = policy.resolve(host, port).await.map_err(|e| match e {
-        crate::net::egress::EgressError::Unresolved { .. } => {
-            DeliveryError::Transient(e.to_string())
-        }
-        refused => DeliveryError::Refused(refused.to_string()),
-    })?;
-    let client = reqwest::Client::builder()
-        .use_rustls_tls()
-        .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .resolve_to_addrs(host.trim_matches(['[', ']']), &addrs)
-        .build()
-        .map_err(|e| DeliveryError::Refused(format!("HTTP client: {e}")))?;
-    let answer = client
+    let answer = pinned_client(policy, url, timeout, None)
+        .await?
         .post(url.clone())
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(
@@ -93,28 +43,11 @@ pub async fn post(
         .body(body.to_vec())
         .send()
         .await
-        .map_err(|e| {
-            DeliveryError::Transient(format!("POST {}: {}", redacted(url), e.without_url()))
-        })?;
-    let status = answer.status().as_u16();
+        .map_err(|e| transport_failure("POST", url, e))?;
     if answer.status().is_success() {
-        return Ok(status);
+        return Ok(answer.status().as_u16());
     }
-    let text = answer.text().await.unwrap_or_default();
-    let body: String = text.chars().take(ERROR_BODY_LIMIT).collect();
-    match status {
-        408 | 429 | 500..=599 => Err(DeliveryError::Transient(format!(
-            "the receiver answered {status}: {body}"
-        ))),
-        _ => Err(DeliveryError::Rejected { status, body }),
-    }
-}
-
-/// The URL without its query and user information, which may hold a
-/// token (Slack-style webhook URLs are secrets in their path too, so only
-/// the origin is shown).
-fn redacted(url: &Url) -> String {
-    url.origin().ascii_serialization()
+    Err(refusal(answer).await)
 }
 
 #[cfg(test)]

@@ -1,0 +1,520 @@
+//! The `kubernetes-secret` target: a `kubernetes.io/tls` Secret created or
+//! replaced through the Kubernetes API, with optimistic concurrency.
+//!
+//! Replace is read-modify-write: `GET` the Secret, change only its `type`
+//! and `data` (labels, annotations and owner references stay), `PUT` it
+//! with the `resourceVersion` read; a 409 means someone wrote in between,
+//! so read again and retry. An absent Secret is `POST`ed; a 409 there means
+//! it was just created, so the next round replaces it. What the Secret held
+//! before is returned, for rollback.
+//!
+//! No Kubernetes API server runs on these machines: the tests run this
+//! exchange against a stand-in of the Secrets endpoints (README).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use serde_json::{json, Value};
+use url::Url;
+
+use super::http::{pinned_client, refusal, transport_failure, DeliveryError};
+use crate::net::egress::EgressPolicy;
+
+/// Where a pod finds its service account (the in-cluster credentials).
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// How many read-modify-write rounds a replace makes before giving up on
+/// a Secret someone keeps writing.
+const CONFLICT_ROUNDS: usize = 5;
+
+/// How long one request may take.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// An API server and how to authenticate to it.
+#[derive(Clone)]
+pub struct Cluster {
+    pub server: Url,
+    pub bearer_token: String,
+    /// The API server's CA (PEM); `None` trusts the public roots.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("server", &self.server.as_str())
+            .field("bearer_token", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// The in-cluster service account: `KUBERNETES_SERVICE_HOST` and
+    /// `_PORT`, and the token and CA mounted in `dir`.
+    pub fn in_cluster(dir: &Path) -> Result<Cluster, DeliveryError> {
+        let env = |name: &str| {
+            std::env::var(name).map_err(|_| {
+                DeliveryError::Refused(format!("{name} is not set: not running in a pod"))
+            })
+        };
+        let (host, port) = (
+            env("KUBERNETES_SERVICE_HOST")?,
+            env("KUBERNETES_SERVICE_PORT")?,
+        );
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        let server = Url::parse(&format!("https://{host}:{port}"))
+            .map_err(|e| DeliveryError::Refused(format!("the API server's address: {e}")))?;
+        let read = |name: &str| {
+            std::fs::read(dir.join(name))
+                .map_err(|e| DeliveryError::Refused(format!("{}: {e}", dir.join(name).display())))
+        };
+        let token = String::from_utf8(read("token")?)
+            .map_err(|_| DeliveryError::Refused("the service account token is not text".into()))?;
+        Ok(Cluster {
+            server,
+            bearer_token: token.trim().to_string(),
+            ca_pem: Some(read("ca.crt")?),
+        })
+    }
+}
+
+/// What a TLS Secret holds: `tls.crt`, `tls.key` and, optionally, `ca.crt`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsData {
+    pub certificate_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsData")
+            .field(
+                "certificate_pem",
+                &String::from_utf8_lossy(&self.certificate_pem),
+            )
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+impl TlsData {
+    fn to_data(&self) -> Value {
+        let mut data = BTreeMap::new();
+        data.insert("tls.crt", BASE64.encode(&self.certificate_pem));
+        data.insert("tls.key", BASE64.encode(&self.key_pem));
+        if let Some(ca) = &self.ca_pem {
+            data.insert("ca.crt", BASE64.encode(ca));
+        }
+        json!(data)
+    }
+
+    fn from_data(data: &Value) -> Option<TlsData> {
+        let field = |name: &str| BASE64.decode(data.get(name)?.as_str()?).ok();
+        Some(TlsData {
+            certificate_pem: field("tls.crt")?,
+            key_pem: field("tls.key")?,
+            ca_pem: field("ca.crt"),
+        })
+    }
+}
+
+/// What a replace did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replaced {
+    /// What the Secret held before; `None` when it was created.
+    pub previous: Option<TlsData>,
+    /// The Secret's `resourceVersion` after the write.
+    pub resource_version: String,
+}
+
+/// Puts `data` into Secret `namespace/name`, creating it when absent.
+pub async fn replace(
+    policy: &EgressPolicy,
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+    data: &TlsData,
+    timeout: Duration,
+) -> Result<Replaced, DeliveryError> {
+    check_name("namespace", namespace)?;
+    check_name("Secret name", name)?;
+    let collection = cluster
+        .server
+        .join(&format!("api/v1/namespaces/{namespace}/secrets"))
+        .map_err(|e| DeliveryError::Refused(format!("the API server's URL: {e}")))?;
+    let one = Url::parse(&format!("{collection}/{name}")).expect("a URL plus a checked name");
+    let client = pinned_client(policy, &one, timeout, cluster.ca_pem.as_deref()).await?;
+    let auth = format!("Bearer {}", cluster.bearer_token);
+    let mut last_conflict = String::new();
+    for _ in 0..CONFLICT_ROUNDS {
+        let found = client
+            .get(one.clone())
+            .header(http::header::AUTHORIZATION, &auth)
+            .send()
+            .await
+            .map_err(|e| transport_failure("GET", &one, e))?;
+        let (previous, write) = match found.status().as_u16() {
+            404 => {
+                let secret = json!({
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": { "name": name, "namespace": namespace },
+                    "type": "kubernetes.io/tls",
+                    "data": data.to_data(),
+                });
+                (None, client.post(collection.clone()).json(&secret))
+            }
+            200 => {
+                let mut secret: Value = found
+                    .json()
+                    .await
+                    .map_err(|e| DeliveryError::Transient(format!("the Secret as read: {e}")))?;
+                let kind = secret
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("Opaque");
+                if kind != "kubernetes.io/tls" {
+                    return Err(DeliveryError::Refused(format!(
+                        "Secret {namespace}/{name} has type {kind}; a Secret's type cannot change, \
+                         so it is left alone"
+                    )));
+                }
+                let previous = secret.get("data").and_then(TlsData::from_data);
+                secret["data"] = data.to_data();
+                (previous, client.put(one.clone()).json(&secret))
+            }
+            _ => return Err(refusal(found).await),
+        };
+        let written = write
+            .header(http::header::AUTHORIZATION, &auth)
+            .send()
+            .await
+            .map_err(|e| transport_failure("write", &one, e))?;
+        match written.status().as_u16() {
+            200 | 201 => {
+                let secret: Value = written
+                    .json()
+                    .await
+                    .map_err(|e| DeliveryError::Transient(format!("the Secret as written: {e}")))?;
+                let resource_version = secret["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                return Ok(Replaced {
+                    previous,
+                    resource_version,
+                });
+            }
+            409 => last_conflict = written.text().await.unwrap_or_default(),
+            _ => return Err(refusal(written).await),
+        }
+    }
+    Err(DeliveryError::Transient(format!(
+        "Secret {namespace}/{name} changed under every one of {CONFLICT_ROUNDS} writes: {}",
+        last_conflict.chars().take(200).collect::<String>()
+    )))
+}
+
+/// A DNS-1123 label or subdomain, as Kubernetes names are: nothing that
+/// could change the request's path.
+fn check_name(what: &str, name: &str) -> Result<(), DeliveryError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(DeliveryError::Refused(format!(
+            "{what} {name:?} is not a Kubernetes name (lower-case letters, digits, '-' and '.')"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+
+    use super::*;
+
+    const TOKEN: &str = "sa-token";
+
+    /// The Secrets endpoints as the API server answers them: resource
+    /// versions, 409 on a stale `resourceVersion` or a second create, 401
+    /// without the token. `interfere` writes the Secret that many times
+    /// between a GET and the next write, as a concurrent writer would.
+    #[derive(Default)]
+    struct StandIn {
+        secrets: HashMap<String, Value>,
+        version: u64,
+        interfere: usize,
+        writes: usize,
+    }
+
+    impl StandIn {
+        fn bump(&mut self, key: &str) {
+            self.version += 1;
+            let v = self.version.to_string();
+            if let Some(s) = self.secrets.get_mut(key) {
+                s["metadata"]["resourceVersion"] = json!(v);
+            }
+        }
+    }
+
+    async fn serve(state: Arc<Mutex<StandIn>>) -> (Url, actix_web::dev::ServerHandle) {
+        let server = HttpServer::new(move || {
+            let state = state.clone();
+            App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
+                let state = state.clone();
+                async move { answer(&mut state.lock().unwrap(), &req, &body) }
+            }))
+        })
+        .workers(1)
+        .bind(("127.0.0.1", 0))
+        .unwrap();
+        let port = server.addrs()[0].port();
+        let server = server.run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        (
+            Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap(),
+            handle,
+        )
+    }
+
+    fn answer(s: &mut StandIn, req: &HttpRequest, body: &[u8]) -> HttpResponse {
+        let authorized = req
+            .headers()
+            .get("authorization")
+            .is_some_and(|v| v.as_bytes() == format!("Bearer {TOKEN}").as_bytes());
+        if !authorized {
+            return HttpResponse::Unauthorized().json(json!({"kind": "Status", "code": 401}));
+        }
+        let parts: Vec<&str> = req.path().trim_matches('/').split('/').collect();
+        let (ns, name) = match parts.as_slice() {
+            ["api", "v1", "namespaces", ns, "secrets"] => (*ns, None),
+            ["api", "v1", "namespaces", ns, "secrets", name] => (*ns, Some(*name)),
+            _ => return HttpResponse::NotFound().finish(),
+        };
+        let conflict = || HttpResponse::Conflict().json(json!({"kind": "Status", "code": 409}));
+        match (req.method().as_str(), name) {
+            ("GET", Some(name)) => {
+                let key = format!("{ns}/{name}");
+                let found = s.secrets.get(&key).cloned();
+                for _ in 0..s.interfere.min(1) {
+                    s.interfere -= 1;
+                    s.bump(&key);
+                }
+                match found {
+                    Some(secret) => HttpResponse::Ok().json(secret),
+                    None => HttpResponse::NotFound().json(json!({"kind": "Status", "code": 404})),
+                }
+            }
+            ("POST", None) => {
+                let mut secret: Value = serde_json::from_slice(body).unwrap();
+                let key = format!("{ns}/{}", secret["metadata"]["name"].as_str().unwrap());
+                s.writes += 1;
+                if s.secrets.contains_key(&key) {
+                    return conflict();
+                }
+                s.version += 1;
+                secret["metadata"]["resourceVersion"] = json!(s.version.to_string());
+                s.secrets.insert(key, secret.clone());
+                HttpResponse::Created().json(secret)
+            }
+            ("PUT", Some(name)) => {
+                let mut secret: Value = serde_json::from_slice(body).unwrap();
+                let key = format!("{ns}/{name}");
+                s.writes += 1;
+                let stored = &s.secrets[&key]["metadata"]["resourceVersion"];
+                if &secret["metadata"]["resourceVersion"] != stored {
+                    return conflict();
+                }
+                s.version += 1;
+                secret["metadata"]["resourceVersion"] = json!(s.version.to_string());
+                s.secrets.insert(key, secret.clone());
+                HttpResponse::Ok().json(secret)
+            }
+            _ => HttpResponse::MethodNotAllowed().finish(),
+        }
+    }
+
+    fn cluster(server: &Url, token: &str) -> Cluster {
+        Cluster {
+            server: server.clone(),
+            bearer_token: token.into(),
+            ca_pem: None,
+        }
+    }
+
+    fn tls(n: u8) -> TlsData {
+        TlsData {
+            certificate_pem: format!("cert {n}").into_bytes(),
+            key_pem: format!("key {n}").into_bytes(),
+            ca_pem: (n > 1).then(|| b"ca".to_vec()),
+        }
+    }
+
+    fn loopback() -> EgressPolicy {
+        EgressPolicy::parse("127.0.0.1").unwrap()
+    }
+
+    #[actix_web::test]
+    async fn an_absent_secret_is_created_and_a_present_one_replaced_keeping_its_metadata() {
+        let state = Arc::new(Mutex::new(StandIn::default()));
+        let (server, handle) = serve(state.clone()).await;
+        let c = cluster(&server, TOKEN);
+        let created = replace(&loopback(), &c, "web", "www-tls", &tls(1), DEFAULT_TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(created.previous, None);
+        {
+            let mut s = state.lock().unwrap();
+            let secret = s.secrets.get_mut("web/www-tls").unwrap();
+            assert_eq!(secret["type"], "kubernetes.io/tls");
+            assert_eq!(TlsData::from_data(&secret["data"]), Some(tls(1)));
+            assert_eq!(
+                secret["metadata"]["resourceVersion"],
+                json!(created.resource_version)
+            );
+            // Someone else labels it; a replace must not drop that.
+            secret["metadata"]["labels"] = json!({"team": "edge"});
+        }
+        let replaced = replace(&loopback(), &c, "web", "www-tls", &tls(2), DEFAULT_TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(replaced.previous, Some(tls(1)), "what to roll back to");
+        let secret = state.lock().unwrap().secrets["web/www-tls"].clone();
+        assert_eq!(TlsData::from_data(&secret["data"]), Some(tls(2)));
+        assert_eq!(secret["data"]["ca.crt"], json!(BASE64.encode("ca")));
+        assert_eq!(secret["metadata"]["labels"], json!({"team": "edge"}));
+        handle.stop(true).await;
+    }
+
+    #[actix_web::test]
+    async fn a_concurrent_write_is_read_again_and_a_secret_that_keeps_changing_gives_up() {
+        let state = Arc::new(Mutex::new(StandIn::default()));
+        let (server, handle) = serve(state.clone()).await;
+        let c = cluster(&server, TOKEN);
+        replace(&loopback(), &c, "web", "www-tls", &tls(1), DEFAULT_TIMEOUT)
+            .await
+            .unwrap();
+        {
+            let mut s = state.lock().unwrap();
+            s.interfere = 2;
+            s.writes = 0;
+        }
+        let replaced = replace(&loopback(), &c, "web", "www-tls", &tls(2), DEFAULT_TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(replaced.previous, Some(tls(1)));
+        assert_eq!(
+            state.lock().unwrap().writes,
+            3,
+            "two stale writes refused, the third lands"
+        );
+
+        state.lock().unwrap().interfere = 100;
+        let e = replace(&loopback(), &c, "web", "www-tls", &tls(3), DEFAULT_TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        assert!(
+            e.to_string()
+                .contains("changed under every one of 5 writes"),
+            "{e}"
+        );
+        let secret = state.lock().unwrap().secrets["web/www-tls"].clone();
+        assert_eq!(TlsData::from_data(&secret["data"]), Some(tls(2)));
+        handle.stop(true).await;
+    }
+
+    #[actix_web::test]
+    async fn refusals_are_clear_and_change_nothing() {
+        let state = Arc::new(Mutex::new(StandIn::default()));
+        let (server, handle) = serve(state.clone()).await;
+        let wrong = replace(
+            &loopback(),
+            &cluster(&server, "stolen"),
+            "web",
+            "www-tls",
+            &tls(1),
+            DEFAULT_TIMEOUT,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(wrong, DeliveryError::Rejected { status: 401, .. }),
+            "{wrong}"
+        );
+
+        state.lock().unwrap().secrets.insert(
+            "web/opaque".into(),
+            json!({"metadata": {"name": "opaque", "resourceVersion": "1"}, "type": "Opaque", "data": {}}),
+        );
+        let c = cluster(&server, TOKEN);
+        let opaque = replace(&loopback(), &c, "web", "opaque", &tls(1), DEFAULT_TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(matches!(opaque, DeliveryError::Refused(_)), "{opaque}");
+
+        for (ns, name) in [
+            ("web", "../../pods"),
+            ("web/x", "a"),
+            ("web", "A"),
+            ("", "a"),
+        ] {
+            let e = replace(&loopback(), &c, ns, name, &tls(1), DEFAULT_TIMEOUT)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, DeliveryError::Refused(_)), "{ns}/{name}: {e}");
+        }
+        let e = replace(
+            &EgressPolicy::default(),
+            &c,
+            "web",
+            "a",
+            &tls(1),
+            DEFAULT_TIMEOUT,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("loopback"), "{e}");
+        assert_eq!(state.lock().unwrap().writes, 0, "nothing was written");
+        handle.stop(true).await;
+    }
+
+    #[test]
+    fn the_service_account_is_read_from_its_mount() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "abc\n").unwrap();
+        std::fs::write(dir.path().join("ca.crt"), "pem").unwrap();
+        // Set only here; no other test reads these variables.
+        std::env::set_var("KUBERNETES_SERVICE_HOST", "10.96.0.1");
+        std::env::set_var("KUBERNETES_SERVICE_PORT", "443");
+        let c = Cluster::in_cluster(dir.path()).unwrap();
+        assert_eq!(c.server.as_str(), "https://10.96.0.1/");
+        assert_eq!(c.bearer_token, "abc");
+        assert_eq!(c.ca_pem.as_deref(), Some(&b"pem"[..]));
+        assert!(
+            !format!("{c:?}").contains("abc"),
+            "the token is never printed"
+        );
+        std::fs::remove_file(dir.path().join("token")).unwrap();
+        assert!(Cluster::in_cluster(dir.path()).is_err());
+    }
+}
