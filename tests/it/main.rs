@@ -52,6 +52,7 @@ mod drift;
 mod durability;
 mod egress;
 mod election;
+mod email;
 mod fleet;
 mod idempotency;
 mod issuance;
