@@ -40,25 +40,25 @@ pub fn write_atomically(
 ) -> io::Result<()> {
     check_name(name)?;
     let target = dir.join(name);
-    let temporary = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // A fresh name, created exclusively: two writers never share it, and a
+    // link planted in advance is never followed (O_EXCL).
+    let suffix: u64 = rand::random();
+    let temporary = dir.join(format!(".{name}.tmp-{suffix:016x}"));
     let written = (|| {
         // Created with the final mode, so a key is never readable by others,
-        // not even between create and chmod.
+        // not even between create and chmod; mode and owner are then set on
+        // the open file, not on a path.
         let mut file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
             .open(&temporary)?;
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        if owner.uid.is_some() || owner.gid.is_some() {
+            std::os::unix::fs::fchown(&file, owner.uid, owner.gid)?;
+        }
         file.write_all(contents)?;
         file.sync_all()?;
-        fs::set_permissions(
-            &temporary,
-            std::os::unix::fs::PermissionsExt::from_mode(mode),
-        )?;
-        if owner.uid.is_some() || owner.gid.is_some() {
-            std::os::unix::fs::chown(&temporary, owner.uid, owner.gid)?;
-        }
         fs::rename(&temporary, &target)
     })();
     if written.is_err() {
@@ -71,18 +71,35 @@ pub fn write_atomically(
 /// Installs `files` in `dir`: each existing file is first copied to
 /// `<name>.previous` (atomically too), then replaced. The previous set is
 /// complete before the first file is replaced, so [`roll_back`] always has
-/// a whole set to put back.
+/// a whole set to put back. A file that already holds its new contents (a
+/// retried install) keeps the backup it has. When a file cannot be
+/// replaced, those replaced before it are put back, so the live set is
+/// never half new.
 pub fn install(dir: &Path, files: &[FileSpec<'_>], owner: Owner) -> io::Result<()> {
+    let mut old = Vec::with_capacity(files.len());
     for file in files {
         check_name(file.name)?;
         match fs::read(dir.join(file.name)) {
-            Ok(old) => write_atomically(dir, &previous_name(file.name), &old, file.mode, owner)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Ok(contents) => old.push(Some(contents)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => old.push(None),
             Err(e) => return Err(e),
         }
     }
-    for file in files {
-        write_atomically(dir, file.name, file.contents, file.mode, owner)?;
+    for (file, old) in files.iter().zip(&old) {
+        if let Some(old) = old.as_deref().filter(|old| *old != file.contents) {
+            write_atomically(dir, &previous_name(file.name), old, file.mode, owner)?;
+        }
+    }
+    for (n, file) in files.iter().enumerate() {
+        if let Err(e) = write_atomically(dir, file.name, file.contents, file.mode, owner) {
+            for (done, old) in files[..n].iter().zip(&old) {
+                let _ = match old {
+                    Some(old) => write_atomically(dir, done.name, old, done.mode, owner),
+                    None => fs::remove_file(dir.join(done.name)),
+                };
+            }
+            return Err(e);
+        }
     }
     Ok(())
 }
@@ -190,6 +207,35 @@ mod tests {
             b"cert 1"
         );
         assert_eq!(fs::read(dir.path().join("key.pem")).unwrap(), b"key 1");
+    }
+
+    #[test]
+    fn a_retried_install_keeps_the_backup_of_what_was_there_before() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), &set(b"cert 1", b"key 1"), Owner::default()).unwrap();
+        install(dir.path(), &set(b"cert 2", b"key 2"), Owner::default()).unwrap();
+        install(dir.path(), &set(b"cert 2", b"key 2"), Owner::default()).unwrap();
+        roll_back(dir.path(), &set(b"", b""), Owner::default()).unwrap();
+        assert_eq!(
+            fs::read(dir.path().join("fullchain.pem")).unwrap(),
+            b"cert 1"
+        );
+        assert_eq!(fs::read(dir.path().join("key.pem")).unwrap(), b"key 1");
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_replaced_puts_back_those_replaced_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("fullchain.pem"), b"cert 1").unwrap();
+        // A directory in the key's place: renaming over it fails.
+        fs::create_dir_all(dir.path().join("key.pem/in-the-way")).unwrap();
+        let e = install(dir.path(), &set(b"cert 2", b"key 2"), Owner::default()).unwrap_err();
+        assert_ne!(e.kind(), io::ErrorKind::NotFound, "{e}");
+        assert_eq!(
+            fs::read(dir.path().join("fullchain.pem")).unwrap(),
+            b"cert 1",
+            "never a new certificate beside an old key"
+        );
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub async fn pinned_client(
         .use_rustls_tls()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
+        // A proxy from the environment would resolve the host itself, past
+        // the policy and the pinning.
+        .no_proxy()
         .resolve_to_addrs(host.trim_matches(['[', ']']), &addrs);
     if let Some(pem) = ca_pem {
         let roots = reqwest::Certificate::from_pem_bundle(pem)
@@ -84,11 +87,19 @@ pub fn transport_failure(method: &str, url: &Url, e: reqwest::Error) -> Delivery
     DeliveryError::Transient(format!("{method} {}: {}", redacted(url), e.without_url()))
 }
 
-/// A non-2xx answer as an error, with the start of its body.
-pub async fn refusal(answer: reqwest::Response) -> DeliveryError {
+/// A non-2xx answer as an error, with the start of its body (read no
+/// further: a receiver could stream without end).
+pub async fn refusal(mut answer: reqwest::Response) -> DeliveryError {
     let status = answer.status().as_u16();
-    let text = answer.text().await.unwrap_or_default();
-    let body: String = text.chars().take(ERROR_BODY_LIMIT).collect();
+    let mut start = Vec::new();
+    while start.len() < ERROR_BODY_LIMIT {
+        match answer.chunk().await {
+            Ok(Some(chunk)) => start.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    start.truncate(ERROR_BODY_LIMIT);
+    let body = String::from_utf8_lossy(&start).into_owned();
     match status {
         408 | 429 | 500..=599 => {
             DeliveryError::Transient(format!("the receiver answered {status}: {body}"))

@@ -60,14 +60,19 @@ impl Cluster {
                 DeliveryError::Refused(format!("{name} is not set: not running in a pod"))
             })
         };
-        let (host, port) = (
-            env("KUBERNETES_SERVICE_HOST")?,
-            env("KUBERNETES_SERVICE_PORT")?,
-        );
+        Self::service_account(
+            dir,
+            &env("KUBERNETES_SERVICE_HOST")?,
+            &env("KUBERNETES_SERVICE_PORT")?,
+        )
+    }
+
+    /// The API server at `host`:`port`, with the token and CA in `dir`.
+    pub fn service_account(dir: &Path, host: &str, port: &str) -> Result<Cluster, DeliveryError> {
         let host = if host.contains(':') {
             format!("[{host}]")
         } else {
-            host
+            host.to_string()
         };
         let server = Url::parse(&format!("https://{host}:{port}"))
             .map_err(|e| DeliveryError::Refused(format!("the API server's address: {e}")))?;
@@ -129,7 +134,9 @@ impl TlsData {
 /// What a replace did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replaced {
-    /// What the Secret held before; `None` when it was created.
+    /// What the Secret held before; `None` when it was created, or already
+    /// held `data` (a retried delivery: its caller saves the previous data
+    /// read on the first attempt, before writing).
     pub previous: Option<TlsData>,
     /// The Secret's `resourceVersion` after the write.
     pub resource_version: String,
@@ -146,8 +153,13 @@ pub async fn replace(
 ) -> Result<Replaced, DeliveryError> {
     check_name("namespace", namespace)?;
     check_name("Secret name", name)?;
-    let collection = cluster
-        .server
+    // The server may have a path (Rancher: https://r/k8s/clusters/c-1);
+    // join would drop its last segment without a trailing slash.
+    let mut base = cluster.server.clone();
+    if !base.path().ends_with('/') {
+        base.set_path(&format!("{}/", base.path()));
+    }
+    let collection = base
         .join(&format!("api/v1/namespaces/{namespace}/secrets"))
         .map_err(|e| DeliveryError::Refused(format!("the API server's URL: {e}")))?;
     let one = Url::parse(&format!("{collection}/{name}")).expect("a URL plus a checked name");
@@ -188,6 +200,18 @@ pub async fn replace(
                     )));
                 }
                 let previous = secret.get("data").and_then(TlsData::from_data);
+                if previous.as_ref() == Some(data) {
+                    // A retry whose first write landed: nothing to write,
+                    // and what was there before is what the caller saved
+                    // before that first write.
+                    return Ok(Replaced {
+                        previous: None,
+                        resource_version: secret["metadata"]["resourceVersion"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    });
+                }
                 secret["data"] = data.to_data();
                 (previous, client.put(one.clone()).json(&secret))
             }
@@ -263,6 +287,7 @@ mod tests {
         version: u64,
         interfere: usize,
         writes: usize,
+        paths: Vec<String>,
     }
 
     impl StandIn {
@@ -304,7 +329,10 @@ mod tests {
         if !authorized {
             return HttpResponse::Unauthorized().json(json!({"kind": "Status", "code": 401}));
         }
-        let parts: Vec<&str> = req.path().trim_matches('/').split('/').collect();
+        s.paths.push(req.path().to_string());
+        let path = req.path().trim_matches('/');
+        let path = path.strip_prefix("k8s/clusters/c-1/").unwrap_or(path);
+        let parts: Vec<&str> = path.split('/').collect();
         let (ns, name) = match parts.as_slice() {
             ["api", "v1", "namespaces", ns, "secrets"] => (*ns, None),
             ["api", "v1", "namespaces", ns, "secrets", name] => (*ns, Some(*name)),
@@ -398,10 +426,36 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(replaced.previous, Some(tls(1)), "what to roll back to");
+        let writes = state.lock().unwrap().writes;
+        let again = replace(&loopback(), &c, "web", "www-tls", &tls(2), DEFAULT_TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(
+            again.previous, None,
+            "a retry does not take the new data for the old"
+        );
+        assert_eq!(state.lock().unwrap().writes, writes, "and writes nothing");
         let secret = state.lock().unwrap().secrets["web/www-tls"].clone();
         assert_eq!(TlsData::from_data(&secret["data"]), Some(tls(2)));
         assert_eq!(secret["data"]["ca.crt"], json!(BASE64.encode("ca")));
         assert_eq!(secret["metadata"]["labels"], json!({"team": "edge"}));
+        handle.stop(true).await;
+    }
+
+    #[actix_web::test]
+    async fn a_server_url_with_a_path_keeps_it() {
+        let state = Arc::new(Mutex::new(StandIn::default()));
+        let (server, handle) = serve(state.clone()).await;
+        // The stand-in answers under /k8s/clusters/c-1/ too (it matches the
+        // path's tail); a dropped segment would reach /k8s/clusters/api/….
+        let c = cluster(&server.join("k8s/clusters/c-1").unwrap(), TOKEN);
+        replace(&loopback(), &c, "web", "www-tls", &tls(1), DEFAULT_TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(
+            state.lock().unwrap().paths.last().unwrap(),
+            "/k8s/clusters/c-1/api/v1/namespaces/web/secrets"
+        );
         handle.stop(true).await;
     }
 
@@ -503,10 +557,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("token"), "abc\n").unwrap();
         std::fs::write(dir.path().join("ca.crt"), "pem").unwrap();
-        // Set only here; no other test reads these variables.
-        std::env::set_var("KUBERNETES_SERVICE_HOST", "10.96.0.1");
-        std::env::set_var("KUBERNETES_SERVICE_PORT", "443");
-        let c = Cluster::in_cluster(dir.path()).unwrap();
+        let c = Cluster::service_account(dir.path(), "10.96.0.1", "443").unwrap();
         assert_eq!(c.server.as_str(), "https://10.96.0.1/");
         assert_eq!(c.bearer_token, "abc");
         assert_eq!(c.ca_pem.as_deref(), Some(&b"pem"[..]));
@@ -514,7 +565,9 @@ mod tests {
             !format!("{c:?}").contains("abc"),
             "the token is never printed"
         );
+        let v6 = Cluster::service_account(dir.path(), "fd00::1", "6443").unwrap();
+        assert_eq!(v6.server.as_str(), "https://[fd00::1]:6443/");
         std::fs::remove_file(dir.path().join("token")).unwrap();
-        assert!(Cluster::in_cluster(dir.path()).is_err());
+        assert!(Cluster::service_account(dir.path(), "10.96.0.1", "443").is_err());
     }
 }

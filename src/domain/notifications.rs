@@ -197,12 +197,14 @@ pub struct Route {
 
 impl Route {
     /// `project`: the event's project, `None` for installation-wide events
-    /// (audit chain, KEK rotation), which a project filter does not exclude.
+    /// (audit chain, KEK rotation), which only a route without a project
+    /// filter takes. (Only installation channels have such events at all:
+    /// a project's channels never see them.)
     pub fn takes(&self, event: &Event, project: Option<&str>) -> bool {
         let kind_ok = self.kinds.is_empty() || self.kinds.iter().any(|k| k == event.kind());
         let project_ok = match project {
             Some(p) => self.projects.is_empty() || self.projects.iter().any(|q| q == p),
-            None => true,
+            None => self.projects.is_empty(),
         };
         kind_ok && project_ok && event.severity() >= self.min_severity
     }
@@ -211,12 +213,41 @@ impl Route {
 /// A daily window, in minutes after midnight UTC, when only critical events
 /// go. `start > end` wraps midnight (22:00–07:00); `start == end` is empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "QuietHoursFields")]
 pub struct QuietHours {
-    pub start_minute: u32,
-    pub end_minute: u32,
+    start_minute: u32,
+    end_minute: u32,
+}
+
+#[derive(Deserialize)]
+struct QuietHoursFields {
+    start_minute: u32,
+    end_minute: u32,
+}
+
+impl TryFrom<QuietHoursFields> for QuietHours {
+    type Error = String;
+
+    fn try_from(f: QuietHoursFields) -> Result<Self, String> {
+        QuietHours::new(f.start_minute, f.end_minute)
+    }
 }
 
 impl QuietHours {
+    /// Minutes after midnight, each below 1440: a window ending at 1440
+    /// would hold messages for ever (its end, midnight, is quiet again).
+    pub fn new(start_minute: u32, end_minute: u32) -> Result<QuietHours, String> {
+        if start_minute >= 1440 || end_minute >= 1440 {
+            return Err(format!(
+                "quiet hours {start_minute}-{end_minute}: minutes after midnight are 0 to 1439"
+            ));
+        }
+        Ok(QuietHours {
+            start_minute,
+            end_minute,
+        })
+    }
+
     /// When a message of `severity` found at `now_ms` may go: `now_ms`
     /// itself, or the end of the quiet window it falls in.
     pub fn release_at(&self, severity: Severity, now_ms: i64) -> i64 {
@@ -323,7 +354,8 @@ mod tests {
         };
         assert!(team.takes(&cert_event("issued"), Some("p")));
         assert!(!team.takes(&cert_event("issued"), Some("q")));
-        assert!(team.takes(&Event::AuditChainBroken { seq: 3 }, None));
+        assert!(!team.takes(&Event::AuditChainBroken { seq: 3 }, None));
+        assert!(all.takes(&Event::AuditChainBroken { seq: 3 }, None));
         let issued = Route {
             kinds: vec!["certificate.issued".into()],
             ..Route::default()
@@ -335,26 +367,29 @@ mod tests {
     #[test]
     fn quiet_hours_hold_back_all_but_critical_events() {
         let at = |h: i64, m: i64| 10 * DAY_MS + (h * 60 + m) * 60_000;
-        let night = QuietHours {
-            start_minute: 22 * 60,
-            end_minute: 7 * 60,
-        };
+        let night = QuietHours::new(22 * 60, 7 * 60).unwrap();
         assert_eq!(night.release_at(Severity::Warning, at(12, 0)), at(12, 0));
         assert_eq!(night.release_at(Severity::Warning, at(23, 30)), at(31, 0));
         assert_eq!(night.release_at(Severity::Info, at(3, 0)), at(7, 0));
         assert_eq!(night.release_at(Severity::Info, at(7, 0)), at(7, 0));
         assert_eq!(night.release_at(Severity::Critical, at(23, 30)), at(23, 30));
-        let lunch = QuietHours {
-            start_minute: 12 * 60,
-            end_minute: 13 * 60,
-        };
+        let lunch = QuietHours::new(12 * 60, 13 * 60).unwrap();
         assert_eq!(lunch.release_at(Severity::Info, at(12, 59)), at(13, 0));
         assert_eq!(lunch.release_at(Severity::Info, at(13, 0)), at(13, 0));
-        let none = QuietHours {
-            start_minute: 60,
-            end_minute: 60,
-        };
+        let none = QuietHours::new(60, 60).unwrap();
         assert_eq!(none.release_at(Severity::Info, at(1, 0)), at(1, 0));
+    }
+
+    #[test]
+    fn quiet_hours_past_midnight_are_refused_not_held_for_ever() {
+        assert!(QuietHours::new(0, 1440).is_err());
+        assert!(QuietHours::new(1440, 60).is_err());
+        assert!(
+            serde_json::from_str::<QuietHours>(r#"{"start_minute":0,"end_minute":1440}"#).is_err()
+        );
+        let read: QuietHours =
+            serde_json::from_str(r#"{"start_minute":1320,"end_minute":420}"#).unwrap();
+        assert_eq!(read, QuietHours::new(1320, 420).unwrap());
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!
 //! The message's `Message-ID` is derived from the event's deduplication key,
 //! so the same event sent twice (at-least-once delivery) carries the same id
-//! and mail systems keep one.
+//! and the key itself, for filters and ticket systems that drop duplicates
+//! (most mailboxes show both).
 
 use std::time::Duration;
 
@@ -23,7 +24,8 @@ use crate::distribute::http::DeliveryError;
 use crate::domain::certs::hex;
 use crate::net::egress::EgressPolicy;
 
-/// How long one delivery may take, connection and every command included.
+/// How long one delivery may take, every address tried, connection and
+/// every command included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How the connection is protected.
@@ -86,6 +88,24 @@ pub async fn send(
     timeout: Duration,
 ) -> Result<(), DeliveryError> {
     let message = build(settings, mail)?;
+    tokio::time::timeout(timeout, send_message(egress, settings, &message, timeout))
+        .await
+        .unwrap_or_else(|_| {
+            Err(DeliveryError::Transient(format!(
+                "SMTP {}:{}: no delivery within {}s",
+                settings.host,
+                settings.port,
+                timeout.as_secs()
+            )))
+        })
+}
+
+async fn send_message(
+    egress: &EgressPolicy,
+    settings: &SmtpSettings,
+    message: &Message,
+    timeout: Duration,
+) -> Result<(), DeliveryError> {
     let addrs = egress
         .resolve(&settings.host, settings.port)
         .await
@@ -97,7 +117,7 @@ pub async fn send(
         })?;
     let mut last = None;
     for addr in addrs {
-        match send_to(&addr.ip().to_string(), settings, &message, timeout).await {
+        match send_to(&addr.ip().to_string(), settings, message, timeout).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() => last = Some(e),
             Err(e) => return Err(e),
@@ -176,9 +196,10 @@ async fn send_to(
                     status: e.status().map(u16::from).unwrap_or(550),
                     body: text,
                 }
-            } else if e.is_tls() || failed_tls(&e) {
-                // A certificate we do not trust, or no STARTTLS offered:
-                // the same again until the channel is changed.
+            } else if e.is_tls() || e.is_client() || failed_tls(&e) {
+                // A certificate we do not trust, no STARTTLS offered, no
+                // authentication mechanism in common: the same again until
+                // the channel is changed.
                 DeliveryError::Refused(text)
             } else {
                 DeliveryError::Transient(text)

@@ -1,9 +1,9 @@
 //! The email channel against a real SMTP server on loopback: aiosmtpd
 //! (tests/smtp/receiver.py) requiring STARTTLS, then authentication, with
 //! its own CA. The mail arrives with its Message-ID from the deduplication
-//! key; a wrong password, a server answering 451, a name the egress policy
-//! refuses and a CA we do not trust each end as the error that says whether
-//! a retry can help.
+//! key; a wrong password, a server answering 451, a server without
+//! STARTTLS, a name the egress policy refuses and a CA we do not trust each
+//! end as the error that says whether a retry can help.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -62,41 +62,53 @@ fn pki() -> (String, String, String) {
 }
 
 fn start(fail_first: u32) -> Receiver {
+    start_as(fail_first, false)
+}
+
+/// Starts the receiver on a free port; a port taken between our pick and
+/// its bind (another test) makes it exit, and it is started again.
+fn start_as(fail_first: u32, plain: bool) -> Receiver {
     let (ca_pem, cert, key) = pki();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
     std::fs::write(dir.path().join("key.pem"), key).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp/receiver.py");
-    let mut child = Command::new(python())
-        .arg(script)
-        .arg(dir.path().join("cert.pem"))
-        .arg(dir.path().join("key.pem"))
-        .arg(port.to_string())
-        .arg(out.path())
-        .args(["alerts", "s3cret", &fail_first.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
+    for _ in 0..5 {
+        let out = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new(python())
+            .arg(&script)
+            .arg(dir.path().join("cert.pem"))
+            .arg(dir.path().join("key.pem"))
+            .arg(port.to_string())
+            .arg(out.path())
+            .args(["alerts", "s3cret", &fail_first.to_string()])
+            .args(plain.then_some("plain"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
         .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "ready", "the receiver did not start");
-    Receiver {
-        child,
-        port,
-        out,
-        _pki: dir,
-        ca_pem,
+        if line.trim() == "ready" {
+            return Receiver {
+                child,
+                port,
+                out,
+                _pki: dir,
+                ca_pem,
+            };
+        }
+        let _ = child.wait();
     }
+    panic!("the SMTP receiver did not start in 5 tries");
 }
 
 fn settings(r: &Receiver, password: &str) -> SmtpSettings {
@@ -218,4 +230,22 @@ async fn refusals_say_whether_a_retry_can_help() {
         "{e}"
     );
     assert_eq!(received(&r).len(), 1, "nothing else was delivered");
+}
+
+#[tokio::test]
+async fn a_server_without_starttls_is_refused_and_gets_nothing() {
+    let r = start_as(0, true);
+    let e = email::send(
+        &loopback(),
+        &settings(&r, "s3cret"),
+        &MAIL,
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&e, DeliveryError::Refused(why) if why.contains("STARTTLS")),
+        "no STARTTLS is not worth a retry: {e}"
+    );
+    assert!(received(&r).is_empty(), "nothing was sent in the clear");
 }

@@ -4,24 +4,27 @@ after it. Each accepted message is written to OUT_DIR as N.eml, with N.json
 beside it (TLS, who authenticated, the recipients). The first FAIL_FIRST
 messages are answered 451 (try again later), to show the retries.
 
-usage: receiver.py CERT KEY PORT OUT_DIR USER PASSWORD FAIL_FIRST
+usage: receiver.py CERT KEY PORT OUT_DIR USER PASSWORD FAIL_FIRST [plain]
+With "plain" it offers no STARTTLS (and so no AUTH) at all.
 Prints "ready" once it listens.
 """
 
 import asyncio
 import json
+import logging
 import os
 import ssl
 import sys
-import warnings
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-# aiosmtpd 1.4 sets its own deprecated Session.login_data and warns about it.
-warnings.filterwarnings("ignore", category=DeprecationWarning)
+# aiosmtpd 1.4 sets its own deprecated Session.login_data and logs a
+# warning about it on every login.
+logging.getLogger("mail.log").setLevel(logging.ERROR)
 
-cert, key, port, out_dir, user, password, fail_first = sys.argv[1:]
+cert, key, port, out_dir, user, password, fail_first = sys.argv[1:8]
+plain = sys.argv[8:] == ["plain"]
 
 
 class Handler:
@@ -60,16 +63,19 @@ def authenticate(server, session, envelope, mechanism, auth_data):
 
 context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
 context.load_cert_chain(cert, key)
-controller = Controller(
-    Handler(),
-    hostname="127.0.0.1",
-    port=int(port),
-    tls_context=context,
-    require_starttls=True,
-    authenticator=authenticate,
-    auth_require_tls=True,
-    auth_exclude_mechanism=["CRAM-MD5"],
-)
+if plain:
+    controller = Controller(Handler(), hostname="127.0.0.1", port=int(port))
+else:
+    controller = Controller(
+        Handler(),
+        hostname="127.0.0.1",
+        port=int(port),
+        tls_context=context,
+        require_starttls=True,
+        authenticator=authenticate,
+        auth_require_tls=True,
+        auth_exclude_mechanism=["CRAM-MD5"],
+    )
 controller.start()
 print("ready", flush=True)
 try:
