@@ -56,10 +56,7 @@ pub async fn pinned_client(
     let port = url
         .port_or_known_default()
         .ok_or_else(|| DeliveryError::Refused(format!("{}: no port", redacted(url))))?;
-    let addrs = policy.resolve(host, port).await.map_err(|e| match e {
-        EgressError::Unresolved { .. } => DeliveryError::Transient(e.to_string()),
-        refused => DeliveryError::Refused(refused.to_string()),
-    })?;
+    let addrs = policy.resolve(host, port).await.map_err(egress_failure)?;
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
         .timeout(timeout)
@@ -80,6 +77,15 @@ pub async fn pinned_client(
     builder
         .build()
         .map_err(|e| DeliveryError::Refused(format!("HTTP client: {e}")))
+}
+
+/// Why the egress policy gave no address: a name that did not resolve may
+/// resolve later; a refused address stays refused until the target changes.
+pub fn egress_failure(e: EgressError) -> DeliveryError {
+    match e {
+        EgressError::Unresolved { .. } => DeliveryError::Transient(e.to_string()),
+        refused => DeliveryError::Refused(refused.to_string()),
+    }
 }
 
 /// A request that got no answer: always worth a retry.

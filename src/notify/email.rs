@@ -20,7 +20,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::distribute::http::DeliveryError;
+use crate::distribute::http::{egress_failure, DeliveryError};
 use crate::domain::certs::hex;
 use crate::net::egress::EgressPolicy;
 
@@ -109,12 +109,7 @@ async fn send_message(
     let addrs = egress
         .resolve(&settings.host, settings.port)
         .await
-        .map_err(|e| match e {
-            crate::net::egress::EgressError::Unresolved { .. } => {
-                DeliveryError::Transient(e.to_string())
-            }
-            refused => DeliveryError::Refused(refused.to_string()),
-        })?;
+        .map_err(egress_failure)?;
     let mut last = None;
     for addr in addrs {
         match send_to(&addr.ip().to_string(), settings, message, timeout).await {
