@@ -65,6 +65,19 @@ impl Pebble {
 
     /// Starts Pebble validating HTTP-01 on `http_port`, as `options` say.
     pub fn start_with(http_port: u16, options: &PebbleOptions) -> Pebble {
+        // Its ports are picked free and then bound by Pebble: another test
+        // can take one in between, and Pebble then exits. Start again on
+        // fresh ports.
+        for attempt in 1..=3 {
+            if let Some(pebble) = Pebble::try_start(http_port, options) {
+                return pebble;
+            }
+            eprintln!("pebble: did not come up (attempt {attempt}); starting again on fresh ports");
+        }
+        panic!("Pebble did not start in 3 tries");
+    }
+
+    fn try_start(http_port: u16, options: &PebbleOptions) -> Option<Pebble> {
         let dir = tempfile::tempdir().unwrap();
         listener_certificate(dir.path());
         let free = || super::free_addr().port();
@@ -115,20 +128,21 @@ impl Pebble {
             .stderr(Stdio::null())
             .spawn()
             .expect("pebble (Debian package pebble; scripts/setup.sh installs it)");
-        for port in [acme, mgmt, chall_mgmt] {
-            wait_listening(port);
-        }
-        // challtestsrv opens its UDP DNS listener last; Pebble resolves over
-        // UDP, and a validation that found no answer would fail the order.
-        wait_answering_dns(dns);
-        Pebble {
+        let mut started = Pebble {
             directory: format!("https://127.0.0.1:{acme}/dir"),
             listener_ca_pem: std::fs::read_to_string(dir.path().join("ca.pem")).unwrap(),
             management: format!("https://127.0.0.1:{mgmt}"),
             challtest: format!("http://127.0.0.1:{chall_mgmt}"),
             children: vec![challtestsrv, pebble],
             _dir: dir,
-        }
+        };
+        // Dropped (both killed) when it did not come up.
+        let listening = [acme, mgmt, chall_mgmt]
+            .into_iter()
+            .all(|port| wait_listening(port, &mut started.children));
+        // challtestsrv opens its UDP DNS listener last; Pebble resolves over
+        // UDP, and a validation that found no answer would fail the order.
+        (listening && wait_answering_dns(dns)).then_some(started)
     }
 
     /// The root that issued every certificate, from the management interface.
@@ -190,16 +204,25 @@ impl Drop for Pebble {
     }
 }
 
-fn wait_listening(port: u16) {
+/// Whether `port` listens within 20 s; `false` at once when one of
+/// `children` has exited (it could not bind).
+fn wait_listening(port: u16, children: &mut [std::process::Child]) -> bool {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} never listened");
+        let exited = children
+            .iter_mut()
+            .any(|c| matches!(c.try_wait(), Ok(Some(_))));
+        if exited || Instant::now() >= deadline {
+            eprintln!("pebble: port {port} never listened");
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+    true
 }
 
 /// Waits until something answers a DNS query over UDP on loopback `port`.
-fn wait_answering_dns(port: u16) {
+fn wait_answering_dns(port: u16) -> bool {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     socket
         .set_read_timeout(Some(Duration::from_millis(100)))
@@ -212,12 +235,12 @@ fn wait_answering_dns(port: u16) {
     loop {
         let _ = socket.send_to(query, ("127.0.0.1", port));
         if socket.recv(&mut answer).is_ok() {
-            return;
+            return true;
         }
-        assert!(
-            Instant::now() < deadline,
-            "DNS on port {port} never answered"
-        );
+        if Instant::now() >= deadline {
+            eprintln!("pebble: DNS on port {port} never answered");
+            return false;
+        }
     }
 }
 
