@@ -655,10 +655,13 @@ mod tests {
                 fingerprint_sha256: "ff".into(),
                 chain_pem: chain_pem.into(),
                 revoked: false,
+                order_id: "ord_1".into(),
+                not_after_ms: 0,
             }),
             consecutive_failures: 0,
             has_ari_window,
             issued_fingerprints: vec![],
+            target_ids: vec![],
         }
     }
 

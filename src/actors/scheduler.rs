@@ -1,7 +1,8 @@
 //! `SchedulerActor`: while this process leads, enqueues time-driven work —
 //! housekeeping, renewals of certificates whose window has opened, drift
-//! scans of certificates whose endpoints are due for a look, and refreshes of
-//! CAs' renewal windows (ARI).
+//! scans of certificates whose endpoints are due for a look, refreshes of
+//! CAs' renewal windows (ARI), and the deliveries of newly issued serials to
+//! their certificates' distribution targets.
 //!
 //! Invariant kept: every enqueue carries a deterministic key (housekeeping:
 //! the time bucket by the database's clock; a renewal: the certificate, the
@@ -20,6 +21,7 @@ use crate::domain::jobs;
 use crate::domain::renewal::PROVISIONAL_REFRESH;
 use crate::queue::jobs::NewJob;
 use crate::queue::lease::{LeaseError, Leases, Term};
+use crate::work::distribute;
 use crate::work::periodic::{self, TickReport};
 use crate::work::renewal;
 
@@ -103,6 +105,10 @@ impl SchedulerActor {
                 let started = Instant::now();
                 let renewals = renewal::enqueue_due(&leases, &term, batch, pause).await;
                 log_tick("renewal", started, renewals);
+                let started = Instant::now();
+                let deliveries =
+                    distribute::enqueue_due(&leases, &term, periodic::DEFAULT_BATCH).await;
+                log_tick("distribute", started, deliveries);
                 for (work, every) in [
                     (periodic::DRIFT_SCANS, drift_every),
                     (periodic::ARI_REFRESHES, PROVISIONAL_REFRESH),

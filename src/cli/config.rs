@@ -31,6 +31,8 @@ pub const DEFAULT_RENEWAL_SCAN_SECS: u64 = 30;
 pub const DEFAULT_DRIFT_SCAN_SECS: u64 = 3600;
 pub const DEFAULT_ISSUE_BACKOFF_BASE_SECS: u64 = 60;
 pub const DEFAULT_ISSUE_BACKOFF_MAX_SECS: u64 = 6 * 3600;
+pub const DEFAULT_DISTRIBUTE_VALIDATE_ATTEMPTS: u64 = 6;
+pub const DEFAULT_DISTRIBUTE_VALIDATE_INTERVAL_SECS: u64 = 5;
 pub use crate::queue::jobs::DEFAULT_MAX_ATTEMPTS as DEFAULT_JOB_MAX_ATTEMPTS;
 pub const DEFAULT_JOB_RETENTION_SECS: u64 = 7 * 24 * 3600;
 /// One attempt of a job: longer than the longest DNS-01 propagation wait an
@@ -254,6 +256,12 @@ pub struct WorkloadArgs {
     /// Longest delay between issuance or renewal attempts [default: 21600]
     #[arg(long, env = "CAP_ISSUE_BACKOFF_MAX_SECS")]
     pub issue_backoff_max_secs: Option<String>,
+    /// How many times a delivery's validate step checks the target's endpoint [default: 6]
+    #[arg(long, env = "CAP_DISTRIBUTE_VALIDATE_ATTEMPTS")]
+    pub distribute_validate_attempts: Option<String>,
+    /// Seconds between those checks (a reload has attempts-1 times this to take effect) [default: 5]
+    #[arg(long, env = "CAP_DISTRIBUTE_VALIDATE_INTERVAL_SECS")]
+    pub distribute_validate_interval_secs: Option<String>,
     /// Fault injection for tests: a worker pauses (10 min) right after recording this ACME order stage;
     /// `renewal_enqueued` makes the scheduler leader pause between a renewal's enqueue and its mark [default: none]
     #[arg(long, env = "CAP_FAULT_PAUSE_AFTER_STAGE")]
@@ -467,6 +475,8 @@ pub struct WorkloadConfig {
     pub renewal_scan: Duration,
     pub drift_scan: Duration,
     pub issue_backoff: crate::domain::backoff::Backoff,
+    /// How a delivery's validate step checks.
+    pub distribute_checks: crate::distribute::validate::Checks,
     pub siem: crate::audit::siem::SiemConfig,
     pub fault_pause_after_stage: Option<String>,
     pub instance_id: String,
@@ -681,6 +691,21 @@ impl WorkloadArgs {
                 1..=7 * 86_400,
             )?,
             issue_backoff: self.issue_backoff()?,
+            distribute_checks: crate::distribute::validate::Checks {
+                attempts: number(
+                    &self.distribute_validate_attempts,
+                    "CAP_DISTRIBUTE_VALIDATE_ATTEMPTS",
+                    DEFAULT_DISTRIBUTE_VALIDATE_ATTEMPTS,
+                    1..=100,
+                )? as u32,
+                interval: secs(
+                    &self.distribute_validate_interval_secs,
+                    "CAP_DISTRIBUTE_VALIDATE_INTERVAL_SECS",
+                    DEFAULT_DISTRIBUTE_VALIDATE_INTERVAL_SECS,
+                    1..=600,
+                )?,
+                connect_timeout: crate::net::tls_probe::DEFAULT_CONNECT_TIMEOUT,
+            },
             siem: self.siem(&instance_id)?,
             fault_pause_after_stage: self
                 .fault_pause_after_stage

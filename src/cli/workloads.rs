@@ -188,6 +188,7 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
             metrics: metrics.clone(),
             job_retention: cfg.job_retention,
             issue_backoff: cfg.issue_backoff,
+            distribute_checks: cfg.distribute_checks,
             orders: Arc::new(Orders(orders)),
             transport: cfg.transport.clone(),
         });

@@ -74,6 +74,24 @@ impl SecretRef {
         }
     }
 
+    /// The credential a distribution target is reached with (a webhook
+    /// secret, a kubeconfig, an SSH key).
+    pub fn target_credential(project: &str, target: &str) -> SecretRef {
+        SecretRef {
+            id: format!("targets/{target}"),
+            owner: format!("projects/{project}/targets/{target}"),
+        }
+    }
+
+    /// What a target held before a delivery of `certificate` replaced it,
+    /// kept for the rollback (it holds a private key).
+    pub fn distribution_previous(project: &str, certificate: &str, target: &str) -> SecretRef {
+        SecretRef {
+            id: format!("distributions/{certificate}:{target}/previous"),
+            owner: format!("projects/{project}/certificates/{certificate}/targets/{target}"),
+        }
+    }
+
     /// A secret of the installation itself (the audit checkpoint key, the
     /// API token key).
     pub fn system(id: &str) -> SecretRef {

@@ -90,6 +90,62 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// The cluster of a kubeconfig's current context, in JSON as
+    /// `kubectl config view --minify --flatten -o json` prints it, with a
+    /// bearer token (client certificates and exec plugins are not taken:
+    /// the token is what a service account of the target cluster gives).
+    pub fn from_kubeconfig(json: &[u8]) -> Result<Cluster, String> {
+        let config: Value =
+            serde_json::from_slice(json).map_err(|e| format!("the kubeconfig is not JSON: {e}"))?;
+        let named = |list: &str, name: &str| -> Result<Value, String> {
+            config[list]
+                .as_array()
+                .and_then(|a| a.iter().find(|e| e["name"] == name))
+                .cloned()
+                .ok_or_else(|| format!("the kubeconfig has no {list} entry {name:?}"))
+        };
+        let current = config["current-context"]
+            .as_str()
+            .filter(|c| !c.is_empty())
+            .ok_or("the kubeconfig names no current-context")?;
+        let context = named("contexts", current)?;
+        let cluster_name = context["context"]["cluster"].as_str().unwrap_or_default();
+        let user_name = context["context"]["user"].as_str().unwrap_or_default();
+        let cluster = named("clusters", cluster_name)?;
+        let user = named("users", user_name)?;
+        let server = cluster["cluster"]["server"]
+            .as_str()
+            .ok_or("the kubeconfig's cluster has no server")?;
+        let server = Url::parse(server)
+            .ok()
+            .filter(|u| u.scheme() == "https" && u.host().is_some())
+            .ok_or("the kubeconfig's server must be an https:// URL")?;
+        let ca_pem = match cluster["cluster"]["certificate-authority-data"].as_str() {
+            Some(data) => Some(
+                BASE64
+                    .decode(data)
+                    .map_err(|_| "certificate-authority-data is not base64")?,
+            ),
+            None if cluster["cluster"].get("certificate-authority").is_some() => {
+                return Err(
+                    "certificate-authority names a file; flatten the kubeconfig (--flatten)".into(),
+                )
+            }
+            None => None,
+        };
+        let token = user["user"]["token"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .ok_or("the kubeconfig's user has no token (client certificates and exec plugins are not supported)")?;
+        Ok(Cluster {
+            server,
+            bearer_token: token.to_string(),
+            ca_pem,
+        })
+    }
+}
+
 /// What a TLS Secret holds: `tls.crt`, `tls.key` and, optionally, `ca.crt`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct TlsData {
@@ -153,16 +209,7 @@ pub async fn replace(
 ) -> Result<Replaced, DeliveryError> {
     check_name("namespace", namespace)?;
     check_name("Secret name", name)?;
-    // The server may have a path (Rancher: https://r/k8s/clusters/c-1);
-    // join would drop its last segment without a trailing slash.
-    let mut base = cluster.server.clone();
-    if !base.path().ends_with('/') {
-        base.set_path(&format!("{}/", base.path()));
-    }
-    let collection = base
-        .join(&format!("api/v1/namespaces/{namespace}/secrets"))
-        .map_err(|e| DeliveryError::Refused(format!("the API server's URL: {e}")))?;
-    let one = Url::parse(&format!("{collection}/{name}")).expect("a URL plus a checked name");
+    let (collection, one) = urls(cluster, namespace, name)?;
     let client = pinned_client(policy, &one, timeout, cluster.ca_pem.as_deref()).await?;
     let auth = format!("Bearer {}", cluster.bearer_token);
     let mut last_conflict = String::new();
@@ -247,9 +294,58 @@ pub async fn replace(
     )))
 }
 
+/// What Secret `namespace/name` holds now, `None` when it does not exist.
+pub async fn read(
+    policy: &EgressPolicy,
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<Option<TlsData>, DeliveryError> {
+    check_name("namespace", namespace)?;
+    check_name("Secret name", name)?;
+    let (_, one) = urls(cluster, namespace, name)?;
+    let client = pinned_client(policy, &one, timeout, cluster.ca_pem.as_deref()).await?;
+    let found = client
+        .get(one.clone())
+        .header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", cluster.bearer_token),
+        )
+        .send()
+        .await
+        .map_err(|e| transport_failure("GET", &one, e))?;
+    match found.status().as_u16() {
+        404 => Ok(None),
+        200 => {
+            let secret: Value = found
+                .json()
+                .await
+                .map_err(|e| DeliveryError::Transient(format!("the Secret as read: {e}")))?;
+            Ok(secret.get("data").and_then(TlsData::from_data))
+        }
+        _ => Err(refusal(found).await),
+    }
+}
+
+/// The Secrets of `namespace`, and Secret `name` in it.
+fn urls(cluster: &Cluster, namespace: &str, name: &str) -> Result<(Url, Url), DeliveryError> {
+    // The server may have a path (Rancher: https://r/k8s/clusters/c-1);
+    // join would drop its last segment without a trailing slash.
+    let mut base = cluster.server.clone();
+    if !base.path().ends_with('/') {
+        base.set_path(&format!("{}/", base.path()));
+    }
+    let collection = base
+        .join(&format!("api/v1/namespaces/{namespace}/secrets"))
+        .map_err(|e| DeliveryError::Refused(format!("the API server's URL: {e}")))?;
+    let one = Url::parse(&format!("{collection}/{name}")).expect("a URL plus a checked name");
+    Ok((collection, one))
+}
+
 /// A DNS-1123 label or subdomain, as Kubernetes names are: nothing that
 /// could change the request's path.
-fn check_name(what: &str, name: &str) -> Result<(), DeliveryError> {
+pub fn check_name(what: &str, name: &str) -> Result<(), DeliveryError> {
     let ok = !name.is_empty()
         && name.len() <= 253
         && name
@@ -569,5 +665,53 @@ mod tests {
         assert_eq!(v6.server.as_str(), "https://[fd00::1]:6443/");
         std::fs::remove_file(dir.path().join("token")).unwrap();
         assert!(Cluster::service_account(dir.path(), "10.96.0.1", "443").is_err());
+    }
+
+    fn kubeconfig(cluster: Value, user: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "current-context": "prod",
+            "contexts": [
+                { "name": "dev", "context": { "cluster": "dev", "user": "dev" } },
+                { "name": "prod", "context": { "cluster": "prod", "user": "deployer" } },
+            ],
+            "clusters": [{ "name": "prod", "cluster": cluster }],
+            "users": [{ "name": "deployer", "user": user }],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_kubeconfig_gives_its_current_context_and_refuses_what_it_cannot_use() {
+        let ca = BASE64.encode("CA PEM");
+        let cluster = Cluster::from_kubeconfig(&kubeconfig(
+            json!({ "server": "https://k8s.example.test:6443", "certificate-authority-data": ca }),
+            json!({ "token": "t0ken" }),
+        ))
+        .unwrap();
+        assert_eq!(cluster.server.as_str(), "https://k8s.example.test:6443/");
+        assert_eq!(cluster.bearer_token, "t0ken");
+        assert_eq!(cluster.ca_pem.as_deref(), Some(b"CA PEM".as_slice()));
+        assert!(!format!("{cluster:?}").contains("t0ken"));
+
+        let refused = |cluster: Value, user: Value| {
+            Cluster::from_kubeconfig(&kubeconfig(cluster, user)).unwrap_err()
+        };
+        let server = json!({ "server": "https://k8s.example.test" });
+        let e = refused(server.clone(), json!({ "client-certificate-data": "x" }));
+        assert!(e.contains("no token"), "{e}");
+        let e = refused(
+            json!({ "server": "http://k8s.example.test" }),
+            json!({ "token": "t" }),
+        );
+        assert!(e.contains("https://"), "{e}");
+        let e = refused(
+            json!({ "server": "https://k8s.example.test", "certificate-authority": "/etc/ca.crt" }),
+            json!({ "token": "t" }),
+        );
+        assert!(e.contains("--flatten"), "{e}");
+        let e = Cluster::from_kubeconfig(b"apiVersion: v1").unwrap_err();
+        assert!(e.contains("not JSON"), "{e}");
+        let e = Cluster::from_kubeconfig(br#"{"current-context":"x","contexts":[]}"#).unwrap_err();
+        assert!(e.contains("no contexts entry \"x\""), "{e}");
     }
 }

@@ -77,6 +77,9 @@ pub struct Current {
     pub fingerprint_sha256: String,
     pub chain_pem: String,
     pub revoked: bool,
+    /// The order that obtained it: its private key is that order's secret.
+    pub order_id: String,
+    pub not_after_ms: i64,
 }
 
 /// What the workers read of a certificate.
@@ -95,6 +98,8 @@ pub struct Certificate {
     pub has_ari_window: bool,
     /// The fingerprints of the last certificates issued (newest last).
     pub issued_fingerprints: Vec<String>,
+    /// The distribution targets it goes to (ids, in its project).
+    pub target_ids: Vec<String>,
 }
 
 impl Certificate {

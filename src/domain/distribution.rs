@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::drift::Endpoint;
+
 /// How a certificate reaches a target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -51,6 +53,51 @@ impl TargetKind {
     pub const fn is_push(self) -> bool {
         !matches!(self, TargetKind::Agent)
     }
+}
+
+/// A project's distribution target, as the workers use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub delivery: Delivery,
+    /// Where the delivered certificate must then be served (the
+    /// `validate` step); `None` counts an executed delivery as validated.
+    pub validate: Option<Endpoint>,
+}
+
+impl Target {
+    pub fn kind(&self) -> TargetKind {
+        match self.delivery {
+            Delivery::Agent => TargetKind::Agent,
+            Delivery::Ssh => TargetKind::Ssh,
+            Delivery::KubernetesSecret { .. } => TargetKind::KubernetesSecret,
+            Delivery::Webhook { .. } => TargetKind::Webhook,
+        }
+    }
+}
+
+/// How a target is reached, with its kind's settings. Credentials are not
+/// here: they are sealed secrets ([`crate::crypto::secrets::SecretRef::target_credential`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Agent,
+    Ssh,
+    KubernetesSecret {
+        namespace: String,
+        secret_name: String,
+        /// Put the issuer chain (everything after the leaf) in `ca.crt`.
+        include_ca: bool,
+        /// A sealed kubeconfig names the cluster; without one, the
+        /// in-cluster service account.
+        kubeconfig: bool,
+    },
+    Webhook {
+        url: String,
+        /// Send the private key too.
+        include_key: bool,
+    },
 }
 
 /// Where one (certificate, target) stands, as the API shows it.

@@ -23,10 +23,12 @@ pub enum JobKind {
     Housekeeping,
     /// A diagnostic job of known length (operators and crash tests).
     Probe,
+    /// Put one serial of a certificate on one distribution target.
+    Distribute,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 7] = [
+    pub const ALL: [JobKind; 8] = [
         JobKind::IssueCertificate,
         JobKind::RevokeCertificate,
         JobKind::RefreshAri,
@@ -34,6 +36,7 @@ impl JobKind {
         JobKind::KekRewrap,
         JobKind::Housekeeping,
         JobKind::Probe,
+        JobKind::Distribute,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -45,6 +48,7 @@ impl JobKind {
             JobKind::KekRewrap => "kek-rewrap",
             JobKind::Housekeeping => "housekeeping",
             JobKind::Probe => "probe",
+            JobKind::Distribute => "distribute",
         }
     }
 }
@@ -225,6 +229,32 @@ pub fn kek_rewrap(target: u32, bucket: i64, term: i64) -> JobSpec<RewrapPayload>
     }
 }
 
+/// `distribute`: one serial of a certificate to one target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DistributePayload {
+    pub certificate_id: String,
+    pub serial: String,
+    pub target_id: String,
+}
+
+/// The delivery of `serial` to `target_id`: one per certificate, serial and
+/// target ([`crate::domain::distribution::job_key`]).
+pub fn distribution(
+    certificate_id: &str,
+    serial: &str,
+    target_id: &str,
+) -> JobSpec<DistributePayload> {
+    JobSpec {
+        kind: JobKind::Distribute,
+        key: crate::domain::distribution::job_key(certificate_id, serial, target_id),
+        payload: DistributePayload {
+            certificate_id: certificate_id.into(),
+            serial: serial.into(),
+            target_id: target_id.into(),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +277,7 @@ mod tests {
         assert_eq!(ari_refresh("c", 5).key, "ari:c:5");
         assert_eq!(housekeeping(7, 1).key, "housekeeping:7");
         assert_eq!(kek_rewrap(3, 7, 1).key, "kek-rewrap:v3:7");
+        assert_eq!(distribution("c", "s", "t").key, "distribute:c:s:t");
     }
 
     #[test]

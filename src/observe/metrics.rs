@@ -65,6 +65,9 @@ pub struct Metrics {
     /// certificate (the most failing first), read at scrape time.
     pub certificate_consecutive_failures: IntGaugeVec,
     pub certificates_by_drift: IntGaugeVec,
+    /// Finished deliveries by target kind and outcome (validated,
+    /// rolled_back, failed), counted by workers.
+    pub distributions_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -220,6 +223,14 @@ impl Metrics {
             &["outcome"],
         )
         .unwrap();
+        let distributions_total = IntCounterVec::new(
+            Opts::new(
+                "certautopilot_distributions_total",
+                "Finished deliveries to distribution targets by kind and outcome (validated, rolled_back, failed)",
+            ),
+            &["kind", "outcome"],
+        )
+        .unwrap();
         let certificate_renewal_due = IntGaugeVec::new(
             Opts::new(
                 "certautopilot_certificate_renewal_due_timestamp_seconds",
@@ -271,6 +282,7 @@ impl Metrics {
             Box::new(certificate_renewal_due.clone()),
             Box::new(certificate_consecutive_failures.clone()),
             Box::new(certificates_by_drift.clone()),
+            Box::new(distributions_total.clone()),
         ] {
             registry.register(c).unwrap();
         }
@@ -302,6 +314,7 @@ impl Metrics {
             certificate_renewal_due,
             certificate_consecutive_failures,
             certificates_by_drift,
+            distributions_total,
         })
     }
 

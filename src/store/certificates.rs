@@ -78,6 +78,11 @@ pub fn parse(d: &Document) -> Certificate {
             .to_string(),
         chain_pem: c.get_str("chain_pem").unwrap_or_default().to_string(),
         revoked: c.get_datetime("revoked_at").is_ok(),
+        order_id: c.get_str("order_id").unwrap_or_default().to_string(),
+        not_after_ms: c
+            .get_datetime("not_after")
+            .map(|t| t.timestamp_millis())
+            .unwrap_or(0),
     });
     Certificate {
         id: s("_id"),
@@ -94,7 +99,30 @@ pub fn parse(d: &Document) -> Certificate {
         consecutive_failures: int(d, "consecutive_failures"),
         has_ari_window: matches!(d.get("ari"), Some(Bson::Document(_))),
         issued_fingerprints: strings(d, "issued_fingerprints"),
+        target_ids: targets(d).into_iter().map(|(id, _)| id).collect(),
     }
+}
+
+/// The targets a certificate goes to, as (id, name).
+pub fn targets(d: &Document) -> Vec<(String, String)> {
+    d.get_array("targets")
+        .map(|a| {
+            a.iter()
+                .filter_map(Bson::as_document)
+                .map(|t| {
+                    let s = |f: &str| t.get_str(f).unwrap_or_default().to_string();
+                    (s("id"), s("name"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn target_documents(targets: &[(String, String)]) -> Vec<Document> {
+    targets
+        .iter()
+        .map(|(id, name)| doc! { "id": id, "name": name })
+        .collect()
 }
 
 fn strings(d: &Document, field: &str) -> Vec<String> {
@@ -127,6 +155,8 @@ pub struct NewCertificate<'a> {
     pub renew_before_secs: Option<i64>,
     pub replace_on_revoke: bool,
     pub endpoints: &'a [Endpoint],
+    /// Distribution targets, as (id, name).
+    pub targets: &'a [(String, String)],
 }
 
 /// Stores a new certificate at `now`, `pending` with its first issue
@@ -149,6 +179,7 @@ pub async fn insert(
         "issued_count": 0i64,
         "replace_on_revoke": new.replace_on_revoke,
         "endpoints": endpoint_documents(new.endpoints),
+        "targets": target_documents(new.targets),
         "created_at": now,
     };
     if !new.endpoints.is_empty() {
@@ -229,6 +260,55 @@ pub async fn set_endpoints(
         .find_one_and_update(doc! { "_id": id, "project_id": project_id }, update)
         .return_document(ReturnDocument::After)
         .await
+}
+
+/// Replaces the distribution targets of certificate `id` of `project_id`
+/// (as (id, name)); an issued certificate is then delivered to the ones it
+/// has not reached at the scheduler's next tick (at `now`). The updated
+/// document, or `None` when there is no such certificate.
+pub async fn set_targets(
+    store: &Store,
+    project_id: &str,
+    id: &str,
+    targets: &[(String, String)],
+    now: DateTime,
+) -> Result<Option<Document>, MongoError> {
+    store
+        .collection(CERTIFICATES)
+        .find_one_and_update(
+            doc! { "_id": id, "project_id": project_id },
+            doc! {
+                "$set": { "targets": target_documents(targets), DISTRIBUTE_NEXT_AT: now },
+                "$currentDate": { "updated_at": true },
+            },
+        )
+        .return_document(ReturnDocument::After)
+        .await
+}
+
+/// How many certificates of `project_id` go to target `target_id`.
+pub async fn count_naming_target(
+    store: &Store,
+    project_id: &str,
+    target_id: &str,
+) -> Result<u64, MongoError> {
+    store
+        .collection(CERTIFICATES)
+        .count_documents(doc! { "project_id": project_id, "targets.id": target_id })
+        .await
+}
+
+/// Set when a certificate's current serial may not have reached all its
+/// targets (just issued, or its targets changed); the scheduler leader's
+/// distribution sweep enqueues what is missing and clears it.
+pub const DISTRIBUTE_NEXT_AT: &str = "distribute_next_at";
+
+/// The sweep's mark is cleared, unless it was set again since `seen`.
+pub fn distribution_swept(id: &str, seen: DateTime) -> FencedWrite {
+    update(
+        doc! { "_id": id, DISTRIBUTE_NEXT_AT: seen },
+        doc! { "$unset": { DISTRIBUTE_NEXT_AT: "" } },
+    )
 }
 
 /// Up to `batch` certificates whose `field` (an indexed time) has passed by
@@ -372,7 +452,9 @@ pub fn record_issued(id: &str, issued: &Issued<'_>) -> FencedWrite {
             "$unset": unset,
             "$push": { "issued_fingerprints": { "$each": [issued.fingerprint_sha256], "$slice": -FINGERPRINTS_KEPT } },
             "$inc": { "issued_count": 1i64, "renewal_count": if issued.renewal { 1i64 } else { 0 } },
-            "$currentDate": { "updated_at": true, "issued_at": true },
+            // The new serial goes to the certificate's targets at the
+            // scheduler's next tick.
+            "$currentDate": { "updated_at": true, "issued_at": true, DISTRIBUTE_NEXT_AT: true },
         },
     )
 }

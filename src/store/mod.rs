@@ -3,7 +3,8 @@
 //! clock ([`clock`]), fenced writes ([`fence`]), the schema and its
 //! migrations ([`schema`]), and one module per collection ([`certificates`],
 //! [`orders`], [`challenges`], [`issuers`], [`projects`], [`tokens`],
-//! [`keys`], [`kek_versions`], [`idempotency`], [`rate_limits`]; [`stats`]
+//! [`keys`], [`kek_versions`], [`idempotency`], [`rate_limits`],
+//! [`targets`], [`distributions`]; [`stats`]
 //! shares the certificate counts), and
 //! whole-database reads and loads for snapshots ([`snapshot`]).
 //!
@@ -17,6 +18,7 @@
 pub mod certificates;
 pub mod challenges;
 pub mod clock;
+pub mod distributions;
 pub mod fence;
 pub mod fleet;
 pub mod idempotency;
@@ -29,6 +31,7 @@ pub mod rate_limits;
 pub mod schema;
 pub mod snapshot;
 pub mod stats;
+pub mod targets;
 pub mod tokens;
 
 use std::future::IntoFuture;

@@ -249,7 +249,40 @@ const MIGRATIONS: &[Migration] = &[
         needs_kek: false,
         contract: false,
     },
+    Migration {
+        version: 16,
+        name: "distribution targets and deliveries",
+        collections: &[super::targets::TARGETS, super::distributions::DISTRIBUTIONS],
+        indexes: v16_indexes,
+        data: None,
+        needs_kek: false,
+        contract: false,
+    },
 ];
+
+fn v16_indexes() -> Vec<(&'static str, IndexModel)> {
+    use super::certificates::DISTRIBUTE_NEXT_AT;
+    vec![
+        // A target's name is unique in its project: certificates name it.
+        (
+            super::targets::TARGETS,
+            unique(doc! { "project_id": 1, "name": 1 }, "project_name_unique"),
+        ),
+        (
+            super::targets::TARGETS,
+            index(doc! { "project_id": 1, "_id": 1 }, "project_id"),
+        ),
+        (
+            super::distributions::DISTRIBUTIONS,
+            index(doc! { "certificate_id": 1, "_id": 1 }, "certificate_id"),
+        ),
+        // The scheduler's distribution sweep reads only what is marked.
+        (
+            "certificates",
+            index(doc! { DISTRIBUTE_NEXT_AT: 1 }, DISTRIBUTE_NEXT_AT),
+        ),
+    ]
+}
 
 fn v15_indexes() -> Vec<(&'static str, IndexModel)> {
     vec![

@@ -3,6 +3,7 @@
 //! enqueue time-driven work, and how ACME errors become job outcomes
 //! ([`outcome`]).
 
+pub mod distribute;
 pub mod housekeeping;
 pub mod issue;
 pub mod kek_rewrap;

@@ -79,16 +79,16 @@ impl TickReport {
 /// Enqueues the job `job` makes of each of `work` as the leader of `term`,
 /// [`ENQUEUE_GROUP`] at a time: a group's jobs in one fenced transaction,
 /// then the writes `mark` makes of each (given the job queued for it) in
-/// another. A leader that dies between the two leaves work its successor
+/// another (each may make several). A leader that dies between the two leaves work its successor
 /// finds again, whose enqueue then meets the same keys. `pause_between` is
 /// fault injection for tests: a sleep between a group's two transactions.
 /// Answers, in the order of `work`, the job queued for each.
-pub async fn enqueue_in_groups<T>(
+pub async fn enqueue_in_groups<T, M: IntoIterator<Item = FencedWrite>>(
     leases: &Leases,
     term: &Term,
     work: &[T],
     job: impl Fn(&T) -> NewJob,
-    mark: impl Fn(&T, ObjectId) -> FencedWrite,
+    mark: impl Fn(&T, ObjectId) -> M,
     pause_between: Option<Duration>,
 ) -> Result<Vec<Enqueued>, LeaseError> {
     let mut queued = Vec::with_capacity(work.len());
@@ -106,7 +106,7 @@ pub async fn enqueue_in_groups<T>(
         let marks = group
             .iter()
             .zip(&enqueued)
-            .map(|(w, e)| mark(w, e.id))
+            .flat_map(|(w, e)| mark(w, e.id))
             .collect();
         leases.write_all_as_leader(term, marks).await?;
         queued.extend(enqueued);
@@ -134,7 +134,14 @@ pub async fn enqueue_due(
         term,
         &due,
         |cert| NewJob::from_spec((periodic.job)(&id(cert), due_at(cert).timestamp_millis())),
-        |cert, _| certificates::move_next(&id(cert), field, due_at(cert), next),
+        |cert, _| {
+            [certificates::move_next(
+                &id(cert),
+                field,
+                due_at(cert),
+                next,
+            )]
+        },
         None,
     )
     .await?;

@@ -13,6 +13,7 @@ use crate::observe::metrics::Metrics;
 use crate::queue::handler::Handlers;
 use crate::queue::jobs::JobQueue;
 
+use super::distribute::Distribute;
 use super::housekeeping::Housekeeping;
 use super::issue::{IssueCertificate, OrderDriver};
 use super::kek_rewrap::KekRewrap;
@@ -20,6 +21,7 @@ use super::probe::Probe;
 use super::refresh_ari::RefreshAri;
 use super::revoke::RevokeCertificate;
 use super::scan_drift::{ScanDrift, DEFAULT_CONNECT_TIMEOUT};
+use crate::distribute::validate::Checks;
 
 /// What the handlers share.
 pub struct WorkerDeps {
@@ -30,6 +32,8 @@ pub struct WorkerDeps {
     pub job_retention: Duration,
     /// Delay after each consecutive failure of a certificate.
     pub issue_backoff: Backoff,
+    /// How a delivery's validate step checks its target.
+    pub distribute_checks: Checks,
     /// Where `issue-certificate` jobs hand their ACME order (the OrderActor).
     pub orders: Arc<dyn OrderDriver>,
     /// How CAs are reached (revocations, ARI), and the egress policy drift
@@ -96,5 +100,15 @@ pub fn standard(deps: WorkerDeps) -> Handlers {
                 },
             ),
             JobKind::Probe => handlers.register(kind, Probe),
+            JobKind::Distribute => handlers.register(
+                kind,
+                Distribute {
+                    secrets: secrets.clone(),
+                    metrics: deps.metrics.clone(),
+                    egress: deps.transport.egress.clone(),
+                    backoff: deps.issue_backoff,
+                    checks: deps.distribute_checks,
+                },
+            ),
         })
 }

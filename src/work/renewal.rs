@@ -56,7 +56,7 @@ pub async fn enqueue_due(
         term,
         &due,
         |c| NewJob::from_spec(jobs::renewal(&c.id, &serial(c), c.consecutive_failures)),
-        |c, job| certificates::renewal_enqueued(&c.id, &serial(c), job),
+        |c, job| [certificates::renewal_enqueued(&c.id, &serial(c), job)],
         pause_after_enqueue,
     )
     .await?;

@@ -1,15 +1,17 @@
 """Schemathesis hooks for the API contract test (tests/it/contract.rs).
 
 They teach schemathesis what the OpenAPI document states in words only:
-the two formats of our own, the window a token's expiry must fall in (by
+the three formats of our own, the window a token's expiry must fall in (by
 the database's clock, which no schema can say), and that every generated
 Idempotency-Key stands for one request (a key reused with another body is
 422 by the contract; that is tested in tests/it/idempotency.rs). Nothing here
 loosens a check.
 """
 
+import base64
 import datetime
 import itertools
+import json
 import os
 import random
 import uuid
@@ -41,6 +43,17 @@ schemathesis.openapi.format(
     "host-port",
     st.builds(lambda h, p: f"{h}:{p}", _host, st.integers(min_value=1, max_value=65535)),
 )
+
+# A kubeconfig as `kubectl config view --minify --flatten -o json` prints
+# it, with a token.
+KUBECONFIG = json.dumps({
+    "apiVersion": "v1", "kind": "Config", "current-context": "prod",
+    "contexts": [{"name": "prod", "context": {"cluster": "prod", "user": "deployer"}}],
+    "clusters": [{"name": "prod", "cluster": {"server": "https://k8s.example.com:6443",
+                  "certificate-authority-data": base64.b64encode(PEM_CA.encode()).decode()}}],
+    "users": [{"name": "deployer", "user": {"token": "a-service-account-token"}}],
+})
+schemathesis.openapi.format("kubeconfig-json", st.just(KUBECONFIG))
 
 _counter = itertools.count()
 # Keys are kept 24 hours: a second run against the same database must not

@@ -5,62 +5,13 @@
 //! the audit log show the result and each change.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support;
 use crate::support::cluster::{Cluster, Role};
 use crate::support::pebble::PebbleOptions;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use crate::support::tls_server::TlsServer;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-
-/// A TLS server on loopback answering every handshake with one certificate;
-/// stops when dropped.
-struct TlsServer {
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl TlsServer {
-    async fn start(chain_pem: &str, key_pem: &str) -> TlsServer {
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .unwrap();
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let _ = acceptor.accept(tcp).await;
-                });
-            }
-        });
-        TlsServer { addr, task }
-    }
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 fn endpoint(addr: SocketAddr) -> Value {
     json!({ "host": "127.0.0.1", "port": addr.port(), "sni": "www.drift.example.test" })

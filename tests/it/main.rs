@@ -47,6 +47,7 @@ mod chaos_scripts;
 mod chart;
 mod contract;
 mod db_writer;
+mod distribution;
 mod dns01;
 mod drift;
 mod durability;

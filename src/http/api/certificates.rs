@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use super::auth::{Caller, Role};
 use super::problem::{ApiResult, Problem};
 use super::validate::{self, Reasons};
-use super::{audit, date, issuers, new_id, page, projects, string, ApiState, PageQuery};
+use super::{audit, date, issuers, new_id, page, projects, string, targets, ApiState, PageQuery};
 use crate::audit::Event;
 use crate::crypto::envelope::EnvelopeError;
 use crate::crypto::secrets::{SecretError, SecretRef};
@@ -21,7 +21,10 @@ use crate::domain::issuer::in_zone;
 use crate::domain::jobs::{self, JobKind};
 use crate::domain::order::Stage;
 use crate::queue::jobs::NewJob;
-use crate::store::{certificates, issuers as store_issuers, orders, projects as projects_store};
+use crate::store::{
+    certificates, distributions as store_distributions, issuers as store_issuers, orders,
+    projects as projects_store,
+};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let base = "/projects/{project_id}/certificates";
@@ -33,6 +36,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             &format!("{base}/{{id}}/endpoints"),
             web::put().to(set_endpoints),
+        )
+        .route(
+            &format!("{base}/{{id}}/targets"),
+            web::put().to(set_targets),
+        )
+        .route(
+            &format!("{base}/{{id}}/distributions"),
+            web::get().to(distributions),
         )
         .route(
             &format!("{base}/{{id}}/private-key"),
@@ -63,6 +74,45 @@ pub struct NewCertificate {
     /// [default: none].
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// Names of the project's distribution targets each issued serial is
+    /// delivered to (at most 20) [default: none].
+    #[serde(default)]
+    pub targets: Vec<String>,
+}
+
+/// Distribution targets a certificate may go to at most.
+pub const MAX_TARGETS: usize = 20;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetsUpdate {
+    /// The whole list of target names (at most 20); the current serial goes
+    /// to those it has not reached yet.
+    pub targets: Vec<String>,
+}
+
+/// One target of a certificate: where its newest serial stands there.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DistributionView {
+    pub target_id: String,
+    pub target: String,
+    pub kind: String,
+    /// queued, running, validated, rolled_back or failed.
+    pub state: String,
+    pub serial: String,
+    /// execute, validate or rollback: the step running or next.
+    pub step: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub job_id: Option<String>,
+    pub updated_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DistributionPage {
+    pub items: Vec<DistributionView>,
+    pub next: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -135,6 +185,8 @@ pub struct CertificateView {
     pub retry_at: Option<String>,
     /// Where the certificate is served.
     pub endpoints: Vec<Endpoint>,
+    /// The distribution targets it goes to, by name.
+    pub targets: Vec<String>,
     /// What each endpoint served at the last scan (empty until scanned).
     pub drift: Vec<DriftView>,
     /// The worst state over all endpoints: in_sync, unreachable, stale or foreign.
@@ -265,6 +317,10 @@ fn view(d: &Document) -> CertificateView {
         consecutive_failures: d.get_i64("consecutive_failures").unwrap_or(0),
         retry_at: date(d, "retry_at"),
         endpoints: certificates::endpoints(d),
+        targets: certificates::targets(d)
+            .into_iter()
+            .map(|(_, name)| name)
+            .collect(),
         drift: documents(d, "drift")
             .map(|e| DriftView {
                 host: e.get_str("host").unwrap_or_default().to_string(),
@@ -334,9 +390,11 @@ pub async fn create(
     for (field, reason) in endpoint_problems(&body.endpoints) {
         reasons.add(field, reason);
     }
+    target_name_problems(&mut reasons, &body.targets);
     if !reasons.is_empty() {
         return Err(Problem::invalid(reasons.0));
     }
+    let targets = targets::resolve(&state, &project_id, &body.targets, "targets").await?;
     // What the request asks of what is stored (the issuer, the project's
     // grants): 409, the request being valid in itself.
     let mut conflicts = Reasons::default();
@@ -399,6 +457,7 @@ pub async fn create(
         renew_before_secs: body.renew_before_secs.map(|s| s as i64),
         replace_on_revoke: body.replace_on_revoke,
         endpoints: &body.endpoints,
+        targets: &targets,
     };
     let record = certificates::insert(&state.store, new, now).await?;
     let job = enqueue_issue(&state, &id, 1).await?;
@@ -582,6 +641,97 @@ pub async fn set_endpoints(
     )
     .await;
     Ok(HttpResponse::Ok().json(render(&updated)))
+}
+
+fn target_name_problems(reasons: &mut Reasons, names: &[String]) {
+    if names.len() > MAX_TARGETS {
+        reasons.add(
+            "targets",
+            format!("lists {} targets; at most {MAX_TARGETS}", names.len()),
+        );
+        return;
+    }
+    for (i, name) in names.iter().enumerate() {
+        validate::name(reasons, &format!("targets[{i}]"), name);
+        if names[..i].contains(name) {
+            reasons.add(format!("targets[{i}]"), "is listed twice");
+        }
+    }
+}
+
+/// Replaces the distribution targets; the current serial is delivered to
+/// those it has not reached at the scheduler's next tick.
+#[utoipa::path(put, path = "/v1/projects/{project_id}/certificates/{id}/targets", tag = "certificates", request_body = TargetsUpdate,
+    params(("project_id" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = CertificateView), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn set_targets(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    body: web::Json<TargetsUpdate>,
+) -> ApiResult<HttpResponse> {
+    let (project_id, id) = path.into_inner();
+    caller.require(&project_id, Role::Editor)?;
+    load(&state, &project_id, &id).await?;
+    let mut reasons = Reasons::default();
+    target_name_problems(&mut reasons, &body.targets);
+    if !reasons.is_empty() {
+        return Err(Problem::invalid(reasons.0));
+    }
+    let targets = targets::resolve(&state, &project_id, &body.targets, "targets").await?;
+    let now = state.store.server_now().await?;
+    let updated = certificates::set_targets(&state.store, &project_id, &id, &targets, now)
+        .await?
+        .ok_or_else(|| Problem::not_found("certificate"))?;
+    audit(
+        &state,
+        caller.actor(),
+        "certificate.targets_changed",
+        format!("projects/{project_id}/certificates/{id}"),
+        doc! { "targets": &body.targets },
+    )
+    .await;
+    Ok(HttpResponse::Ok().json(render(&updated)))
+}
+
+/// Where the newest serial stands at each target.
+#[utoipa::path(get, path = "/v1/projects/{project_id}/certificates/{id}/distributions", tag = "certificates",
+    params(("project_id" = String, Path), ("id" = String, Path), PageQuery),
+    responses((status = 200, body = DistributionPage), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn distributions(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    query: web::Query<PageQuery>,
+) -> ApiResult<HttpResponse> {
+    let (project_id, id) = path.into_inner();
+    caller.require(&project_id, Role::Viewer)?;
+    load(&state, &project_id, &id).await?;
+    let found = store_distributions::page_for_certificate(
+        &state.store,
+        &id,
+        query.after.as_deref(),
+        query.limit()?,
+    )
+    .await?;
+    let render = |d: &Document| {
+        let s = |f: &str| d.get_str(f).unwrap_or_default().to_string();
+        serde_json::to_value(DistributionView {
+            target_id: s("target_id"),
+            target: s("target_name"),
+            kind: s("kind"),
+            state: s("state"),
+            serial: s("serial"),
+            step: s("step"),
+            attempts: d.get_i64("attempts").unwrap_or(0),
+            last_error: string(d, "last_error"),
+            job_id: d.get_object_id("job_id").map(|j| j.to_hex()).ok(),
+            updated_at: date(d, "updated_at"),
+            finished_at: date(d, "finished_at"),
+        })
+        .expect("a view serializes")
+    };
+    Ok(HttpResponse::Ok().json(page(found, render)))
 }
 
 /// The current private key, PEM. Admins only, and audited every time.

@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod problem;
 pub mod projects;
 pub mod rate_limit;
+pub mod targets;
 pub mod token_cache;
 pub mod tokens;
 pub mod validate;
@@ -74,6 +75,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(projects::routes)
             .configure(issuers::routes)
             .configure(certificates::routes)
+            .configure(targets::routes)
             .configure(tokens::routes)
             .configure(audit_log::routes)
             .default_service(web::to(unmatched))

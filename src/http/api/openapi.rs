@@ -7,7 +7,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{audit_log, certificates, issuers, projects, tokens};
+use super::{audit_log, certificates, issuers, projects, targets, tokens};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,7 +19,9 @@ use super::{audit_log, certificates, issuers, projects, tokens};
         projects::create, projects::list, projects::get, projects::set_domains, projects::domains,
         issuers::create, issuers::list, issuers::get,
         certificates::create, certificates::list, certificates::get, certificates::issue, certificates::revoke, certificates::set_endpoints,
+        certificates::set_targets, certificates::distributions,
         certificates::private_key, certificates::orders, certificates::jobs,
+        targets::create, targets::list, targets::get, targets::delete,
         tokens::create, tokens::list, tokens::revoke,
         audit_log::all, audit_log::project,
     ),
@@ -28,6 +30,7 @@ use super::{audit_log, certificates, issuers, projects, tokens};
         (name = "projects", description = "Tenants"),
         (name = "issuers", description = "ACME CAs a project issues from"),
         (name = "certificates", description = "What to issue, its state, chain and key"),
+        (name = "targets", description = "Where certificates are delivered"),
         (name = "tokens", description = "API tokens"),
         (name = "audit", description = "The audit log"),
     )
@@ -120,6 +123,9 @@ fn refine(doc: &mut serde_json::Value) {
 /// test suite's schemathesis hooks) must know them.
 pub const FORMAT_PEM_CERTIFICATES: &str = "pem-certificates";
 pub const FORMAT_HOST_PORT: &str = "host-port";
+/// A kubeconfig in JSON whose current context has a token
+/// ([`crate::distribute::kubernetes_secret::Cluster::from_kubeconfig`]).
+pub const FORMAT_KUBECONFIG_JSON: &str = "kubeconfig-json";
 
 /// Every rule the handlers check of a field on its own, stated in the
 /// document: lengths, ranges, patterns, enums, counts. What a request asks
@@ -203,7 +209,49 @@ fn constrain(doc: &mut serde_json::Value) {
             "ttl",
             json!({ "minimum": 1, "maximum": 86_400 }),
         ),
-        ("NewCertificate", "name", name),
+        ("NewCertificate", "name", name.clone()),
+        (
+            "NewCertificate",
+            "targets",
+            json!({ "maxItems": super::certificates::MAX_TARGETS, "uniqueItems": true, "items": name.clone() }),
+        ),
+        (
+            "TargetsUpdate",
+            "targets",
+            json!({ "maxItems": super::certificates::MAX_TARGETS, "uniqueItems": true, "items": name.clone() }),
+        ),
+        ("NewTarget", "name", name.clone()),
+        (
+            "NewTarget",
+            "kind",
+            json!({ "enum": super::targets::TARGET_KINDS }),
+        ),
+        (
+            "WebhookSettings",
+            "secret",
+            json!({ "minLength": *super::targets::WEBHOOK_SECRET_LEN.start(),
+            "maxLength": *super::targets::WEBHOOK_SECRET_LEN.end() }),
+        ),
+        (
+            "KubernetesSecretSettings",
+            "kubeconfig",
+            json!({ "format": FORMAT_KUBECONFIG_JSON, "maxLength": super::targets::MAX_KUBECONFIG_LEN }),
+        ),
+        (
+            "WebhookSettings",
+            "url",
+            json!({ "pattern": webhook_url_pattern() }),
+        ),
+        (
+            "KubernetesSecretSettings",
+            "namespace",
+            json!({ "minLength": 1, "maxLength": 253, "pattern": KUBERNETES_NAME_PATTERN }),
+        ),
+        (
+            "KubernetesSecretSettings",
+            "secret_name",
+            json!({ "minLength": 1, "maxLength": 253, "pattern": KUBERNETES_NAME_PATTERN }),
+        ),
         (
             "NewCertificate",
             "dns_names",
@@ -277,6 +325,24 @@ fn constrain(doc: &mut serde_json::Value) {
             "else": { "properties": { "dns": { "type": "null" } } },
         }),
     );
+    merge(
+        &mut schemas["NewTarget"],
+        json!({
+            "if": { "required": ["kind"], "properties": { "kind": { "const": "webhook" } } },
+            "then": { "required": ["webhook"], "properties": {
+                "webhook": { "type": "object" }, "kubernetes_secret": { "type": "null" } } },
+            "else": { "required": ["kubernetes_secret"], "properties": {
+                "kubernetes_secret": { "type": "object" }, "webhook": { "type": "null" } } },
+        }),
+    );
+    // The key goes only over TLS.
+    merge(
+        &mut schemas["WebhookSettings"],
+        json!({
+            "if": { "required": ["include_key"], "properties": { "include_key": { "const": true } } },
+            "then": { "properties": { "url": { "pattern": https_url_pattern() } } },
+        }),
+    );
     // An example of each body: what a client starts from.
     for (schema, example) in [
         ("NewProject", json!({ "name": "payments" })),
@@ -300,6 +366,13 @@ fn constrain(doc: &mut serde_json::Value) {
             json!({ "endpoints": [{ "host": "www.example.com", "port": 443 }] }),
         ),
         ("RevokeRequest", json!({ "reason": "superseded" })),
+        (
+            "NewTarget",
+            json!({ "name": "deploy-hook", "kind": "webhook",
+            "webhook": { "url": "https://deploy.example.com/certificates", "secret": "at-least-16-characters" },
+            "validate": { "host": "www.example.com", "port": 443 } }),
+        ),
+        ("TargetsUpdate", json!({ "targets": ["deploy-hook"] })),
         (
             "NewToken",
             json!({ "roles": [{ "project_id": "prj_000000000000000000000000", "role": "viewer" }],
@@ -366,6 +439,8 @@ fn created_links() -> Vec<((&'static str, &'static str), &'static str, Vec<Link>
                 ("ListIssuers", "issuers.list", project.clone()),
                 ("CreateCertificate", "certificates.create", project.clone()),
                 ("ListCertificates", "certificates.list", project.clone()),
+                ("CreateTarget", "targets.create", project.clone()),
+                ("ListTargets", "targets.list", project.clone()),
                 ("ProjectAudit", "audit.project", project),
             ],
         ),
@@ -373,6 +448,18 @@ fn created_links() -> Vec<((&'static str, &'static str), &'static str, Vec<Link>
             ("/v1/projects/{project_id}/issuers", "post"),
             "201",
             vec![("GetIssuer", "issuers.get", in_project("$response.body#/id"))],
+        ),
+        (
+            ("/v1/projects/{project_id}/targets", "post"),
+            "201",
+            vec![
+                ("GetTarget", "targets.get", in_project("$response.body#/id")),
+                (
+                    "DeleteTarget",
+                    "targets.delete",
+                    in_project("$response.body#/id"),
+                ),
+            ],
         ),
         (
             ("/v1/projects/{project_id}/certificates", "post"),
@@ -389,6 +476,16 @@ fn created_links() -> Vec<((&'static str, &'static str), &'static str, Vec<Link>
                 (
                     "PrivateKey",
                     "certificates.private_key",
+                    certificate.clone(),
+                ),
+                (
+                    "SetTargets",
+                    "certificates.set_targets",
+                    certificate.clone(),
+                ),
+                (
+                    "Distributions",
+                    "certificates.distributions",
                     certificate.clone(),
                 ),
                 ("Orders", "certificates.orders", certificate.clone()),

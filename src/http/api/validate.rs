@@ -50,15 +50,28 @@ pub fn host_pattern() -> String {
 /// An ACME directory: https://, a host name (its last label beginning with
 /// a letter) or an IPv4 address, an optional port, then any path.
 pub fn https_url_pattern() -> String {
+    url_pattern("https")
+}
+
+/// A webhook: as [`https_url_pattern`], or http://.
+pub fn webhook_url_pattern() -> String {
+    url_pattern("https?")
+}
+
+fn url_pattern(scheme: &str) -> String {
     let label = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
     let top = "[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
     let octet = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
     let port =
         "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0)";
     format!(
-        "^https://(({label}\\.)*{top}|({octet}\\.){{3}}{octet})(:{port})?([/?#][\\x21-\\x7e]*)?$"
+        "^{scheme}://(({label}\\.)*{top}|({octet}\\.){{3}}{octet})(:{port})?([/?#][\\x21-\\x7e]*)?$"
     )
 }
+
+/// A Kubernetes object name (DNS-1123 subdomain):
+/// [`crate::distribute::kubernetes_secret::check_name`].
+pub const KUBERNETES_NAME_PATTERN: &str = "^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$";
 
 /// An External Account Binding key id: printable ASCII, no spaces.
 pub const EAB_KID_PATTERN: &str = r"^[\x21-\x7e]{1,255}$";

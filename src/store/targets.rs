@@ -1,0 +1,107 @@
+//! The `distribution_targets` collection, and the one parse of a target
+//! document.
+
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Document};
+use mongodb::error::Error as MongoError;
+
+use super::Store;
+use crate::domain::distribution::{Delivery, Target, TargetKind};
+use crate::domain::drift::Endpoint;
+
+pub const TARGETS: &str = "distribution_targets";
+
+/// The stored document of target `id` of `project_id`.
+pub async fn in_project(
+    store: &Store,
+    project_id: &str,
+    id: &str,
+) -> Result<Option<Document>, MongoError> {
+    store
+        .collection(TARGETS)
+        .find_one(doc! { "_id": id, "project_id": project_id })
+        .await
+}
+
+/// The targets of `project_id` named `names` (those that exist).
+pub async fn named(
+    store: &Store,
+    project_id: &str,
+    names: &[String],
+) -> Result<Vec<Document>, MongoError> {
+    store
+        .collection(TARGETS)
+        .find(doc! { "project_id": project_id, "name": { "$in": names } })
+        .await?
+        .try_collect()
+        .await
+}
+
+/// One page of a project's targets (see [`Store::page`]).
+pub async fn page(
+    store: &Store,
+    project_id: &str,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<(Vec<Document>, Option<String>), MongoError> {
+    store
+        .page(TARGETS, doc! { "project_id": project_id }, after, limit)
+        .await
+}
+
+/// Stores a new target; a name already taken in the project is a
+/// duplicate-key error (the unique index of migration 16).
+pub async fn insert(store: &Store, record: Document) -> Result<(), MongoError> {
+    store.insert("create target", TARGETS, record).await
+}
+
+/// Removes target `id` of `project_id`; whether there was one.
+pub async fn delete(store: &Store, project_id: &str, id: &str) -> Result<bool, MongoError> {
+    let found = store
+        .collection(TARGETS)
+        .delete_one(doc! { "_id": id, "project_id": project_id })
+        .await?;
+    Ok(found.deleted_count == 1)
+}
+
+/// A target document as the workers use it; `Err` names what is wrong with
+/// it (retrying will not mend it).
+pub fn parse(d: &Document) -> Result<Target, String> {
+    let s = |f: &str| d.get_str(f).unwrap_or_default().to_string();
+    let settings = d.get_document("settings").ok();
+    let setting = |f: &str| {
+        settings
+            .and_then(|x| x.get_str(f).ok())
+            .map(str::to_string)
+            .ok_or_else(|| format!("the target's settings lack {f}"))
+    };
+    let flag = |f: &str| settings.and_then(|x| x.get_bool(f).ok()).unwrap_or(false);
+    let kind = TargetKind::parse(d.get_str("kind").unwrap_or_default())
+        .ok_or_else(|| format!("unknown target kind {:?}", d.get_str("kind")))?;
+    let delivery = match kind {
+        TargetKind::Agent => Delivery::Agent,
+        TargetKind::Ssh => Delivery::Ssh,
+        TargetKind::KubernetesSecret => Delivery::KubernetesSecret {
+            namespace: setting("namespace")?,
+            secret_name: setting("secret_name")?,
+            include_ca: flag("include_ca"),
+            kubeconfig: flag("kubeconfig"),
+        },
+        TargetKind::Webhook => Delivery::Webhook {
+            url: setting("url")?,
+            include_key: flag("include_key"),
+        },
+    };
+    let validate = d.get_document("validate").ok().map(|v| Endpoint {
+        host: v.get_str("host").unwrap_or_default().to_string(),
+        port: v.get_i32("port").unwrap_or(0) as u16,
+        sni: v.get_str("sni").ok().map(str::to_string),
+    });
+    Ok(Target {
+        id: s("_id"),
+        project_id: s("project_id"),
+        name: s("name"),
+        delivery,
+        validate,
+    })
+}
