@@ -7,6 +7,7 @@
 //! enqueue is fenced by the leader's term ([`Leases::enqueue_as_leader`]): a
 //! deposed leader cannot add one, and one tick cannot add two.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ use actix::prelude::*;
 use crate::actors::lease::LeadershipChanged;
 use crate::crypto::kek::KekProvider;
 use crate::domain::jobs::{self, JobKind};
+use crate::domain::notifications::Event;
+use crate::notify::outbox::Outbox;
 use crate::observe::metrics::Metrics;
 use crate::queue::jobs::{JobQueue, NewJob};
 use crate::queue::lease::{Leases, Term};
@@ -27,6 +30,11 @@ pub struct KekRotationActor {
     every: Duration,
     term: Option<Term>,
     timer: Option<SpawnHandle>,
+    outbox: Outbox,
+    /// The version whose finished rotation this process has announced
+    /// (the outbox sends each version's once anyway; this spares the
+    /// lookups at every tick).
+    announced: Arc<AtomicU32>,
 }
 
 impl KekRotationActor {
@@ -35,6 +43,7 @@ impl KekRotationActor {
         kek: Arc<dyn KekProvider>,
         metrics: Arc<Metrics>,
         every: Duration,
+        outbox: Outbox,
     ) -> Self {
         KekRotationActor {
             leases,
@@ -43,6 +52,8 @@ impl KekRotationActor {
             every,
             term: None,
             timer: None,
+            outbox,
+            announced: Arc::default(),
         }
     }
 
@@ -56,9 +67,14 @@ impl KekRotationActor {
             self.metrics.clone(),
             self.every,
         );
+        let (outbox, announced) = (self.outbox.clone(), self.announced.clone());
         ctx.spawn(
             async move {
-                if let Err(e) = step(&leases, &term, kek, &metrics, every).await {
+                let announce = Announce {
+                    outbox: &outbox,
+                    announced: &announced,
+                };
+                if let Err(e) = step(&leases, &term, kek, &metrics, every, announce).await {
                     tracing::warn!(error = %e, "KEK rotation check failed; trying again next tick");
                 }
             }
@@ -73,6 +89,7 @@ async fn step(
     kek: Arc<dyn KekProvider>,
     metrics: &Metrics,
     every: Duration,
+    announce: Announce<'_>,
 ) -> Result<(), String> {
     let store = leases.store();
     let short = |e: mongodb::error::Error| crate::store::short(&e);
@@ -94,6 +111,11 @@ async fn step(
     let left = remaining(&counts, current);
     metrics.kek_rotation_remaining.set(left);
     if left == 0 {
+        // Version 1 was never rotated to: nothing finished.
+        if current > 1 && announce.announced.swap(current, Ordering::Relaxed) != current {
+            let event = Event::KekRotationFinished { version: current };
+            announce.outbox.raise(&event, None).await;
+        }
         return Ok(());
     }
     let active = JobQueue::new(store.clone())
@@ -114,6 +136,12 @@ async fn step(
         tracing::info!(job = %enqueued.id, target = current, remaining = left, "enqueued a KEK re-wrap");
     }
     Ok(())
+}
+
+/// Where a finished rotation is announced.
+struct Announce<'a> {
+    outbox: &'a Outbox,
+    announced: &'a AtomicU32,
 }
 
 impl Actor for KekRotationActor {

@@ -262,6 +262,9 @@ pub struct WorkloadArgs {
     /// Seconds between those checks (a reload has attempts-1 times this to take effect) [default: 5]
     #[arg(long, env = "CAP_DISTRIBUTE_VALIDATE_INTERVAL_SECS")]
     pub distribute_validate_interval_secs: Option<String>,
+    /// How many times a notification is tried before it is kept as dead [default: 8]
+    #[arg(long, env = "CAP_NOTIFY_ATTEMPTS")]
+    pub notify_attempts: Option<String>,
     /// Fault injection for tests: a worker pauses (10 min) right after recording this ACME order stage;
     /// `renewal_enqueued` makes the scheduler leader pause between a renewal's enqueue and its mark [default: none]
     #[arg(long, env = "CAP_FAULT_PAUSE_AFTER_STAGE")]
@@ -477,6 +480,7 @@ pub struct WorkloadConfig {
     pub issue_backoff: crate::domain::backoff::Backoff,
     /// How a delivery's validate step checks.
     pub distribute_checks: crate::distribute::validate::Checks,
+    pub notify_attempts: u32,
     pub siem: crate::audit::siem::SiemConfig,
     pub fault_pause_after_stage: Option<String>,
     pub instance_id: String,
@@ -706,6 +710,12 @@ impl WorkloadArgs {
                 )?,
                 connect_timeout: crate::net::tls_probe::DEFAULT_CONNECT_TIMEOUT,
             },
+            notify_attempts: number(
+                &self.notify_attempts,
+                "CAP_NOTIFY_ATTEMPTS",
+                crate::notify::outbox::DEFAULT_ATTEMPTS as u64,
+                1..=100,
+            )? as u32,
             siem: self.siem(&instance_id)?,
             fault_pause_after_stage: self
                 .fault_pause_after_stage

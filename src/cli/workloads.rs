@@ -30,6 +30,7 @@ use crate::http::api::rate_limit::RateLimiter;
 use crate::http::api::token_cache::TokenCache;
 use crate::http::api::ApiState;
 use crate::http::{self, health::DepthCache, AppState};
+use crate::notify::outbox::Outbox;
 use crate::observe::metrics::Metrics;
 use crate::observe::shutdown::{self, Shutdown};
 use crate::queue::jobs::JobQueue;
@@ -139,6 +140,7 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
         audit: Audit::new(store.clone()).with_metrics(metrics.clone()),
         metrics: metrics.clone(),
         token_max_lifetime: cfg.api_token_max_lifetime,
+        egress: cfg.transport.egress.clone(),
     };
     actix::spawn(readiness::monitor(
         store.clone(),
@@ -189,6 +191,7 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
             job_retention: cfg.job_retention,
             issue_backoff: cfg.issue_backoff,
             distribute_checks: cfg.distribute_checks,
+            notify_attempts: cfg.notify_attempts,
             orders: Arc::new(Orders(orders)),
             transport: cfg.transport.clone(),
         });
@@ -223,7 +226,8 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
         let rotation = Supervisor::start({
             let (leases, kek, metrics) = (leases.clone(), kek.clone(), metrics.clone());
             let every = cfg.kek_rotation_check;
-            move |_| KekRotationActor::new(leases, kek, metrics, every)
+            let outbox = Outbox::new(queue.clone(), cfg.notify_attempts);
+            move |_| KekRotationActor::new(leases, kek, metrics, every, outbox.clone())
         });
         let mut subscribers = vec![scheduler.recipient(), rotation.recipient()];
         if cfg.siem.enabled() {

@@ -83,6 +83,20 @@ impl SecretRef {
         }
     }
 
+    /// The credential a notification channel sends with (a webhook's
+    /// secret, a Slack URL, an SMTP password); `project` `None` for an
+    /// installation channel.
+    pub fn channel_credential(project: Option<&str>, channel: &str) -> SecretRef {
+        let owner = match project {
+            Some(p) => format!("projects/{p}/channels/{channel}"),
+            None => format!("installation/channels/{channel}"),
+        };
+        SecretRef {
+            id: format!("channels/{channel}"),
+            owner,
+        }
+    }
+
     /// What a target held before a delivery of `certificate` replaced it,
     /// kept for the rollback (it holds a private key).
     pub fn distribution_previous(project: &str, certificate: &str, target: &str) -> SecretRef {

@@ -25,10 +25,12 @@ pub enum JobKind {
     Probe,
     /// Put one serial of a certificate on one distribution target.
     Distribute,
+    /// Send one notification of the outbox to its channel.
+    Notify,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 8] = [
+    pub const ALL: [JobKind; 9] = [
         JobKind::IssueCertificate,
         JobKind::RevokeCertificate,
         JobKind::RefreshAri,
@@ -37,6 +39,7 @@ impl JobKind {
         JobKind::Housekeeping,
         JobKind::Probe,
         JobKind::Distribute,
+        JobKind::Notify,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -49,6 +52,7 @@ impl JobKind {
             JobKind::Housekeeping => "housekeeping",
             JobKind::Probe => "probe",
             JobKind::Distribute => "distribute",
+            JobKind::Notify => "notify",
         }
     }
 }
@@ -255,6 +259,24 @@ pub fn distribution(
     }
 }
 
+/// `notify`: one record of the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyPayload {
+    pub notification_id: String,
+}
+
+/// The sending of outbox record `notification_id` (a channel and a
+/// deduplication key): one job per record.
+pub fn notification(notification_id: &str) -> JobSpec<NotifyPayload> {
+    JobSpec {
+        kind: JobKind::Notify,
+        key: format!("notify:{notification_id}"),
+        payload: NotifyPayload {
+            notification_id: notification_id.into(),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +300,7 @@ mod tests {
         assert_eq!(housekeeping(7, 1).key, "housekeeping:7");
         assert_eq!(kek_rewrap(3, 7, 1).key, "kek-rewrap:v3:7");
         assert_eq!(distribution("c", "s", "t").key, "distribute:c:s:t");
+        assert_eq!(notification("ch:k").key, "notify:ch:k");
     }
 
     #[test]

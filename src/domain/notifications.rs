@@ -18,6 +18,22 @@ pub enum Severity {
     Critical,
 }
 
+impl Severity {
+    pub const ALL: [Severity; 3] = [Severity::Info, Severity::Warning, Severity::Critical];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Severity> {
+        Severity::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
 /// Days before `not_after` at which an expiry notice goes, each once per
 /// certificate and serial.
 pub const EXPIRY_NOTICE_DAYS: [u32; 5] = [30, 14, 7, 3, 1];
@@ -75,6 +91,20 @@ pub enum Event {
         version: u32,
     },
 }
+
+/// Every event kind, as routes name them.
+pub const EVENT_KINDS: [&str; 10] = [
+    "certificate.issued",
+    "renewal.failed",
+    "renewal.stalled",
+    "certificate.expiring",
+    "certificate.expired",
+    "certificate.revoked",
+    "distribution.failed",
+    "drift.changed",
+    "audit.chain_broken",
+    "kek.rotation_finished",
+];
 
 impl Event {
     /// The name routes select by, and that messages carry.
@@ -273,6 +303,71 @@ impl QuietHours {
             end_today + DAY_MS
         }
     }
+}
+
+/// A notification channel: where messages go, which events it takes, and
+/// when it keeps quiet. Credentials (a webhook's secret, a Slack URL, an
+/// SMTP password) are sealed secrets, not here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Channel {
+    pub id: String,
+    /// `None`: an installation channel (a global admin's), the only kind
+    /// that receives installation-wide events.
+    pub project_id: Option<String>,
+    pub name: String,
+    pub delivery: ChannelDelivery,
+    /// No routes: every event.
+    pub routes: Vec<Route>,
+    pub quiet_hours: Option<QuietHours>,
+}
+
+impl Channel {
+    /// Whether the channel sends `event` of `project` (`None`: an
+    /// installation-wide event).
+    pub fn takes(&self, event: &Event, project: Option<&str>) -> bool {
+        self.routes.is_empty() || self.routes.iter().any(|r| r.takes(event, project))
+    }
+
+    /// When a message of `severity` found at `now_ms` may go.
+    pub fn release_at(&self, severity: Severity, now_ms: i64) -> i64 {
+        self.quiet_hours
+            .map_or(now_ms, |q| q.release_at(severity, now_ms))
+    }
+}
+
+/// How a channel delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelDelivery {
+    /// A signed POST of the JSON message (the secret is sealed).
+    Webhook {
+        url: String,
+    },
+    /// A Slack-compatible incoming webhook (its URL is the sealed secret).
+    Slack,
+    Email(EmailSettings),
+}
+
+impl ChannelDelivery {
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            ChannelDelivery::Webhook { .. } => "webhook",
+            ChannelDelivery::Slack => "slack",
+            ChannelDelivery::Email(_) => "email",
+        }
+    }
+}
+
+/// Where and as whom an email channel sends (the password is sealed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailSettings {
+    pub host: String,
+    pub port: u16,
+    /// `starttls` (the default), `implicit` (465) or `none`.
+    pub tls: String,
+    pub user: Option<String>,
+    pub from: String,
+    pub to: Vec<String>,
+    pub ca_bundle_pem: Option<String>,
 }
 
 #[cfg(test)]

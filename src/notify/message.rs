@@ -9,7 +9,7 @@ use crate::domain::notifications::{Event, Severity};
 /// A rendered notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
-    pub kind: &'static str,
+    pub kind: String,
     pub severity: Severity,
     pub dedup_key: String,
     pub summary: String,
@@ -20,7 +20,7 @@ pub struct Notification {
 impl Notification {
     pub fn new(event: &Event, project_id: Option<&str>) -> Notification {
         Notification {
-            kind: event.kind(),
+            kind: event.kind().to_string(),
             severity: event.severity(),
             dedup_key: event.dedup_key(),
             summary: summary(event),
@@ -58,12 +58,9 @@ impl Notification {
     }
 }
 
-fn severity_name(s: Severity) -> &'static str {
-    match s {
-        Severity::Info => "info",
-        Severity::Warning => "warning",
-        Severity::Critical => "critical",
-    }
+/// A severity by its name, as routes and stored notifications spell it.
+pub fn severity_name(s: Severity) -> &'static str {
+    s.as_str()
 }
 
 /// The line a person reads first.

@@ -298,6 +298,68 @@ pub async fn count_naming_target(
         .await
 }
 
+/// The expiry notice last raised for the current serial, in days before
+/// its end (0: expired); cleared when a new serial is stored.
+pub const EXPIRY_NOTICE: &str = "expiry_notice_days";
+
+/// A certificate near or past its end, as the expiry notices read it.
+#[derive(Debug, Clone)]
+pub struct Expiring {
+    pub id: String,
+    pub project_id: String,
+    pub serial: String,
+    pub not_after_ms: i64,
+    /// The notice already raised for this serial.
+    pub noticed_days: Option<u32>,
+}
+
+/// Up to `batch` certificates whose current serial ends before `horizon`,
+/// the soonest first: not revoked, and not yet told they expired.
+pub async fn expiring_before(
+    store: &Store,
+    horizon: DateTime,
+    batch: i64,
+) -> Result<Vec<Expiring>, MongoError> {
+    let found: Vec<Document> = store
+        .collection(CERTIFICATES)
+        .find(doc! {
+            "current.not_after": { "$lte": horizon },
+            "current.revoked_at": { "$exists": false },
+            EXPIRY_NOTICE: { "$ne": 0 },
+        })
+        .sort(doc! { "current.not_after": 1 })
+        .limit(batch)
+        .projection(doc! { "_id": 1, "project_id": 1, "current.serial": 1, "current.not_after": 1, EXPIRY_NOTICE: 1 })
+        .await?
+        .try_collect()
+        .await?;
+    Ok(found
+        .iter()
+        .filter_map(|d| {
+            let current = d.get_document("current").ok()?;
+            Some(Expiring {
+                id: d.get_str("_id").ok()?.to_string(),
+                project_id: d.get_str("project_id").unwrap_or_default().to_string(),
+                serial: current.get_str("serial").ok()?.to_string(),
+                not_after_ms: current.get_datetime("not_after").ok()?.timestamp_millis(),
+                noticed_days: match d.get(EXPIRY_NOTICE) {
+                    Some(Bson::Int32(n)) => Some(*n as u32),
+                    Some(Bson::Int64(n)) => Some(*n as u32),
+                    _ => None,
+                },
+            })
+        })
+        .collect())
+}
+
+/// The notice of `days` (0: expired) was raised for `serial`.
+pub fn expiry_noticed(id: &str, serial: &str, days: u32) -> FencedWrite {
+    update(
+        doc! { "_id": id, "current.serial": serial },
+        doc! { "$set": { EXPIRY_NOTICE: days as i32 } },
+    )
+}
+
 /// Set when a certificate's current serial may not have reached all its
 /// targets (just issued, or its targets changed); the scheduler leader's
 /// distribution sweep enqueues what is missing and clears it.
@@ -419,7 +481,8 @@ pub struct Issued<'a> {
 /// move once per certificate issued.
 pub fn record_issued(id: &str, issued: &Issued<'_>) -> FencedWrite {
     let mut set = schedule_fields(issued.renewal_due);
-    let mut unset = doc! { "retry_at": "", "renewal_job_id": "" };
+    // A new serial has had no expiry notice yet.
+    let mut unset = doc! { "retry_at": "", "renewal_job_id": "", EXPIRY_NOTICE: "" };
     let ari = match &issued.ari {
         Some((window, next_fetch)) => {
             set.insert("ari_next_fetch_at", *next_fetch);

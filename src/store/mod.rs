@@ -4,7 +4,7 @@
 //! migrations ([`schema`]), and one module per collection ([`certificates`],
 //! [`orders`], [`challenges`], [`issuers`], [`projects`], [`tokens`],
 //! [`keys`], [`kek_versions`], [`idempotency`], [`rate_limits`],
-//! [`targets`], [`distributions`]; [`stats`]
+//! [`targets`], [`distributions`], [`channels`], [`notifications`]; [`stats`]
 //! shares the certificate counts), and
 //! whole-database reads and loads for snapshots ([`snapshot`]).
 //!
@@ -17,6 +17,7 @@
 
 pub mod certificates;
 pub mod challenges;
+pub mod channels;
 pub mod clock;
 pub mod distributions;
 pub mod fence;
@@ -25,6 +26,7 @@ pub mod idempotency;
 pub mod issuers;
 pub mod kek_versions;
 pub mod keys;
+pub mod notifications;
 pub mod orders;
 pub mod projects;
 pub mod rate_limits;

@@ -251,8 +251,13 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 16,
-        name: "distribution targets and deliveries",
-        collections: &[super::targets::TARGETS, super::distributions::DISTRIBUTIONS],
+        name: "distribution targets and deliveries, notification channels and their outbox",
+        collections: &[
+            super::targets::TARGETS,
+            super::distributions::DISTRIBUTIONS,
+            super::channels::CHANNELS,
+            super::notifications::NOTIFICATIONS,
+        ],
         indexes: v16_indexes,
         data: None,
         needs_kek: false,
@@ -275,6 +280,15 @@ fn v16_indexes() -> Vec<(&'static str, IndexModel)> {
         (
             super::distributions::DISTRIBUTIONS,
             index(doc! { "certificate_id": 1, "_id": 1 }, "certificate_id"),
+        ),
+        (
+            super::channels::CHANNELS,
+            index(doc! { "project_id": 1, "_id": 1 }, "project_id"),
+        ),
+        // A project's notifications, dead letters first of all.
+        (
+            super::notifications::NOTIFICATIONS,
+            index(doc! { "scope": 1, "state": 1, "_id": 1 }, "scope_state"),
         ),
         // The scheduler's distribution sweep reads only what is marked.
         (

@@ -29,7 +29,9 @@ use crate::domain::backoff::Backoff;
 use crate::domain::certificate::{Certificate, Current};
 use crate::domain::distribution::{self, Delivery, DistributionState, Step, StepResult, Target};
 use crate::domain::jobs::{self, DistributePayload};
+use crate::domain::notifications;
 use crate::net::egress::EgressPolicy;
+use crate::notify::outbox::Outbox;
 use crate::observe::metrics::Metrics;
 use crate::queue::handler::{HandlerError, JobHandler};
 use crate::queue::jobs::{ClaimedJob, NewJob};
@@ -53,6 +55,8 @@ pub struct Distribute {
     pub backoff: Backoff,
     /// How the `validate` step checks (`CAP_DISTRIBUTE_VALIDATE_*`).
     pub checks: Checks,
+    /// Told of a failed delivery.
+    pub outbox: Outbox,
 }
 
 impl JobHandler for Distribute {
@@ -315,6 +319,15 @@ impl Run<'_> {
             (DistributionState::Failed, error) => {
                 let error = error.unwrap_or_else(|| "failed".into());
                 tracing::warn!(certificate = %self.cert.id, target = %self.target.name, serial = %serial, error = %error, "delivery failed");
+                let event = notifications::Event::DistributionFailed {
+                    certificate_id: self.cert.id.clone(),
+                    serial: serial.clone(),
+                    target_id: self.target.id.clone(),
+                };
+                self.this
+                    .outbox
+                    .raise(&event, Some(&self.cert.project_id))
+                    .await;
                 Err(HandlerError::Permanent(error))
             }
             (state, error) => {

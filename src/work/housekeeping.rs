@@ -9,15 +9,19 @@ use mongodb::bson::{doc, DateTime};
 use crate::audit::checkpoint::{self, KeyError, Next, Witness};
 use crate::audit::{Audit, Event, CHECKPOINTS_COLLECTION};
 use crate::crypto::secrets::Secrets;
+use crate::domain::notifications::{self, expiry_notice_due, EXPIRY_NOTICE_DAYS};
+use crate::notify::outbox::Outbox;
 use crate::observe::metrics::Metrics;
 use crate::queue::handler::{HandlerError, JobHandler};
 use crate::queue::jobs::{ClaimedJob, JobError, JobQueue};
-use crate::store::challenges;
+use crate::store::{certificates, challenges};
 
 /// Periodic work, enqueued by the scheduler leader: seals the audit chain
-/// with a checkpoint, deletes finished jobs past their retention and
-/// presence records of long-gone workers.
+/// with a checkpoint once it verifies (and raises `audit.chain_broken`
+/// when it does not), raises the expiry notices due, deletes finished jobs
+/// past their retention and presence records of long-gone workers.
 pub struct Housekeeping {
+    pub outbox: Outbox,
     pub queue: JobQueue,
     pub secrets: Secrets,
     pub job_retention: Duration,
@@ -37,12 +41,14 @@ impl JobHandler for Housekeeping {
         let metrics = self.metrics.clone();
         let witness = self.witness.clone();
         let sealing = self.sealing.clone();
+        let outbox = self.outbox.clone();
         Box::pin(async move {
             let store = queue.store().clone();
             let sealed = {
                 let _one_at_a_time = sealing.lock().await;
-                seal_audit_chain(&job, &secrets, &witness, &metrics).await?
+                seal_audit_chain(&job, &secrets, &witness, &metrics, &outbox).await?
             };
+            let notices = expiry_notices(&job, &outbox).await?;
             let purged = queue
                 .purge_finished(retention)
                 .await
@@ -56,11 +62,58 @@ impl JobHandler for Housekeeping {
             let challenges = challenges::purge_before(&store, cutoff)
                 .await
                 .map_err(JobError::from)?;
-            tracing::info!(job = %job.lease.job_id, purged_jobs = purged, forgotten_workers = forgotten, purged_challenges = challenges, audit_checkpoint = sealed, "housekeeping done");
+            tracing::info!(job = %job.lease.job_id, purged_jobs = purged, forgotten_workers = forgotten, purged_challenges = challenges, audit_checkpoint = sealed, expiry_notices = notices, "housekeeping done");
             Ok(())
         })
     }
 }
+
+/// Raises the expiry notice due for each certificate within 30 days of its
+/// end (the nearest threshold reached, each once per serial) or past it,
+/// and records it under the job's fence. Answers how many were raised.
+async fn expiry_notices(job: &ClaimedJob, outbox: &Outbox) -> Result<usize, HandlerError> {
+    let store = job.lease.store();
+    let now = store.server_now().await.map_err(JobError::from)?;
+    let horizon = DateTime::from_millis(
+        now.timestamp_millis() + i64::from(EXPIRY_NOTICE_DAYS[0]) * 86_400_000,
+    );
+    let expiring = certificates::expiring_before(store, horizon, EXPIRY_BATCH)
+        .await
+        .map_err(JobError::from)?;
+    let mut raised = 0;
+    for cert in &expiring {
+        let (event, days) = match expiry_notice_due(now.timestamp_millis(), cert.not_after_ms) {
+            Some(days) => (
+                notifications::Event::Expiring {
+                    certificate_id: cert.id.clone(),
+                    serial: cert.serial.clone(),
+                    days,
+                },
+                days,
+            ),
+            None => (
+                notifications::Event::Expired {
+                    certificate_id: cert.id.clone(),
+                    serial: cert.serial.clone(),
+                },
+                0,
+            ),
+        };
+        if cert.noticed_days.is_some_and(|n| n <= days) {
+            continue;
+        }
+        outbox.raise(&event, Some(&cert.project_id)).await;
+        job.lease
+            .fenced(certificates::expiry_noticed(&cert.id, &cert.serial, days))
+            .await?;
+        raised += 1;
+    }
+    Ok(raised)
+}
+
+/// Certificates one housekeeping run looks at for expiry notices, the
+/// soonest expiring first.
+const EXPIRY_BATCH: i64 = 1000;
 
 /// Writes a checkpoint at the audit chain's head once the records since
 /// the last checkpoint verify (idempotent: its id is the head's seq), and
@@ -71,6 +124,7 @@ async fn seal_audit_chain(
     secrets: &Secrets,
     witness: &Witness,
     metrics: &Metrics,
+    outbox: &Outbox,
 ) -> Result<i64, HandlerError> {
     let store = job.lease.store();
     let now = store.server_now().await.map_err(JobError::from)?;
@@ -95,6 +149,15 @@ async fn seal_audit_chain(
                     Event::new(&job.lease.holder, checkpoint::SEAL_REFUSED_ACTION, "audit")
                         .with(doc! { "problem": &problem }),
                 )
+                .await;
+            // Keyed by the last good checkpoint: told once per break, not
+            // at every run while it stays broken.
+            let since = checkpoint::latest(store)
+                .await
+                .map_err(JobError::from)?
+                .map_or(0, |c| c.seq);
+            outbox
+                .raise(&notifications::Event::AuditChainBroken { seq: since }, None)
                 .await;
             return Ok(0);
         }

@@ -15,6 +15,8 @@ use crate::domain::certificate::{Certificate, CertificateStatus};
 use crate::domain::grants::uncovered;
 use crate::domain::issuer::Issuer;
 use crate::domain::jobs::IssuePayload;
+use crate::domain::notifications::Event;
+use crate::notify::outbox::Outbox;
 use crate::observe::metrics::Metrics;
 use crate::queue::handler::{HandlerError, JobHandler};
 use crate::queue::jobs::ClaimedJob;
@@ -45,15 +47,18 @@ pub struct IssueCertificate {
     /// (`CAP_ISSUE_BACKOFF_BASE_SECS`, `CAP_ISSUE_BACKOFF_MAX_SECS`).
     pub backoff: Backoff,
     pub orders: Arc<dyn OrderDriver>,
+    /// Told of an issue, and of failed or stalled renewals.
+    pub outbox: Outbox,
 }
 
 impl JobHandler for IssueCertificate {
     fn run(&self, job: ClaimedJob) -> BoxFuture<'static, Result<(), HandlerError>> {
-        let (store, metrics, backoff, orders) = (
+        let (store, metrics, backoff, orders, outbox) = (
             self.store.clone(),
             self.metrics.clone(),
             self.backoff,
             self.orders.clone(),
+            self.outbox.clone(),
         );
         Box::pin(async move {
             let payload: IssuePayload = job.payload_as()?;
@@ -80,10 +85,27 @@ impl JobHandler for IssueCertificate {
                 metrics.renewals_total.with_label_values(&[outcome]).inc();
             }
             match result {
-                Ok(()) => Ok(()),
-                Err(e) => record_failure(&store, backoff, &job, &cert, e).await,
+                Ok(()) => {
+                    issued(&store, &outbox, &cert.id).await;
+                    Ok(())
+                }
+                Err(e) => record_failure(&store, backoff, &outbox, &job, &cert, e).await,
             }
         })
+    }
+}
+
+/// Tells the certificate's channels of the serial just stored.
+async fn issued(store: &Store, outbox: &Outbox, id: &str) {
+    let Ok(Some(cert)) = certificates::find(store, id).await else {
+        return;
+    };
+    if let Some(current) = &cert.current {
+        let event = Event::CertificateIssued {
+            certificate_id: cert.id.clone(),
+            serial: current.serial.clone(),
+        };
+        outbox.raise(&event, Some(&cert.project_id)).await;
     }
 }
 
@@ -112,6 +134,7 @@ async fn granted(store: &Store, cert: &Certificate) -> Result<(), HandlerError> 
 async fn record_failure(
     store: &Store,
     backoff: Backoff,
+    outbox: &Outbox,
     job: &ClaimedJob,
     cert: &Certificate,
     error: HandlerError,
@@ -143,6 +166,23 @@ async fn record_failure(
         .fenced(certificates::record_failure(&cert.id, &failure))
         .await;
     tracing::warn!(certificate = %cert.id, failures, retry_in_secs = delay.as_secs(), error = %reason, "issuance failed");
+    if let Some(current) = &cert.current {
+        // A certificate in service that did not renew.
+        let (certificate_id, serial) = (cert.id.clone(), current.serial.clone());
+        let event = if last_attempt {
+            Event::RenewalStalled {
+                certificate_id,
+                serial,
+            }
+        } else {
+            Event::RenewalFailed {
+                certificate_id,
+                serial,
+                consecutive: failures,
+            }
+        };
+        outbox.raise(&event, Some(&cert.project_id)).await;
+    }
     if permanent {
         Err(HandlerError::Permanent(reason))
     } else {

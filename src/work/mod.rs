@@ -7,6 +7,7 @@ pub mod distribute;
 pub mod housekeeping;
 pub mod issue;
 pub mod kek_rewrap;
+pub mod notify;
 pub mod outcome;
 pub mod periodic;
 pub mod probe;

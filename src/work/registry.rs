@@ -17,11 +17,13 @@ use super::distribute::Distribute;
 use super::housekeeping::Housekeeping;
 use super::issue::{IssueCertificate, OrderDriver};
 use super::kek_rewrap::KekRewrap;
+use super::notify::Notify;
 use super::probe::Probe;
 use super::refresh_ari::RefreshAri;
 use super::revoke::RevokeCertificate;
 use super::scan_drift::{ScanDrift, DEFAULT_CONNECT_TIMEOUT};
 use crate::distribute::validate::Checks;
+use crate::notify::outbox::Outbox;
 
 /// What the handlers share.
 pub struct WorkerDeps {
@@ -32,6 +34,8 @@ pub struct WorkerDeps {
     pub job_retention: Duration,
     /// Delay after each consecutive failure of a certificate.
     pub issue_backoff: Backoff,
+    /// Attempts of a notification before it is kept as dead (`CAP_NOTIFY_ATTEMPTS`).
+    pub notify_attempts: u32,
     /// How a delivery's validate step checks its target.
     pub distribute_checks: Checks,
     /// Where `issue-certificate` jobs hand their ACME order (the OrderActor).
@@ -45,6 +49,7 @@ pub struct WorkerDeps {
 pub fn standard(deps: WorkerDeps) -> Handlers {
     let store = deps.queue.store().clone();
     let secrets = Secrets::new(store.clone(), deps.kek.clone());
+    let outbox = Outbox::new(deps.queue.clone(), deps.notify_attempts);
     JobKind::ALL
         .into_iter()
         .fold(Handlers::new(), |handlers, kind| match kind {
@@ -55,6 +60,7 @@ pub fn standard(deps: WorkerDeps) -> Handlers {
                     metrics: deps.metrics.clone(),
                     backoff: deps.issue_backoff,
                     orders: deps.orders.clone(),
+                    outbox: outbox.clone(),
                 },
             ),
             JobKind::RevokeCertificate => handlers.register(
@@ -64,6 +70,7 @@ pub fn standard(deps: WorkerDeps) -> Handlers {
                     secrets: secrets.clone(),
                     metrics: deps.metrics.clone(),
                     transport: deps.transport.clone(),
+                    outbox: outbox.clone(),
                 },
             ),
             JobKind::RefreshAri => handlers.register(
@@ -79,6 +86,7 @@ pub fn standard(deps: WorkerDeps) -> Handlers {
                 ScanDrift {
                     connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                     egress: deps.transport.egress.clone(),
+                    outbox: outbox.clone(),
                 },
             ),
             JobKind::KekRewrap => handlers.register(
@@ -95,6 +103,7 @@ pub fn standard(deps: WorkerDeps) -> Handlers {
                     secrets: secrets.clone(),
                     job_retention: deps.job_retention,
                     metrics: deps.metrics.clone(),
+                    outbox: outbox.clone(),
                     witness: Default::default(),
                     sealing: Default::default(),
                 },
@@ -108,6 +117,14 @@ pub fn standard(deps: WorkerDeps) -> Handlers {
                     egress: deps.transport.egress.clone(),
                     backoff: deps.issue_backoff,
                     checks: deps.distribute_checks,
+                    outbox: outbox.clone(),
+                },
+            ),
+            JobKind::Notify => handlers.register(
+                kind,
+                Notify {
+                    secrets: secrets.clone(),
+                    egress: deps.transport.egress.clone(),
                 },
             ),
         })

@@ -15,6 +15,8 @@ use crate::audit::{Audit, Event};
 use crate::crypto::secrets::Secrets;
 use crate::domain::certs;
 use crate::domain::jobs::{self, RevokePayload};
+use crate::domain::notifications;
+use crate::notify::outbox::Outbox;
 use crate::observe::metrics::Metrics;
 use crate::queue::handler::{HandlerError, JobHandler};
 use crate::queue::jobs::{ClaimedJob, JobQueue, NewJob};
@@ -25,17 +27,19 @@ pub struct RevokeCertificate {
     pub secrets: Secrets,
     pub metrics: Arc<Metrics>,
     pub transport: acme::Transport,
+    pub outbox: Outbox,
 }
 
 impl JobHandler for RevokeCertificate {
     fn run(&self, job: ClaimedJob) -> BoxFuture<'static, Result<(), HandlerError>> {
-        let (queue, secrets, metrics, transport) = (
+        let (queue, secrets, metrics, transport, outbox) = (
             self.queue.clone(),
             self.secrets.clone(),
             self.metrics.clone(),
             self.transport.clone(),
+            self.outbox.clone(),
         );
-        Box::pin(async move { revoke(queue, secrets, metrics, transport, job).await })
+        Box::pin(async move { revoke(queue, secrets, metrics, transport, outbox, job).await })
     }
 }
 
@@ -44,6 +48,7 @@ async fn revoke(
     secrets: Secrets,
     metrics: Arc<Metrics>,
     transport: acme::Transport,
+    outbox: Outbox,
     job: ClaimedJob,
 ) -> Result<(), HandlerError> {
     let store = queue.store().clone();
@@ -85,6 +90,11 @@ async fn revoke(
             )
             .await;
         tracing::info!(certificate = %id, serial = %serial, reason = %request.reason, "certificate revoked");
+        let event = notifications::Event::Revoked {
+            certificate_id: id.clone(),
+            serial: serial.clone(),
+        };
+        outbox.raise(&event, Some(&cert.project_id)).await;
     }
     if request.replace {
         let replacement = NewJob::from_spec(jobs::replacement(id, serial));

@@ -31,8 +31,10 @@ use mongodb::bson::{doc, Bson};
 use crate::audit::{Audit, Event};
 use crate::domain::drift::{classify, DriftState};
 use crate::domain::jobs::CertificatePayload;
+use crate::domain::notifications;
 use crate::net::egress::EgressPolicy;
 pub use crate::net::tls_probe::{probe, Served, DEFAULT_CONNECT_TIMEOUT};
+use crate::notify::outbox::Outbox;
 use crate::queue::handler::{HandlerError, JobHandler};
 use crate::queue::jobs::ClaimedJob;
 use crate::store::certificates;
@@ -44,12 +46,18 @@ const PROBE_CONCURRENCY: usize = 8;
 pub struct ScanDrift {
     pub connect_timeout: Duration,
     pub egress: EgressPolicy,
+    /// Told of a change to `foreign` or `stale`.
+    pub outbox: Outbox,
 }
 
 impl JobHandler for ScanDrift {
     fn run(&self, job: ClaimedJob) -> BoxFuture<'static, Result<(), HandlerError>> {
-        let (timeout, egress) = (self.connect_timeout, self.egress.clone());
-        Box::pin(async move { scan(job, timeout, egress).await })
+        let (timeout, egress, outbox) = (
+            self.connect_timeout,
+            self.egress.clone(),
+            self.outbox.clone(),
+        );
+        Box::pin(async move { scan(job, timeout, egress, outbox).await })
     }
 }
 
@@ -57,6 +65,7 @@ async fn scan(
     job: ClaimedJob,
     timeout: Duration,
     egress: EgressPolicy,
+    outbox: Outbox,
 ) -> Result<(), HandlerError> {
     let store = job.lease.store().clone();
     let payload: CertificatePayload = job.payload_as()?;
@@ -123,6 +132,15 @@ async fn scan(
                 HandlerError::Retryable(format!("audit: {}", crate::store::short(&e)))
             })?;
             tracing::info!(certificate = %cert.id, host = %endpoint.host, port = endpoint.port, from = ?before_state.map(DriftState::as_str), to = state.as_str(), "drift changed");
+            if matches!(state, DriftState::Foreign | DriftState::Stale) {
+                let event = notifications::Event::DriftChanged {
+                    certificate_id: cert.id.clone(),
+                    endpoint: format!("{}:{}", endpoint.host, endpoint.port),
+                    to: state.as_str().into(),
+                    at_ms: now.timestamp_millis(),
+                };
+                outbox.raise(&event, Some(&cert.project_id)).await;
+            }
         }
         entries.push(certificates::DriftEntry {
             endpoint,

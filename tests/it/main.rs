@@ -60,6 +60,7 @@ mod issuance;
 mod lb;
 mod leases;
 mod log_secrets;
+mod notifications;
 mod operator;
 mod orders;
 mod pkcs11;

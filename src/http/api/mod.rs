@@ -7,6 +7,7 @@ pub mod audit_log;
 pub mod auth;
 pub mod certificates;
 pub mod challenges;
+pub mod channels;
 pub mod idempotency;
 pub mod issuers;
 pub mod openapi;
@@ -47,6 +48,8 @@ pub struct ApiState {
     pub queue: JobQueue,
     pub audit: Audit,
     pub metrics: std::sync::Arc<crate::observe::metrics::Metrics>,
+    /// Where tenants' URLs may lead (`CAP_EGRESS_ALLOW`): a channel's test message.
+    pub egress: crate::net::egress::EgressPolicy,
     /// The longest a token made through the API lives (`CAP_API_TOKEN_MAX_LIFETIME_SECS`).
     pub token_max_lifetime: std::time::Duration,
 }
@@ -76,6 +79,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(issuers::routes)
             .configure(certificates::routes)
             .configure(targets::routes)
+            .configure(channels::routes)
             .configure(tokens::routes)
             .configure(audit_log::routes)
             .default_service(web::to(unmatched))

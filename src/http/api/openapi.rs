@@ -7,7 +7,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{audit_log, certificates, issuers, projects, targets, tokens};
+use super::{audit_log, certificates, channels, issuers, projects, targets, tokens};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +22,9 @@ use super::{audit_log, certificates, issuers, projects, targets, tokens};
         certificates::set_targets, certificates::distributions,
         certificates::private_key, certificates::orders, certificates::jobs,
         targets::create, targets::list, targets::get, targets::delete,
+        channels::create, channels::list, channels::get, channels::delete, channels::test, channels::notifications_of,
+        channels::create_installation, channels::list_installation, channels::get_installation,
+        channels::delete_installation, channels::test_installation, channels::notifications_of_installation,
         tokens::create, tokens::list, tokens::revoke,
         audit_log::all, audit_log::project,
     ),
@@ -31,6 +34,7 @@ use super::{audit_log, certificates, issuers, projects, targets, tokens};
         (name = "issuers", description = "ACME CAs a project issues from"),
         (name = "certificates", description = "What to issue, its state, chain and key"),
         (name = "targets", description = "Where certificates are delivered"),
+        (name = "notifications", description = "Channels, and the messages sent on them"),
         (name = "tokens", description = "API tokens"),
         (name = "audit", description = "The audit log"),
     )
@@ -220,6 +224,99 @@ fn constrain(doc: &mut serde_json::Value) {
             "targets",
             json!({ "maxItems": super::certificates::MAX_TARGETS, "uniqueItems": true, "items": name.clone() }),
         ),
+        ("NewChannel", "name", name.clone()),
+        (
+            "NewChannel",
+            "kind",
+            json!({ "enum": super::channels::CHANNEL_KINDS }),
+        ),
+        (
+            "NewChannel",
+            "routes",
+            json!({ "maxItems": super::channels::MAX_ROUTES }),
+        ),
+        (
+            "ChannelWebhook",
+            "url",
+            json!({ "pattern": webhook_url_pattern() }),
+        ),
+        (
+            "ChannelWebhook",
+            "secret",
+            json!({ "minLength": *super::targets::WEBHOOK_SECRET_LEN.start(),
+            "maxLength": *super::targets::WEBHOOK_SECRET_LEN.end() }),
+        ),
+        (
+            "ChannelSlack",
+            "webhook_url",
+            json!({ "pattern": https_url_pattern() }),
+        ),
+        (
+            "ChannelEmail",
+            "host",
+            json!({ "anyOf": [host.clone(), { "format": "ipv6" }] }),
+        ),
+        (
+            "ChannelEmail",
+            "port",
+            json!({ "minimum": 1, "maximum": 65_535 }),
+        ),
+        (
+            "ChannelEmail",
+            "tls",
+            json!({ "enum": super::channels::SMTP_TLS }),
+        ),
+        (
+            "ChannelEmail",
+            "user",
+            json!({ "type": "string", "minLength": 1, "maxLength": 256 }),
+        ),
+        (
+            "ChannelEmail",
+            "password",
+            json!({ "type": "string", "minLength": 1, "maxLength": 1024 }),
+        ),
+        (
+            "ChannelEmail",
+            "from",
+            json!({ "pattern": email_pattern() }),
+        ),
+        (
+            "ChannelEmail",
+            "to",
+            json!({ "minItems": 1, "maxItems": super::channels::MAX_RECIPIENTS,
+            "items": { "pattern": email_pattern() } }),
+        ),
+        (
+            "ChannelEmail",
+            "ca_bundle_pem",
+            json!({ "format": FORMAT_PEM_CERTIFICATES }),
+        ),
+        (
+            "NewRoute",
+            "kinds",
+            json!({ "items": { "enum": crate::domain::notifications::EVENT_KINDS } }),
+        ),
+        (
+            "NewRoute",
+            "projects",
+            json!({ "items": { "pattern": ID_PATTERN } }),
+        ),
+        (
+            "NewRoute",
+            "min_severity",
+            json!({ "enum": ["info", "warning", "critical"] }),
+        ),
+        (
+            "QuietHoursBody",
+            "start_minute",
+            json!({ "minimum": 0, "maximum": 1439 }),
+        ),
+        (
+            "QuietHoursBody",
+            "end_minute",
+            json!({ "minimum": 0, "maximum": 1439 }),
+        ),
         ("NewTarget", "name", name.clone()),
         (
             "NewTarget",
@@ -335,6 +432,25 @@ fn constrain(doc: &mut serde_json::Value) {
                 "kubernetes_secret": { "type": "object" }, "webhook": { "type": "null" } } },
         }),
     );
+    // One settings object, the kind's.
+    let only = |kind: &str| {
+        let mut properties = serde_json::Map::new();
+        for other in super::channels::CHANNEL_KINDS {
+            let t = if *other == kind { "object" } else { "null" };
+            properties.insert(other.to_string(), json!({ "type": t }));
+        }
+        json!({ "if": { "properties": { "kind": { "const": kind } } },
+               "then": { "required": [kind], "properties": properties } })
+    };
+    merge(
+        &mut schemas["NewChannel"],
+        json!({ "allOf": super::channels::CHANNEL_KINDS.iter().map(|k| only(k)).collect::<Vec<_>>() }),
+    );
+    // A user and a password, or neither.
+    merge(
+        &mut schemas["ChannelEmail"],
+        json!({ "dependentRequired": { "user": ["password"], "password": ["user"] } }),
+    );
     // The key goes only over TLS.
     merge(
         &mut schemas["WebhookSettings"],
@@ -374,6 +490,14 @@ fn constrain(doc: &mut serde_json::Value) {
         ),
         ("TargetsUpdate", json!({ "targets": ["deploy-hook"] })),
         (
+            "NewChannel",
+            json!({ "name": "on-call", "kind": "email",
+            "email": { "host": "smtp.example.com", "user": "certautopilot", "password": "app-password",
+                       "from": "certautopilot@example.com", "to": ["oncall@example.com"] },
+            "routes": [{ "min_severity": "warning" }],
+            "quiet_hours": { "start_minute": 1320, "end_minute": 420 } }),
+        ),
+        (
             "NewToken",
             json!({ "roles": [{ "project_id": "prj_000000000000000000000000", "role": "viewer" }],
             "description": "ci deploys" }),
@@ -393,6 +517,12 @@ fn constrain(doc: &mut serde_json::Value) {
                     merge(
                         &mut param["schema"],
                         json!({ "minimum": 1, "maximum": super::MAX_PAGE }),
+                    );
+                }
+                if param["name"] == "state" {
+                    merge(
+                        &mut param["schema"],
+                        json!({ "enum": crate::store::notifications::STATES }),
                     );
                 }
             }
@@ -440,6 +570,12 @@ fn created_links() -> Vec<((&'static str, &'static str), &'static str, Vec<Link>
                 ("CreateCertificate", "certificates.create", project.clone()),
                 ("ListCertificates", "certificates.list", project.clone()),
                 ("CreateTarget", "targets.create", project.clone()),
+                ("CreateChannel", "notifications.create", project.clone()),
+                (
+                    "Notifications",
+                    "notifications.notifications_of",
+                    project.clone(),
+                ),
                 ("ListTargets", "targets.list", project.clone()),
                 ("ProjectAudit", "audit.project", project),
             ],
@@ -490,6 +626,43 @@ fn created_links() -> Vec<((&'static str, &'static str), &'static str, Vec<Link>
                 ),
                 ("Orders", "certificates.orders", certificate.clone()),
                 ("Jobs", "certificates.jobs", certificate),
+            ],
+        ),
+        (
+            ("/v1/projects/{project_id}/channels", "post"),
+            "201",
+            vec![
+                (
+                    "GetChannel",
+                    "notifications.get",
+                    in_project("$response.body#/id"),
+                ),
+                (
+                    "TestChannel",
+                    "notifications.test",
+                    in_project("$response.body#/id"),
+                ),
+                (
+                    "DeleteChannel",
+                    "notifications.delete",
+                    in_project("$response.body#/id"),
+                ),
+            ],
+        ),
+        (
+            ("/v1/channels", "post"),
+            "201",
+            vec![
+                (
+                    "GetInstallationChannel",
+                    "notifications.get_installation",
+                    json!({ "id": "$response.body#/id" }),
+                ),
+                (
+                    "DeleteInstallationChannel",
+                    "notifications.delete_installation",
+                    json!({ "id": "$response.body#/id" }),
+                ),
             ],
         ),
         (

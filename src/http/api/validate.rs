@@ -73,6 +73,9 @@ fn url_pattern(scheme: &str) -> String {
 /// [`crate::distribute::kubernetes_secret::check_name`].
 pub const KUBERNETES_NAME_PATTERN: &str = "^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$";
 
+/// An id this API made ([`super::new_id`]): a prefix, `_`, 24 hex digits.
+pub const ID_PATTERN: &str = "^[a-z]{3}_[0-9a-f]{24}$";
+
 /// An External Account Binding key id: printable ASCII, no spaces.
 pub const EAB_KID_PATTERN: &str = r"^[\x21-\x7e]{1,255}$";
 

@@ -20,6 +20,7 @@ pub mod bind;
 pub mod cluster;
 pub mod haproxy;
 pub mod pebble;
+pub mod smtp;
 pub mod tls_server;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,331 @@
+//! Notifications end to end: Pebble issues a certificate valid for six days,
+//! so it is both issued and within its 7-day expiry notice. Channels on real
+//! receivers on loopback: webhooks checked for their signature (one failing
+//! its first two attempts, one always failing), an installation channel
+//! routed to the project's events, aiosmtpd requiring STARTTLS and
+//! authentication for the expiry mail, and a Slack channel whose route takes
+//! critical events only.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use serde_json::{json, Value};
+
+use crate::support;
+use crate::support::api::assert_not_stored;
+use crate::support::cluster::{Cluster, Role};
+use crate::support::pebble::PebbleOptions;
+use crate::support::smtp;
+use certautopilot::crypto::webhook_signature::{verify, DEFAULT_TOLERANCE_SECS};
+use certautopilot::notify::email::message_id;
+
+const HOOK_SECRET: &str = "notification-hook-secret";
+
+/// What the receivers were sent: per path, the attempts made and the
+/// deliveries taken (delivery id, body), signatures verified.
+#[derive(Default)]
+struct Seen {
+    attempts: HashMap<String, u32>,
+    taken: HashMap<String, Vec<(String, Value)>>,
+}
+
+/// `/flaky` answers 503 to its first two attempts, `/broken` to every one;
+/// any other path takes what is sent.
+async fn receivers(seen: Arc<Mutex<Seen>>) -> (u16, actix_web::dev::ServerHandle) {
+    let server = HttpServer::new(move || {
+        let seen = seen.clone();
+        App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
+            let seen = seen.clone();
+            async move {
+                let header = |name: &str| {
+                    req.headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string()
+                };
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64;
+                let signed = verify(
+                    HOOK_SECRET.as_bytes(),
+                    &header("CertAutoPilot-Signature"),
+                    &body,
+                    now,
+                    DEFAULT_TOLERANCE_SECS,
+                );
+                if signed.is_err() {
+                    return HttpResponse::Unauthorized().body("bad signature");
+                }
+                let path = req.path().to_string();
+                let mut seen = seen.lock().unwrap();
+                let attempt = {
+                    let n = seen.attempts.entry(path.clone()).or_default();
+                    *n += 1;
+                    *n
+                };
+                if path == "/broken" || (path == "/flaky" && attempt <= 2) {
+                    return HttpResponse::ServiceUnavailable().body("busy");
+                }
+                let body: Value = serde_json::from_slice(&body).unwrap();
+                seen.taken
+                    .entry(path)
+                    .or_default()
+                    .push((header("CertAutoPilot-Delivery"), body));
+                HttpResponse::NoContent().finish()
+            }
+        }))
+    })
+    .workers(1)
+    .bind(("127.0.0.1", 0))
+    .unwrap();
+    let port = server.addrs()[0].port();
+    let server = server.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    (port, handle)
+}
+
+fn webhook_channel(name: &str, url: String, routes: Value) -> Value {
+    json!({ "name": name, "kind": "webhook",
+            "webhook": { "url": url, "secret": HOOK_SECRET }, "routes": routes })
+}
+
+#[actix_web::test]
+async fn events_reach_the_channels_that_take_them_retried_or_kept_dead() {
+    let mail = smtp::start(0);
+    let cluster = Cluster::builder("notifications")
+        .pebble(PebbleOptions {
+            nonce_reject_percent: 0,
+            validity_secs: Some(6 * 86_400),
+            ..PebbleOptions::default()
+        })
+        .workers(1)
+        .env(Role::Worker, "CAP_NOTIFY_ATTEMPTS", "3")
+        .scheduler()
+        .env(Role::Scheduler, "CAP_RENEWAL_SCAN_SECS", "1")
+        .env(Role::Scheduler, "CAP_HOUSEKEEPING_SECS", "2")
+        .start()
+        .await;
+    let api = &cluster.api;
+    let (p, issuer) = api.project_with_issuer("notified", cluster.pebble()).await;
+    api.grant(&p, &["notify.example.test"]).await;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let (port, receiver) = receivers(seen.clone()).await;
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let channels = format!("/projects/{p}/channels");
+
+    // Bad channels are refused, each with its reason.
+    let (status, problem) = api
+        .post(
+            &channels,
+            json!({ "name": "bad", "kind": "email",
+                    "email": { "host": "localhost", "user": "alerts", "from": "not an address", "to": [] },
+                    "routes": [{ "kinds": ["certificate.exploded"] }],
+                    "quiet_hours": { "start_minute": 1320, "end_minute": 1440 } }),
+        )
+        .await;
+    assert_eq!(status, 422, "{problem}");
+    let text = problem.to_string();
+    for field in [
+        "email.password",
+        "email.from",
+        "email.to",
+        "routes[0].kinds[0]",
+        "quiet_hours",
+    ] {
+        assert!(text.contains(field), "{field}: {problem}");
+    }
+
+    let issued_only = json!([{ "kinds": ["certificate.issued"] }]);
+    let (status, hook) = api
+        .post(
+            &channels,
+            webhook_channel("hook", url("/flaky"), issued_only.clone()),
+        )
+        .await;
+    assert_eq!(status, 201, "{hook}");
+    assert_eq!(hook["credential_set"], true);
+    assert!(!hook.to_string().contains(HOOK_SECRET), "{hook}");
+    let (status, broken) = api
+        .post(
+            &channels,
+            webhook_channel("broken", url("/broken"), issued_only),
+        )
+        .await;
+    assert_eq!(status, 201, "{broken}");
+    let (status, mailer) = api
+        .post(
+            &channels,
+            json!({ "name": "mail", "kind": "email",
+                    "email": { "host": "localhost", "port": mail.port, "user": "alerts", "password": "s3cret",
+                               "from": "certautopilot@example.test", "to": ["oncall@example.test"],
+                               "ca_bundle_pem": mail.ca_pem },
+                    "routes": [{ "kinds": ["certificate.expiring"] }] }),
+        )
+        .await;
+    assert_eq!(status, 201, "{mailer}");
+    let (status, pager) = api
+        .post(
+            &channels,
+            json!({ "name": "pager", "kind": "slack",
+                    "slack": { "webhook_url": "https://hooks.example.test/services/T0/B0/x" },
+                    "routes": [{ "min_severity": "critical" }] }),
+        )
+        .await;
+    assert_eq!(status, 201, "{pager}");
+    // An installation channel, routed to this project's issues.
+    let (status, ops) = api
+        .post(
+            "/channels",
+            webhook_channel(
+                "ops",
+                url("/ops"),
+                json!([{ "kinds": ["certificate.issued"], "projects": [p] }]),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{ops}");
+    assert_eq!(ops["project_id"], Value::Null);
+
+    let (_, cert) = api
+        .issue(
+            &p,
+            json!({ "name": "www", "dns_names": ["www.notify.example.test"], "issuer_id": issuer }),
+            Duration::from_secs(60),
+        )
+        .await;
+    let (cert_id, serial) = (
+        cert["id"].as_str().unwrap().to_string(),
+        cert["serial"].as_str().unwrap().to_string(),
+    );
+    let issued_key = format!("certificate.issued:{cert_id}:{serial}");
+
+    // The flaky receiver gets it on the third attempt; the broken one's is
+    // kept dead after three, with the last error.
+    let notifications = format!("/projects/{p}/notifications");
+    let state_of = |page: &Value, channel: &Value| -> Option<Value> {
+        page["items"]
+            .as_array()?
+            .iter()
+            .find(|n| n["channel_id"] == channel["id"] && n["kind"] == "certificate.issued")
+            .cloned()
+    };
+    let settled = api
+        .wait_for(
+            &notifications,
+            Duration::from_secs(60),
+            "sent and dead",
+            |page| {
+                state_of(page, &hook).is_some_and(|n| n["state"] == "sent")
+                    && state_of(page, &broken).is_some_and(|n| n["state"] == "dead")
+            },
+        )
+        .await;
+    let sent = state_of(&settled, &hook).unwrap();
+    assert_eq!(sent["attempts"], 3, "{sent}");
+    assert_eq!(sent["dedup_key"], issued_key.as_str(), "{sent}");
+    let dead = state_of(&settled, &broken).unwrap();
+    assert_eq!(dead["attempts"], 3, "{dead}");
+    assert!(
+        dead["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("503")),
+        "{dead}"
+    );
+    let (_, dead_letters) = api.get(&format!("{notifications}?state=dead")).await;
+    let dead_ids: Vec<&Value> = dead_letters["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| &n["channel_id"])
+        .collect();
+    assert_eq!(dead_ids, [&broken["id"]], "{dead_letters}");
+    {
+        let seen = seen.lock().unwrap();
+        let flaky = &seen.taken["/flaky"];
+        assert_eq!(flaky.len(), 1, "sent once");
+        assert_eq!(flaky[0].0, issued_key, "the delivery carries the key");
+        assert_eq!(flaky[0].1["kind"], "certificate.issued");
+        assert_eq!(flaky[0].1["project_id"], p.as_str());
+        assert_eq!(seen.attempts["/broken"], 3);
+    }
+    assert!(
+        support::wait_until(Duration::from_secs(20), || async {
+            seen.lock().unwrap().taken.contains_key("/ops")
+        })
+        .await,
+        "the installation channel takes the project's issue"
+    );
+
+    // The expiry mail: the 7-day notice, once, over STARTTLS, authenticated.
+    let expiring_key = format!("certificate.expiring:{cert_id}:{serial}:7d");
+    assert!(
+        support::wait_until(Duration::from_secs(30), || async {
+            !smtp::received(&mail).is_empty()
+        })
+        .await,
+        "the expiry mail arrives"
+    );
+    let mails = smtp::received(&mail);
+    assert_eq!(mails.len(), 1, "one notice");
+    let (text, meta) = &mails[0];
+    assert_eq!(meta["tls"], true);
+    assert_eq!(meta["login"], "alerts");
+    assert!(text.contains("expires in 7 days"), "{text}");
+    assert!(
+        text.contains(&format!("Message-ID: {}", message_id(&expiring_key))),
+        "{text}"
+    );
+    // Housekeeping keeps running: the notice is not sent again.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        smtp::received(&mail).len(),
+        1,
+        "each notice once per serial"
+    );
+
+    // The pager's route takes critical events only: nothing for it.
+    let (_, all) = api.get(&format!("{notifications}?limit=200")).await;
+    assert!(
+        !all["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["channel_id"] == pager["id"]),
+        "{all}"
+    );
+
+    // A test message, at once.
+    let hook_path = format!("{channels}/{}", hook["id"].as_str().unwrap());
+    let (status, tested) = api.post(&format!("{hook_path}/test"), json!({})).await;
+    assert_eq!(status, 200, "{tested}");
+    assert_eq!(tested["delivered"], true);
+    assert!(seen.lock().unwrap().taken["/flaky"]
+        .iter()
+        .any(|(_, b)| b["kind"] == "channel.test"));
+    let (status, refused) = api
+        .post(
+            &format!("{channels}/{}/test", broken["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{refused}");
+    assert_eq!(refused["delivered"], false, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("503"),
+        "{refused}"
+    );
+
+    // Credentials are only ever ciphertext in the database.
+    let store = cluster.db.store().await;
+    assert_not_stored(&store, HOOK_SECRET).await;
+    assert_not_stored(&store, "hooks.example.test/services").await;
+
+    let (status, _) = api.call(reqwest::Method::DELETE, &hook_path, None).await;
+    assert_eq!(status, 204);
+    receiver.stop(true).await;
+}
