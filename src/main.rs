@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use certautopilot::cli::agent::AgentArgs;
 use certautopilot::cli::audit::AuditCommand;
 use certautopilot::cli::config::{AdapterArgs, CommonArgs, WorkloadArgs};
 use certautopilot::cli::dr::DrCommand;
@@ -39,6 +40,8 @@ enum Command {
     Scheduler(WorkloadArgs),
     /// api, worker and scheduler in one process (single machine, development)
     All(WorkloadArgs),
+    /// Beside a server: fetch its agent target's certificates, write them, reload, validate, report
+    Agent(AgentArgs),
     /// Serve the queue depth to Kubernetes HPAs as external.metrics.k8s.io (TLS)
     MetricsAdapter(AdapterArgs),
     /// Apply schema migrations (collections, indexes); safe to repeat
@@ -109,6 +112,10 @@ async fn run(command: Command) -> Result<ExitCode, Failure> {
         Command::Audit(command) => return cli::audit::run(command).await,
         Command::Snapshot(command) => return cli::snapshot::run(command).await,
         Command::Dr(command) => return cli::dr::run(command).await,
+        Command::Agent(args) => {
+            logging::init(logging::LogFormat::Json);
+            return cli::agent::run(args).await;
+        }
         Command::MetricsAdapter(args) => {
             let cfg = args.resolve()?;
             logging::init(cfg.common.log_format);

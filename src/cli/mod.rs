@@ -7,6 +7,7 @@
 //! - [`migrate`], [`health`], [`audit`], [`kek`], [`token`], [`fleet`],
 //!   [`snapshot`], [`dr`] — the operator commands.
 
+pub mod agent;
 pub mod audit;
 pub mod config;
 pub mod dr;

@@ -55,8 +55,13 @@ async fn create(
             "invalid --role {role:?}: expected admin, editor or viewer"
         )))
     })?;
+    if role == Role::Agent {
+        return Err(Failure::Config(ConfigError(
+            "agent tokens name their targets: make them through the API (POST /v1/tokens)".into(),
+        )));
+    }
     let grants = match &project {
-        Some(p) => vec![(p.clone(), role)],
+        Some(p) => vec![auth::RoleGrant::on(p, role)],
         None if role == Role::Admin => Vec::new(),
         None => {
             return Err(Failure::Config(ConfigError(

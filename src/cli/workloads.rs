@@ -141,6 +141,7 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
         metrics: metrics.clone(),
         token_max_lifetime: cfg.api_token_max_lifetime,
         egress: cfg.transport.egress.clone(),
+        outbox: Outbox::new(queue.clone(), cfg.notify_attempts),
     };
     actix::spawn(readiness::monitor(
         store.clone(),

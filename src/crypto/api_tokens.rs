@@ -130,8 +130,18 @@ fn grants_text(record: &Document) -> String {
             a.iter()
                 .filter_map(Bson::as_document)
                 .map(|r| {
+                    // An agent's targets are part of its grant; other roles
+                    // have none, and read as they always did.
+                    let targets: Vec<&str> = r
+                        .get_array("targets")
+                        .map(|t| t.iter().filter_map(Bson::as_str).collect())
+                        .unwrap_or_default();
+                    let targets = match targets.as_slice() {
+                        [] => String::new(),
+                        t => format!("[{}]", t.join("+")),
+                    };
                     format!(
-                        "{}={}",
+                        "{}={}{targets}",
                         r.get_str("project_id").unwrap_or_default(),
                         r.get_str("role").unwrap_or_default()
                     )

@@ -286,6 +286,24 @@ pub async fn set_targets(
         .await
 }
 
+/// One page of the certificates of `project_id` that go to `target_id`.
+pub async fn page_naming_target(
+    store: &Store,
+    project_id: &str,
+    target_id: &str,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<(Vec<Document>, Option<String>), MongoError> {
+    store
+        .page(
+            CERTIFICATES,
+            doc! { "project_id": project_id, "targets.id": target_id },
+            after,
+            limit,
+        )
+        .await
+}
+
 /// How many certificates of `project_id` go to target `target_id`.
 pub async fn count_naming_target(
     store: &Store,

@@ -202,3 +202,34 @@ pub fn finished(
         },
     )
 }
+
+/// What an agent reports of the delivery of `serial` (the API's own write,
+/// not a job's): applied only while the record holds that serial, so a
+/// report of an older one never changes a newer one's. Whether it did.
+pub async fn report(
+    store: &Store,
+    certificate_id: &str,
+    target_id: &str,
+    serial: &str,
+    state: DistributionState,
+    error: Option<&str>,
+) -> Result<bool, MongoError> {
+    let mut set = doc! {
+        "state": state.as_str(),
+        "last_error": error.map(Bson::from).unwrap_or(Bson::Null),
+    };
+    let mut dates = doc! { "updated_at": true };
+    if state.is_final() {
+        dates.insert("finished_at", true);
+    } else {
+        set.insert("step", step_name(Step::Execute));
+    }
+    let updated = store
+        .collection(DISTRIBUTIONS)
+        .update_one(
+            doc! { "_id": record_id(certificate_id, target_id), "serial": serial },
+            doc! { "$set": set, "$inc": { "attempts": i64::from(state == DistributionState::Running) }, "$currentDate": dates },
+        )
+        .await?;
+    Ok(updated.matched_count == 1)
+}

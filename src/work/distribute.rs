@@ -162,6 +162,11 @@ impl Distribute {
             )));
         };
         let target = targets::parse(&found).map_err(HandlerError::Permanent)?;
+        if target.kind() == distribution::TargetKind::Agent {
+            // The agent fetches and reports itself; the record waits,
+            // `queued`, with the serial it is to fetch.
+            return Ok(());
+        }
         let Some(record) = distributions::find(&store, &cert.id, &target.id)
             .await?
             .filter(|r| r.get_str("serial") == Ok(p.serial.as_str()))

@@ -39,6 +39,7 @@
 mod support;
 
 mod adapter;
+mod agent;
 mod api;
 mod architecture;
 mod audit;

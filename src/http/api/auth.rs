@@ -1,7 +1,9 @@
 //! Bearer API tokens: 256 random bits, shown once, stored only under a
 //! keyed hash only KEK holders can compute (collection `tokens`,
 //! [`crate::crypto::api_tokens`]). A token holds either the global admin role
-//! or roles per project: `admin` ⊃ `editor` ⊃ `viewer`.
+//! or roles per project: `admin` ⊃ `editor` ⊃ `viewer`, and `agent`, which
+//! holds none of those: it may only read the certificates and keys of the
+//! targets it names, and report their delivery (`certautopilot agent`).
 //!
 //! A caller without a role on a project gets 404 for everything in it, the
 //! same answer as for a project that does not exist: it cannot learn that
@@ -30,6 +32,9 @@ const TOKEN_PREFIX: &str = "cap_";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
+    /// Below every other role: it passes no `require`, only
+    /// [`Caller::require_agent`] for its own targets.
+    Agent,
     Viewer,
     Editor,
     Admin,
@@ -38,6 +43,7 @@ pub enum Role {
 impl Role {
     pub fn parse(s: &str) -> Option<Role> {
         match s {
+            "agent" => Some(Role::Agent),
             "viewer" => Some(Role::Viewer),
             "editor" => Some(Role::Editor),
             "admin" => Some(Role::Admin),
@@ -47,6 +53,7 @@ impl Role {
 
     pub fn as_str(&self) -> &'static str {
         match self {
+            Role::Agent => "agent",
             Role::Viewer => "viewer",
             Role::Editor => "editor",
             Role::Admin => "admin",
@@ -60,6 +67,8 @@ pub struct Caller {
     pub token_id: String,
     pub global_admin: bool,
     pub roles: HashMap<String, Role>,
+    /// The targets an `agent` role names, by project.
+    pub agent_targets: HashMap<String, Vec<String>>,
 }
 
 impl Caller {
@@ -77,6 +86,24 @@ impl Caller {
                 role.as_str(),
                 need.as_str()
             ))),
+        }
+    }
+
+    /// Passes for an `agent` role on `project` naming `target`, and for the
+    /// project's admins. Anyone else gets the same 404 as for a target that
+    /// does not exist.
+    pub fn require_agent(&self, project: &str, target: &str) -> ApiResult<()> {
+        if self.global_admin || self.roles.get(project) == Some(&Role::Admin) {
+            return Ok(());
+        }
+        let named = self
+            .agent_targets
+            .get(project)
+            .is_some_and(|t| t.iter().any(|t| t == target));
+        if self.roles.get(project) == Some(&Role::Agent) && named {
+            Ok(())
+        } else {
+            Err(Problem::not_found("target"))
         }
     }
 
@@ -135,7 +162,34 @@ pub struct NewToken {
     pub secret: String,
 }
 
-/// Stores a new token with `roles` (`None` project = global admin).
+/// A role granted on a project; an `agent` role names its targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleGrant {
+    pub project_id: String,
+    pub role: Role,
+    pub targets: Vec<String>,
+}
+
+impl RoleGrant {
+    pub fn on(project_id: &str, role: Role) -> RoleGrant {
+        RoleGrant {
+            project_id: project_id.to_string(),
+            role,
+            targets: Vec::new(),
+        }
+    }
+
+    /// As stored in a token record.
+    pub fn document(&self) -> Document {
+        let mut d = doc! { "project_id": &self.project_id, "role": self.role.as_str() };
+        if !self.targets.is_empty() {
+            d.insert("targets", &self.targets);
+        }
+        d
+    }
+}
+
+/// Stores a new token with `roles` (none and `global_admin`: a global admin).
 /// `expires_at`: when it stops working (`None`: never, for the operator's
 /// bootstrap tokens). `created_by`: the token that minted it (revoking
 /// that one revokes this one too); `None` for the operator's.
@@ -143,7 +197,7 @@ pub async fn create(
     store: &Store,
     token_key: &TokenKey,
     global_admin: bool,
-    roles: &[(String, Role)],
+    roles: &[RoleGrant],
     description: &str,
     expires_at: Option<mongodb::bson::DateTime>,
     created_by: Option<&str>,
@@ -152,10 +206,7 @@ pub async fn create(
     rand::rng().fill_bytes(&mut bytes);
     let secret = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
     let id = format!("tok_{}", ObjectId::new().to_hex());
-    let roles: Vec<Document> = roles
-        .iter()
-        .map(|(p, r)| doc! { "project_id": p, "role": r.as_str() })
-        .collect();
+    let roles: Vec<Document> = roles.iter().map(RoleGrant::document).collect();
     let mut record = doc! {
         "_id": token_key.record_id(&secret).await?,
         "id": &id,
@@ -212,15 +263,25 @@ async fn caller(
     if let Err(e) = tokens::touch(&store, &record_id, seen, now).await {
         tracing::warn!(error = %crate::store::short(&e), "a token's last use was not recorded");
     }
-    let roles = token
+    let grants: Vec<(String, Role, Vec<String>)> = token
         .get_array("roles")
         .map(|a| {
             a.iter()
                 .filter_map(Bson::as_document)
                 .filter_map(|r| {
+                    let targets = r
+                        .get_array("targets")
+                        .map(|t| {
+                            t.iter()
+                                .filter_map(Bson::as_str)
+                                .map(str::to_string)
+                                .collect()
+                        })
+                        .unwrap_or_default();
                     Some((
                         r.get_str("project_id").ok()?.to_string(),
                         Role::parse(r.get_str("role").ok()?)?,
+                        targets,
                     ))
                 })
                 .collect()
@@ -229,7 +290,12 @@ async fn caller(
     let caller = Caller {
         token_id: token.get_str("id").unwrap_or_default().to_string(),
         global_admin: token.get_bool("global_admin").unwrap_or(false),
-        roles,
+        roles: grants.iter().map(|(p, r, _)| (p.clone(), *r)).collect(),
+        agent_targets: grants
+            .into_iter()
+            .filter(|(_, r, _)| *r == Role::Agent)
+            .map(|(p, _, t)| (p, t))
+            .collect(),
     };
     let left = token.get_datetime("expires_at").ok().map(|at| {
         Duration::from_millis((at.timestamp_millis() - now.timestamp_millis()).max(0) as u64)

@@ -3,6 +3,7 @@
 //! HTTP-01 responder ([`challenges`]), the OpenAPI document ([`openapi`],
 //! at `/openapi.json`) and the health endpoints stay open.
 
+pub mod agent;
 pub mod audit_log;
 pub mod auth;
 pub mod certificates;
@@ -48,6 +49,8 @@ pub struct ApiState {
     pub queue: JobQueue,
     pub audit: Audit,
     pub metrics: std::sync::Arc<crate::observe::metrics::Metrics>,
+    /// Where failures agents report are told (`CAP_NOTIFY_ATTEMPTS`).
+    pub outbox: crate::notify::outbox::Outbox,
     /// Where tenants' URLs may lead (`CAP_EGRESS_ALLOW`): a channel's test message.
     pub egress: crate::net::egress::EgressPolicy,
     /// The longest a token made through the API lives (`CAP_API_TOKEN_MAX_LIFETIME_SECS`).
@@ -79,6 +82,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(issuers::routes)
             .configure(certificates::routes)
             .configure(targets::routes)
+            .configure(agent::routes)
             .configure(channels::routes)
             .configure(tokens::routes)
             .configure(audit_log::routes)

@@ -7,7 +7,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{audit_log, certificates, channels, issuers, projects, targets, tokens};
+use super::{agent, audit_log, certificates, channels, issuers, projects, targets, tokens};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +22,7 @@ use super::{audit_log, certificates, channels, issuers, projects, targets, token
         certificates::set_targets, certificates::distributions,
         certificates::private_key, certificates::orders, certificates::jobs,
         targets::create, targets::list, targets::get, targets::delete,
+        agent::deliveries, agent::bundle, agent::report,
         channels::create, channels::list, channels::get, channels::delete, channels::test, channels::notifications_of,
         channels::create_installation, channels::list_installation, channels::get_installation,
         channels::delete_installation, channels::test_installation, channels::notifications_of_installation,
@@ -317,6 +318,16 @@ fn constrain(doc: &mut serde_json::Value) {
             "end_minute",
             json!({ "minimum": 0, "maximum": 1439 }),
         ),
+        (
+            "DeliveryReport",
+            "state",
+            json!({ "enum": super::agent::REPORTED_STATES }),
+        ),
+        (
+            "DeliveryReport",
+            "error",
+            json!({ "maxLength": super::agent::MAX_ERROR_LEN }),
+        ),
         ("NewTarget", "name", name.clone()),
         (
             "NewTarget",
@@ -396,7 +407,12 @@ fn constrain(doc: &mut serde_json::Value) {
         (
             "Grant",
             "role",
-            json!({ "enum": ["admin", "editor", "viewer"] }),
+            json!({ "enum": ["admin", "editor", "viewer", "agent"] }),
+        ),
+        (
+            "Grant",
+            "targets",
+            json!({ "uniqueItems": true, "items": { "pattern": ID_PATTERN } }),
         ),
         ("NewToken", "expires_at", json!({ "format": "date-time" })),
     ];
@@ -422,14 +438,38 @@ fn constrain(doc: &mut serde_json::Value) {
             "else": { "properties": { "dns": { "type": "null" } } },
         }),
     );
+    // A target's settings object is its kind's (an agent's settings are
+    // the agent's own).
+    let settings = |kind: &str, object: Option<&str>| {
+        let mut properties = serde_json::Map::new();
+        for field in ["webhook", "kubernetes_secret"] {
+            let t = if Some(field) == object {
+                "object"
+            } else {
+                "null"
+            };
+            properties.insert(field.to_string(), json!({ "type": t }));
+        }
+        let required: Vec<&str> = object.into_iter().collect();
+        json!({ "if": { "properties": { "kind": { "const": kind } } },
+               "then": { "required": required, "properties": properties } })
+    };
     merge(
         &mut schemas["NewTarget"],
+        json!({ "allOf": [
+            settings("agent", None),
+            settings("webhook", Some("webhook")),
+            settings("kubernetes-secret", Some("kubernetes_secret")),
+        ] }),
+    );
+    // Only an agent names targets, and it names 1 to 20.
+    merge(
+        &mut schemas["Grant"],
         json!({
-            "if": { "required": ["kind"], "properties": { "kind": { "const": "webhook" } } },
-            "then": { "required": ["webhook"], "properties": {
-                "webhook": { "type": "object" }, "kubernetes_secret": { "type": "null" } } },
-            "else": { "required": ["kubernetes_secret"], "properties": {
-                "kubernetes_secret": { "type": "object" }, "webhook": { "type": "null" } } },
+            "if": { "required": ["role"], "properties": { "role": { "const": "agent" } } },
+            "then": { "required": ["targets"], "properties": { "targets": {
+                "minItems": 1, "maxItems": super::tokens::MAX_AGENT_TARGETS } } },
+            "else": { "properties": { "targets": { "maxItems": 0 } } },
         }),
     );
     // One settings object, the kind's.
@@ -504,6 +544,13 @@ fn constrain(doc: &mut serde_json::Value) {
         ),
     ] {
         schemas[schema]["examples"] = json!([example]);
+    }
+    // Job pages go by job id (an ObjectId), not by a name.
+    let jobs = &mut doc["paths"]["/v1/projects/{project_id}/certificates/{id}/jobs"]["get"];
+    for param in jobs["parameters"].as_array_mut().into_iter().flatten() {
+        if param["name"] == "after" {
+            merge(&mut param["schema"], json!({ "pattern": "^[0-9a-f]{24}$" }));
+        }
     }
     // Every page size.
     if let Some(paths) = doc["paths"].as_object_mut() {

@@ -17,9 +17,9 @@ use crate::domain::distribution::TargetKind;
 use crate::domain::drift::{endpoint_problems, Endpoint};
 use crate::store::{certificates, is_duplicate_key, targets};
 
-/// The kinds a target may be created with today; `agent` and `ssh` are
-/// planned (docs/distribution.md).
-pub const TARGET_KINDS: &[&str] = &["webhook", "kubernetes-secret"];
+/// The kinds a target may be created with today; `ssh` is planned
+/// (docs/distribution.md).
+pub const TARGET_KINDS: &[&str] = &["agent", "webhook", "kubernetes-secret"];
 /// The shortest and longest webhook signing secret, in characters.
 pub const WEBHOOK_SECRET_LEN: std::ops::RangeInclusive<usize> = 16..=1024;
 /// The longest kubeconfig taken, in characters.
@@ -38,7 +38,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub struct NewTarget {
     /// Unique in the project; certificates name their targets by it.
     pub name: String,
-    /// webhook or kubernetes-secret.
+    /// agent (`certautopilot agent` beside the server fetches what is new,
+    /// with a token of role agent naming this target), webhook or
+    /// kubernetes-secret.
     pub kind: String,
     /// Required with kind webhook, refused otherwise.
     pub webhook: Option<WebhookSettings>,

@@ -8,11 +8,12 @@ use mongodb::bson::{doc, Bson, Document};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::auth::{self, Caller, Role};
+use super::auth::{self, Caller, Role, RoleGrant};
 use super::problem::{ApiResult, Problem};
 use super::validate::Reasons;
 use super::{audit, date, string, ApiState, PageQuery};
-use crate::store::tokens as store_tokens;
+use crate::domain::distribution::TargetKind;
+use crate::store::{targets as store_targets, tokens as store_tokens};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/tokens", web::post().to(create))
@@ -38,9 +39,17 @@ pub struct NewToken {
 #[serde(deny_unknown_fields)]
 pub struct Grant {
     pub project_id: String,
-    /// admin, editor or viewer.
+    /// admin, editor, viewer, or agent (which may only read the
+    /// certificates and keys of its `targets` and report their delivery).
     pub role: String,
+    /// With role agent, 1 to 20 of the project's agent targets (ids);
+    /// refused with any other role.
+    #[serde(default)]
+    pub targets: Vec<String>,
 }
+
+/// Targets an agent token may name at most.
+pub const MAX_AGENT_TARGETS: usize = 20;
 
 /// The token itself is shown only here, once.
 #[derive(Serialize, ToSchema)]
@@ -67,11 +76,32 @@ pub async fn create(
         match Role::parse(&g.role) {
             Some(role) => {
                 caller.require(&g.project_id, Role::Admin)?;
-                grants.push((g.project_id.clone(), role));
+                for (j, t) in g.targets.iter().enumerate() {
+                    if g.targets[..j].contains(t) {
+                        reasons.add(format!("roles[{i}].targets[{j}]"), "is listed twice");
+                    }
+                }
+                match (role, g.targets.len()) {
+                    (Role::Agent, 1..=MAX_AGENT_TARGETS) => {}
+                    (Role::Agent, _) => reasons.add(
+                        format!("roles[{i}].targets"),
+                        format!("an agent names 1 to {MAX_AGENT_TARGETS} targets"),
+                    ),
+                    (_, 0) => {}
+                    (_, _) => reasons.add(
+                        format!("roles[{i}].targets"),
+                        "only an agent role names targets",
+                    ),
+                }
+                grants.push(RoleGrant {
+                    project_id: g.project_id.clone(),
+                    role,
+                    targets: g.targets.clone(),
+                });
             }
             None => reasons.add(
                 format!("roles[{i}].role"),
-                format!("{:?}: expected admin, editor or viewer", g.role),
+                format!("{:?}: expected admin, editor, viewer or agent", g.role),
             ),
         }
     }
@@ -108,8 +138,24 @@ pub async fn create(
     if !reasons.is_empty() {
         return Err(Problem::invalid(reasons.0));
     }
-    for (project, _) in &grants {
-        super::projects::load(&state, project).await?;
+    for grant in &grants {
+        super::projects::load(&state, &grant.project_id).await?;
+        for (j, target) in grant.targets.iter().enumerate() {
+            let kind = store_targets::in_project(&state.store, &grant.project_id, target)
+                .await?
+                .and_then(|t| t.get_str("kind").ok().map(str::to_string));
+            if kind.as_deref() != Some(TargetKind::Agent.as_str()) {
+                let mut conflicts = Reasons::default();
+                conflicts.add(
+                    format!("roles.targets[{j}]"),
+                    format!(
+                        "{target:?}: no agent target of this id in project {}",
+                        grant.project_id
+                    ),
+                );
+                return Err(Problem::conflicting(conflicts.0));
+            }
+        }
     }
     let token = auth::create(
         &state.store,
@@ -125,10 +171,7 @@ pub async fn create(
         tracing::error!(error = %e, "cannot create an API token");
         Problem::unavailable("the token cannot be created right now (is the KEK available?)")
     })?;
-    let roles: Vec<_> = grants
-        .iter()
-        .map(|(p, r)| doc! { "project_id": p, "role": r.as_str() })
-        .collect();
+    let roles: Vec<_> = grants.iter().map(RoleGrant::document).collect();
     audit(
         &state,
         caller.actor(),
@@ -164,6 +207,8 @@ pub struct TokenView {
 pub struct GrantView {
     pub project_id: String,
     pub role: String,
+    /// An agent's targets.
+    pub targets: Vec<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -185,6 +230,15 @@ fn view(d: &Document) -> TokenView {
                     .map(|r| GrantView {
                         project_id: string(r, "project_id").unwrap_or_default(),
                         role: string(r, "role").unwrap_or_default(),
+                        targets: r
+                            .get_array("targets")
+                            .map(|t| {
+                                t.iter()
+                                    .filter_map(Bson::as_str)
+                                    .map(str::to_string)
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
                     })
                     .collect()
             })

@@ -58,7 +58,6 @@ impl ApiClient {
         }
     }
 
-    /// The same API, called with another bearer token.
     /// The same token against another base URL (one replica, say).
     pub fn with_base(&self, base: String) -> ApiClient {
         ApiClient {
@@ -67,6 +66,7 @@ impl ApiClient {
         }
     }
 
+    /// The same API, called with another bearer token.
     pub fn with_token(&self, token: &str) -> ApiClient {
         ApiClient {
             base: self.base.clone(),
