@@ -357,7 +357,11 @@ async fn the_value_is_the_queued_jobs_in_the_database_filtered_by_kind_and_state
     let (status, list) = get(&client, &base, &selector_path("state=queued")).await;
     assert_eq!(status, 200, "{list}");
     let queued = values(&list);
-    assert_eq!(queued.len(), 7, "every kind, with 0 when empty: {list}");
+    assert_eq!(
+        queued.len(),
+        certautopilot::domain::jobs::JobKind::ALL.len(),
+        "every kind, with 0 when empty: {list}"
+    );
     assert!(queued.iter().all(|(_, s, _)| s == "queued"), "{list}");
     assert_eq!(total(&queued), jobs_in_db(db, None, &["queued"]).await);
     assert_eq!(total(&queued), 3 + 2 + 1);
@@ -418,13 +422,16 @@ async fn the_value_is_the_queued_jobs_in_the_database_filtered_by_kind_and_state
     )
     .await;
     let dead = values(&list);
-    assert_eq!(dead.len(), 7);
+    assert_eq!(dead.len(), certautopilot::domain::jobs::JobKind::ALL.len());
     assert_eq!(total(&dead), jobs_in_db(db, None, &["dead"]).await);
     // No selector: everything but finished jobs; a label the items lack
     // matches nothing.
     let (_, list) = get(&client, &base, METRIC).await;
     let all = values(&list);
-    assert_eq!(all.len(), 21);
+    assert_eq!(
+        all.len(),
+        3 * certautopilot::domain::jobs::JobKind::ALL.len()
+    );
     assert_eq!(
         total(&all),
         jobs_in_db(db, None, &["queued", "running", "dead"]).await
