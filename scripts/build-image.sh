@@ -53,16 +53,24 @@ build() { # build FILE CONTEXT [builder args]
     "$@" "$context"
 }
 
-# The root filesystem of the prebuilt image: the binary, what the dynamic
-# linker loads for it, the CA bundle, a passwd/group naming 65532, /tmp.
+# The root filesystem of the prebuilt image: the binary and OpenSSH's ssh
+# and sftp, what the dynamic linker loads for them, the CA bundle, a
+# passwd/group naming 65532, /tmp.
 stage_rootfs() {
   local target="${CARGO_TARGET_DIR:-target}"
   cargo build --release --locked --bin certautopilot
   local bin="$target/release/certautopilot" root=.image/rootfs
   rm -rf .image && mkdir -p "$root/usr/local/bin" "$root/etc/ssl/certs" "$root/tmp"
   install -m 0755 "$bin" "$root/usr/local/bin/certautopilot"
+  # The ssh target's uploads run OpenSSH's own client (docs/distribution.md).
+  local sftp ssh
+  sftp="$(command -v sftp)" ssh="$(command -v ssh)" ||
+    { echo "build-image: the image carries OpenSSH's client: install openssh-client" >&2; exit 1; }
+  mkdir -p "$root/usr/bin"
+  install -m 0755 "$ssh" "$root/usr/bin/ssh"
+  install -m 0755 "$sftp" "$root/usr/bin/sftp"
   # Every absolute path ldd prints (the libraries and the loader), dereferenced.
-  for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
+  for lib in $(ldd "$bin" "$ssh" "$sftp" | grep -o '/[^ :]*' | grep -v -e "^$ssh\$" -e "^$sftp\$" | sort -u); do
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"
   done

@@ -4,7 +4,9 @@
 # PKCS#11 token the pkcs11 KEK provider is tested against), rsyslog (the SIEM
 # forwarder's receiver in tests), pebble (the ACME server), haproxy (the load
 # balancer in front of api replicas), openssl (test certificates), bind9 and
-# bind9-dnsutils (the DNS-01 tests' primary name server, and dig), curl
+# bind9-dnsutils (the DNS-01 tests' primary name server, and dig), nginx
+# (the agent target's server), openssh-client and openssh-server (the ssh
+# target's client, which the workers run, and its test host), curl
 # and jq (the local run's API calls, the chaos harness), shellcheck (the
 # test that lints every shell script), and iproute2 and nftables (the chaos
 # harness's network namespaces, link faults and slow links), wrk (the API
@@ -39,6 +41,9 @@ command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
 command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
 command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+# The ssh target's test: OpenSSH's client (what the workers run) and server.
+command -v sftp >/dev/null 2>&1 || need_apt+=(openssh-client)
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 [ -x /usr/sbin/named ] || need_apt+=(bind9)
 command -v dig >/dev/null 2>&1 || need_apt+=(bind9-dnsutils)

@@ -24,6 +24,10 @@ if ! cargo audit --version 2>/dev/null | grep -q " $CARGO_AUDIT_VERSION\$"; then
   cargo install --locked --debug --quiet cargo-audit --version "$CARGO_AUDIT_VERSION"
 fi
 
+# cargo-deny reads every crate of the lock file, those of other platforms
+# too, which a build on this one never downloads: fetch them first (a fresh
+# machine has none of them in its cache).
+cargo fetch --locked --quiet
 echo "supply-chain: cargo deny: licences, duplicate versions, sources" >&2
 cargo deny --locked --offline check bans licenses sources
 

@@ -118,9 +118,17 @@ impl AgentConfig {
             .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
         let api = url::Url::parse(&config.api)
             .map_err(|e| ConfigError(format!("api {:?}: {e}", config.api)))?;
-        if !["http", "https"].contains(&api.scheme()) {
+        // The token and private keys cross this connection: plain http only
+        // to the machine itself.
+        let loopback = match api.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+            None => false,
+        };
+        if !(api.scheme() == "https" || api.scheme() == "http" && loopback) {
             return Err(ConfigError(format!(
-                "api {:?}: expected an http:// or https:// URL",
+                "api {:?}: expected an https:// URL (http:// only to a loopback address)",
                 config.api
             )));
         }
@@ -276,20 +284,27 @@ impl Agent {
         let dir = self.config.directory.join(&id);
         let on_disk = on_disk_fingerprint(&dir);
         let state = s("state");
+        let ended_badly = state == "rolled_back" || state == "failed";
         if on_disk.as_deref() == Some(wanted.as_str()) {
             if state == "validated" {
                 return true;
             }
-            // Written before, and the report did not get through.
-            return self.report(&id, &serial, Outcome::Validated).await.is_ok();
+            if !ended_badly {
+                // Written and validated before, and the report did not get
+                // through. (A failed one may be on disk too, unvalidated: a
+                // failure is never turned into a success here.)
+                return self.report(&id, &serial, Outcome::Validated).await.is_ok();
+            }
         }
-        if state == "rolled_back" || state == "failed" {
+        if ended_badly {
             tracing::warn!(certificate = %id, serial = %serial, state = %state, "not delivered again: this serial failed here before");
             return false;
         }
         let validate: Option<Endpoint> = serde_json::from_value(item["validate"].clone()).ok();
-        let outcome = match self.deliver(&id, &serial, &dir, validate.as_ref()).await {
-            Ok(outcome) => outcome,
+        // The serial the bundle holds: a newer one may have come since the
+        // list was read, and the report must name what was written.
+        let (serial, outcome) = match self.deliver(&id, &serial, &dir, validate.as_ref()).await {
+            Ok(delivered) => delivered,
             Err(e) => {
                 tracing::warn!(certificate = %id, error = %e, "cannot fetch the certificate");
                 return false;
@@ -308,7 +323,7 @@ impl Agent {
         serial: &str,
         dir: &Path,
         validate: Option<&Endpoint>,
-    ) -> Result<Outcome, String> {
+    ) -> Result<(String, Outcome), String> {
         let _ = self
             .call(
                 self.http
@@ -323,7 +338,9 @@ impl Agent {
         let key =
             zeroize::Zeroizing::new(bundle["key_pem"].as_str().unwrap_or_default().to_string());
         let fingerprint = bundle["fingerprint_sha256"].as_str().unwrap_or_default();
-        let (leaf, issuers) = split_chain(chain);
+        let serial = bundle["serial"].as_str().unwrap_or(serial).to_string();
+        let outcome = |o: Outcome| Ok((serial.clone(), o));
+        let (leaf, issuers) = certs::split_chain(chain);
         let files = [
             FileSpec {
                 name: "cert.pem",
@@ -353,7 +370,7 @@ impl Agent {
         if let Err(e) =
             std::fs::create_dir_all(dir).and_then(|()| files::install(dir, &files, owner))
         {
-            return Ok(Outcome::Failed(format!("writing {}: {e}", dir.display())));
+            return outcome(Outcome::Failed(format!("writing {}: {e}", dir.display())));
         }
         tracing::info!(certificate = %id, serial = %serial, directory = %dir.display(), "certificate files written");
         let checked = match self.reload() {
@@ -371,15 +388,15 @@ impl Agent {
             },
         };
         let Err(why) = checked else {
-            return Ok(Outcome::Validated);
+            return outcome(Outcome::Validated);
         };
         tracing::warn!(certificate = %id, serial = %serial, error = %why, "the new certificate is not served; putting the previous files back");
         match files::roll_back(dir, &files, owner) {
             Ok(()) => match self.reload() {
-                Ok(()) => Ok(Outcome::RolledBack(why)),
-                Err(e) => Ok(Outcome::Failed(format!("{why}; then, rolled back: {e}"))),
+                Ok(()) => outcome(Outcome::RolledBack(why)),
+                Err(e) => outcome(Outcome::Failed(format!("{why}; then, rolled back: {e}"))),
             },
-            Err(e) => Ok(Outcome::Failed(format!("{why}; and no rollback: {e}"))),
+            Err(e) => outcome(Outcome::Failed(format!("{why}; and no rollback: {e}"))),
         }
     }
 
@@ -430,21 +447,6 @@ fn on_disk_fingerprint(dir: &Path) -> Option<String> {
         .map(|c| c.fingerprint_sha256)
 }
 
-/// The leaf, and the certificates after it.
-fn split_chain(chain: &str) -> (String, String) {
-    const END: &str = "-----END CERTIFICATE-----";
-    match chain.find(END) {
-        Some(i) => {
-            let cut = i + END.len();
-            (
-                format!("{}\n", chain[..cut].trim_start()),
-                chain[cut..].trim_start().to_string(),
-            )
-        }
-        None => (chain.to_string(), String::new()),
-    }
-}
-
 /// An id the API made: nothing that could leave the directory.
 fn safe_segment(id: &str) -> bool {
     !id.is_empty()
@@ -456,17 +458,6 @@ fn safe_segment(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_chain_splits_into_leaf_and_issuers() {
-        let leaf = "-----BEGIN CERTIFICATE-----\nleaf\n-----END CERTIFICATE-----\n";
-        let ca = "-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n";
-        assert_eq!(
-            split_chain(&format!("{leaf}{ca}")),
-            (leaf.to_string(), ca.to_string())
-        );
-        assert_eq!(split_chain(leaf), (leaf.to_string(), String::new()));
-    }
 
     #[test]
     fn ids_that_could_leave_the_directory_are_refused() {
@@ -508,5 +499,34 @@ mod tests {
             .unwrap_err()
             .0
             .contains("file mode"));
+    }
+
+    #[test]
+    fn plain_http_is_taken_only_to_the_machine_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.json");
+        let read = |api: &str| {
+            std::fs::write(
+                &path,
+                format!(r#"{{"api":"{api}","project_id":"p","target_id":"t","directory":"/tmp"}}"#),
+            )
+            .unwrap();
+            AgentConfig::read(&path).map(|_| ()).map_err(|e| e.0)
+        };
+        for fine in [
+            "https://certautopilot.example.com",
+            "http://127.0.0.1:8080",
+            "http://[::1]:8080",
+            "http://localhost:8080",
+        ] {
+            assert_eq!(read(fine), Ok(()), "{fine}");
+        }
+        for refused in [
+            "http://certautopilot.example.com",
+            "http://10.0.0.1",
+            "ftp://127.0.0.1",
+        ] {
+            assert!(read(refused).unwrap_err().contains("https://"), "{refused}");
+        }
     }
 }

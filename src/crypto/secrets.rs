@@ -33,6 +33,16 @@ pub enum SecretError {
     Db(#[from] MongoError),
 }
 
+impl SecretError {
+    /// The database or the KEK is away: it comes back, so try again later.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            SecretError::Db(_) | SecretError::Envelope(EnvelopeError::Kek(_))
+        )
+    }
+}
+
 /// A secret and its owner: the record id is derived from the owner, and the
 /// owner is sealed into the ciphertext's associated data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +158,13 @@ impl Secrets {
     pub async fn put(&self, secret: &SecretRef, plaintext: &[u8]) -> Result<(), SecretError> {
         let sealed = envelope::seal(self.kek.as_ref(), &secret.associated_data(), plaintext)?;
         keys::put(&self.store, &secret.id, &stored(&sealed)).await?;
+        Ok(())
+    }
+
+    /// Removes `secrets`, whose owners are gone.
+    pub async fn delete(&self, secrets: &[SecretRef]) -> Result<(), SecretError> {
+        let ids: Vec<String> = secrets.iter().map(|s| s.id.clone()).collect();
+        keys::delete(&self.store, &ids).await?;
         Ok(())
     }
 

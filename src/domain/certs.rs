@@ -173,9 +173,36 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A PEM chain split into its leaf and the certificates after it (the
+/// issuer chain), each as it reads in the chain.
+pub fn split_chain(chain_pem: &str) -> (String, String) {
+    const END: &str = "-----END CERTIFICATE-----";
+    match chain_pem.find(END) {
+        Some(i) => {
+            let cut = i + END.len();
+            (
+                format!("{}\n", chain_pem[..cut].trim_start()),
+                chain_pem[cut..].trim_start().to_string(),
+            )
+        }
+        None => (chain_pem.to_string(), String::new()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_chain_splits_into_leaf_and_issuers() {
+        let leaf = "-----BEGIN CERTIFICATE-----\nleaf\n-----END CERTIFICATE-----\n";
+        let ca = "-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n";
+        assert_eq!(
+            split_chain(&format!("{leaf}{ca}")),
+            (leaf.to_string(), ca.to_string())
+        );
+        assert_eq!(split_chain(leaf), (leaf.to_string(), String::new()));
+    }
 
     #[test]
     fn every_algorithm_makes_a_key_and_a_csr_naming_its_domains() {

@@ -71,7 +71,7 @@ impl Target {
     pub fn kind(&self) -> TargetKind {
         match self.delivery {
             Delivery::Agent => TargetKind::Agent,
-            Delivery::Ssh => TargetKind::Ssh,
+            Delivery::Ssh { .. } => TargetKind::Ssh,
             Delivery::KubernetesSecret { .. } => TargetKind::KubernetesSecret,
             Delivery::Webhook { .. } => TargetKind::Webhook,
         }
@@ -83,7 +83,17 @@ impl Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
     Agent,
-    Ssh,
+    Ssh {
+        host: String,
+        port: u16,
+        user: String,
+        /// The host's public key, pinned (OpenSSH's `<type> <base64>`).
+        host_key: String,
+        /// Each certificate's files go to `<directory>/<certificate id>/`.
+        directory: String,
+        /// Run over SSH after the files change and after a rollback.
+        reload_command: Option<String>,
+    },
     KubernetesSecret {
         namespace: String,
         secret_name: String,
@@ -117,6 +127,18 @@ pub enum DistributionState {
 }
 
 impl DistributionState {
+    pub const ALL: [DistributionState; 5] = [
+        DistributionState::Queued,
+        DistributionState::Running,
+        DistributionState::Validated,
+        DistributionState::RolledBack,
+        DistributionState::Failed,
+    ];
+
+    pub fn parse(s: &str) -> Option<DistributionState> {
+        DistributionState::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             DistributionState::Queued => "queued",
@@ -150,6 +172,22 @@ pub enum Step {
     Validate,
     /// Put back what was there before.
     Rollback,
+}
+
+impl Step {
+    pub const ALL: [Step; 3] = [Step::Execute, Step::Validate, Step::Rollback];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Step::Execute => "execute",
+            Step::Validate => "validate",
+            Step::Rollback => "rollback",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Step> {
+        Step::ALL.into_iter().find(|step| step.as_str() == s)
+    }
 }
 
 /// What a step ended in.

@@ -51,16 +51,11 @@ impl Notification {
             "blocks": [
                 { "type": "section", "text": { "type": "mrkdwn", "text": format!("{marker} *{}*", self.summary) } },
                 { "type": "context", "elements": [
-                    { "type": "mrkdwn", "text": format!("`{}` · {} · dedup `{}`", self.kind, severity_name(self.severity), self.dedup_key) }
+                    { "type": "mrkdwn", "text": format!("`{}` · {} · dedup `{}`", self.kind, self.severity.as_str(), self.dedup_key) }
                 ] },
             ],
         })
     }
-}
-
-/// A severity by its name, as routes and stored notifications spell it.
-pub fn severity_name(s: Severity) -> &'static str {
-    s.as_str()
 }
 
 /// The line a person reads first.

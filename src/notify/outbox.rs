@@ -13,7 +13,7 @@ use std::time::Duration;
 use mongodb::bson::DateTime;
 use mongodb::error::Error as MongoError;
 
-use super::message::{severity_name, Notification};
+use super::message::Notification;
 use crate::domain::jobs;
 use crate::domain::notifications::Event;
 use crate::queue::jobs::{JobQueue, NewJob};
@@ -49,7 +49,8 @@ impl Outbox {
         }
     }
 
-    /// As [`Outbox::raise`], answering how many channels took it.
+    /// As [`Outbox::raise`], answering how many channels took it. Every
+    /// channel is tried; the first error is answered once all were.
     pub async fn try_raise(
         &self,
         event: &Event,
@@ -72,6 +73,7 @@ impl Outbox {
         }
         let message = Notification::new(event, project_id);
         let now = store.server_now().await?;
+        let mut first_error = None;
         for channel in &takers {
             let release_ms = channel.release_at(message.severity, now.timestamp_millis());
             let record = NewNotification {
@@ -79,18 +81,28 @@ impl Outbox {
                 scope: channel.project_id.as_deref(),
                 project_id,
                 kind: &message.kind,
-                severity: severity_name(message.severity),
+                severity: message.severity.as_str(),
                 dedup_key: &message.dedup_key,
                 summary: &message.summary,
                 release_at: DateTime::from_millis(release_ms),
             };
-            notifications::insert_new(store, &record, now).await?;
             let id = notifications::record_id(&channel.id, &message.dedup_key);
             let mut job = NewJob::from_spec(jobs::notification(&id));
             job.max_attempts = self.attempts;
             job.delay = Duration::from_millis((release_ms - now.timestamp_millis()).max(0) as u64);
-            self.queue.enqueue(&job).await?;
+            // The record and its job together: never one without the other.
+            if let Err(e) = self
+                .queue
+                .enqueue_with(&job, notifications::new_record(&record, now))
+                .await
+            {
+                tracing::warn!(channel = %channel.id, dedup_key = %message.dedup_key, error = %crate::store::short(&e), "a notification could not be recorded for this channel");
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(takers.len())
+        match first_error {
+            None => Ok(takers.len()),
+            Some(e) => Err(e),
+        }
     }
 }

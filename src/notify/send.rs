@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 use super::email::{self, Mail, SmtpSettings, SmtpTls};
 use super::message::Notification;
 use super::slack;
-use crate::crypto::secrets::{SecretError, SecretRef, Secrets};
+use crate::crypto::secrets::{SecretRef, Secrets};
 use crate::distribute::http::DeliveryError;
 use crate::distribute::webhook;
 use crate::domain::notifications::{Channel, ChannelDelivery};
@@ -30,9 +30,13 @@ pub async fn send(
 ) -> Result<(), DeliveryError> {
     let credential = || async {
         let secret = SecretRef::channel_credential(channel.project_id.as_deref(), &channel.id);
-        secrets.get(&secret).await.map_err(|e| match e {
-            SecretError::Db(_) => DeliveryError::Transient(e.to_string()),
-            other => DeliveryError::Refused(format!("the channel's credential: {other}")),
+        secrets.get(&secret).await.map_err(|e| {
+            let why = format!("the channel's credential: {e}");
+            if e.is_transient() {
+                DeliveryError::Transient(why)
+            } else {
+                DeliveryError::Refused(why)
+            }
         })
     };
     match &channel.delivery {

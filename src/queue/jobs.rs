@@ -24,7 +24,7 @@ use rand::seq::SliceRandom;
 use crate::domain::backoff::Backoff;
 use crate::domain::jobs::{JobKind, JobSpec};
 use crate::queue::presence::WORKERS_COLLECTION;
-use crate::store::fence::{write_fenced, FenceError, FencedWrite};
+use crate::store::fence::{write_all, write_fenced, FenceError, FencedWrite};
 use crate::store::{is_duplicate_key, short, Store};
 
 pub const JOBS_COLLECTION: &str = "jobs";
@@ -253,6 +253,21 @@ impl JobQueue {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Makes `write` and enqueues `job` (unless its key is queued already)
+    /// in one transaction, so neither is ever found without the other: for
+    /// a record whose job carries it out. Safe to repeat when `write` is.
+    pub async fn enqueue_with(&self, job: &NewJob, write: FencedWrite) -> Result<(), MongoError> {
+        let mut document = Self::new_job_document(job, self.store.server_now().await?);
+        document.remove("key");
+        let enqueue = FencedWrite::UpdateOne {
+            collection: JOBS_COLLECTION.into(),
+            filter: doc! { "key": &job.key },
+            update: doc! { "$setOnInsert": document },
+            upsert: true,
+        };
+        write_all(&self.store, vec![write, enqueue]).await
     }
 
     /// Claims up to `max` runnable jobs of the given kinds for `holder`, in

@@ -331,19 +331,32 @@ pub struct Expiring {
     pub noticed_days: Option<u32>,
 }
 
-/// Up to `batch` certificates whose current serial ends before `horizon`,
-/// the soonest first: not revoked, and not yet told they expired.
-pub async fn expiring_before(
+/// Up to `batch` certificates owed an expiry notice at `now`, the soonest
+/// expiring first: not revoked, and within one of `thresholds_days` (0:
+/// expired) of their end without a notice of that threshold or a nearer
+/// one. Only those owed one are read, so the ones already told never
+/// crowd out the rest.
+pub async fn owed_expiry_notice(
     store: &Store,
-    horizon: DateTime,
+    now: DateTime,
+    thresholds_days: &[u32],
     batch: i64,
 ) -> Result<Vec<Expiring>, MongoError> {
+    let reached: Vec<Document> = thresholds_days
+        .iter()
+        .map(|days| {
+            let at = DateTime::from_millis(now.timestamp_millis() + i64::from(*days) * 86_400_000);
+            doc! {
+                "current.not_after": { "$lte": at },
+                EXPIRY_NOTICE: { "$not": { "$lte": *days as i32 } },
+            }
+        })
+        .collect();
     let found: Vec<Document> = store
         .collection(CERTIFICATES)
         .find(doc! {
-            "current.not_after": { "$lte": horizon },
             "current.revoked_at": { "$exists": false },
-            EXPIRY_NOTICE: { "$ne": 0 },
+            "$or": reached,
         })
         .sort(doc! { "current.not_after": 1 })
         .limit(batch)

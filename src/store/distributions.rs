@@ -4,6 +4,7 @@
 //! every write names the serial, so a job for an older serial never
 //! changes the record of a newer one.
 
+use futures::TryStreamExt;
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use mongodb::error::Error as MongoError;
 
@@ -47,6 +48,24 @@ pub async fn page_for_certificate(
         .await
 }
 
+/// Removes the records of `target_id` (a target deleted); answers the
+/// certificates they were of.
+pub async fn forget_target(store: &Store, target_id: &str) -> Result<Vec<String>, MongoError> {
+    let records = store.collection(DISTRIBUTIONS);
+    let filter = doc! { "target_id": target_id };
+    let found: Vec<Document> = records
+        .find(filter.clone())
+        .projection(doc! { "certificate_id": 1 })
+        .await?
+        .try_collect()
+        .await?;
+    records.delete_many(filter).await?;
+    Ok(found
+        .iter()
+        .filter_map(|d| d.get_str("certificate_id").ok().map(str::to_string))
+        .collect())
+}
+
 /// What a queued delivery is of.
 pub struct Queued<'a> {
     pub project_id: &'a str,
@@ -66,7 +85,7 @@ pub fn queued(q: &Queued<'_>) -> [FencedWrite; 2] {
     let fresh = doc! {
         "serial": q.serial,
         "state": DistributionState::Queued.as_str(),
-        "step": step_name(Step::Execute),
+        "step": Step::Execute.as_str(),
         "job_id": q.job_id,
         "attempts": 0i64,
         "last_error": Bson::Null,
@@ -96,35 +115,18 @@ pub fn queued(q: &Queued<'_>) -> [FencedWrite; 2] {
     ]
 }
 
-fn step_name(step: Step) -> &'static str {
-    match step {
-        Step::Execute => "execute",
-        Step::Validate => "validate",
-        Step::Rollback => "rollback",
-    }
-}
-
 /// The step a record says comes next (`execute` when it says nothing).
 pub fn step_of(record: &Document) -> Step {
-    match record.get_str("step") {
-        Ok("validate") => Step::Validate,
-        Ok("rollback") => Step::Rollback,
-        _ => Step::Execute,
-    }
+    record
+        .get_str("step")
+        .ok()
+        .and_then(Step::parse)
+        .unwrap_or(Step::Execute)
 }
 
 /// The state a record shows.
 pub fn state_of(record: &Document) -> Option<DistributionState> {
-    let state = record.get_str("state").ok()?;
-    [
-        DistributionState::Queued,
-        DistributionState::Running,
-        DistributionState::Validated,
-        DistributionState::RolledBack,
-        DistributionState::Failed,
-    ]
-    .into_iter()
-    .find(|s| s.as_str() == state)
+    DistributionState::parse(record.get_str("state").ok()?)
 }
 
 fn update(id: &str, serial: &str, update: Document) -> FencedWrite {
@@ -169,7 +171,7 @@ pub fn stepped(id: &str, serial: &str, step: Step) -> FencedWrite {
     update(
         id,
         serial,
-        doc! { "$set": { "step": step_name(step) }, "$currentDate": { "updated_at": true } },
+        doc! { "$set": { "step": step.as_str() }, "$currentDate": { "updated_at": true } },
     )
 }
 
@@ -203,9 +205,23 @@ pub fn finished(
     )
 }
 
+/// What became of an agent's report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reported {
+    Applied,
+    /// The delivery of this serial had already ended in this state (a
+    /// report sent again after its answer was lost).
+    AlreadyEnded,
+    /// It had already ended in this other state, which stays.
+    EndedOtherwise(DistributionState),
+    /// The record holds another serial.
+    NotNewest,
+}
+
 /// What an agent reports of the delivery of `serial` (the API's own write,
 /// not a job's): applied only while the record holds that serial, so a
-/// report of an older one never changes a newer one's. Whether it did.
+/// report of an older one never changes a newer one's, and only while it
+/// has not ended, so an outcome once recorded is never rewritten.
 pub async fn report(
     store: &Store,
     certificate_id: &str,
@@ -213,7 +229,8 @@ pub async fn report(
     serial: &str,
     state: DistributionState,
     error: Option<&str>,
-) -> Result<bool, MongoError> {
+) -> Result<Reported, MongoError> {
+    let id = record_id(certificate_id, target_id);
     let mut set = doc! {
         "state": state.as_str(),
         "last_error": error.map(Bson::from).unwrap_or(Bson::Null),
@@ -222,14 +239,30 @@ pub async fn report(
     if state.is_final() {
         dates.insert("finished_at", true);
     } else {
-        set.insert("step", step_name(Step::Execute));
+        set.insert("step", Step::Execute.as_str());
     }
+    let open = [DistributionState::Queued, DistributionState::Running].map(|s| s.as_str());
     let updated = store
         .collection(DISTRIBUTIONS)
         .update_one(
-            doc! { "_id": record_id(certificate_id, target_id), "serial": serial },
+            doc! { "_id": &id, "serial": serial, "state": { "$in": open.to_vec() } },
             doc! { "$set": set, "$inc": { "attempts": i64::from(state == DistributionState::Running) }, "$currentDate": dates },
         )
         .await?;
-    Ok(updated.matched_count == 1)
+    if updated.matched_count == 1 {
+        return Ok(Reported::Applied);
+    }
+    let record = store
+        .collection(DISTRIBUTIONS)
+        .find_one(doc! { "_id": &id })
+        .await?;
+    Ok(match record {
+        Some(r) if r.get_str("serial") == Ok(serial) => match state_of(&r) {
+            Some(ended) if ended == state => Reported::AlreadyEnded,
+            Some(ended) if ended.is_final() => Reported::EndedOtherwise(ended),
+            // Moved back to open between the two reads: ask again.
+            _ => Reported::NotNewest,
+        },
+        _ => Reported::NotNewest,
+    })
 }

@@ -12,6 +12,7 @@
 use futures::FutureExt;
 use mongodb::bson::{doc, Document};
 use mongodb::error::Error as MongoError;
+use mongodb::ClientSession;
 
 use crate::store::Store;
 
@@ -90,43 +91,7 @@ pub async fn write_all_fenced(
                             return Err(MongoError::custom(AbortFenceLost));
                         }
                         for write in writes.iter() {
-                            match write {
-                                FencedWrite::UpdateOne {
-                                    collection,
-                                    filter,
-                                    update,
-                                    upsert,
-                                } => {
-                                    store
-                                        .collection(collection)
-                                        .update_one(filter.clone(), update.clone())
-                                        .upsert(*upsert)
-                                        .session(&mut *session)
-                                        .await?;
-                                }
-                                FencedWrite::InsertOne {
-                                    collection,
-                                    document,
-                                } => {
-                                    store
-                                        .collection(collection)
-                                        .insert_one(document.clone())
-                                        .session(&mut *session)
-                                        .await?;
-                                }
-                                FencedWrite::InsertMany {
-                                    collection,
-                                    documents,
-                                } => {
-                                    if !documents.is_empty() {
-                                        store
-                                            .collection(collection)
-                                            .insert_many(documents.clone())
-                                            .session(&mut *session)
-                                            .await?;
-                                    }
-                                }
-                            }
+                            apply(store, &mut *session, write).await?;
                         }
                         Ok(())
                     }
@@ -140,4 +105,73 @@ pub async fn write_all_fenced(
         Err(e) if e.get_custom::<AbortFenceLost>().is_some() => Err(FenceError::Lost),
         Err(e) => Err(FenceError::Db(e)),
     }
+}
+
+/// Makes every one of `writes`, in order and in one transaction, with no
+/// fence: all land or none.
+pub async fn write_all(store: &Store, writes: Vec<FencedWrite>) -> Result<(), MongoError> {
+    store
+        .ride_through("write together", || async {
+            let context = (store.clone(), writes.clone());
+            let mut session = store.client().start_session().await?;
+            session
+                .start_transaction()
+                .and_run(context, |session, (store, writes)| {
+                    async move {
+                        for write in writes.iter() {
+                            apply(store, &mut *session, write).await?;
+                        }
+                        Ok(())
+                    }
+                    .boxed()
+                })
+                .await
+        })
+        .await
+}
+
+/// Makes `write` in `session`'s transaction.
+async fn apply(
+    store: &Store,
+    session: &mut ClientSession,
+    write: &FencedWrite,
+) -> Result<(), MongoError> {
+    match write {
+        FencedWrite::UpdateOne {
+            collection,
+            filter,
+            update,
+            upsert,
+        } => {
+            store
+                .collection(collection)
+                .update_one(filter.clone(), update.clone())
+                .upsert(*upsert)
+                .session(session)
+                .await?;
+        }
+        FencedWrite::InsertOne {
+            collection,
+            document,
+        } => {
+            store
+                .collection(collection)
+                .insert_one(document.clone())
+                .session(session)
+                .await?;
+        }
+        FencedWrite::InsertMany {
+            collection,
+            documents,
+        } => {
+            if !documents.is_empty() {
+                store
+                    .collection(collection)
+                    .insert_many(documents.clone())
+                    .session(session)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
 }

@@ -86,6 +86,18 @@ pub async fn insert_new(store: &Store, id: &str, secret: &StoredSecret) -> Resul
     }
 }
 
+/// Removes the secrets `ids` (those not stored are no matter); how many
+/// were.
+pub async fn delete(store: &Store, ids: &[String]) -> Result<u64, MongoError> {
+    let keys = store.collection(KEYS);
+    let removed = store
+        .ride_through("remove secrets", || {
+            keys.delete_many(doc! { "_id": { "$in": ids } })
+        })
+        .await?;
+    Ok(removed.deleted_count)
+}
+
 /// The secret `id` as stored: `None` when there is none, `Some(Err(field))`
 /// naming the field that is damaged.
 pub async fn get(

@@ -1,13 +1,13 @@
 //! The `notifications` collection: the outbox. One record per channel and
-//! deduplication key, inserted with that pair as its `_id`, so the same
-//! event found twice is sent once; a `notify` job per record sends it and
-//! records the outcome under its fence.
+//! deduplication key, inserted with that pair as its `_id` (in one
+//! transaction with the `notify` job that sends it), so the same event
+//! found twice is sent once; the job records the outcome under its fence.
 
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::error::Error as MongoError;
 
 use super::fence::FencedWrite;
-use super::{is_duplicate_key, Store};
+use super::Store;
 
 pub const NOTIFICATIONS: &str = "notifications";
 
@@ -39,15 +39,10 @@ pub struct NewNotification<'a> {
     pub release_at: DateTime,
 }
 
-/// Inserts the record unless one for this channel and key exists; whether
-/// it was new.
-pub async fn insert_new(
-    store: &Store,
-    n: &NewNotification<'_>,
-    now: DateTime,
-) -> Result<bool, MongoError> {
+/// The write that records `n` unless a record for this channel and key
+/// exists (then nothing changes: the same event raised again).
+pub fn new_record(n: &NewNotification<'_>, now: DateTime) -> FencedWrite {
     let record = doc! {
-        "_id": record_id(n.channel_id, n.dedup_key),
         "channel_id": n.channel_id,
         "scope": n.scope.map(Bson::from).unwrap_or(Bson::Null),
         "project_id": n.project_id.map(Bson::from).unwrap_or(Bson::Null),
@@ -61,14 +56,11 @@ pub async fn insert_new(
         "release_at": n.release_at,
         "created_at": now,
     };
-    let coll = store.collection(NOTIFICATIONS);
-    match store
-        .ride_through("record notification", || coll.insert_one(record.clone()))
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(e) if is_duplicate_key(&e) => Ok(false),
-        Err(e) => Err(e),
+    FencedWrite::UpdateOne {
+        collection: NOTIFICATIONS.into(),
+        filter: doc! { "_id": record_id(n.channel_id, n.dedup_key) },
+        update: doc! { "$setOnInsert": record },
+        upsert: true,
     }
 }
 

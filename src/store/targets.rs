@@ -80,7 +80,17 @@ pub fn parse(d: &Document) -> Result<Target, String> {
         .ok_or_else(|| format!("unknown target kind {:?}", d.get_str("kind")))?;
     let delivery = match kind {
         TargetKind::Agent => Delivery::Agent,
-        TargetKind::Ssh => Delivery::Ssh,
+        TargetKind::Ssh => Delivery::Ssh {
+            host: setting("host")?,
+            port: settings
+                .and_then(|x| x.get_i32("port").ok())
+                .and_then(|p| u16::try_from(p).ok())
+                .ok_or("the target's settings lack port")?,
+            user: setting("user")?,
+            host_key: setting("host_key")?,
+            directory: setting("directory")?,
+            reload_command: setting("reload_command").ok(),
+        },
         TargetKind::KubernetesSecret => Delivery::KubernetesSecret {
             namespace: setting("namespace")?,
             secret_name: setting("secret_name")?,

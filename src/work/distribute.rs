@@ -11,6 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use futures::future::BoxFuture;
 use mongodb::bson::{doc, DateTime};
 use serde::{Deserialize, Serialize};
@@ -19,14 +21,15 @@ use zeroize::Zeroizing;
 
 use super::certificate_of;
 use crate::audit::{Audit, Event};
-use crate::crypto::envelope::EnvelopeError;
 use crate::crypto::secrets::{SecretError, SecretRef, Secrets};
 use crate::distribute::http::DeliveryError;
 use crate::distribute::kubernetes_secret::{self, Cluster, TlsData};
+use crate::distribute::ssh;
 use crate::distribute::validate::{self, Checks};
 use crate::distribute::webhook;
 use crate::domain::backoff::Backoff;
 use crate::domain::certificate::{Certificate, Current};
+use crate::domain::certs::split_chain;
 use crate::domain::distribution::{self, Delivery, DistributionState, Step, StepResult, Target};
 use crate::domain::jobs::{self, DistributePayload};
 use crate::domain::notifications;
@@ -86,12 +89,10 @@ impl From<DeliveryError> for StepError {
 
 impl From<SecretError> for StepError {
     fn from(e: SecretError) -> Self {
-        match e {
-            // The database or the KEK away: they come back.
-            SecretError::Db(_) | SecretError::Envelope(EnvelopeError::Kek(_)) => {
-                StepError::Transient(e.to_string())
-            }
-            _ => StepError::Failed(e.to_string()),
+        if e.is_transient() {
+            StepError::Transient(e.to_string())
+        } else {
+            StepError::Failed(e.to_string())
         }
     }
 }
@@ -111,29 +112,47 @@ struct Previous {
     secret: Option<PreviousSecret>,
 }
 
+/// The Secret's TLS data as it was, byte for byte (base64, as the
+/// Kubernetes API itself carries it): what is put back must be what was
+/// there, even if it was not UTF-8.
 #[derive(Serialize, Deserialize)]
 struct PreviousSecret {
-    certificate_pem: String,
-    key_pem: String,
-    ca_pem: Option<String>,
+    tls_crt: String,
+    tls_key: String,
+    ca_crt: Option<String>,
+}
+
+impl Drop for PreviousSecret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.tls_key);
+    }
 }
 
 impl PreviousSecret {
     fn of(data: &TlsData) -> PreviousSecret {
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let encode = |b: &[u8]| BASE64.encode(b);
         PreviousSecret {
-            certificate_pem: text(&data.certificate_pem),
-            key_pem: text(&data.key_pem),
-            ca_pem: data.ca_pem.as_deref().map(text),
+            tls_crt: encode(&data.certificate_pem),
+            tls_key: encode(&data.key_pem),
+            ca_crt: data.ca_pem.as_deref().map(encode),
         }
     }
 
-    fn data(&self) -> TlsData {
-        TlsData {
-            certificate_pem: self.certificate_pem.clone().into_bytes(),
-            key_pem: self.key_pem.clone().into_bytes(),
-            ca_pem: self.ca_pem.clone().map(String::into_bytes),
-        }
+    fn data(&self) -> Result<TlsData, StepError> {
+        let decode = |field: &str, text: &str| {
+            BASE64
+                .decode(text)
+                .map_err(|e| StepError::Failed(format!("the kept Secret's {field}: {e}")))
+        };
+        Ok(TlsData {
+            certificate_pem: decode("tls.crt", &self.tls_crt)?,
+            key_pem: decode("tls.key", &self.tls_key)?,
+            ca_pem: self
+                .ca_crt
+                .as_deref()
+                .map(|c| decode("ca.crt", c))
+                .transpose()?,
+        })
     }
 }
 
@@ -153,15 +172,37 @@ impl Distribute {
             tracing::info!(certificate = %cert.id, target = %p.target_id, "not delivered: the certificate no longer goes to this target");
             return Ok(());
         }
+        let id = distributions::record_id(&cert.id, &p.target_id);
+        // Ends the record too: a job that stops here must not leave it
+        // `queued` for ever.
+        let give_up = |why: String| async {
+            job.lease
+                .fenced(distributions::finished(
+                    &id,
+                    &p.serial,
+                    DistributionState::Failed,
+                    Some(&why),
+                ))
+                .await?;
+            tracing::warn!(certificate = %cert.id, target = %p.target_id, serial = %p.serial, error = %why, "not delivered");
+            Err(HandlerError::Permanent(why))
+        };
+        if current.revoked {
+            return give_up("the serial was revoked before it was delivered".into()).await;
+        }
         // Looked up in the certificate's own project: a target id moved
         // onto another project's certificate names nothing.
         let Some(found) = targets::in_project(&store, &cert.project_id, &p.target_id).await? else {
-            return Err(HandlerError::Permanent(format!(
+            return give_up(format!(
                 "target {} no longer exists in project {}",
                 p.target_id, cert.project_id
-            )));
+            ))
+            .await;
         };
-        let target = targets::parse(&found).map_err(HandlerError::Permanent)?;
+        let target = match targets::parse(&found) {
+            Ok(target) => target,
+            Err(why) => return give_up(why).await,
+        };
         if target.kind() == distribution::TargetKind::Agent {
             // The agent fetches and reports itself; the record waits,
             // `queued`, with the serial it is to fetch.
@@ -182,7 +223,7 @@ impl Distribute {
         }
         let run = Run {
             this: self,
-            id: distributions::record_id(&cert.id, &target.id),
+            id,
             previous_kept: distributions::has_previous(&record, &p.serial),
             store,
             cert,
@@ -216,14 +257,6 @@ struct Run<'a> {
     previous_kept: bool,
 }
 
-fn step_name(step: Step) -> &'static str {
-    match step {
-        Step::Execute => "execute",
-        Step::Validate => "validate",
-        Step::Rollback => "rollback",
-    }
-}
-
 impl Run<'_> {
     /// Runs from `step` to the end, saving each next step before it starts.
     async fn steps(&self, mut step: Step) -> Result<(), HandlerError> {
@@ -231,6 +264,9 @@ impl Run<'_> {
         let has_validation = self.target.validate.is_some();
         let mut errors: Vec<String> = Vec::new();
         loop {
+            if self.superseded().await? {
+                return Ok(());
+            }
             let outcome = match step {
                 Step::Execute => self.execute().await,
                 Step::Validate => self.validate().await,
@@ -239,11 +275,11 @@ impl Run<'_> {
             let result = match outcome {
                 Ok(()) => StepResult::Succeeded,
                 Err(StepError::Failed(reason)) => {
-                    errors.push(format!("{}: {reason}", step_name(step)));
+                    errors.push(format!("{}: {reason}", step.as_str()));
                     StepResult::Failed
                 }
                 Err(StepError::Transient(reason)) => {
-                    errors.push(format!("{}: {reason}", step_name(step)));
+                    errors.push(format!("{}: {reason}", step.as_str()));
                     return self.retry_later(errors.join("; ")).await;
                 }
             };
@@ -263,6 +299,19 @@ impl Run<'_> {
 
     async fn fenced(&self, write: FencedWrite) -> Result<(), HandlerError> {
         Ok(self.job.lease.fenced(write).await?)
+    }
+
+    /// Whether a newer serial's delivery took the record over since this
+    /// run began: then this one stops, and its writes (which name its
+    /// serial) would change nothing.
+    async fn superseded(&self) -> Result<bool, HandlerError> {
+        let record = distributions::find(&self.store, &self.cert.id, &self.target.id).await?;
+        let superseded =
+            record.is_none_or(|r| r.get_str("serial") != Ok(self.current.serial.as_str()));
+        if superseded {
+            tracing::info!(certificate = %self.cert.id, target = %self.target.name, serial = %self.current.serial, "delivery stopped: a newer serial is being delivered");
+        }
+        Ok(superseded)
     }
 
     /// A transient failure: back off like an issuance, or end as `failed`
@@ -298,6 +347,9 @@ impl Run<'_> {
             error.as_deref(),
         ))
         .await?;
+        if self.superseded().await? {
+            return Ok(());
+        }
         let kind = self.target.kind().as_str();
         let mut details = doc! {
             "project_id": &self.cert.project_id,
@@ -359,7 +411,7 @@ impl Run<'_> {
                 let data = TlsData {
                     certificate_pem: self.current.chain_pem.clone().into_bytes(),
                     key_pem: key.to_vec(),
-                    ca_pem: include_ca.then(|| issuer_chain(&self.current.chain_pem).into_bytes()),
+                    ca_pem: include_ca.then(|| split_chain(&self.current.chain_pem).1.into_bytes()),
                 };
                 kubernetes_secret::replace(
                     &self.this.egress,
@@ -372,11 +424,70 @@ impl Run<'_> {
                 .await?;
                 Ok(())
             }
-            Delivery::Agent | Delivery::Ssh => Err(StepError::Failed(format!(
-                "{} targets are not delivered by workers yet",
-                self.target.kind().as_str()
-            ))),
+            Delivery::Ssh {
+                directory,
+                reload_command,
+                ..
+            } => {
+                let client = self.ssh_client().await?;
+                let dir = ssh::certificate_dir(directory, &self.cert.id);
+                if !self.previous_kept {
+                    client.keep_previous(&dir).await?;
+                    self.fenced(distributions::previous_kept(&self.id, &self.current.serial))
+                        .await
+                        .map_err(|e| StepError::Transient(e.to_string()))?;
+                }
+                let key = self.private_key().await?;
+                let (leaf, issuers) = split_chain(&self.current.chain_pem);
+                let files = [
+                    ssh::Upload {
+                        name: "cert.pem",
+                        contents: leaf.as_bytes(),
+                    },
+                    ssh::Upload {
+                        name: "chain.pem",
+                        contents: issuers.as_bytes(),
+                    },
+                    ssh::Upload {
+                        name: "fullchain.pem",
+                        contents: self.current.chain_pem.as_bytes(),
+                    },
+                    ssh::Upload {
+                        name: "key.pem",
+                        contents: &key,
+                    },
+                ];
+                client
+                    .install(&dir, &files, reload_command.as_deref())
+                    .await?;
+                Ok(())
+            }
+            Delivery::Agent => Err(StepError::Failed(
+                "agent targets are delivered by their agent".into(),
+            )),
         }
+    }
+
+    /// An SSH client for the target, with its sealed private key.
+    async fn ssh_client(&self) -> Result<ssh::SshClient, StepError> {
+        let Delivery::Ssh {
+            host,
+            port,
+            user,
+            host_key,
+            ..
+        } = &self.target.delivery
+        else {
+            return Err(StepError::Failed("not an ssh target".into()));
+        };
+        let key = self.credential().await?;
+        let host = ssh::SshHost {
+            host: host.clone(),
+            port: *port,
+            user: user.clone(),
+            host_key: host_key.clone(),
+        };
+        Ok(ssh::SshClient::new(&self.this.egress, &host, &key, ssh::DEFAULT_TIMEOUT).await?)
     }
 
     async fn post_webhook(&self, url: &str, include_key: bool) -> Result<(), StepError> {
@@ -453,6 +564,17 @@ impl Run<'_> {
     }
 
     async fn roll_back(&self) -> Result<(), StepError> {
+        if let Delivery::Ssh {
+            directory,
+            reload_command,
+            ..
+        } = &self.target.delivery
+        {
+            let client = self.ssh_client().await?;
+            let dir = ssh::certificate_dir(directory, &self.cert.id);
+            client.roll_back(&dir, reload_command.as_deref()).await?;
+            return Ok(());
+        }
         let Delivery::KubernetesSecret {
             namespace,
             secret_name,
@@ -482,7 +604,7 @@ impl Run<'_> {
             &cluster,
             namespace,
             secret_name,
-            &secret.data(),
+            &secret.data()?,
             REQUEST_TIMEOUT,
         )
         .await?;
@@ -518,15 +640,6 @@ impl Run<'_> {
         }
         let config = self.credential().await?;
         Cluster::from_kubeconfig(&config).map_err(StepError::Failed)
-    }
-}
-
-/// The certificates after the leaf in `chain_pem` (the issuer chain).
-fn issuer_chain(chain_pem: &str) -> String {
-    const END: &str = "-----END CERTIFICATE-----";
-    match chain_pem.find(END) {
-        Some(i) => chain_pem[i + END.len()..].trim_start().to_string(),
-        None => String::new(),
     }
 }
 
@@ -630,17 +743,4 @@ async fn target_kinds(
         }
     }
     Ok(kinds)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::issuer_chain;
-
-    #[test]
-    fn the_issuer_chain_is_what_follows_the_leaf() {
-        let leaf = "-----BEGIN CERTIFICATE-----\nleaf\n-----END CERTIFICATE-----\n";
-        let ca = "-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n";
-        assert_eq!(issuer_chain(&format!("{leaf}{ca}")), ca);
-        assert_eq!(issuer_chain(leaf), "");
-    }
 }

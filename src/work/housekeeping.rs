@@ -74,10 +74,9 @@ impl JobHandler for Housekeeping {
 async fn expiry_notices(job: &ClaimedJob, outbox: &Outbox) -> Result<usize, HandlerError> {
     let store = job.lease.store();
     let now = store.server_now().await.map_err(JobError::from)?;
-    let horizon = DateTime::from_millis(
-        now.timestamp_millis() + i64::from(EXPIRY_NOTICE_DAYS[0]) * 86_400_000,
-    );
-    let expiring = certificates::expiring_before(store, horizon, EXPIRY_BATCH)
+    // Expired (0) is owed a notice too.
+    let thresholds: Vec<u32> = EXPIRY_NOTICE_DAYS.into_iter().chain([0]).collect();
+    let expiring = certificates::owed_expiry_notice(store, now, &thresholds, EXPIRY_BATCH)
         .await
         .map_err(JobError::from)?;
     let mut raised = 0;
@@ -102,7 +101,15 @@ async fn expiry_notices(job: &ClaimedJob, outbox: &Outbox) -> Result<usize, Hand
         if cert.noticed_days.is_some_and(|n| n <= days) {
             continue;
         }
-        outbox.raise(&event, Some(&cert.project_id)).await;
+        // Marked only once raised: one that could not be is tried again at
+        // the next run.
+        if outbox
+            .try_raise(&event, Some(&cert.project_id))
+            .await
+            .is_err()
+        {
+            continue;
+        }
         job.lease
             .fenced(certificates::expiry_noticed(&cert.id, &cert.serial, days))
             .await?;
@@ -111,8 +118,8 @@ async fn expiry_notices(job: &ClaimedJob, outbox: &Outbox) -> Result<usize, Hand
     Ok(raised)
 }
 
-/// Certificates one housekeeping run looks at for expiry notices, the
-/// soonest expiring first.
+/// Expiry notices one housekeeping run raises at most, the soonest
+/// expiring first; the rest are raised at the next runs.
 const EXPIRY_BATCH: i64 = 1000;
 
 /// Writes a checkpoint at the audit chain's head once the records since

@@ -1,7 +1,7 @@
 """Schemathesis hooks for the API contract test (tests/it/contract.rs).
 
 They teach schemathesis what the OpenAPI document states in words only:
-the three formats of our own, the window a token's expiry must fall in (by
+the formats of our own, the window a token's expiry must fall in (by
 the database's clock, which no schema can say), and that every generated
 Idempotency-Key stands for one request (a key reused with another body is
 422 by the contract; that is tested in tests/it/idempotency.rs). Nothing here
@@ -54,6 +54,22 @@ KUBECONFIG = json.dumps({
     "users": [{"name": "deployer", "user": {"token": "a-service-account-token"}}],
 })
 schemathesis.openapi.format("kubeconfig-json", st.just(KUBECONFIG))
+
+# An SSH host key (with and without its comment) and a private key without
+# a passphrase, made for this file by ssh-keygen; they open nothing.
+SSH_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPNVuX+imp58Tmi8TOMHWdBamWSZB+EPgi033VJry3Og"
+schemathesis.openapi.format(
+    "openssh-public-key", st.sampled_from([SSH_HOST_KEY, SSH_HOST_KEY + " root@edge"]),
+)
+SSH_PRIVATE_KEY = """-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+QyNTUxOQAAACDzVbl/opqefE5ovEzjB1nQWplkmQfhD4ItN91Sa8tzoAAAAIgaWg80GloP
+NAAAAAtzc2gtZWQyNTUxOQAAACDzVbl/opqefE5ovEzjB1nQWplkmQfhD4ItN91Sa8tzoA
+AAAEBpW5oAXVdD74uGs4/qR5Gkm9vRRW0SWUc6CqiO2EMX3PNVuX+imp58Tmi8TOMHWdBa
+mWSZB+EPgi033VJry3OgAAAABHRlc3QB
+-----END OPENSSH PRIVATE KEY-----
+"""
+schemathesis.openapi.format("openssh-private-key", st.just(SSH_PRIVATE_KEY))
 
 _counter = itertools.count()
 # Keys are kept 24 hours: a second run against the same database must not

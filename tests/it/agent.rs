@@ -4,97 +4,18 @@
 //! drift then reads `in_sync`. A second target whose endpoint serves
 //! nothing gets its previous files back; with the API away the files stay.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::support;
 use crate::support::cluster::{Cluster, Role};
+use crate::support::nginx::{comes_to_serve, self_signed_set, served, Nginx};
 use crate::support::pebble::PebbleOptions;
-use certautopilot::domain::drift::Endpoint;
-use certautopilot::net::tls_probe::{probe, Served};
 
-const NGINX: &str = "/usr/sbin/nginx";
 const NAME: &str = "www.agent.example.test";
-
-/// nginx serving `dir`'s fullchain.pem and key.pem on 127.0.0.1:`port`;
-/// stopped when dropped.
-struct Nginx {
-    conf: PathBuf,
-    child: Child,
-}
-
-impl Nginx {
-    fn start(work: &Path, certs: &Path, port: u16) -> Nginx {
-        let conf = work.join("nginx.conf");
-        let w = work.display();
-        std::fs::write(
-            &conf,
-            format!(
-                "daemon off;\nworker_processes 1;\npid {w}/nginx.pid;\nerror_log {w}/error.log;\n\
-                 events {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {w}/body;\n\
-                 proxy_temp_path {w}/proxy;\n  fastcgi_temp_path {w}/fastcgi;\n  uwsgi_temp_path {w}/uwsgi;\n\
-                 scgi_temp_path {w}/scgi;\n  server {{\n    listen 127.0.0.1:{port} ssl;\n\
-                 ssl_certificate {c}/fullchain.pem;\n    ssl_certificate_key {c}/key.pem;\n\
-                 return 200 \"ok\";\n  }}\n}}\n",
-                c = certs.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(NGINX)
-            .args(["-e", &format!("{w}/error.log"), "-c"])
-            .arg(&conf)
-            .spawn()
-            .expect("start nginx (scripts/setup.sh installs it)");
-        Nginx { conf, child }
-    }
-
-    fn reload_command(&self) -> Vec<String> {
-        vec![
-            NGINX.into(),
-            "-e".into(),
-            self.conf.with_file_name("error.log").display().to_string(),
-            "-c".into(),
-            self.conf.display().to_string(),
-            "-s".into(),
-            "reload".into(),
-        ]
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What a server had before CertAutoPilot: a self-signed certificate.
-fn before(dir: &Path) -> String {
-    let cert = rcgen::generate_simple_self_signed(vec![NAME.into()]).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("fullchain.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.join("chain.pem"), "").unwrap();
-    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
-    cert.cert.pem()
-}
-
-async fn served(port: u16) -> Option<String> {
-    let endpoint = Endpoint {
-        host: "127.0.0.1".into(),
-        port,
-        sni: Some(NAME.into()),
-    };
-    match probe(&endpoint, Duration::from_secs(5), &support::test_egress()).await {
-        Served::Leaf {
-            fingerprint_sha256, ..
-        } => Some(fingerprint_sha256),
-        Served::Unreachable(_) => None,
-    }
-}
 
 /// Runs `certautopilot agent --once`; its exit code and log.
 fn agent_once(config: &Value, token: &str, work: &Path) -> (i32, String) {
@@ -159,9 +80,14 @@ async fn the_agent_puts_a_renewal_where_nginx_serves_it_and_rolls_back_what_does
         .post(&format!("/projects/{p}/targets"), target("broken", nobody))
         .await;
     assert_eq!(status, 201, "{broken}");
-    let (edge_id, broken_id) = (
+    let (status, fresh) = api
+        .post(&format!("/projects/{p}/targets"), target("fresh", nobody))
+        .await;
+    assert_eq!(status, 201, "{fresh}");
+    let (edge_id, broken_id, fresh_id) = (
         edge["id"].as_str().unwrap().to_string(),
         broken["id"].as_str().unwrap().to_string(),
+        fresh["id"].as_str().unwrap().to_string(),
     );
 
     // An agent token names its targets, and they must be the project's
@@ -183,7 +109,7 @@ async fn the_agent_puts_a_renewal_where_nginx_serves_it_and_rolls_back_what_does
     let (status, token) = api
         .post(
             "/tokens",
-            json!({ "roles": [{ "project_id": p, "role": "agent", "targets": [edge_id, broken_id] }],
+            json!({ "roles": [{ "project_id": p, "role": "agent", "targets": [edge_id, broken_id, fresh_id] }],
                     "description": "agent on edge" }),
         )
         .await;
@@ -206,6 +132,9 @@ async fn the_agent_puts_a_renewal_where_nginx_serves_it_and_rolls_back_what_does
     assert_eq!(status, 403);
     let (status, _) = as_agent.get(&format!("{path}/private-key")).await;
     assert_eq!(status, 403);
+    let (status, projects) = as_agent.get("/projects").await;
+    assert_eq!(status, 200);
+    assert_eq!(projects["items"], json!([]), "{projects}");
     let (status, _) = as_agent
         .get(&format!(
             "/projects/{p}/targets/{broken_id}/deliveries/{cert_id}"
@@ -225,17 +154,17 @@ async fn the_agent_puts_a_renewal_where_nginx_serves_it_and_rolls_back_what_does
     let work = tempfile::tempdir().unwrap();
     let certs = work.path().join("certs");
     let live = certs.join(&cert_id);
-    let old = before(&live);
+    let old = self_signed_set(&live, NAME);
     let nginx = Nginx::start(work.path(), &live, nginx_port);
     assert!(
         support::wait_until(Duration::from_secs(10), || async {
-            served(nginx_port).await.is_some()
+            served(nginx_port, NAME).await.is_some()
         })
         .await,
         "nginx serves"
     );
     assert_ne!(
-        served(nginx_port).await.as_deref(),
+        served(nginx_port, NAME).await.as_deref(),
         Some(fingerprint.as_str())
     );
 
@@ -251,10 +180,7 @@ async fn the_agent_puts_a_renewal_where_nginx_serves_it_and_rolls_back_what_does
         work.path(),
     );
     assert_eq!(code, 0, "{log}");
-    assert_eq!(
-        served(nginx_port).await.as_deref(),
-        Some(fingerprint.as_str())
-    );
+    assert!(comes_to_serve(nginx_port, NAME, &fingerprint).await);
     let key = std::fs::metadata(live.join("key.pem")).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777,
@@ -303,10 +229,7 @@ async fn the_agent_puts_a_renewal_where_nginx_serves_it_and_rolls_back_what_does
         work.path(),
     );
     assert_ne!(code, 0, "{log}");
-    assert_eq!(
-        served(nginx_port).await.as_deref(),
-        Some(fingerprint.as_str())
-    );
+    assert!(comes_to_serve(nginx_port, NAME, &fingerprint).await);
 
     // A target whose endpoint serves nothing: the previous files come back.
     let (status, _) = api
@@ -325,7 +248,7 @@ async fn the_agent_puts_a_renewal_where_nginx_serves_it_and_rolls_back_what_does
     )
     .await;
     let elsewhere = work.path().join("elsewhere");
-    let kept = before(&elsewhere.join(&cert_id));
+    let kept = self_signed_set(&elsewhere.join(&cert_id), NAME);
     let mut broken_config = config(&broken_id, &elsewhere, &api_base);
     broken_config["reload_command"] = json!([]);
     broken_config["validate_attempts"] = json!(2);
@@ -344,6 +267,63 @@ async fn the_agent_puts_a_renewal_where_nginx_serves_it_and_rolls_back_what_does
             .is_some_and(|e| e.contains("unreachable")),
         "{broken_record}"
     );
+
+    // A first delivery that does not validate has nothing to roll back to:
+    // it ends failed with the new files on disk, and the agent's next pass
+    // does not take those files for a success.
+    let (status, _) = api
+        .call(
+            reqwest::Method::PUT,
+            &format!("{path}/targets"),
+            Some(json!({ "targets": ["edge", "broken", "fresh"] })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    api.wait_for(
+        &format!("{path}/distributions"),
+        Duration::from_secs(30),
+        "fresh queued",
+        |d| record(d, "fresh").is_some_and(|r| r["state"] == "queued"),
+    )
+    .await;
+    let mut fresh_config = config(&fresh_id, &work.path().join("fresh"), &api_base);
+    fresh_config["reload_command"] = json!([]);
+    fresh_config["validate_attempts"] = json!(1);
+    for pass in 0..2 {
+        let (code, log) = agent_once(&fresh_config, &agent_token, work.path());
+        assert_ne!(code, 0, "pass {pass}: {log}");
+        let (_, distributions) = api.get(&format!("{path}/distributions")).await;
+        let fresh_record = record(&distributions, "fresh").unwrap();
+        assert_eq!(
+            fresh_record["state"], "failed",
+            "pass {pass}: {fresh_record}"
+        );
+        assert!(
+            fresh_record["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("nothing to roll back")),
+            "{fresh_record}"
+        );
+    }
+    // An outcome once recorded stays: a report sent again is taken without
+    // a change, a different one is refused.
+    let report = format!("/projects/{p}/targets/{fresh_id}/deliveries/{cert_id}/report");
+    let serial = issued["serial"].as_str().unwrap();
+    let (status, problem) = as_agent
+        .post(&report, json!({ "serial": serial, "state": "validated" }))
+        .await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem.to_string().contains("already ended failed"),
+        "{problem}"
+    );
+    let (status, _) = as_agent
+        .post(
+            &report,
+            json!({ "serial": serial, "state": "failed", "error": "again" }),
+        )
+        .await;
+    assert_eq!(status, 204);
 
     // Every key read and both outcomes are in the audit log.
     let (_, audit) = api.get(&format!("/projects/{p}/audit?limit=200")).await;

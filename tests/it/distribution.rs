@@ -289,17 +289,33 @@ async fn a_new_serial_reaches_its_targets_and_a_failed_validation_is_rolled_back
         text.contains("kubernetes_secret.namespace") && text.contains("current-context"),
         "{problem}"
     );
+    // The in-cluster service account is the installation's: a project's
+    // own admin cannot deliver with it.
+    let (status, minted) = api
+        .post(
+            "/tokens",
+            json!({ "roles": [{ "project_id": p, "role": "admin" }] }),
+        )
+        .await;
+    assert_eq!(status, 201, "{minted}");
+    let project_admin = api.with_token(minted["token"].as_str().unwrap());
+    let (status, problem) = project_admin
+        .post(
+            &format!("/projects/{p}/targets"),
+            json!({ "name": "in-cluster", "kind": "kubernetes-secret",
+                    "kubernetes_secret": { "namespace": "kube-system", "secret_name": "x" } }),
+        )
+        .await;
+    assert_eq!(status, 403, "{problem}");
+    assert!(problem.to_string().contains("global admin"), "{problem}");
     let (status, problem) = api
         .post(
             &format!("/projects/{p}/targets"),
-            json!({ "name": "bad", "kind": "ssh" }),
+            json!({ "name": "bad", "kind": "ftp" }),
         )
         .await;
     assert_eq!(status, 422, "{problem}");
-    assert!(
-        problem.to_string().contains("not available yet"),
-        "{problem}"
-    );
+    assert!(problem.to_string().contains("expected one of"), "{problem}");
 
     let (status, hook_target) = api
         .post(

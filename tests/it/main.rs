@@ -73,6 +73,7 @@ mod rotation;
 mod schedulers;
 mod secrets;
 mod siem;
+mod ssh_target;
 mod stats;
 mod supervision;
 mod tenancy;

@@ -11,12 +11,11 @@ use utoipa::ToSchema;
 use super::auth::Caller;
 use super::problem::{ApiResult, Problem};
 use super::{date, string, ApiState, PageQuery};
-use crate::audit::Event;
-use crate::crypto::secrets::SecretRef;
 use crate::domain::distribution::{DistributionState, TargetKind};
 use crate::domain::drift::Endpoint;
 use crate::domain::notifications;
-use crate::store::{certificates, distributions, targets};
+use crate::store::distributions::{self, Reported};
+use crate::store::{certificates, targets};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let base = "/projects/{project_id}/targets/{target_id}/deliveries";
@@ -140,7 +139,11 @@ pub async fn deliveries(
     .await?;
     let mut items = Vec::with_capacity(found.len());
     for d in &found {
-        let current = d.get_document("current").ok();
+        // A revoked serial is not to be served anywhere: nothing to fetch.
+        let current = d
+            .get_document("current")
+            .ok()
+            .filter(|c| !c.contains_key("revoked_at"));
         let serial = current.and_then(|c| string(c, "serial"));
         let id = d.get_str("_id").unwrap_or_default();
         let record = distributions::find(&state.store, id, &target_id).await?;
@@ -182,22 +185,22 @@ pub async fn bundle(
     let current = cert
         .get_document("current")
         .map_err(|_| Problem::conflict("the certificate has not been issued yet"))?;
+    if current.contains_key("revoked_at") {
+        return Err(Problem::conflict(
+            "the certificate's current serial is revoked: it is not delivered",
+        ));
+    }
     let s = |f: &str| current.get_str(f).unwrap_or_default().to_string();
-    let secret = SecretRef::certificate_key(&project_id, &certificate_id, &s("order_id"));
-    let event = Event::new(
-        caller.actor(),
-        "certificate.private_key_read",
-        format!("projects/{project_id}/certificates/{certificate_id}"),
+    let details = doc! { "target_id": &target_id, "serial": s("serial") };
+    let key = super::certificates::read_private_key(
+        &state,
+        &caller,
+        &project_id,
+        &certificate_id,
+        current,
+        details,
     )
-    .with(doc! { "target_id": &target_id, "serial": s("serial") });
-    state.audit.append(&event).await.map_err(|e| {
-        tracing::error!(certificate = %certificate_id, error = %crate::store::short(&e), "a private key read cannot be audited; not serving the key");
-        Problem::unavailable("the read cannot be audited right now, so the key is not served")
-    })?;
-    let key = state.secrets.get(&secret).await.map_err(|e| {
-        tracing::error!(certificate = %certificate_id, error = %e, "cannot open a certificate's private key");
-        Problem::unavailable("the private key cannot be decrypted right now (is the KEK available?)")
-    })?;
+    .await?;
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .json(Bundle {
@@ -224,15 +227,12 @@ pub async fn report(
 ) -> ApiResult<HttpResponse> {
     let (project_id, target_id, certificate_id) = path.into_inner();
     agent_target(&state, &caller, &project_id, &target_id).await?;
-    let reported = match body.state.as_str() {
-        "running" => DistributionState::Running,
-        "validated" => DistributionState::Validated,
-        "rolled_back" => DistributionState::RolledBack,
-        "failed" => DistributionState::Failed,
-        other => {
+    let reported = match DistributionState::parse(&body.state) {
+        Some(s) if REPORTED_STATES.contains(&s.as_str()) => s,
+        _ => {
             return Err(Problem::invalid(vec![super::problem::FieldError {
                 field: "state".into(),
-                reason: format!("{other:?}: expected one of {REPORTED_STATES:?}"),
+                reason: format!("{:?}: expected one of {REPORTED_STATES:?}", body.state),
             }]))
         }
     };
@@ -247,7 +247,7 @@ pub async fn report(
         }]));
     }
     delivered_certificate(&state, &project_id, &target_id, &certificate_id).await?;
-    let applied = distributions::report(
+    let recorded = distributions::report(
         &state.store,
         &certificate_id,
         &target_id,
@@ -256,11 +256,22 @@ pub async fn report(
         body.error.as_deref(),
     )
     .await?;
-    if !applied {
-        return Err(Problem::conflict(format!(
-            "serial {} is not the newest one sent to this target",
-            body.serial
-        )));
+    match recorded {
+        Reported::Applied => {}
+        Reported::AlreadyEnded => return Ok(HttpResponse::NoContent().finish()),
+        Reported::EndedOtherwise(ended) => {
+            return Err(Problem::conflict(format!(
+                "the delivery of serial {} already ended {}; an outcome is not rewritten",
+                body.serial,
+                ended.as_str()
+            )))
+        }
+        Reported::NotNewest => {
+            return Err(Problem::conflict(format!(
+                "serial {} is not the newest one sent to this target",
+                body.serial
+            )))
+        }
     }
     if reported.is_final() {
         let mut details = doc! {

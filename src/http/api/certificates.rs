@@ -748,25 +748,47 @@ pub async fn private_key(
     // The key is named by this certificate and its order; the record is
     // sealed for that owner, so an order id moved here from another
     // project's certificate names a key that does not open.
-    let order_id = cert
+    let current = cert
         .get_document("current")
-        .ok()
-        .and_then(|c| c.get_str("order_id").ok())
-        .ok_or_else(|| Problem::conflict("the certificate has not been issued yet"))?;
-    let secret = SecretRef::certificate_key(&project_id, &id, order_id);
-    // Audited before it is read, and not served when the read cannot be
-    // audited (fail closed, as Vault does with its audit devices).
+        .map_err(|_| Problem::conflict("the certificate has not been issued yet"))?;
+    let key = read_private_key(&state, &caller, &project_id, &id, current, doc! {}).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-pem-file")
+        .insert_header(("Cache-Control", "no-store"))
+        .body(key.to_vec()))
+}
+
+/// The private key of `current` (a certificate's current serial), audited
+/// as read by `caller` (with `details`) before it is read, and not served
+/// when the read cannot be audited (fail closed, as Vault does with its
+/// audit devices).
+pub(crate) async fn read_private_key(
+    state: &ApiState,
+    caller: &Caller,
+    project_id: &str,
+    certificate_id: &str,
+    current: &Document,
+    details: Document,
+) -> ApiResult<zeroize::Zeroizing<Vec<u8>>> {
+    // The key is named by this certificate and its order; the record is
+    // sealed for that owner, so an order id moved here from another
+    // project's certificate names a key that does not open.
+    let order_id = current
+        .get_str("order_id")
+        .map_err(|_| Problem::conflict("the certificate has not been issued yet"))?;
+    let secret = SecretRef::certificate_key(project_id, certificate_id, order_id);
     let event = Event::new(
         caller.actor(),
         "certificate.private_key_read",
-        format!("projects/{project_id}/certificates/{id}"),
-    );
+        format!("projects/{project_id}/certificates/{certificate_id}"),
+    )
+    .with(details);
     state.audit.append(&event).await.map_err(|e| {
-        tracing::error!(certificate = %id, error = %crate::store::short(&e), "a private key read cannot be audited; not serving the key");
+        tracing::error!(certificate = %certificate_id, error = %crate::store::short(&e), "a private key read cannot be audited; not serving the key");
         Problem::unavailable("the read cannot be audited right now, so the key is not served")
     })?;
-    let key = state.secrets.get(&secret).await.map_err(|e| {
-        tracing::error!(certificate = %id, error = %e, "cannot open a certificate's private key");
+    state.secrets.get(&secret).await.map_err(|e| {
+        tracing::error!(certificate = %certificate_id, error = %e, "cannot open a certificate's private key");
         match e {
             SecretError::Envelope(EnvelopeError::WrongRecord { .. }) => Problem::conflict(
                 "the stored private key is not this certificate's: it was sealed for another owner (the database was altered)",
@@ -778,11 +800,7 @@ pub async fn private_key(
                 "the private key cannot be decrypted right now (is the KEK available?)",
             ),
         }
-    })?;
-    Ok(HttpResponse::Ok()
-        .content_type("application/x-pem-file")
-        .insert_header(("Cache-Control", "no-store"))
-        .body(key.to_vec()))
+    })
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project_id}/certificates/{id}/orders", tag = "certificates",

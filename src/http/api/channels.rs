@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Caller, Role};
 use super::problem::{ApiResult, Problem};
 use super::validate::{self, Reasons};
-use super::{audit, date, new_id, page, projects, string, ApiState};
+use super::{audit, date, forget_sealed, new_id, page, projects, seal, string, ApiState};
 use crate::crypto::secrets::SecretRef;
 use crate::domain::drift::{endpoint_problems, Endpoint};
 use crate::domain::notifications::{QuietHours, Severity, EVENT_KINDS};
@@ -519,19 +519,17 @@ async fn create_in(
     }
     if let Some(credential) = credential {
         let secret = SecretRef::channel_credential(scope.project(), &id);
-        state
-            .secrets
-            .put(&secret, credential.as_bytes())
-            .await
-            .map_err(|e| {
-                tracing::error!(channel = %id, error = %e, "cannot seal a channel's credential");
-                Problem::unavailable(
-                    "the credential cannot be sealed right now (is the KEK available?)",
-                )
-            })?;
+        seal(state, &secret, credential.as_bytes(), "the credential").await?;
         record.insert("credential_set_at", now);
     }
-    channels::insert(&state.store, record.clone()).await?;
+    if let Err(e) = channels::insert(&state.store, record.clone()).await {
+        forget_sealed(
+            state,
+            &[SecretRef::channel_credential(scope.project(), &id)],
+        )
+        .await;
+        return Err(e.into());
+    }
     audit(
         state,
         caller.actor(),
@@ -559,6 +557,7 @@ async fn delete_in(
     if !channels::delete(&state.store, scope.project(), id).await? {
         return Err(Problem::not_found("channel"));
     }
+    forget_sealed(state, &[SecretRef::channel_credential(scope.project(), id)]).await;
     audit(
         state,
         caller.actor(),

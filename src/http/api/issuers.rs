@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use super::auth::{Caller, Role};
 use super::problem::{ApiResult, Problem};
 use super::validate::{self, Reasons};
-use super::{audit, date, new_id, page, projects, string, ApiState, PageQuery};
+use super::{audit, date, new_id, page, projects, seal, string, ApiState, PageQuery};
 use crate::crypto::secrets::SecretRef;
 use crate::domain::issuer::{TsigAlgorithm, DEFAULT_PROPAGATION_TIMEOUT_SECS, DEFAULT_TTL};
 use crate::store::issuers;
@@ -289,19 +289,6 @@ fn check_dns(reasons: &mut Reasons, dns: &NewDnsSettings) {
     }
 }
 
-/// Seals an issuer's key before the issuer is stored: an issuer never
-/// exists without its keys.
-async fn seal(state: &ApiState, issuer_id: &str, secret: &SecretRef, value: &str) -> ApiResult<()> {
-    state
-        .secrets
-        .put(secret, value.as_bytes())
-        .await
-        .map_err(|e| {
-            tracing::error!(issuer = %issuer_id, secret = %secret.id(), error = %e, "cannot seal an issuer key");
-            Problem::unavailable("the key cannot be sealed right now (is the KEK available?)")
-        })
-}
-
 #[utoipa::path(post, path = "/v1/projects/{project_id}/issuers", tag = "issuers", request_body = NewIssuer,
     params(("project_id" = String, Path)),
     responses((status = 201, body = IssuerView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
@@ -334,9 +321,9 @@ pub async fn create(
         // and never shown again.
         seal(
             &state,
-            &id,
             &SecretRef::eab_key(&project_id, &id),
-            &eab.hmac_key,
+            eab.hmac_key.as_bytes(),
+            "the EAB key",
         )
         .await?;
         record.insert("eab", doc! { "kid": &eab.kid });
@@ -344,9 +331,9 @@ pub async fn create(
     if let Some(dns) = &body.dns {
         seal(
             &state,
-            &id,
             &SecretRef::tsig_key(&project_id, &id),
-            &dns.tsig_secret,
+            dns.tsig_secret.as_bytes(),
+            "the TSIG key",
         )
         .await?;
         record.insert(

@@ -26,7 +26,7 @@ use serde::Deserialize;
 
 use crate::audit::{Audit, Event};
 use crate::crypto::api_tokens::TokenKey;
-use crate::crypto::secrets::Secrets;
+use crate::crypto::secrets::{SecretRef, Secrets};
 use crate::queue::jobs::JobQueue;
 use crate::store::Store;
 use problem::{ApiResult, Problem};
@@ -201,6 +201,28 @@ pub async fn audit(
         .audit
         .record(Event::new(actor, action, target).with(details))
         .await;
+}
+
+/// Seals `value` as `secret` under the KEK, before what owns it is stored:
+/// nothing is ever stored without the credential it says it has. `what`
+/// names it in the 503 answered when the KEK is away.
+pub async fn seal(state: &ApiState, secret: &SecretRef, value: &[u8], what: &str) -> ApiResult<()> {
+    state.secrets.put(secret, value).await.map_err(|e| {
+        tracing::error!(secret = %secret.id(), error = %e, "cannot seal {what}");
+        Problem::unavailable(format!(
+            "{what} cannot be sealed right now (is the KEK available?)"
+        ))
+    })
+}
+
+/// Removes sealed secrets whose owner is gone (or was never stored). A
+/// failure only leaves ciphertext nothing names, so it is logged, not
+/// answered.
+pub async fn forget_sealed(state: &ApiState, secrets: &[SecretRef]) {
+    if let Err(e) = state.secrets.delete(secrets).await {
+        let ids: Vec<&str> = secrets.iter().map(SecretRef::id).collect();
+        tracing::warn!(secrets = ?ids, error = %e, "sealed secrets of something removed are left behind");
+    }
 }
 
 /// A date as RFC 3339.

@@ -131,6 +131,12 @@ pub const FORMAT_HOST_PORT: &str = "host-port";
 /// A kubeconfig in JSON whose current context has a token
 /// ([`crate::distribute::kubernetes_secret::Cluster::from_kubeconfig`]).
 pub const FORMAT_KUBECONFIG_JSON: &str = "kubeconfig-json";
+/// An SSH host's public key as OpenSSH writes it, of a type taken
+/// ([`crate::distribute::ssh::parse_host_key`]).
+pub const FORMAT_OPENSSH_PUBLIC_KEY: &str = "openssh-public-key";
+/// An SSH private key without a passphrase
+/// ([`crate::distribute::ssh::private_key_problem`]).
+pub const FORMAT_OPENSSH_PRIVATE_KEY: &str = "openssh-private-key";
 
 /// Every rule the handlers check of a field on its own, stated in the
 /// document: lengths, ranges, patterns, enums, counts. What a request asks
@@ -360,6 +366,38 @@ fn constrain(doc: &mut serde_json::Value) {
             "secret_name",
             json!({ "minLength": 1, "maxLength": 253, "pattern": KUBERNETES_NAME_PATTERN }),
         ),
+        ("SshSettings", "host", host.clone()),
+        (
+            "SshSettings",
+            "port",
+            json!({ "minimum": 1, "maximum": 65_535 }),
+        ),
+        (
+            "SshSettings",
+            "user",
+            json!({ "pattern": super::targets::SSH_USER_PATTERN }),
+        ),
+        (
+            "SshSettings",
+            "host_key",
+            json!({ "format": FORMAT_OPENSSH_PUBLIC_KEY, "maxLength": super::targets::MAX_SSH_KEY_LEN }),
+        ),
+        (
+            "SshSettings",
+            "private_key",
+            json!({ "format": FORMAT_OPENSSH_PRIVATE_KEY, "maxLength": super::targets::MAX_SSH_KEY_LEN }),
+        ),
+        (
+            "SshSettings",
+            "directory",
+            json!({ "pattern": super::targets::SSH_DIRECTORY_PATTERN }),
+        ),
+        (
+            "SshSettings",
+            "reload_command",
+            json!({ "minLength": 1, "maxLength": super::targets::MAX_RELOAD_COMMAND_LEN,
+                    "pattern": name_pattern() }),
+        ),
         (
             "NewCertificate",
             "dns_names",
@@ -442,7 +480,7 @@ fn constrain(doc: &mut serde_json::Value) {
     // the agent's own).
     let settings = |kind: &str, object: Option<&str>| {
         let mut properties = serde_json::Map::new();
-        for field in ["webhook", "kubernetes_secret"] {
+        for field in ["webhook", "kubernetes_secret", "ssh"] {
             let t = if Some(field) == object {
                 "object"
             } else {
@@ -460,6 +498,7 @@ fn constrain(doc: &mut serde_json::Value) {
             settings("agent", None),
             settings("webhook", Some("webhook")),
             settings("kubernetes-secret", Some("kubernetes_secret")),
+            settings("ssh", Some("ssh")),
         ] }),
     );
     // Only an agent names targets, and it names 1 to 20.

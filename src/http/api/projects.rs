@@ -214,7 +214,13 @@ pub async fn list(
     let filter = if caller.global_admin {
         doc! {}
     } else {
-        let ids: Vec<&String> = caller.roles.keys().collect();
+        // An agent's role reads deliveries only, not even its project.
+        let ids: Vec<&String> = caller
+            .roles
+            .iter()
+            .filter(|(_, role)| **role >= Role::Viewer)
+            .map(|(project, _)| project)
+            .collect();
         doc! { "_id": { "$in": ids } }
     };
     let found =

@@ -10,20 +10,30 @@ use utoipa::ToSchema;
 use super::auth::{Caller, Role};
 use super::problem::{ApiResult, Problem};
 use super::validate::{self, Reasons};
-use super::{audit, date, new_id, page, projects, string, ApiState, PageQuery};
+use super::{
+    audit, date, forget_sealed, new_id, page, projects, seal, string, ApiState, PageQuery,
+};
 use crate::crypto::secrets::SecretRef;
 use crate::distribute::kubernetes_secret::{check_name, Cluster};
+use crate::distribute::ssh;
 use crate::domain::distribution::TargetKind;
 use crate::domain::drift::{endpoint_problems, Endpoint};
-use crate::store::{certificates, is_duplicate_key, targets};
+use crate::store::{certificates, distributions, is_duplicate_key, targets};
 
-/// The kinds a target may be created with today; `ssh` is planned
-/// (docs/distribution.md).
-pub const TARGET_KINDS: &[&str] = &["agent", "webhook", "kubernetes-secret"];
+/// The kinds a target may be created with.
+pub const TARGET_KINDS: &[&str] = &["agent", "ssh", "webhook", "kubernetes-secret"];
 /// The shortest and longest webhook signing secret, in characters.
 pub const WEBHOOK_SECRET_LEN: std::ops::RangeInclusive<usize> = 16..=1024;
 /// The longest kubeconfig taken, in characters.
 pub const MAX_KUBECONFIG_LEN: usize = 64 * 1024;
+/// The longest SSH private key and host key taken, in characters.
+pub const MAX_SSH_KEY_LEN: usize = 16 * 1024;
+/// The longest reload command, in characters.
+pub const MAX_RELOAD_COMMAND_LEN: usize = 1024;
+/// A user name on the SSH host.
+pub const SSH_USER_PATTERN: &str = "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$";
+/// A remote directory: absolute, nothing that needs quoting.
+pub const SSH_DIRECTORY_PATTERN: &str = "^/[A-Za-z0-9._/@+-]{0,1023}$";
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let base = "/projects/{project_id}/targets";
@@ -46,6 +56,8 @@ pub struct NewTarget {
     pub webhook: Option<WebhookSettings>,
     /// Required with kind kubernetes-secret, refused otherwise.
     pub kubernetes_secret: Option<KubernetesSecretSettings>,
+    /// Required with kind ssh, refused otherwise.
+    pub ssh: Option<SshSettings>,
     /// Where the certificate must then be served (a TLS handshake compares
     /// fingerprints) [default: none, a delivery counts once made].
     pub validate: Option<Endpoint>,
@@ -59,6 +71,7 @@ impl std::fmt::Debug for NewTarget {
             .field("kind", &self.kind)
             .field("webhook", &self.webhook)
             .field("kubernetes_secret", &self.kubernetes_secret)
+            .field("ssh", &self.ssh)
             .field("validate", &self.validate)
             .finish()
     }
@@ -90,6 +103,46 @@ impl std::fmt::Debug for KubernetesSecretSettings {
     }
 }
 
+/// Without the private key.
+impl std::fmt::Debug for SshSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("host_key", &self.host_key)
+            .field("directory", &self.directory)
+            .field("reload_command", &self.reload_command)
+            .field("private_key", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SshSettings {
+    /// The host to upload to (a DNS name or an IPv4 address), reached
+    /// through the egress policy.
+    pub host: String,
+    /// [default: 22]
+    pub port: Option<u16>,
+    pub user: String,
+    /// The host's public key, pinned: as in /etc/ssh/ssh_host_ed25519_key.pub
+    /// or what `ssh-keyscan -t ed25519 <host>` prints after the host name. A
+    /// host presenting another key is refused before authenticating.
+    pub host_key: String,
+    /// Each certificate's files go to `<directory>/<certificate id>/`
+    /// (created; `directory` must exist): cert.pem, chain.pem,
+    /// fullchain.pem, key.pem (0600), the previous set as `*.previous`.
+    pub directory: String,
+    /// Run on the host over SSH after the files change and after a
+    /// rollback, e.g. `sudo systemctl reload nginx` [default: none].
+    pub reload_command: Option<String>,
+    /// The private key to log in with (OpenSSH or PEM, without a
+    /// passphrase); sealed under the KEK and never shown again.
+    pub private_key: String,
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSettings {
@@ -114,7 +167,8 @@ pub struct KubernetesSecretSettings {
     pub include_ca: bool,
     /// A kubeconfig in JSON (`kubectl config view --minify --flatten -o
     /// json`) whose current context has a token; sealed under the KEK and
-    /// never shown again [default: the in-cluster service account].
+    /// never shown again [default: the in-cluster service account, which
+    /// only a global admin may choose].
     pub kubeconfig: Option<String>,
 }
 
@@ -127,6 +181,7 @@ pub struct TargetView {
     pub kind: String,
     pub webhook: Option<WebhookView>,
     pub kubernetes_secret: Option<KubernetesSecretView>,
+    pub ssh: Option<SshView>,
     /// Whether a credential is sealed for it, and since when.
     pub credential_set: bool,
     pub credential_set_at: Option<String>,
@@ -147,6 +202,18 @@ pub struct KubernetesSecretView {
     pub include_ca: bool,
     /// in-cluster, or kubeconfig.
     pub cluster: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SshView {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub host_key: String,
+    /// The pinned key's fingerprint, as `ssh-keygen -lf` prints it.
+    pub host_key_sha256: Option<String>,
+    pub directory: String,
+    pub reload_command: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -184,6 +251,18 @@ fn render(d: &Document) -> serde_json::Value {
                 .into(),
             }
         }),
+        ssh: (kind == TargetKind::Ssh.as_str()).then(|| SshView {
+            host: setting("host"),
+            port: settings
+                .and_then(|x| x.get_i32("port").ok())
+                .and_then(|p| u16::try_from(p).ok())
+                .unwrap_or(22),
+            user: setting("user"),
+            host_key_sha256: ssh::fingerprint(&setting("host_key")),
+            host_key: setting("host_key"),
+            directory: setting("directory"),
+            reload_command: settings.and_then(|x| string(x, "reload_command")),
+        }),
         kind,
         credential_set: d.get_datetime("credential_set_at").is_ok(),
         credential_set_at: date(d, "credential_set_at"),
@@ -198,13 +277,10 @@ pub(crate) fn check(body: &NewTarget) -> Result<(), Problem> {
     validate::name(&mut reasons, "name", &body.name);
     let kind = body.kind.as_str();
     if !TARGET_KINDS.contains(&kind) {
-        let detail = match TargetKind::parse(kind) {
-            Some(_) => {
-                format!("{kind:?} targets are not available yet; expected one of {TARGET_KINDS:?}")
-            }
-            None => format!("{kind:?}: expected one of {TARGET_KINDS:?}"),
-        };
-        reasons.add("kind", detail);
+        reasons.add(
+            "kind",
+            format!("{kind:?}: expected one of {TARGET_KINDS:?}"),
+        );
     }
     match (&body.webhook, kind) {
         (Some(w), "webhook") => check_webhook(&mut reasons, w),
@@ -219,6 +295,12 @@ pub(crate) fn check(body: &NewTarget) -> Result<(), Problem> {
             "is required with kind kubernetes-secret",
         ),
         (Some(_), _) => reasons.add("kubernetes_secret", "is only for kind kubernetes-secret"),
+        (None, _) => {}
+    }
+    match (&body.ssh, kind) {
+        (Some(settings), "ssh") => check_ssh(&mut reasons, settings),
+        (None, "ssh") => reasons.add("ssh", "is required with kind ssh"),
+        (Some(_), _) => reasons.add("ssh", "is only for kind ssh"),
         (None, _) => {}
     }
     if let Some(endpoint) = &body.validate {
@@ -280,6 +362,55 @@ fn check_kubernetes(reasons: &mut Reasons, k: &KubernetesSecretSettings) {
     }
 }
 
+fn check_ssh(reasons: &mut Reasons, settings: &SshSettings) {
+    if settings.host.len() > validate::MAX_DNS_NAME_LEN
+        || !validate::matches(&validate::host_pattern(), &settings.host)
+    {
+        reasons.add("ssh.host", "must be a DNS name or an IPv4 address");
+    }
+    if settings.port == Some(0) {
+        reasons.add("ssh.port", "must be 1 to 65535");
+    }
+    if !validate::matches(SSH_USER_PATTERN, &settings.user) {
+        reasons.add(
+            "ssh.user",
+            "must be 1 to 32 letters, digits, '_', '.' or '-', not starting with '.' or '-'",
+        );
+    }
+    if settings.host_key.chars().count() > MAX_SSH_KEY_LEN {
+        reasons.add(
+            "ssh.host_key",
+            format!("is longer than {MAX_SSH_KEY_LEN} characters"),
+        );
+    } else if let Err(e) = ssh::parse_host_key(&settings.host_key) {
+        reasons.add("ssh.host_key", e);
+    }
+    if let Some(problem) = ssh::directory_problem(&settings.directory) {
+        reasons.add("ssh.directory", problem);
+    }
+    if let Some(command) = &settings.reload_command {
+        if command.chars().count() > MAX_RELOAD_COMMAND_LEN {
+            reasons.add(
+                "ssh.reload_command",
+                format!("is longer than {MAX_RELOAD_COMMAND_LEN} characters"),
+            );
+        } else if !validate::matches(&validate::name_pattern(), command) {
+            reasons.add(
+                "ssh.reload_command",
+                "must not be blank nor contain control characters",
+            );
+        }
+    }
+    if settings.private_key.chars().count() > MAX_SSH_KEY_LEN {
+        reasons.add(
+            "ssh.private_key",
+            format!("is longer than {MAX_SSH_KEY_LEN} characters"),
+        );
+    } else if let Some(problem) = ssh::private_key_problem(&settings.private_key) {
+        reasons.add("ssh.private_key", problem);
+    }
+}
+
 #[utoipa::path(post, path = "/v1/projects/{project_id}/targets", tag = "targets", request_body = NewTarget,
     params(("project_id" = String, Path)),
     responses((status = 201, body = TargetView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
@@ -294,14 +425,37 @@ pub async fn create(
     caller.require(&project_id, Role::Editor)?;
     projects::load(&state, &project_id).await?;
     check(&body)?;
+    if let Some(k) = &body.kubernetes_secret {
+        // The in-cluster service account is the installation's, not the
+        // project's: it may reach namespaces no tenant should write to.
+        if k.kubeconfig.is_none() && !caller.global_admin {
+            return Err(Problem::forbidden(
+                "only a global admin may deliver with the in-cluster service account; give kubernetes_secret.kubeconfig",
+            ));
+        }
+    }
     let id = new_id("tgt");
     let now = state.store.server_now().await?;
-    let (settings, credential) = match (&body.webhook, &body.kubernetes_secret) {
-        (Some(w), _) => (
+    let (settings, credential) = match (&body.webhook, &body.kubernetes_secret, &body.ssh) {
+        (_, _, Some(h)) => {
+            let mut settings = doc! {
+                "host": &h.host,
+                "port": i32::from(h.port.unwrap_or(22)),
+                "user": &h.user,
+                // One line, without a comment: what the known-hosts file holds.
+                "host_key": h.host_key.split_whitespace().take(2).collect::<Vec<_>>().join(" "),
+                "directory": h.directory.trim_end_matches('/'),
+            };
+            if let Some(command) = &h.reload_command {
+                settings.insert("reload_command", command);
+            }
+            (settings, Some(&h.private_key))
+        }
+        (Some(w), _, _) => (
             doc! { "url": &w.url, "include_key": w.include_key },
             Some(&w.secret),
         ),
-        (_, Some(k)) => (
+        (_, Some(k), _) => (
             doc! {
                 "namespace": &k.namespace,
                 "secret_name": &k.secret_name,
@@ -310,7 +464,7 @@ pub async fn create(
             },
             k.kubeconfig.as_ref(),
         ),
-        (None, None) => (doc! {}, None),
+        (None, None, None) => (doc! {}, None),
     };
     let mut record = doc! {
         "_id": &id,
@@ -327,26 +481,17 @@ pub async fn create(
         // Sealed before the target exists: a target never lacks the
         // credential it says it has.
         let secret = SecretRef::target_credential(&project_id, &id);
-        state
-            .secrets
-            .put(&secret, credential.as_bytes())
-            .await
-            .map_err(|e| {
-                tracing::error!(target_id = %id, error = %e, "cannot seal a target's credential");
-                Problem::unavailable(
-                    "the credential cannot be sealed right now (is the KEK available?)",
-                )
-            })?;
+        seal(&state, &secret, credential.as_bytes(), "the credential").await?;
         record.insert("credential_set_at", now);
     }
-    match targets::insert(&state.store, record.clone()).await {
-        Ok(()) => {}
-        Err(e) if is_duplicate_key(&e) => {
+    if let Err(e) = targets::insert(&state.store, record.clone()).await {
+        forget_sealed(&state, &[SecretRef::target_credential(&project_id, &id)]).await;
+        if is_duplicate_key(&e) {
             let mut conflicts = Reasons::default();
             conflicts.add("name", "a target of this project already has this name");
             return Err(Problem::conflicting(conflicts.0));
         }
-        Err(e) => return Err(e.into()),
+        return Err(e.into());
     }
     audit(
         &state,
@@ -422,6 +567,15 @@ pub async fn delete(
     if !targets::delete(&state.store, &project_id, &id).await? {
         return Err(Problem::not_found("target"));
     }
+    // Its deliveries' records and what they kept for a rollback go too.
+    let certificates = distributions::forget_target(&state.store, &id).await?;
+    let mut sealed = vec![SecretRef::target_credential(&project_id, &id)];
+    sealed.extend(
+        certificates
+            .iter()
+            .map(|c| SecretRef::distribution_previous(&project_id, c, &id)),
+    );
+    forget_sealed(&state, &sealed).await;
     audit(
         &state,
         caller.actor(),
@@ -442,7 +596,9 @@ pub async fn resolve(
     names: &[String],
     field: &str,
 ) -> ApiResult<Vec<(String, String)>> {
-    let found = targets::named(&state.store, project_id, names).await?;
+    // Stored trimmed, as every name is.
+    let names: Vec<String> = names.iter().map(|n| n.trim().to_string()).collect();
+    let found = targets::named(&state.store, project_id, &names).await?;
     let mut resolved = Vec::new();
     let mut conflicts = Reasons::default();
     for (i, name) in names.iter().enumerate() {

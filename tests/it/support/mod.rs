@@ -19,8 +19,10 @@ pub mod api;
 pub mod bind;
 pub mod cluster;
 pub mod haproxy;
+pub mod nginx;
 pub mod pebble;
 pub mod smtp;
+pub mod sshd;
 pub mod tls_server;
 
 use std::io::{BufRead, BufReader};

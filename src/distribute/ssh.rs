@@ -1,0 +1,598 @@
+//! An `ssh` target: the certificate files uploaded over SFTP to
+//! `<directory>/<certificate id>/` on a host whose key is pinned, the
+//! previous set kept beside them as `*.previous`, and a reload command run
+//! over SSH (docs/distribution.md).
+//!
+//! The transfers are made by OpenSSH's own `sftp` and `ssh`, not an SSH
+//! library: the maintained Rust client would bring 47 crates of its own
+//! cryptography and 19 second versions of ours for one delivery kind
+//! (docs/supply-chain.md), where OpenSSH is the client every such host is
+//! administered with. Each run gets a private directory (0700, under
+//! `$TMPDIR`: on Kubernetes the chart's memory-backed `/tmp`) holding the
+//! target's private key, the pinned key as the only known host, the batch
+//! and the files to upload; it is removed when the run ends. No
+//! configuration file is read (`-F /dev/null`), no agent, proxy,
+//! forwarding or password is used, and the host is reached at the address
+//! the egress policy judged, so a name cannot resolve elsewhere.
+//!
+//! The live files are only ever replaced by a rename, so a reader sees the
+//! old set or the new, never a missing file; `*.previous` are hard links to
+//! what was live, made once per serial, so a retried upload does not take
+//! the new files for the old.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use tokio::process::Command;
+
+use super::http::{egress_failure, DeliveryError};
+use crate::net::egress::EgressPolicy;
+
+/// The files written, in the order they are replaced (the key last, so a
+/// reader never pairs a new key with an old certificate for long).
+pub const FILE_NAMES: [&str; 4] = ["cert.pem", "chain.pem", "fullchain.pem", "key.pem"];
+/// Their modes: the key readable by its owner only.
+const CERT_MODE: &str = "644";
+const KEY_MODE: &str = "600";
+/// The suffix of the kept set.
+pub const PREVIOUS_SUFFIX: &str = ".previous";
+/// How long one `sftp` or `ssh` run may take.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// The name the pinned key is filed under (the host is reached by address).
+const HOST_ALIAS: &str = "certautopilot-target";
+/// The host key types taken, with the algorithms that verify each.
+const HOST_KEY_TYPES: [(&str, &str); 5] = [
+    ("ssh-ed25519", "ssh-ed25519"),
+    ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256"),
+    ("ecdsa-sha2-nistp384", "ecdsa-sha2-nistp384"),
+    ("ecdsa-sha2-nistp521", "ecdsa-sha2-nistp521"),
+    ("ssh-rsa", "rsa-sha2-512,rsa-sha2-256"),
+];
+
+/// Where an `ssh` target's files go, and as whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshHost {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// The host's public key as OpenSSH writes it (`ssh-ed25519 AAAA…`).
+    pub host_key: String,
+}
+
+/// The host key's type and its key blob, if `line` is an OpenSSH public
+/// key of a type taken (a trailing comment is allowed).
+pub fn parse_host_key(line: &str) -> Result<(&'static str, Vec<u8>), String> {
+    let mut parts = line.split_whitespace();
+    let (Some(kind), Some(blob)) = (parts.next(), parts.next()) else {
+        return Err("expected an OpenSSH public key: \"<type> <base64>\" (as in /etc/ssh/ssh_host_ed25519_key.pub or `ssh-keyscan`)".into());
+    };
+    let Some((kind, _)) = HOST_KEY_TYPES.iter().find(|(k, _)| *k == kind) else {
+        let taken: Vec<&str> = HOST_KEY_TYPES.iter().map(|(k, _)| *k).collect();
+        return Err(format!("key type {kind:?}: expected one of {taken:?}"));
+    };
+    let bytes = BASE64
+        .decode(blob)
+        .map_err(|e| format!("the key is not base64: {e}"))?;
+    // The blob starts with its own type, as an SSH string.
+    let named = bytes
+        .get(..4)
+        .map(|n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize)
+        .and_then(|n| bytes.get(4..4 + n));
+    if named != Some(kind.as_bytes()) {
+        return Err(format!("the key blob is not a {kind} key"));
+    }
+    Ok((kind, bytes))
+}
+
+/// The fingerprint `ssh-keygen -l` prints for a public key line.
+pub fn fingerprint(line: &str) -> Option<String> {
+    let (_, blob) = parse_host_key(line).ok()?;
+    let digest = Sha256::digest(&blob);
+    Some(format!(
+        "SHA256:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
+    ))
+}
+
+/// Why `pem` is not a private key the client can use without a prompt.
+pub fn private_key_problem(pem: &str) -> Option<String> {
+    let pem = pem.trim();
+    const OPENSSH: &str = "-----BEGIN OPENSSH PRIVATE KEY-----";
+    const OTHERS: [&str; 3] = [
+        "-----BEGIN PRIVATE KEY-----",
+        "-----BEGIN EC PRIVATE KEY-----",
+        "-----BEGIN RSA PRIVATE KEY-----",
+    ];
+    if pem.starts_with(OPENSSH) {
+        let body: String = pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect::<Vec<_>>()
+            .concat();
+        let bytes = match BASE64.decode(body.trim()) {
+            Ok(b) => b,
+            Err(e) => return Some(format!("the key is not base64: {e}")),
+        };
+        const MAGIC: &[u8] = b"openssh-key-v1\0";
+        let Some(rest) = bytes.strip_prefix(MAGIC) else {
+            return Some("not an OpenSSH private key".into());
+        };
+        let cipher = rest
+            .get(..4)
+            .map(|n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize)
+            .and_then(|n| rest.get(4..4 + n));
+        return match cipher {
+            Some(b"none") => None,
+            Some(_) => {
+                Some("the key has a passphrase: give it without one (ssh-keygen -p -N '')".into())
+            }
+            None => Some("not an OpenSSH private key".into()),
+        };
+    }
+    if OTHERS.iter().any(|armor| pem.starts_with(armor)) {
+        if pem.contains("ENCRYPTED") {
+            return Some("the key has a passphrase: give it without one".into());
+        }
+        return None;
+    }
+    Some("expected a PEM private key (-----BEGIN OPENSSH PRIVATE KEY----- …)".into())
+}
+
+/// One file to put in place.
+pub struct Upload<'a> {
+    pub name: &'a str,
+    pub contents: &'a [u8],
+}
+
+/// A connection's worth of settings: the private directory with the key,
+/// the pinned host key and the address to reach. Removed when dropped.
+pub struct SshClient {
+    work: tempfile::TempDir,
+    address: IpAddr,
+    host: SshHost,
+    timeout: Duration,
+}
+
+impl SshClient {
+    /// Resolves the host through the egress policy and lays out the
+    /// private directory. Nothing is sent yet.
+    pub async fn new(
+        egress: &EgressPolicy,
+        host: &SshHost,
+        private_key: &[u8],
+        timeout: Duration,
+    ) -> Result<SshClient, DeliveryError> {
+        let refused = |e: std::io::Error| DeliveryError::Transient(format!("local files: {e}"));
+        let addrs = egress
+            .resolve(&host.host, host.port)
+            .await
+            .map_err(egress_failure)?;
+        let address = addrs
+            .first()
+            .map(|a| a.ip())
+            .ok_or_else(|| DeliveryError::Transient(format!("{}: no address", host.host)))?;
+        parse_host_key(&host.host_key)
+            .map_err(|e| DeliveryError::Refused(format!("the pinned host key: {e}")))?;
+        let work = tempfile::Builder::new()
+            .prefix("certautopilot-ssh-")
+            .tempdir()
+            .map_err(refused)?;
+        let mut key = private_key.to_vec();
+        if !key.ends_with(b"\n") {
+            key.push(b'\n');
+        }
+        write_private(&work.path().join("identity"), &key).map_err(refused)?;
+        zeroize::Zeroize::zeroize(&mut key);
+        std::fs::write(
+            work.path().join("known_hosts"),
+            format!("{HOST_ALIAS} {}\n", host.host_key.trim()),
+        )
+        .map_err(refused)?;
+        std::fs::create_dir(work.path().join("upload")).map_err(refused)?;
+        Ok(SshClient {
+            work,
+            address,
+            host: host.clone(),
+            timeout,
+        })
+    }
+
+    /// Keeps the live set as `*.previous` (hard links), replacing an older
+    /// kept set; a file not there yet keeps nothing.
+    pub async fn keep_previous(&self, dir: &str) -> Result<(), DeliveryError> {
+        let mut batch = String::new();
+        for name in FILE_NAMES {
+            let live = format!("{dir}/{name}");
+            let kept = format!("{live}{PREVIOUS_SUFFIX}");
+            // `-`: go on when it fails (nothing kept yet, nothing live yet).
+            batch.push_str(&format!("-rm {kept}\n-ln {live} {kept}\n"));
+        }
+        self.sftp(&batch).await.map(|_| ())
+    }
+
+    /// Uploads `files` into `dir` (created if need be), each under a
+    /// temporary name, then renames them over the live ones; then runs
+    /// `reload`. When the reload fails the kept set is put back (and
+    /// reloaded) before the error is answered.
+    pub async fn install(
+        &self,
+        dir: &str,
+        files: &[Upload<'_>],
+        reload: Option<&str>,
+    ) -> Result<(), DeliveryError> {
+        let upload = self.work.path().join("upload");
+        let mut batch = format!("-mkdir {dir}\n");
+        for file in files {
+            let local = upload.join(file.name);
+            write_private(&local, file.contents)
+                .map_err(|e| DeliveryError::Transient(format!("local files: {e}")))?;
+            let mode = if file.name == "key.pem" {
+                KEY_MODE
+            } else {
+                CERT_MODE
+            };
+            let staged = format!("{dir}/.{}.certautopilot-new", file.name);
+            batch.push_str(&format!(
+                "put {} {staged}\nchmod {mode} {staged}\n",
+                local.display()
+            ));
+        }
+        for file in files {
+            batch.push_str(&format!(
+                "rename {dir}/.{name}.certautopilot-new {dir}/{name}\n",
+                name = file.name
+            ));
+        }
+        let sent = self.sftp(&batch).await;
+        for file in files {
+            let _ = std::fs::remove_file(upload.join(file.name));
+        }
+        sent?;
+        let Err(why) = self.reload(reload).await else {
+            return Ok(());
+        };
+        let undone = match self.roll_back(dir, reload).await {
+            Ok(()) => "the previous files were put back".to_string(),
+            Err(e) => format!("and they could not be put back: {e}"),
+        };
+        Err(DeliveryError::Refused(format!("{why}; {undone}")))
+    }
+
+    /// Puts the kept set back over the live files (the kept set stays, so
+    /// this can be repeated), then runs `reload`. Refused, changing
+    /// nothing, when any kept file is missing (a first delivery has
+    /// nothing to put back).
+    pub async fn roll_back(&self, dir: &str, reload: Option<&str>) -> Result<(), DeliveryError> {
+        let listed = self.sftp(&format!("ls -1a {dir}\n")).await?;
+        let present: Vec<&str> = listed
+            .lines()
+            .map(|l| l.trim().rsplit('/').next().unwrap_or_default())
+            .collect();
+        if let Some(missing) = FILE_NAMES
+            .iter()
+            .map(|n| format!("{n}{PREVIOUS_SUFFIX}"))
+            .find(|kept| !present.contains(&kept.as_str()))
+        {
+            return Err(DeliveryError::Refused(format!(
+                "nothing to roll back to: {dir}/{missing} is missing"
+            )));
+        }
+        let mut batch = String::new();
+        for name in FILE_NAMES {
+            let restored = format!("{dir}/.{name}.certautopilot-old");
+            batch.push_str(&format!(
+                "-rm {restored}\nln {dir}/{name}{PREVIOUS_SUFFIX} {restored}\nrename {restored} {dir}/{name}\n"
+            ));
+        }
+        self.sftp(&batch).await?;
+        self.reload(reload).await
+    }
+
+    async fn reload(&self, command: Option<&str>) -> Result<(), DeliveryError> {
+        let Some(command) = command else {
+            return Ok(());
+        };
+        let mut ssh = Command::new("ssh");
+        ssh.args(self.options())
+            .arg(HOST_ALIAS)
+            .arg("--")
+            .arg(command);
+        self.run(ssh, "the reload command").await.map(|_| ())
+    }
+
+    /// Runs `batch` in `sftp -b`; answers what it printed.
+    async fn sftp(&self, batch: &str) -> Result<String, DeliveryError> {
+        let path = self.work.path().join("batch");
+        std::fs::write(&path, batch)
+            .map_err(|e| DeliveryError::Transient(format!("local files: {e}")))?;
+        let mut sftp = Command::new("sftp");
+        // Not -q: it would silence why a connection was refused too.
+        sftp.arg("-b")
+            .arg(&path)
+            .args(self.options())
+            .arg(HOST_ALIAS);
+        self.run(sftp, "sftp").await
+    }
+
+    /// What every `ssh` and `sftp` run is given: nothing from the
+    /// environment, the pinned key only, the judged address, no prompts.
+    fn options(&self) -> Vec<String> {
+        let file = |name: &str| self.work.path().join(name).display().to_string();
+        let (_, algorithms) = HOST_KEY_TYPES
+            .iter()
+            .find(|(k, _)| {
+                self.host
+                    .host_key
+                    .trim_start()
+                    .starts_with(&format!("{k} "))
+            })
+            .copied()
+            .unwrap_or(("", "ssh-ed25519"));
+        let mut args = vec!["-F".to_string(), "/dev/null".to_string()];
+        for option in [
+            format!("Hostname={}", self.address),
+            format!("Port={}", self.host.port),
+            format!("User={}", self.host.user),
+            format!("HostKeyAlias={HOST_ALIAS}"),
+            format!("UserKnownHostsFile={}", file("known_hosts")),
+            "GlobalKnownHostsFile=/dev/null".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "CheckHostIP=no".into(),
+            "UpdateHostKeys=no".into(),
+            format!("HostKeyAlgorithms={algorithms}"),
+            format!("IdentityFile={}", file("identity")),
+            "IdentitiesOnly=yes".into(),
+            "IdentityAgent=none".into(),
+            "BatchMode=yes".into(),
+            "PasswordAuthentication=no".into(),
+            "KbdInteractiveAuthentication=no".into(),
+            "PreferredAuthentications=publickey".into(),
+            "ProxyCommand=none".into(),
+            "ProxyJump=none".into(),
+            "ControlMaster=no".into(),
+            "ControlPath=none".into(),
+            "ForwardAgent=no".into(),
+            "ForwardX11=no".into(),
+            "ClearAllForwardings=yes".into(),
+            "PermitLocalCommand=no".into(),
+            "ConnectTimeout=15".into(),
+            "ServerAliveInterval=15".into(),
+            "ServerAliveCountMax=2".into(),
+            "LogLevel=ERROR".into(),
+        ] {
+            args.push("-o".into());
+            args.push(option);
+        }
+        args
+    }
+
+    async fn run(&self, mut command: Command, what: &str) -> Result<String, DeliveryError> {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let child = command.spawn().map_err(|e| {
+            DeliveryError::Refused(format!(
+                "cannot run {what} (OpenSSH's client must be installed): {e}"
+            ))
+        })?;
+        let out = tokio::time::timeout(self.timeout, child.wait_with_output())
+            .await
+            .map_err(|_| {
+                DeliveryError::Transient(format!(
+                    "{what}: no answer from {} within {:?}",
+                    self.host.host, self.timeout
+                ))
+            })?
+            .map_err(|e| DeliveryError::Transient(format!("{what}: {e}")))?;
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        Err(classify(what, &self.host, out.status.code(), stderr.trim()))
+    }
+}
+
+/// A failed `ssh` or `sftp` run as an error: one a retry can mend (the
+/// host away) or not (the key refused, a command that failed).
+fn classify(what: &str, host: &SshHost, code: Option<i32>, stderr: &str) -> DeliveryError {
+    let at = format!("{}@{}:{}", host.user, host.host, host.port);
+    let tail: String = stderr
+        .chars()
+        .rev()
+        .take(400)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    if stderr.contains("Host key verification failed")
+        || stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        || stderr.contains("No matching host key")
+        || stderr.contains("no matching host key")
+    {
+        // OpenSSH names the key it was shown: say it, to compare.
+        let shown = stderr
+            .split_once("sent by the remote host is")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .map(|f| format!(" (it showed {})", f.trim_end_matches('.')))
+            .unwrap_or_default();
+        return DeliveryError::Refused(format!(
+            "{at}: the host's key is not the pinned one{shown}; refused before authenticating"
+        ));
+    }
+    if stderr.contains("Permission denied (") || stderr.contains("Too many authentication failures")
+    {
+        return DeliveryError::Refused(format!("{at}: the key was refused: {tail}"));
+    }
+    // 255 is OpenSSH's own failure (no connection, or it broke); anything
+    // else is what a command on the host answered.
+    if code == Some(255) {
+        return DeliveryError::Transient(format!("{what} to {at}: {tail}"));
+    }
+    DeliveryError::Refused(format!(
+        "{what} on {at} failed (exit {}): {tail}",
+        code.map_or("signal".to_string(), |c| c.to_string())
+    ))
+}
+
+/// Writes `contents` to a new file only its owner can read.
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents)
+}
+
+/// The remote directory of `certificate_id` under `base`.
+pub fn certificate_dir(base: &str, certificate_id: &str) -> String {
+    format!("{}/{certificate_id}", base.trim_end_matches('/'))
+}
+
+/// A path the SFTP batch and the remote shell read as written: absolute,
+/// and only letters, digits and `._/@+-` (no quoting is ever needed).
+pub fn directory_problem(dir: &str) -> Option<String> {
+    if !dir.starts_with('/') {
+        return Some("must be an absolute path".into());
+    }
+    if dir.len() > 1024 {
+        return Some("is longer than 1024 characters".into());
+    }
+    if !dir
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._/@+-".contains(&b))
+    {
+        return Some("may hold only letters, digits and ._/@+-".into());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED25519: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPNVuX+imp58Tmi8TOMHWdBamWSZB+EPgi033VJry3Og";
+
+    #[test]
+    fn a_host_key_is_taken_by_type_and_blob_and_fingerprinted_as_ssh_keygen_does() {
+        let (kind, blob) = parse_host_key(&format!("{ED25519} root@host")).unwrap();
+        assert_eq!(kind, "ssh-ed25519");
+        assert_eq!(blob.len(), 51);
+        // What `ssh-keygen -lf` printed for that key.
+        assert_eq!(
+            fingerprint(ED25519).unwrap(),
+            "SHA256:nbFO3eNxi+YKqp/Qo1S6aoid8PxwkNd3uDLMNmKrSJo"
+        );
+        for bad in [
+            "",
+            "ssh-ed25519",
+            "ssh-dss AAAAB3NzaC1kc3MAAACBAP",
+            "ssh-ed25519 !!!",
+            // An RSA blob filed as ed25519.
+            "ssh-ed25519 AAAAB3NzaC1yc2EAAAADAQABAAABAQ==",
+        ] {
+            assert!(parse_host_key(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_private_key_with_a_passphrase_or_no_armor_is_refused() {
+        // Made by ssh-keygen for this test, without and with a passphrase.
+        let plain = concat!(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\n",
+            "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n",
+            "QyNTUxOQAAACDzVbl/opqefE5ovEzjB1nQWplkmQfhD4ItN91Sa8tzoAAAAIgaWg80GloP\n",
+            "NAAAAAtzc2gtZWQyNTUxOQAAACDzVbl/opqefE5ovEzjB1nQWplkmQfhD4ItN91Sa8tzoA\n",
+            "AAAEBpW5oAXVdD74uGs4/qR5Gkm9vRRW0SWUc6CqiO2EMX3PNVuX+imp58Tmi8TOMHWdBa\n",
+            "mWSZB+EPgi033VJry3OgAAAABHRlc3QB\n",
+            "-----END OPENSSH PRIVATE KEY-----\n",
+        );
+        assert_eq!(private_key_problem(plain), None);
+        let locked = concat!(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\n",
+            "b3BlbnNzaC1rZXktdjEAAAAACmFlczI1Ni1jdHIAAAAGYmNyeXB0AAAAGAAAABAkF9fTOd\n",
+            "6GtJkc3/n0XXlaAAAAEAAAAAEAAAAzAAAAC3NzaC1lZDI1NTE5AAAAINs3jhwnLEJKl1ED\n",
+            "SU3ON9dgVtqcA3j+36voL/bp49LnAAAAkKi+KL5DdtJIYYBzy0/xfUVgxlarP+89jL4QvI\n",
+            "yOrPorN4kn9Y5iDLN8DiRc3F9BNjZM2ydZIVtM6d9zFJsNov8DkgCrbWCN9iJ4Kmwtzhi3\n",
+            "bJ3iry4GQA06JQl4zf65eRZgBu+WJacSN22mpdGN4xVLljkstXiwvE0+PFCPxsR5+7ZkS2\n",
+            "y7Z2DzGKowVMQrnw==\n",
+            "-----END OPENSSH PRIVATE KEY-----\n",
+        );
+        assert!(private_key_problem(locked).unwrap().contains("passphrase"));
+        assert!(private_key_problem("ssh-ed25519 AAAA")
+            .unwrap()
+            .contains("PEM"));
+        assert!(private_key_problem(
+            "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n-----END RSA PRIVATE KEY-----"
+        )
+        .unwrap()
+        .contains("passphrase"));
+    }
+
+    #[test]
+    fn directories_need_no_quoting() {
+        assert_eq!(directory_problem("/etc/nginx/certautopilot"), None);
+        for bad in [
+            "etc/x",
+            "/etc/x y",
+            "/etc/'x'",
+            "/etc/$(id)",
+            "/etc/x\n",
+            "/etc/*",
+        ] {
+            assert!(directory_problem(bad).is_some(), "{bad:?}");
+        }
+        assert_eq!(certificate_dir("/srv/certs/", "crt_1"), "/srv/certs/crt_1");
+    }
+
+    #[test]
+    fn failures_are_told_apart() {
+        let host = SshHost {
+            host: "edge.example.com".into(),
+            port: 22,
+            user: "deploy".into(),
+            host_key: ED25519.into(),
+        };
+        let refused = classify(
+            "sftp",
+            &host,
+            Some(255),
+            "Host key verification failed.\r\nConnection closed",
+        );
+        assert!(
+            !refused.is_transient() && refused.to_string().contains("pinned"),
+            "{refused}"
+        );
+        let denied = classify(
+            "sftp",
+            &host,
+            Some(255),
+            "deploy@certautopilot-target: Permission denied (publickey).",
+        );
+        assert!(!denied.is_transient(), "{denied}");
+        let away = classify(
+            "sftp",
+            &host,
+            Some(255),
+            "ssh: connect to host 10.0.0.1 port 22: Connection refused",
+        );
+        assert!(away.is_transient(), "{away}");
+        let failed = classify(
+            "sftp",
+            &host,
+            Some(1),
+            "remote open(\"/srv/x\"): Permission denied",
+        );
+        assert!(!failed.is_transient(), "{failed}");
+    }
+}
