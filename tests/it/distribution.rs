@@ -7,209 +7,21 @@
 //! delivered certificate; the Kubernetes target's endpoint serves nothing,
 //! so its delivery is rolled back and the Secret holds what it held before.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::support;
 use crate::support::api::assert_not_stored;
 use crate::support::cluster::{Cluster, Role};
+use crate::support::kubernetes::{self, tls_crt, StandIn, TOKEN as K8S_TOKEN};
 use crate::support::pebble::PebbleOptions;
 use crate::support::tls_server::TlsServer;
-use certautopilot::crypto::webhook_signature::{verify, DEFAULT_TOLERANCE_SECS};
+use crate::support::webhook_receiver::{self, Seen};
 
 const HOOK_SECRET: &str = "the-hook-signing-secret";
-const K8S_TOKEN: &str = "deployer-service-account-token";
-
-/// What the webhook receiver got: (delivery id, body), signature verified.
-type Deliveries = Arc<Mutex<Vec<(String, Value)>>>;
-
-async fn webhook_receiver(got: Deliveries) -> (u16, actix_web::dev::ServerHandle) {
-    let server = HttpServer::new(move || {
-        let got = got.clone();
-        App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
-            let got = got.clone();
-            async move {
-                let header = |name: &str| {
-                    req.headers()
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_string()
-                };
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_secs() as i64;
-                let signature = header("CertAutoPilot-Signature");
-                if verify(
-                    HOOK_SECRET.as_bytes(),
-                    &signature,
-                    &body,
-                    now,
-                    DEFAULT_TOLERANCE_SECS,
-                )
-                .is_err()
-                {
-                    return HttpResponse::Unauthorized().body("bad signature");
-                }
-                let body: Value = serde_json::from_slice(&body).unwrap();
-                got.lock()
-                    .unwrap()
-                    .push((header("CertAutoPilot-Delivery"), body));
-                HttpResponse::NoContent().finish()
-            }
-        }))
-    })
-    .workers(1)
-    .bind(("127.0.0.1", 0))
-    .unwrap();
-    let port = server.addrs()[0].port();
-    let server = server.run();
-    let handle = server.handle();
-    actix_web::rt::spawn(server);
-    (port, handle)
-}
-
-/// The Secrets endpoints of one namespace, as the API server answers them:
-/// resource versions, 409 on a stale one, 401 without the token.
-#[derive(Default)]
-struct Secrets {
-    stored: HashMap<String, Value>,
-    version: u64,
-    /// The `tls.crt` of every write, in order.
-    written: Vec<String>,
-}
-
-fn tls_crt(secret: &Value) -> String {
-    let data = secret["data"]["tls.crt"].as_str().unwrap_or_default();
-    String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(data)
-            .unwrap(),
-    )
-    .unwrap()
-}
-
-/// Stores `secret` under `key` with the next resource version.
-fn write(s: &mut Secrets, mut secret: Value, key: String) -> Value {
-    s.version += 1;
-    secret["metadata"]["resourceVersion"] = json!(s.version.to_string());
-    s.written.push(tls_crt(&secret));
-    s.stored.insert(key, secret.clone());
-    secret
-}
-
-fn answer(s: &mut Secrets, req: &HttpRequest, body: &[u8]) -> HttpResponse {
-    let authorized = req
-        .headers()
-        .get("authorization")
-        .is_some_and(|v| v.as_bytes() == format!("Bearer {K8S_TOKEN}").as_bytes());
-    if !authorized {
-        return HttpResponse::Unauthorized().json(json!({ "kind": "Status", "code": 401 }));
-    }
-    let parts: Vec<&str> = req.path().trim_matches('/').split('/').collect();
-    let name = match parts.as_slice() {
-        ["api", "v1", "namespaces", "web", "secrets"] => None,
-        ["api", "v1", "namespaces", "web", "secrets", name] => Some(name.to_string()),
-        _ => return HttpResponse::NotFound().finish(),
-    };
-    match (req.method().as_str(), name) {
-        ("GET", Some(name)) => match s.stored.get(&name) {
-            Some(secret) => HttpResponse::Ok().json(secret),
-            None => HttpResponse::NotFound().json(json!({ "kind": "Status", "code": 404 })),
-        },
-        ("POST", None) => {
-            let secret: Value = serde_json::from_slice(body).unwrap();
-            let key = secret["metadata"]["name"].as_str().unwrap().to_string();
-            if s.stored.contains_key(&key) {
-                return HttpResponse::Conflict().json(json!({ "kind": "Status", "code": 409 }));
-            }
-            HttpResponse::Created().json(write(s, secret, key))
-        }
-        ("PUT", Some(name)) => {
-            let secret: Value = serde_json::from_slice(body).unwrap();
-            let current = s
-                .stored
-                .get(&name)
-                .map(|c| c["metadata"]["resourceVersion"].clone());
-            if current.as_ref() != Some(&secret["metadata"]["resourceVersion"]) {
-                return HttpResponse::Conflict().json(json!({ "kind": "Status", "code": 409 }));
-            }
-            HttpResponse::Ok().json(write(s, secret, name))
-        }
-        _ => HttpResponse::MethodNotAllowed().finish(),
-    }
-}
-
-/// A CA, and the stand-in's certificate for 127.0.0.1 signed by it.
-fn pki() -> (String, rustls::ServerConfig) {
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "test cluster CA");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![leaf.der().clone()],
-        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .unwrap();
-    (ca_pem, config)
-}
-
-async fn kubernetes_stand_in(
-    state: Arc<Mutex<Secrets>>,
-) -> (String, u16, actix_web::dev::ServerHandle) {
-    let (ca_pem, tls) = pki();
-    let server = HttpServer::new(move || {
-        let state = state.clone();
-        App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
-            let state = state.clone();
-            async move { answer(&mut state.lock().unwrap(), &req, &body) }
-        }))
-    })
-    .workers(1)
-    .bind_rustls_0_23(("127.0.0.1", 0), tls)
-    .unwrap();
-    let port = server.addrs()[0].port();
-    let server = server.run();
-    let handle = server.handle();
-    actix_web::rt::spawn(server);
-    (ca_pem, port, handle)
-}
-
-fn kubeconfig(port: u16, ca_pem: &str) -> String {
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    json!({
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
-        "contexts": [{ "name": "test", "context": { "cluster": "stand-in", "user": "deployer" } }],
-        "clusters": [{ "name": "stand-in", "cluster": {
-            "server": format!("https://127.0.0.1:{port}"), "certificate-authority-data": ca } }],
-        "users": [{ "name": "deployer", "user": { "token": K8S_TOKEN } }],
-    })
-    .to_string()
-}
 
 fn target_state<'a>(distributions: &'a Value, target: &str) -> Option<&'a Value> {
     distributions["items"]
@@ -239,18 +51,18 @@ async fn a_new_serial_reaches_its_targets_and_a_failed_validation_is_rolled_back
         .await;
     api.grant(&p, &["dist.example.test"]).await;
 
-    let got: Deliveries = Arc::default();
-    let (hook_port, hook) = webhook_receiver(got.clone()).await;
-    let secrets = Arc::new(Mutex::new(Secrets::default()));
-    let (ca_pem, k8s_port, k8s) = kubernetes_stand_in(secrets.clone()).await;
+    let got: Arc<Mutex<Seen>> = Arc::default();
+    let (hook_port, hook) = webhook_receiver::start(HOOK_SECRET, got.clone(), |_, _| false).await;
+    let secrets = Arc::new(Mutex::new(StandIn::default()));
+    let k8s = kubernetes::serve(secrets.clone(), true).await;
     // What the Secret held before CertAutoPilot: put back on rollback.
     let before = "-----BEGIN CERTIFICATE-----\nbefore\n-----END CERTIFICATE-----\n";
     {
         let encode = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let mut s = secrets.lock().unwrap();
         s.version = 41;
-        s.stored.insert(
-            "www-tls".into(),
+        s.secrets.insert(
+            "web/www-tls".into(),
             json!({ "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
                     "metadata": { "name": "www-tls", "namespace": "web", "resourceVersion": "41",
                                   "labels": { "team": "web" } },
@@ -336,7 +148,7 @@ async fn a_new_serial_reaches_its_targets_and_a_failed_validation_is_rolled_back
             &format!("/projects/{p}/targets"),
             json!({ "name": "k8s-web", "kind": "kubernetes-secret",
                     "kubernetes_secret": { "namespace": "web", "secret_name": "www-tls", "include_ca": true,
-                                           "kubeconfig": kubeconfig(k8s_port, &ca_pem) },
+                                           "kubeconfig": k8s.kubeconfig() },
                     "validate": { "host": "127.0.0.1", "port": k8s_serves.port(), "sni": "www.dist.example.test" } }),
         )
         .await;
@@ -388,7 +200,7 @@ async fn a_new_serial_reaches_its_targets_and_a_failed_validation_is_rolled_back
     // The webhook gets the certificate, signed, once, without the key.
     assert!(
         support::wait_until(Duration::from_secs(30), || async {
-            !got.lock().unwrap().is_empty()
+            !got.lock().unwrap().taken.is_empty()
         })
         .await,
         "the webhook receives the certificate"
@@ -419,7 +231,7 @@ async fn a_new_serial_reaches_its_targets_and_a_failed_validation_is_rolled_back
         "{k8s_state}"
     );
     {
-        let deliveries = got.lock().unwrap();
+        let deliveries = got.lock().unwrap().all_taken();
         assert_eq!(deliveries.len(), 1, "delivered once");
         let (delivery, body) = &deliveries[0];
         let hook_id = hook_target["id"].as_str().unwrap();
@@ -437,7 +249,7 @@ async fn a_new_serial_reaches_its_targets_and_a_failed_validation_is_rolled_back
         // with the Secret's other metadata kept.
         let s = secrets.lock().unwrap();
         assert_eq!(s.written, [chain.clone(), before.to_string()]);
-        let secret = &s.stored["www-tls"];
+        let secret = &s.secrets["web/www-tls"];
         assert_eq!(tls_crt(secret), before);
         assert_eq!(secret["metadata"]["labels"]["team"], "web");
     }
@@ -492,5 +304,5 @@ async fn a_new_serial_reaches_its_targets_and_a_failed_validation_is_rolled_back
     assert_eq!(status, 204);
 
     hook.stop(true).await;
-    k8s.stop(true).await;
+    k8s.handle.stop(true).await;
 }

@@ -23,6 +23,10 @@
 //!   `log_secrets` (no secret in any log line at debug);
 //! - certificates against a real CA (Pebble): `issuance`, `orders`, `lb`,
 //!   `api`, `renewals`, `revocation`, `dns01`, `drift`;
+//! - getting certificates where they are used: `distribution` (webhook and
+//!   Kubernetes Secret targets), `kubernetes_secret` (the Secrets exchange
+//!   on a stand-in), `agent` (against nginx), `ssh_target` (against sshd
+//!   and nginx); telling people: `notifications`, `email`;
 //! - outbound connections: `egress` (the egress policy, request timeouts, the
 //!   deadline of a job attempt);
 //! - deploying it: `chart` (the Helm chart linted, rendered for Kubernetes
@@ -58,6 +62,7 @@ mod email;
 mod fleet;
 mod idempotency;
 mod issuance;
+mod kubernetes_secret;
 mod lb;
 mod leases;
 mod log_secrets;

@@ -6,11 +6,9 @@
 //! authentication for the expiry mail, and a Slack channel whose route takes
 //! critical events only.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::{json, Value};
 
 use crate::support;
@@ -18,75 +16,15 @@ use crate::support::api::assert_not_stored;
 use crate::support::cluster::{Cluster, Role};
 use crate::support::pebble::PebbleOptions;
 use crate::support::smtp;
-use certautopilot::crypto::webhook_signature::{verify, DEFAULT_TOLERANCE_SECS};
+use crate::support::webhook_receiver::{self, Seen};
 use certautopilot::notify::email::message_id;
 
 const HOOK_SECRET: &str = "notification-hook-secret";
 
-/// What the receivers were sent: per path, the attempts made and the
-/// deliveries taken (delivery id, body), signatures verified.
-#[derive(Default)]
-struct Seen {
-    attempts: HashMap<String, u32>,
-    taken: HashMap<String, Vec<(String, Value)>>,
-}
-
 /// `/flaky` answers 503 to its first two attempts, `/broken` to every one;
 /// any other path takes what is sent.
-async fn receivers(seen: Arc<Mutex<Seen>>) -> (u16, actix_web::dev::ServerHandle) {
-    let server = HttpServer::new(move || {
-        let seen = seen.clone();
-        App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
-            let seen = seen.clone();
-            async move {
-                let header = |name: &str| {
-                    req.headers()
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_string()
-                };
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_secs() as i64;
-                let signed = verify(
-                    HOOK_SECRET.as_bytes(),
-                    &header("CertAutoPilot-Signature"),
-                    &body,
-                    now,
-                    DEFAULT_TOLERANCE_SECS,
-                );
-                if signed.is_err() {
-                    return HttpResponse::Unauthorized().body("bad signature");
-                }
-                let path = req.path().to_string();
-                let mut seen = seen.lock().unwrap();
-                let attempt = {
-                    let n = seen.attempts.entry(path.clone()).or_default();
-                    *n += 1;
-                    *n
-                };
-                if path == "/broken" || (path == "/flaky" && attempt <= 2) {
-                    return HttpResponse::ServiceUnavailable().body("busy");
-                }
-                let body: Value = serde_json::from_slice(&body).unwrap();
-                seen.taken
-                    .entry(path)
-                    .or_default()
-                    .push((header("CertAutoPilot-Delivery"), body));
-                HttpResponse::NoContent().finish()
-            }
-        }))
-    })
-    .workers(1)
-    .bind(("127.0.0.1", 0))
-    .unwrap();
-    let port = server.addrs()[0].port();
-    let server = server.run();
-    let handle = server.handle();
-    actix_web::rt::spawn(server);
-    (port, handle)
+fn flaky_or_broken(path: &str, attempt: u32) -> bool {
+    path == "/broken" || (path == "/flaky" && attempt <= 2)
 }
 
 fn webhook_channel(name: &str, url: String, routes: Value) -> Value {
@@ -114,7 +52,8 @@ async fn events_reach_the_channels_that_take_them_retried_or_kept_dead() {
     let (p, issuer) = api.project_with_issuer("notified", cluster.pebble()).await;
     api.grant(&p, &["notify.example.test"]).await;
     let seen: Arc<Mutex<Seen>> = Arc::default();
-    let (port, receiver) = receivers(seen.clone()).await;
+    let (port, receiver) =
+        webhook_receiver::start(HOOK_SECRET, seen.clone(), flaky_or_broken).await;
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
     let channels = format!("/projects/{p}/channels");
 

@@ -19,11 +19,13 @@ pub mod api;
 pub mod bind;
 pub mod cluster;
 pub mod haproxy;
+pub mod kubernetes;
 pub mod nginx;
 pub mod pebble;
 pub mod smtp;
 pub mod sshd;
 pub mod tls_server;
+pub mod webhook_receiver;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
