@@ -290,10 +290,17 @@ impl Agent {
                 return true;
             }
             if !ended_badly {
-                // Written and validated before, and the report did not get
-                // through. (A failed one may be on disk too, unvalidated: a
-                // failure is never turned into a success here.)
-                return self.report(&id, &serial, Outcome::Validated).await.is_ok();
+                // Written before, and the outcome's report did not get
+                // through: which outcome is not known (a first delivery
+                // that failed leaves its files too), so check again.
+                let validate: Option<Endpoint> =
+                    serde_json::from_value(item["validate"].clone()).ok();
+                let outcome = match self.check(validate.as_ref(), &wanted).await {
+                    Ok(()) => Outcome::Validated,
+                    Err(why) => Outcome::Failed(format!("the files are in place but {why}")),
+                };
+                let served = matches!(outcome, Outcome::Validated);
+                return self.report(&id, &serial, outcome).await.is_ok() && served;
             }
         }
         if ended_badly {
@@ -375,17 +382,7 @@ impl Agent {
         tracing::info!(certificate = %id, serial = %serial, directory = %dir.display(), "certificate files written");
         let checked = match self.reload() {
             Err(e) => Err(e),
-            Ok(()) => match validate {
-                None => Ok(()),
-                Some(endpoint) => {
-                    let checks = Checks {
-                        attempts: self.config.validate_attempts,
-                        interval: Duration::from_secs(self.config.validate_interval_secs),
-                        connect_timeout: crate::net::tls_probe::DEFAULT_CONNECT_TIMEOUT,
-                    };
-                    validate::serves(&self.egress, endpoint, fingerprint, checks).await
-                }
-            },
+            Ok(()) => self.check(validate, fingerprint).await,
         };
         let Err(why) = checked else {
             return outcome(Outcome::Validated);
@@ -398,6 +395,19 @@ impl Agent {
             },
             Err(e) => outcome(Outcome::Failed(format!("{why}; and no rollback: {e}"))),
         }
+    }
+
+    /// Whether the validation endpoint (if any) serves `fingerprint`.
+    async fn check(&self, validate: Option<&Endpoint>, fingerprint: &str) -> Result<(), String> {
+        let Some(endpoint) = validate else {
+            return Ok(());
+        };
+        let checks = Checks {
+            attempts: self.config.validate_attempts,
+            interval: Duration::from_secs(self.config.validate_interval_secs),
+            connect_timeout: crate::net::tls_probe::DEFAULT_CONNECT_TIMEOUT,
+        };
+        validate::serves(&self.egress, endpoint, fingerprint, checks).await
     }
 
     fn reload(&self) -> Result<(), String> {

@@ -41,6 +41,9 @@ const CERT_MODE: &str = "644";
 const KEY_MODE: &str = "600";
 /// The suffix of the kept set.
 pub const PREVIOUS_SUFFIX: &str = ".previous";
+/// OpenSSH's client, where Debian (and the image) puts it.
+pub const SSH: &str = "/usr/bin/ssh";
+pub const SFTP: &str = "/usr/bin/sftp";
 /// How long one `sftp` or `ssh` run may take.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The name the pinned key is filed under (the host is reached by address).
@@ -252,9 +255,26 @@ impl SshClient {
         for file in files {
             let _ = std::fs::remove_file(upload.join(file.name));
         }
-        sent?;
-        let Err(why) = self.reload(reload).await else {
-            return Ok(());
+        match sent {
+            Ok(_) => {}
+            // A retry uploads the whole set again.
+            Err(e) if e.is_transient() => return Err(e),
+            // Some files may be renamed already: never leave a new
+            // certificate beside an old key.
+            Err(e) => {
+                let undone = match self.roll_back(dir, None).await {
+                    Ok(()) => "the previous files were put back".to_string(),
+                    Err(back) => format!("and the previous files are not back: {back}"),
+                };
+                return Err(DeliveryError::Refused(format!("{e}; {undone}")));
+            }
+        }
+        let why = match self.reload(reload).await {
+            Ok(()) => return Ok(()),
+            // The host away: a retry uploads again (the kept set stays as
+            // it was) and reloads again.
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => e,
         };
         let undone = match self.roll_back(dir, reload).await {
             Ok(()) => "the previous files were put back".to_string(),
@@ -297,7 +317,7 @@ impl SshClient {
         let Some(command) = command else {
             return Ok(());
         };
-        let mut ssh = Command::new("ssh");
+        let mut ssh = Command::new(SSH);
         ssh.args(self.options())
             .arg(HOST_ALIAS)
             .arg("--")
@@ -310,10 +330,12 @@ impl SshClient {
         let path = self.work.path().join("batch");
         std::fs::write(&path, batch)
             .map_err(|e| DeliveryError::Transient(format!("local files: {e}")))?;
-        let mut sftp = Command::new("sftp");
+        let mut sftp = Command::new(SFTP);
         // Not -q: it would silence why a connection was refused too.
         sftp.arg("-b")
             .arg(&path)
+            .arg("-S")
+            .arg(SSH)
             .args(self.options())
             .arg(HOST_ALIAS);
         self.run(sftp, "sftp").await
@@ -372,7 +394,12 @@ impl SshClient {
     }
 
     async fn run(&self, mut command: Command, what: &str) -> Result<String, DeliveryError> {
+        // Nothing of the worker's environment (its database URI, its KEK
+        // settings) reaches the client or the host.
         command
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", self.work.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -430,9 +457,34 @@ fn classify(what: &str, host: &SshHost, code: Option<i32>, stderr: &str) -> Deli
     {
         return DeliveryError::Refused(format!("{at}: the key was refused: {tail}"));
     }
-    // 255 is OpenSSH's own failure (no connection, or it broke); anything
-    // else is what a command on the host answered.
-    if code == Some(255) {
+    // The host and the client agree on nothing, or the account has no SFTP:
+    // the same again next time.
+    if [
+        "Unable to negotiate",
+        "subsystem request failed",
+        "command-line line",
+    ]
+    .iter()
+    .any(|s| stderr.contains(s))
+    {
+        return DeliveryError::Refused(format!("{what} on {at}: {tail}"));
+    }
+    // 255 is OpenSSH's own failure (no connection, or it broke), and also
+    // what a remote command may exit with: that is taken for the host
+    // away only when OpenSSH says so.
+    let away = [
+        "Connection refused",
+        "Connection timed out",
+        "Connection reset",
+        "Connection closed",
+        "No route to host",
+        "Network is unreachable",
+        "timed out",
+        "Broken pipe",
+        "kex_exchange_identification",
+    ];
+    let remote_command = what != "sftp";
+    if code == Some(255) && (!remote_command || away.iter().any(|s| stderr.contains(s))) {
         return DeliveryError::Transient(format!("{what} to {at}: {tail}"));
     }
     DeliveryError::Refused(format!(
@@ -594,5 +646,21 @@ mod tests {
             "remote open(\"/srv/x\"): Permission denied",
         );
         assert!(!failed.is_transient(), "{failed}");
+        let no_sftp = classify(
+            "sftp",
+            &host,
+            Some(255),
+            "subsystem request failed on channel 0\r\nConnection closed",
+        );
+        assert!(!no_sftp.is_transient(), "{no_sftp}");
+        let reload_255 = classify("the reload command", &host, Some(255), "nginx: [emerg] bad");
+        assert!(!reload_255.is_transient(), "{reload_255}");
+        let reload_away = classify(
+            "the reload command",
+            &host,
+            Some(255),
+            "ssh: connect to host 10.0.0.1 port 22: Connection timed out",
+        );
+        assert!(reload_away.is_transient(), "{reload_away}");
     }
 }

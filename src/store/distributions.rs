@@ -205,6 +205,27 @@ pub fn finished(
     )
 }
 
+/// The delivery of `serial` cannot be made at all (its target is gone, the
+/// serial revoked): `failed` with `error`, unless it has already ended, so
+/// a job claimed again after its delivery ended never rewrites it.
+pub fn abandoned(id: &str, serial: &str, error: &str) -> FencedWrite {
+    FencedWrite::UpdateOne {
+        collection: DISTRIBUTIONS.into(),
+        filter: doc! { "_id": id, "serial": serial, "state": { "$in": OPEN.to_vec() } },
+        update: doc! {
+            "$set": { "state": DistributionState::Failed.as_str(), "last_error": error },
+            "$currentDate": { "updated_at": true, "finished_at": true },
+        },
+        upsert: false,
+    }
+}
+
+/// The states of a delivery not ended yet.
+const OPEN: [&str; 2] = [
+    DistributionState::Queued.as_str(),
+    DistributionState::Running.as_str(),
+];
+
 /// What became of an agent's report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reported {
@@ -241,11 +262,10 @@ pub async fn report(
     } else {
         set.insert("step", Step::Execute.as_str());
     }
-    let open = [DistributionState::Queued, DistributionState::Running].map(|s| s.as_str());
     let updated = store
         .collection(DISTRIBUTIONS)
         .update_one(
-            doc! { "_id": &id, "serial": serial, "state": { "$in": open.to_vec() } },
+            doc! { "_id": &id, "serial": serial, "state": { "$in": OPEN.to_vec() } },
             doc! { "$set": set, "$inc": { "attempts": i64::from(state == DistributionState::Running) }, "$currentDate": dates },
         )
         .await?;

@@ -177,12 +177,7 @@ impl Distribute {
         // `queued` for ever.
         let give_up = |why: String| async {
             job.lease
-                .fenced(distributions::finished(
-                    &id,
-                    &p.serial,
-                    DistributionState::Failed,
-                    Some(&why),
-                ))
+                .fenced(distributions::abandoned(&id, &p.serial, &why))
                 .await?;
             tracing::warn!(certificate = %cert.id, target = %p.target_id, serial = %p.serial, error = %why, "not delivered");
             Err(HandlerError::Permanent(why))

@@ -522,14 +522,7 @@ async fn create_in(
         seal(state, &secret, credential.as_bytes(), "the credential").await?;
         record.insert("credential_set_at", now);
     }
-    if let Err(e) = channels::insert(&state.store, record.clone()).await {
-        forget_sealed(
-            state,
-            &[SecretRef::channel_credential(scope.project(), &id)],
-        )
-        .await;
-        return Err(e.into());
-    }
+    channels::insert(&state.store, record.clone()).await?;
     audit(
         state,
         caller.actor(),

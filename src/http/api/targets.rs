@@ -484,14 +484,17 @@ pub async fn create(
         seal(&state, &secret, credential.as_bytes(), "the credential").await?;
         record.insert("credential_set_at", now);
     }
-    if let Err(e) = targets::insert(&state.store, record.clone()).await {
-        forget_sealed(&state, &[SecretRef::target_credential(&project_id, &id)]).await;
-        if is_duplicate_key(&e) {
+    match targets::insert(&state.store, record.clone()).await {
+        Ok(()) => {}
+        Err(e) if is_duplicate_key(&e) => {
+            // Surely not stored: its credential goes. (After another error
+            // the target may have landed, and keeps it.)
+            forget_sealed(&state, &[SecretRef::target_credential(&project_id, &id)]).await;
             let mut conflicts = Reasons::default();
             conflicts.add("name", "a target of this project already has this name");
             return Err(Problem::conflicting(conflicts.0));
         }
-        return Err(e.into());
+        Err(e) => return Err(e.into()),
     }
     audit(
         &state,

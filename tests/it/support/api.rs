@@ -264,6 +264,18 @@ impl ApiClient {
     }
 
     /// The body of a GET, as text (a PEM key, say).
+    /// The actions of project `p`'s newest 200 audit records.
+    pub async fn audit_actions(&self, p: &str) -> Vec<String> {
+        let (status, audit) = self.get(&format!("/projects/{p}/audit?limit=200")).await;
+        assert_eq!(status, 200, "{audit}");
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["action"].as_str().map(str::to_string))
+            .collect()
+    }
+
     pub async fn get_text(&self, path: &str) -> String {
         self.get_answer(path).await.text
     }

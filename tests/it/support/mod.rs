@@ -681,3 +681,28 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+/// A CA named `ca_name`, and a certificate for `host` signed by it: (the
+/// CA's PEM, the certificate, its key). For servers with a private CA.
+pub fn private_ca_and_leaf(
+    ca_name: &str,
+    host: &str,
+) -> (String, rcgen::Certificate, rcgen::KeyPair) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, ca_name);
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec![host.into()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca_pem, leaf, key)
+}
