@@ -291,14 +291,14 @@ impl Agent {
             }
             if !ended_badly {
                 // Written before, and the outcome's report did not get
-                // through: which outcome is not known (a first delivery
-                // that failed leaves its files too), so check again.
+                // through: which outcome is not known (the agent may have
+                // stopped before reloading; a first delivery that failed
+                // leaves its files too), so settle it again.
                 let validate: Option<Endpoint> =
                     serde_json::from_value(item["validate"].clone()).ok();
-                let outcome = match self.check(validate.as_ref(), &wanted).await {
-                    Ok(()) => Outcome::Validated,
-                    Err(why) => Outcome::Failed(format!("the files are in place but {why}")),
-                };
+                let outcome = self
+                    .settle(&id, &serial, &dir, validate.as_ref(), &wanted)
+                    .await;
                 let served = matches!(outcome, Outcome::Validated);
                 return self.report(&id, &serial, outcome).await.is_ok() && served;
             }
@@ -348,52 +348,87 @@ impl Agent {
         let serial = bundle["serial"].as_str().unwrap_or(serial).to_string();
         let outcome = |o: Outcome| Ok((serial.clone(), o));
         let (leaf, issuers) = certs::split_chain(chain);
-        let files = [
-            FileSpec {
-                name: "cert.pem",
-                contents: leaf.as_bytes(),
-                mode: self.config.cert_mode,
-            },
-            FileSpec {
-                name: "chain.pem",
-                contents: issuers.as_bytes(),
-                mode: self.config.cert_mode,
-            },
-            FileSpec {
-                name: "fullchain.pem",
-                contents: chain.as_bytes(),
-                mode: self.config.cert_mode,
-            },
-            FileSpec {
-                name: "key.pem",
-                contents: key.as_bytes(),
-                mode: self.config.key_mode,
-            },
-        ];
-        let owner = Owner {
-            uid: self.config.uid,
-            gid: self.config.gid,
-        };
+        let files = self.file_set(
+            leaf.as_bytes(),
+            issuers.as_bytes(),
+            chain.as_bytes(),
+            key.as_bytes(),
+        );
         if let Err(e) =
-            std::fs::create_dir_all(dir).and_then(|()| files::install(dir, &files, owner))
+            std::fs::create_dir_all(dir).and_then(|()| files::install(dir, &files, self.owner()))
         {
             return outcome(Outcome::Failed(format!("writing {}: {e}", dir.display())));
         }
         tracing::info!(certificate = %id, serial = %serial, directory = %dir.display(), "certificate files written");
+        outcome(self.settle(id, &serial, dir, validate, fingerprint).await)
+    }
+
+    /// The four files with their configured modes.
+    fn file_set<'a>(
+        &self,
+        leaf: &'a [u8],
+        issuers: &'a [u8],
+        chain: &'a [u8],
+        key: &'a [u8],
+    ) -> [FileSpec<'a>; 4] {
+        let (cert_mode, key_mode) = (self.config.cert_mode, self.config.key_mode);
+        [
+            FileSpec {
+                name: "cert.pem",
+                contents: leaf,
+                mode: cert_mode,
+            },
+            FileSpec {
+                name: "chain.pem",
+                contents: issuers,
+                mode: cert_mode,
+            },
+            FileSpec {
+                name: "fullchain.pem",
+                contents: chain,
+                mode: cert_mode,
+            },
+            FileSpec {
+                name: "key.pem",
+                contents: key,
+                mode: key_mode,
+            },
+        ]
+    }
+
+    fn owner(&self) -> Owner {
+        Owner {
+            uid: self.config.uid,
+            gid: self.config.gid,
+        }
+    }
+
+    /// Once new files are in `dir`: reloads and checks that `fingerprint`
+    /// is served, and when not, puts the previous set back and reloads.
+    async fn settle(
+        &self,
+        id: &str,
+        serial: &str,
+        dir: &Path,
+        validate: Option<&Endpoint>,
+        fingerprint: &str,
+    ) -> Outcome {
         let checked = match self.reload() {
             Err(e) => Err(e),
             Ok(()) => self.check(validate, fingerprint).await,
         };
         let Err(why) = checked else {
-            return outcome(Outcome::Validated);
+            return Outcome::Validated;
         };
         tracing::warn!(certificate = %id, serial = %serial, error = %why, "the new certificate is not served; putting the previous files back");
-        match files::roll_back(dir, &files, owner) {
+        // A rollback reads the kept set: only the names and modes count.
+        let kept = self.file_set(b"", b"", b"", b"");
+        match files::roll_back(dir, &kept, self.owner()) {
             Ok(()) => match self.reload() {
-                Ok(()) => outcome(Outcome::RolledBack(why)),
-                Err(e) => outcome(Outcome::Failed(format!("{why}; then, rolled back: {e}"))),
+                Ok(()) => Outcome::RolledBack(why),
+                Err(e) => Outcome::Failed(format!("{why}; then, rolled back: {e}")),
             },
-            Err(e) => outcome(Outcome::Failed(format!("{why}; and no rollback: {e}"))),
+            Err(e) => Outcome::Failed(format!("{why}; and no rollback: {e}")),
         }
     }
 

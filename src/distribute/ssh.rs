@@ -457,12 +457,14 @@ fn classify(what: &str, host: &SshHost, code: Option<i32>, stderr: &str) -> Deli
     {
         return DeliveryError::Refused(format!("{at}: the key was refused: {tail}"));
     }
-    // The host and the client agree on nothing, or the account has no SFTP:
-    // the same again next time.
+    // The host and the client agree on nothing, the account has no SFTP,
+    // or its shell prints text at login ("message too long"): the same
+    // again next time.
     if [
         "Unable to negotiate",
         "subsystem request failed",
         "command-line line",
+        "message too long",
     ]
     .iter()
     .any(|s| stderr.contains(s))
@@ -481,10 +483,15 @@ fn classify(what: &str, host: &SshHost, code: Option<i32>, stderr: &str) -> Deli
         "Network is unreachable",
         "timed out",
         "Broken pipe",
+        "closed by remote host",
+        "not responding",
         "kex_exchange_identification",
     ];
+    // An empty stderr at 255 is a link that died quietly (the keep-alive's
+    // message is below LogLevel=ERROR).
     let remote_command = what != "sftp";
-    if code == Some(255) && (!remote_command || away.iter().any(|s| stderr.contains(s))) {
+    let said_away = stderr.is_empty() || away.iter().any(|s| stderr.contains(s));
+    if code == Some(255) && (!remote_command || said_away) {
         return DeliveryError::Transient(format!("{what} to {at}: {tail}"));
     }
     DeliveryError::Refused(format!(
@@ -662,5 +669,20 @@ mod tests {
             "ssh: connect to host 10.0.0.1 port 22: Connection timed out",
         );
         assert!(reload_away.is_transient(), "{reload_away}");
+        let cut_off = classify(
+            "the reload command",
+            &host,
+            Some(255),
+            "Connection to 10.0.0.1 closed by remote host.",
+        );
+        assert!(cut_off.is_transient(), "{cut_off}");
+        assert!(classify("the reload command", &host, Some(255), "").is_transient());
+        let chatty = classify(
+            "sftp",
+            &host,
+            Some(255),
+            "Received message too long 1349281121",
+        );
+        assert!(!chatty.is_transient(), "{chatty}");
     }
 }

@@ -313,6 +313,19 @@ impl Run<'_> {
     /// once the job's attempts are spent.
     async fn retry_later(&self, reason: String) -> Result<(), HandlerError> {
         if self.job.attempt >= self.job.max_attempts {
+            // An upload cut off part-way may have left some new files
+            // beside old ones: the kept set goes back if it can.
+            let reason = match self.target.kind() {
+                distribution::TargetKind::Ssh if self.previous_kept => {
+                    match self.roll_back().await {
+                        Ok(()) => format!("{reason}; the previous files were put back"),
+                        Err(StepError::Failed(e) | StepError::Transient(e)) => {
+                            format!("{reason}; and the previous files are not back: {e}")
+                        }
+                    }
+                }
+                _ => reason,
+            };
             return self.finish(DistributionState::Failed, Some(reason)).await;
         }
         self.fenced(distributions::will_retry(

@@ -306,8 +306,8 @@ async fn the_agent_puts_a_renewal_where_nginx_serves_it_and_rolls_back_what_does
         );
     }
     // The failure's report lost (the record still says running, as the
-    // agent reported before writing): the files on disk are checked again,
-    // not taken for a success.
+    // agent reported before writing): the files on disk are settled again
+    // (reloaded, checked), not taken for a success.
     cluster
         .db
         .store()
@@ -327,7 +327,7 @@ async fn the_agent_puts_a_renewal_where_nginx_serves_it_and_rolls_back_what_does
     assert!(
         fresh_record["last_error"]
             .as_str()
-            .is_some_and(|e| e.contains("the files are in place but")),
+            .is_some_and(|e| e.contains("unreachable") && e.contains("nothing to roll back")),
         "{fresh_record}"
     );
 
