@@ -74,6 +74,10 @@ pub struct JobFigures {
 pub struct Acme {
     pub orders_opened: u64,
     pub certificates_issued: u64,
+    /// Orders recorded and not finished when the run ended: a killed
+    /// worker's, which a peer resumes once its lease runs out. Not
+    /// duplicates (one opened but never recorded is not among them).
+    pub orders_in_flight: u64,
 }
 
 #[derive(Serialize, Clone)]
@@ -138,8 +142,8 @@ impl Report {
                 .map_or("n/a".to_string(), |n| n.to_string())
         );
         out += &format!(
-            "  ACME orders opened: {}, certificates issued: {}\n",
-            self.acme.orders_opened, self.acme.certificates_issued
+            "  ACME orders opened: {}, certificates issued: {}, still under way: {}\n",
+            self.acme.orders_opened, self.acme.certificates_issued, self.acme.orders_in_flight
         );
         for t in &self.leader_takeovers {
             out += &format!(
@@ -317,10 +321,25 @@ pub async fn dead_jobs(stack: &Stack) -> u64 {
         .unwrap_or(0)
 }
 
-/// Pebble's own log: orders it created and certificates it issued.
-pub fn acme(stack: &Stack) -> Acme {
+/// Pebble's own log: orders it created and certificates it issued; and
+/// from the database, the orders still under way.
+pub async fn acme(stack: &Stack) -> Acme {
     let log = std::fs::read_to_string(&stack.pebble_log).unwrap_or_default();
+    // The open stages of domain::order::Stage::OPEN.
+    let open = [
+        "created",
+        "challenges_published",
+        "validating",
+        "finalizing",
+    ];
+    let orders_in_flight = stack
+        .mongo
+        .collection::<Document>("orders")
+        .count_documents(doc! { "stage": { "$in": open.to_vec() } })
+        .await
+        .unwrap_or(0);
     Acme {
+        orders_in_flight,
         orders_opened: log.lines().filter(|l| l.contains("Added order")).count() as u64,
         certificates_issued: log
             .lines()
