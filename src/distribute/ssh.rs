@@ -157,6 +157,8 @@ pub struct Upload<'a> {
 pub struct SshClient {
     work: tempfile::TempDir,
     address: IpAddr,
+    /// What verifies the pinned key's type (`HostKeyAlgorithms`).
+    host_key_algorithms: &'static str,
     host: SshHost,
     timeout: Duration,
 }
@@ -179,8 +181,12 @@ impl SshClient {
             .first()
             .map(|a| a.ip())
             .ok_or_else(|| DeliveryError::Transient(format!("{}: no address", host.host)))?;
-        parse_host_key(&host.host_key)
+        let (kind, _) = parse_host_key(&host.host_key)
             .map_err(|e| DeliveryError::Refused(format!("the pinned host key: {e}")))?;
+        let host_key_algorithms = HOST_KEY_TYPES
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or("ssh-ed25519", |(_, algorithms)| *algorithms);
         let work = tempfile::Builder::new()
             .prefix("certautopilot-ssh-")
             .tempdir()
@@ -200,6 +206,7 @@ impl SshClient {
         Ok(SshClient {
             work,
             address,
+            host_key_algorithms,
             host: host.clone(),
             timeout,
         })
@@ -345,16 +352,7 @@ impl SshClient {
     /// environment, the pinned key only, the judged address, no prompts.
     fn options(&self) -> Vec<String> {
         let file = |name: &str| self.work.path().join(name).display().to_string();
-        let (_, algorithms) = HOST_KEY_TYPES
-            .iter()
-            .find(|(k, _)| {
-                self.host
-                    .host_key
-                    .trim_start()
-                    .starts_with(&format!("{k} "))
-            })
-            .copied()
-            .unwrap_or(("", "ssh-ed25519"));
+        let algorithms = self.host_key_algorithms;
         let mut args = vec!["-F".to_string(), "/dev/null".to_string()];
         for option in [
             format!("Hostname={}", self.address),
