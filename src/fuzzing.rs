@@ -54,7 +54,8 @@ pub fn snapshot(bytes: &[u8]) {
 /// The API's JSON bodies, parsed and checked as the handlers do before
 /// touching the database.
 pub fn api_body(bytes: &[u8]) {
-    use crate::http::api::{certificates, issuers, projects, tokens, validate};
+    use crate::domain::validate;
+    use crate::http::api::{certificates, issuers, projects, tokens};
     let Some((&kind, body)) = bytes.split_first() else {
         return;
     };

@@ -18,6 +18,7 @@
 //! | [`acme`] | the ACME client and the calls behind each order step, with its own error type; DNS-01 over RFC 2136, ARI, revocation |
 //! | [`distribute`] | delivering certificates to their targets: atomic certificate files with the previous set kept, the signed webhook POST |
 //! | [`notify`] | notification channels: email over SMTP (STARTTLS, authentication) |
+//! | [`services`] | use cases, one module each, called alike by handlers, commands and jobs: the key-release door |
 //! | [`work`] | one module per job kind, the registry that names them all, the leader's scans, ACME errors as job outcomes |
 //! | [`actors`] | ClaimActor, LeaseActor, SchedulerActor, OrderActor (owns the order state machine), KekRotationActor, SiemActor, readiness, supervision |
 //! | [`http`] | `/healthz`, `/readyz`, `/metrics`, the HTTP-01 responder, the `/v1` API and the metrics adapter's `external.metrics.k8s.io` |
@@ -42,5 +43,6 @@ pub mod net;
 pub mod notify;
 pub mod observe;
 pub mod queue;
+pub mod services;
 pub mod store;
 pub mod work;

@@ -662,6 +662,7 @@ mod tests {
             has_ari_window,
             issued_fingerprints: vec![],
             target_ids: vec![],
+            targets_mac: None,
         }
     }
 

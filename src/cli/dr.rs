@@ -29,9 +29,9 @@ use super::{operator, Failure};
 use crate::audit::{self, Audit, Event};
 use crate::backup::{self, format::Manifest};
 use crate::crypto::kek::{self, check, KekConfig, KekProvider};
-use crate::crypto::reseal::Reseal;
 use crate::crypto::secrets::Secrets;
 use crate::queue::jobs::JobQueue;
+use crate::services::migration::KekWork;
 use crate::store::schema::{self, KekMigrations};
 use crate::store::{short, Store};
 
@@ -500,7 +500,7 @@ async fn supply_kek(
 }
 
 async fn migrate(store: &Store, kek: Arc<dyn KekProvider>) -> Result<((), String), String> {
-    let reseal = Reseal {
+    let reseal = KekWork {
         secrets: Secrets::new(store.clone(), kek),
     };
     let report =

@@ -7,8 +7,8 @@ use mongodb::bson::doc;
 use super::config::CommonArgs;
 use super::{audit, connect, open_kek, operator, Failure};
 use crate::audit::Event;
-use crate::crypto::reseal::Reseal;
 use crate::crypto::secrets::Secrets;
+use crate::services::migration::KekWork;
 use crate::store::schema::{self, KekMigrations, MigrateError};
 
 pub async fn run(common: CommonArgs, force: bool) -> Result<ExitCode, Failure> {
@@ -16,7 +16,7 @@ pub async fn run(common: CommonArgs, force: bool) -> Result<ExitCode, Failure> {
     // The KEK is needed only by migrations that re-seal what earlier builds
     // stored; a fresh installation migrates without it.
     let kek = open_kek(&common);
-    let reseal = kek.as_ref().ok().map(|kek| Reseal {
+    let reseal = kek.as_ref().ok().map(|kek| KekWork {
         secrets: Secrets::new(store.clone(), kek.clone()),
     });
     let report = schema::migrate_with_kek(

@@ -110,9 +110,16 @@ impl TokenKey {
 
     /// The answers' key: derived from the token key, for that use only.
     async fn answer_key(&self) -> Result<Zeroizing<Vec<u8>>, SecretError> {
+        self.derived_key(b"certautopilot idempotent answers v1")
+            .await
+    }
+
+    /// A key for one `purpose` alone, derived from the token key (so only
+    /// KEK holders can compute it, and a restored snapshot keeps it).
+    pub async fn derived_key(&self, purpose: &[u8]) -> Result<Zeroizing<Vec<u8>>, SecretError> {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(self.key().await?).expect("HMAC takes any key length");
-        mac.update(b"certautopilot idempotent answers v1");
+        mac.update(purpose);
         Ok(Zeroizing::new(mac.finalize().into_bytes().to_vec()))
     }
 

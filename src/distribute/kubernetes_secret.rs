@@ -344,21 +344,11 @@ fn urls(cluster: &Cluster, namespace: &str, name: &str) -> Result<(Url, Url), De
 }
 
 /// A DNS-1123 label or subdomain, as Kubernetes names are: nothing that
-/// could change the request's path.
+/// could change the request's path (checked where the path is built).
 pub fn check_name(what: &str, name: &str) -> Result<(), DeliveryError> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        Err(DeliveryError::Refused(format!(
-            "{what} {name:?} is not a Kubernetes name (lower-case letters, digits, '-' and '.')"
-        )))
+    match crate::domain::target_settings::kubernetes_name_problem(name) {
+        None => Ok(()),
+        Some(problem) => Err(DeliveryError::Refused(format!("{what} {problem}"))),
     }
 }
 

@@ -27,10 +27,13 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use sha2::{Digest, Sha256};
 use tokio::process::Command;
 
 use super::http::{egress_failure, DeliveryError};
+use crate::domain::target_settings::{
+    directory_problem, host_key_problem, parse_host_key, reload_command_problem, HOST_KEY_TYPES,
+    SSH_USER_PATTERN,
+};
 use crate::net::egress::EgressPolicy;
 
 /// The files written, in the order they are replaced (the key last, so a
@@ -48,15 +51,6 @@ pub const SFTP: &str = "/usr/bin/sftp";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The name the pinned key is filed under (the host is reached by address).
 const HOST_ALIAS: &str = "certautopilot-target";
-/// The host key types taken, with the algorithms that verify each.
-const HOST_KEY_TYPES: [(&str, &str); 5] = [
-    ("ssh-ed25519", "ssh-ed25519"),
-    ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256"),
-    ("ecdsa-sha2-nistp384", "ecdsa-sha2-nistp384"),
-    ("ecdsa-sha2-nistp521", "ecdsa-sha2-nistp521"),
-    ("ssh-rsa", "rsa-sha2-512,rsa-sha2-256"),
-];
-
 /// Where an `ssh` target's files go, and as whom.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshHost {
@@ -65,41 +59,6 @@ pub struct SshHost {
     pub user: String,
     /// The host's public key as OpenSSH writes it (`ssh-ed25519 AAAA…`).
     pub host_key: String,
-}
-
-/// The host key's type and its key blob, if `line` is an OpenSSH public
-/// key of a type taken (a trailing comment is allowed).
-pub fn parse_host_key(line: &str) -> Result<(&'static str, Vec<u8>), String> {
-    let mut parts = line.split_whitespace();
-    let (Some(kind), Some(blob)) = (parts.next(), parts.next()) else {
-        return Err("expected an OpenSSH public key: \"<type> <base64>\" (as in /etc/ssh/ssh_host_ed25519_key.pub or `ssh-keyscan`)".into());
-    };
-    let Some((kind, _)) = HOST_KEY_TYPES.iter().find(|(k, _)| *k == kind) else {
-        let taken: Vec<&str> = HOST_KEY_TYPES.iter().map(|(k, _)| *k).collect();
-        return Err(format!("key type {kind:?}: expected one of {taken:?}"));
-    };
-    let bytes = BASE64
-        .decode(blob)
-        .map_err(|e| format!("the key is not base64: {e}"))?;
-    // The blob starts with its own type, as an SSH string.
-    let named = bytes
-        .get(..4)
-        .map(|n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize)
-        .and_then(|n| bytes.get(4..4 + n));
-    if named != Some(kind.as_bytes()) {
-        return Err(format!("the key blob is not a {kind} key"));
-    }
-    Ok((kind, bytes))
-}
-
-/// The fingerprint `ssh-keygen -l` prints for a public key line.
-pub fn fingerprint(line: &str) -> Option<String> {
-    let (_, blob) = parse_host_key(line).ok()?;
-    let digest = Sha256::digest(&blob);
-    Some(format!(
-        "SHA256:{}",
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
-    ))
 }
 
 /// Why `pem` is not a private key the client can use without a prompt.
@@ -181,7 +140,18 @@ impl SshClient {
             .first()
             .map(|a| a.ip())
             .ok_or_else(|| DeliveryError::Transient(format!("{}: no address", host.host)))?;
-        let (kind, _) = parse_host_key(&host.host_key)
+        if let Some(problem) = host_key_problem(&host.host_key) {
+            return Err(DeliveryError::Refused(format!(
+                "the pinned host key {problem}"
+            )));
+        }
+        if !crate::domain::validate::matches(SSH_USER_PATTERN, &host.user) {
+            return Err(DeliveryError::Refused(format!(
+                "the user {:?} is not a user name",
+                host.user
+            )));
+        }
+        let (kind, blob) = parse_host_key(&host.host_key)
             .map_err(|e| DeliveryError::Refused(format!("the pinned host key: {e}")))?;
         let host_key_algorithms = HOST_KEY_TYPES
             .iter()
@@ -197,9 +167,10 @@ impl SshClient {
         }
         write_private(&work.path().join("identity"), &key).map_err(refused)?;
         zeroize::Zeroize::zeroize(&mut key);
+        // Written from the parsed key, not the stored text: one line, one key.
         std::fs::write(
             work.path().join("known_hosts"),
-            format!("{HOST_ALIAS} {}\n", host.host_key.trim()),
+            format!("{HOST_ALIAS} {kind} {}\n", BASE64.encode(&blob)),
         )
         .map_err(refused)?;
         std::fs::create_dir(work.path().join("upload")).map_err(refused)?;
@@ -215,12 +186,13 @@ impl SshClient {
     /// Keeps the live set as `*.previous` (hard links), replacing an older
     /// kept set; a file not there yet keeps nothing.
     pub async fn keep_previous(&self, dir: &str) -> Result<(), DeliveryError> {
-        let mut batch = String::new();
+        let mut batch = Batch::default();
         for name in FILE_NAMES {
             let live = format!("{dir}/{name}");
             let kept = format!("{live}{PREVIOUS_SUFFIX}");
             // `-`: go on when it fails (nothing kept yet, nothing live yet).
-            batch.push_str(&format!("-rm {kept}\n-ln {live} {kept}\n"));
+            batch.line("-rm", &[&kept])?;
+            batch.line("-ln", &[&live, &kept])?;
         }
         self.sftp(&batch).await.map(|_| ())
     }
@@ -236,7 +208,8 @@ impl SshClient {
         reload: Option<&str>,
     ) -> Result<(), DeliveryError> {
         let upload = self.work.path().join("upload");
-        let mut batch = format!("-mkdir {dir}\n");
+        let mut batch = Batch::default();
+        batch.line("-mkdir", &[dir])?;
         for file in files {
             let local = upload.join(file.name);
             write_private(&local, file.contents)
@@ -247,16 +220,17 @@ impl SshClient {
                 CERT_MODE
             };
             let staged = format!("{dir}/.{}.certautopilot-new", file.name);
-            batch.push_str(&format!(
-                "put {} {staged}\nchmod {mode} {staged}\n",
-                local.display()
-            ));
+            batch.line("put", &[&local.display().to_string(), &staged])?;
+            batch.mode(mode, &staged)?;
         }
         for file in files {
-            batch.push_str(&format!(
-                "rename {dir}/.{name}.certautopilot-new {dir}/{name}\n",
-                name = file.name
-            ));
+            batch.line(
+                "rename",
+                &[
+                    &format!("{dir}/.{}.certautopilot-new", file.name),
+                    &format!("{dir}/{}", file.name),
+                ],
+            )?;
         }
         let sent = self.sftp(&batch).await;
         for file in files {
@@ -295,7 +269,9 @@ impl SshClient {
     /// nothing, when any kept file is missing (a first delivery has
     /// nothing to put back).
     pub async fn roll_back(&self, dir: &str, reload: Option<&str>) -> Result<(), DeliveryError> {
-        let listed = self.sftp(&format!("ls -1a {dir}\n")).await?;
+        let mut listing = Batch::default();
+        listing.line("ls -1a", &[dir])?;
+        let listed = self.sftp(&listing).await?;
         let present: Vec<&str> = listed
             .lines()
             .map(|l| l.trim().rsplit('/').next().unwrap_or_default())
@@ -309,12 +285,13 @@ impl SshClient {
                 "nothing to roll back to: {dir}/{missing} is missing"
             )));
         }
-        let mut batch = String::new();
+        let mut batch = Batch::default();
         for name in FILE_NAMES {
             let restored = format!("{dir}/.{name}.certautopilot-old");
-            batch.push_str(&format!(
-                "-rm {restored}\nln {dir}/{name}{PREVIOUS_SUFFIX} {restored}\nrename {restored} {dir}/{name}\n"
-            ));
+            let live = format!("{dir}/{name}");
+            batch.line("-rm", &[&restored])?;
+            batch.line("ln", &[&format!("{live}{PREVIOUS_SUFFIX}"), &restored])?;
+            batch.line("rename", &[&restored, &live])?;
         }
         self.sftp(&batch).await?;
         self.reload(reload).await
@@ -324,6 +301,14 @@ impl SshClient {
         let Some(command) = command else {
             return Ok(());
         };
+        // One argument to ssh, run by the login shell of the target's own
+        // account on its own host: checked again here so that a command
+        // the database supplies cannot carry a second line.
+        if let Some(problem) = reload_command_problem(command) {
+            return Err(DeliveryError::Refused(format!(
+                "the reload command {problem}"
+            )));
+        }
         let mut ssh = Command::new(SSH);
         ssh.args(self.options())
             .arg(HOST_ALIAS)
@@ -333,9 +318,9 @@ impl SshClient {
     }
 
     /// Runs `batch` in `sftp -b`; answers what it printed.
-    async fn sftp(&self, batch: &str) -> Result<String, DeliveryError> {
+    async fn sftp(&self, batch: &Batch) -> Result<String, DeliveryError> {
         let path = self.work.path().join("batch");
-        std::fs::write(&path, batch)
+        std::fs::write(&path, &batch.0)
             .map_err(|e| DeliveryError::Transient(format!("local files: {e}")))?;
         let mut sftp = Command::new(SFTP);
         // Not -q: it would silence why a connection was refused too.
@@ -498,6 +483,45 @@ fn classify(what: &str, host: &SshHost, code: Option<i32>, stderr: &str) -> Deli
     ))
 }
 
+/// An `sftp -b` batch, built one command at a time from checked
+/// arguments, never from free text.
+///
+/// OpenSSH's `sftp` reads a batch line by line, splitting each on
+/// whitespace and honouring quotes, backslashes, globs, `#` comments and
+/// `!` shell escapes. Every argument here is a path we compose (the
+/// target's directory, the certificate's id, fixed file names, our own
+/// temporary directory), so each is required to be an absolute path of
+/// letters, digits and `._/@+-` only, and is written double-quoted: nothing
+/// in it can end the line, start a comment or a shell escape, or expand.
+/// An argument outside that set is refused rather than escaped. (An SFTP
+/// library would avoid the batch altogether, but the maintained Rust one
+/// brings its own SSH stack: docs/supply-chain.md.)
+#[derive(Default)]
+struct Batch(String);
+
+impl Batch {
+    /// Appends `command` (one of ours: `put`, `-rm`, …) with `args`.
+    fn line(&mut self, command: &str, args: &[&str]) -> Result<(), DeliveryError> {
+        self.0.push_str(command);
+        for arg in args {
+            if let Some(problem) = directory_problem(arg) {
+                return Err(DeliveryError::Refused(format!(
+                    "the path {arg:?} {problem}: not sent to sftp"
+                )));
+            }
+            self.0.push_str(&format!(" \"{arg}\""));
+        }
+        self.0.push('\n');
+        Ok(())
+    }
+
+    /// `chmod <mode> <path>`: the mode is one of ours, in octal.
+    fn mode(&mut self, mode: &str, path: &str) -> Result<(), DeliveryError> {
+        debug_assert!(mode.bytes().all(|b| (b'0'..=b'7').contains(&b)));
+        self.line(&format!("chmod {mode}"), &[path])
+    }
+}
+
 /// Writes `contents` to a new file only its owner can read.
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
@@ -515,52 +539,12 @@ pub fn certificate_dir(base: &str, certificate_id: &str) -> String {
     format!("{}/{certificate_id}", base.trim_end_matches('/'))
 }
 
-/// A path the SFTP batch and the remote shell read as written: absolute,
-/// and only letters, digits and `._/@+-` (no quoting is ever needed).
-pub fn directory_problem(dir: &str) -> Option<String> {
-    if !dir.starts_with('/') {
-        return Some("must be an absolute path".into());
-    }
-    if dir.len() > 1024 {
-        return Some("is longer than 1024 characters".into());
-    }
-    if !dir
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"._/@+-".contains(&b))
-    {
-        return Some("may hold only letters, digits and ._/@+-".into());
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const ED25519: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPNVuX+imp58Tmi8TOMHWdBamWSZB+EPgi033VJry3Og";
-
-    #[test]
-    fn a_host_key_is_taken_by_type_and_blob_and_fingerprinted_as_ssh_keygen_does() {
-        let (kind, blob) = parse_host_key(&format!("{ED25519} root@host")).unwrap();
-        assert_eq!(kind, "ssh-ed25519");
-        assert_eq!(blob.len(), 51);
-        // What `ssh-keygen -lf` printed for that key.
-        assert_eq!(
-            fingerprint(ED25519).unwrap(),
-            "SHA256:nbFO3eNxi+YKqp/Qo1S6aoid8PxwkNd3uDLMNmKrSJo"
-        );
-        for bad in [
-            "",
-            "ssh-ed25519",
-            "ssh-dss AAAAB3NzaC1kc3MAAACBAP",
-            "ssh-ed25519 !!!",
-            // An RSA blob filed as ed25519.
-            "ssh-ed25519 AAAAB3NzaC1yc2EAAAADAQABAAABAQ==",
-        ] {
-            assert!(parse_host_key(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn a_private_key_with_a_passphrase_or_no_armor_is_refused() {
@@ -597,17 +581,33 @@ mod tests {
     }
 
     #[test]
-    fn directories_need_no_quoting() {
-        assert_eq!(directory_problem("/etc/nginx/certautopilot"), None);
+    fn a_batch_takes_only_absolute_paths_that_need_no_quoting() {
+        let mut batch = Batch::default();
+        batch
+            .line(
+                "put",
+                &[
+                    "/tmp/x/upload/key.pem",
+                    "/srv/certs/crt_1/.key.pem.certautopilot-new",
+                ],
+            )
+            .unwrap();
+        batch.mode("600", "/srv/certs/crt_1/key.pem").unwrap();
+        assert_eq!(
+            batch.0,
+            "put \"/tmp/x/upload/key.pem\" \"/srv/certs/crt_1/.key.pem.certautopilot-new\"\nchmod 600 \"/srv/certs/crt_1/key.pem\"\n"
+        );
         for bad in [
-            "etc/x",
-            "/etc/x y",
-            "/etc/'x'",
-            "/etc/$(id)",
-            "/etc/x\n",
-            "/etc/*",
+            "/srv/certs\n!cp /kek /tmp",
+            "/srv/\"x",
+            "/srv/x y",
+            "relative",
+            "-P",
+            "/srv/*",
+            "/srv/#x",
+            "/srv/../etc",
         ] {
-            assert!(directory_problem(bad).is_some(), "{bad:?}");
+            assert!(Batch::default().line("-rm", &[bad]).is_err(), "{bad:?}");
         }
         assert_eq!(certificate_dir("/srv/certs/", "crt_1"), "/srv/certs/crt_1");
     }

@@ -100,6 +100,8 @@ pub struct Certificate {
     pub issued_fingerprints: Vec<String>,
     /// The distribution targets it goes to (ids, in its project).
     pub target_ids: Vec<String>,
+    /// The binding MAC of `target_ids` ([`crate::crypto::binding`]).
+    pub targets_mac: Option<String>,
 }
 
 impl Certificate {

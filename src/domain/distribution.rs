@@ -56,7 +56,11 @@ impl TargetKind {
 }
 
 /// A project's distribution target, as the workers use it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Serialized, it is the text its binding MAC is computed over
+/// ([`crate::crypto::binding`]): a field added later must be skipped when
+/// empty, or every stored MAC stops verifying.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Target {
     pub id: String,
     pub project_id: String,
@@ -65,22 +69,28 @@ pub struct Target {
     /// Where the delivered certificate must then be served (the
     /// `validate` step); `None` counts an executed delivery as validated.
     pub validate: Option<Endpoint>,
+    /// Why nothing is delivered to it until a project admin confirms it
+    /// (`POST …/targets/{id}/confirm`): set by migration 17 on targets that
+    /// receive keys and were not made by an admin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<String>,
 }
 
 impl Target {
     pub fn kind(&self) -> TargetKind {
-        match self.delivery {
-            Delivery::Agent => TargetKind::Agent,
-            Delivery::Ssh { .. } => TargetKind::Ssh,
-            Delivery::KubernetesSecret { .. } => TargetKind::KubernetesSecret,
-            Delivery::Webhook { .. } => TargetKind::Webhook,
-        }
+        self.delivery.kind()
+    }
+
+    /// Whether a delivery to it sends the certificate's private key.
+    pub fn receives_keys(&self) -> bool {
+        self.delivery.receives_keys()
     }
 }
 
 /// How a target is reached, with its kind's settings. Credentials are not
 /// here: they are sealed secrets ([`crate::crypto::secrets::SecretRef::target_credential`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Delivery {
     Agent,
     Ssh {
@@ -108,6 +118,30 @@ pub enum Delivery {
         /// Send the private key too.
         include_key: bool,
     },
+}
+
+impl Delivery {
+    pub fn kind(&self) -> TargetKind {
+        match self {
+            Delivery::Agent => TargetKind::Agent,
+            Delivery::Ssh { .. } => TargetKind::Ssh,
+            Delivery::KubernetesSecret { .. } => TargetKind::KubernetesSecret,
+            Delivery::Webhook { .. } => TargetKind::Webhook,
+        }
+    }
+
+    /// Whether a delivery sends the private key: every kind but a webhook
+    /// without `include_key` (an agent fetches it with the chain). Making
+    /// or naming such a target is a project admin's decision.
+    pub fn receives_keys(&self) -> bool {
+        !matches!(
+            self,
+            Delivery::Webhook {
+                include_key: false,
+                ..
+            }
+        )
+    }
 }
 
 /// Where one (certificate, target) stands, as the API shows it.

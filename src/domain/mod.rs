@@ -10,7 +10,10 @@
 //! - [`backoff`] — exponential back-off with jitter, shared by every retry.
 //! - [`certs`] — certificate keys, CSRs, reading issued chains.
 //! - [`distribution`] — target kinds, a delivery's steps and states, its job key.
+//! - [`target_settings`] — the rules a target's settings obey, checked by the API and again by workers.
+//! - [`roles`] — the roles a token holds on a project, and which of them may release keys.
 //! - [`notifications`] — events, severities, routes, quiet hours and deduplication keys.
+//! - [`validate`] — input rules, each failure a field-level reason (the API and the workers check alike).
 //! - [`autoscale`] — the worker count an HPA asks for from the queue depth.
 
 pub mod autoscale;
@@ -25,4 +28,7 @@ pub mod jobs;
 pub mod notifications;
 pub mod order;
 pub mod renewal;
+pub mod roles;
+pub mod target_settings;
+pub mod validate;
 pub mod whole_number;

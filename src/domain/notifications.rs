@@ -335,8 +335,10 @@ impl Channel {
     }
 }
 
-/// How a channel delivers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a channel delivers. Serialized, it is part of the text the
+/// channel's binding MAC covers ([`crate::crypto::binding`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ChannelDelivery {
     /// A signed POST of the JSON message (the secret is sealed).
     Webhook {
@@ -358,7 +360,7 @@ impl ChannelDelivery {
 }
 
 /// Where and as whom an email channel sends (the password is sealed).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EmailSettings {
     pub host: String,
     pub port: u16,

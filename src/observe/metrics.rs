@@ -68,6 +68,9 @@ pub struct Metrics {
     /// Finished deliveries by target kind and outcome (validated,
     /// rolled_back, failed), counted by workers.
     pub distributions_total: IntCounterVec,
+    /// Stored records a worker refused because their binding MAC did not
+    /// verify (edited in the database without the KEK), by record kind.
+    pub binding_refusals_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -231,6 +234,14 @@ impl Metrics {
             &["kind", "outcome"],
         )
         .unwrap();
+        let binding_refusals_total = IntCounterVec::new(
+            Opts::new(
+                "certautopilot_binding_refusals_total",
+                "Stored records refused by a worker because their binding MAC did not verify (target, channel, certificate_targets)",
+            ),
+            &["record"],
+        )
+        .unwrap();
         let certificate_renewal_due = IntGaugeVec::new(
             Opts::new(
                 "certautopilot_certificate_renewal_due_timestamp_seconds",
@@ -283,6 +294,7 @@ impl Metrics {
             Box::new(certificate_consecutive_failures.clone()),
             Box::new(certificates_by_drift.clone()),
             Box::new(distributions_total.clone()),
+            Box::new(binding_refusals_total.clone()),
         ] {
             registry.register(c).unwrap();
         }
@@ -314,6 +326,7 @@ impl Metrics {
             certificate_renewal_due,
             certificate_consecutive_failures,
             certificates_by_drift,
+            binding_refusals_total,
             distributions_total,
         })
     }

@@ -100,8 +100,12 @@ pub fn parse(d: &Document) -> Certificate {
         has_ari_window: matches!(d.get("ari"), Some(Bson::Document(_))),
         issued_fingerprints: strings(d, "issued_fingerprints"),
         target_ids: targets(d).into_iter().map(|(id, _)| id).collect(),
+        targets_mac: d.get_str(TARGETS_MAC).ok().map(str::to_string),
     }
 }
+
+/// The field holding the binding MAC of a certificate's targets.
+pub const TARGETS_MAC: &str = "targets_mac";
 
 /// The targets a certificate goes to, as (id, name).
 pub fn targets(d: &Document) -> Vec<(String, String)> {
@@ -116,6 +120,31 @@ pub fn targets(d: &Document) -> Vec<(String, String)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Every certificate that names targets, with its project (migration 17
+/// binds their lists).
+pub async fn with_targets(store: &Store) -> Result<Vec<Document>, MongoError> {
+    store
+        .collection(CERTIFICATES)
+        .find(doc! { "targets": { "$exists": true, "$ne": [] } })
+        .projection(doc! { "_id": 1, "project_id": 1, "targets": 1, TARGETS_MAC: 1 })
+        .await?
+        .try_collect()
+        .await
+}
+
+/// Stores the binding MAC of certificate `id`'s targets as they are
+/// (migration 17).
+pub async fn bind_targets(store: &Store, id: &str, targets_mac: &str) -> Result<(), MongoError> {
+    store
+        .collection(CERTIFICATES)
+        .update_one(
+            doc! { "_id": id },
+            doc! { "$set": { TARGETS_MAC: targets_mac } },
+        )
+        .await?;
+    Ok(())
 }
 
 fn target_documents(targets: &[(String, String)]) -> Vec<Document> {
@@ -157,6 +186,8 @@ pub struct NewCertificate<'a> {
     pub endpoints: &'a [Endpoint],
     /// Distribution targets, as (id, name).
     pub targets: &'a [(String, String)],
+    /// Their binding MAC ([`crate::crypto::binding`]).
+    pub targets_mac: &'a str,
 }
 
 /// Stores a new certificate at `now`, `pending` with its first issue
@@ -180,6 +211,7 @@ pub async fn insert(
         "replace_on_revoke": new.replace_on_revoke,
         "endpoints": endpoint_documents(new.endpoints),
         "targets": target_documents(new.targets),
+        TARGETS_MAC: new.targets_mac,
         "created_at": now,
     };
     if !new.endpoints.is_empty() {
@@ -271,6 +303,7 @@ pub async fn set_targets(
     project_id: &str,
     id: &str,
     targets: &[(String, String)],
+    targets_mac: &str,
     now: DateTime,
 ) -> Result<Option<Document>, MongoError> {
     store
@@ -278,7 +311,11 @@ pub async fn set_targets(
         .find_one_and_update(
             doc! { "_id": id, "project_id": project_id },
             doc! {
-                "$set": { "targets": target_documents(targets), DISTRIBUTE_NEXT_AT: now },
+                "$set": {
+                    "targets": target_documents(targets),
+                    TARGETS_MAC: targets_mac,
+                    DISTRIBUTE_NEXT_AT: now,
+                },
                 "$currentDate": { "updated_at": true },
             },
         )

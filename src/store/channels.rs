@@ -71,6 +71,34 @@ pub async fn delete(store: &Store, project_id: Option<&str>, id: &str) -> Result
     Ok(found.deleted_count == 1)
 }
 
+/// The MAC a channel was stored with, if any.
+pub fn binding_mac(d: &Document) -> Option<&str> {
+    d.get_str(super::BINDING_MAC).ok()
+}
+
+/// Every channel, of every project and the installation's (migration 17
+/// binds them).
+pub async fn all(store: &Store) -> Result<Vec<Document>, MongoError> {
+    store
+        .collection(CHANNELS)
+        .find(doc! {})
+        .await?
+        .try_collect()
+        .await
+}
+
+/// Stores channel `id`'s binding MAC (migration 17).
+pub async fn bind(store: &Store, id: &str, mac: &str) -> Result<(), MongoError> {
+    store
+        .collection(CHANNELS)
+        .update_one(
+            doc! { "_id": id },
+            doc! { "$set": { super::BINDING_MAC: mac } },
+        )
+        .await?;
+    Ok(())
+}
+
 /// A channel document as senders use it; `Err` names what is wrong.
 pub fn parse(d: &Document) -> Result<Channel, String> {
     let s = |f: &str| d.get_str(f).unwrap_or_default().to_string();

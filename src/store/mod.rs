@@ -51,6 +51,9 @@ use crate::domain::backoff::Backoff;
 use crate::store::clock::{LocalClock, ServerClock};
 
 pub const DEFAULT_DATABASE: &str = "certautopilot";
+/// The field of a target or channel holding its binding MAC
+/// ([`crate::crypto::binding`]).
+pub const BINDING_MAC: &str = "binding_mac";
 /// The shortest wait for a primary, whatever the election window: a new
 /// client needs a moment to find the primary at all.
 const MIN_SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(3);

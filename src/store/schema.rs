@@ -263,6 +263,19 @@ const MIGRATIONS: &[Migration] = &[
         needs_kek: false,
         contract: false,
     },
+    Migration {
+        version: 17,
+        name: "target and channel settings and certificates' target lists bound to their owners; targets that receive keys and were not made by an admin disabled until an admin confirms them",
+        collections: &[],
+        indexes: Vec::new,
+        data: None,
+        needs_kek: true,
+        // Additive, so upgrades stay rolling: the previous release's pods
+        // run on against it (they neither bind nor verify). What their api
+        // pods write while the upgrade rolls is unbound, refused by the new
+        // workers, and listed by any later `migrate` (README: Distribution).
+        contract: false,
+    },
 ];
 
 fn v16_indexes() -> Vec<(&'static str, IndexModel)> {
@@ -654,7 +667,7 @@ pub async fn migrate_with_kek(
                         detail,
                     })?,
                 None => {
-                    let pending = kek_work_pending(store).await?;
+                    let pending = kek_work_pending(store, m.version).await?;
                     if pending > 0 {
                         return Err(MigrateError::NeedsKek {
                             version: m.version,
@@ -674,12 +687,30 @@ pub async fn migrate_with_kek(
     })
 }
 
-/// Records migration 12 must re-seal or rekey: secrets sealed under their
-/// id alone, tokens keyed by a plain hash, EAB keys in the clear.
-async fn kek_work_pending(store: &Store) -> Result<usize, MongoError> {
-    Ok(super::keys::unbound(store).await?.len()
-        + super::tokens::legacy(store).await?.len()
-        + super::issuers::clear_eab_keys(store).await?.len())
+/// Records migration `version` must handle with the KEK: for 12, secrets
+/// sealed under their id alone, tokens keyed by a plain hash, EAB keys in
+/// the clear; for 17, unbound targets, channels and target lists.
+async fn kek_work_pending(store: &Store, version: i64) -> Result<usize, MongoError> {
+    match version {
+        12 => Ok(super::keys::unbound(store).await?.len()
+            + super::tokens::legacy(store).await?.len()
+            + super::issuers::clear_eab_keys(store).await?.len()),
+        // Anything stored by earlier builds: a fresh installation has none.
+        17 => {
+            let unbound = |docs: Vec<Document>, field: &str| {
+                docs.iter().filter(|d| !d.contains_key(field)).count()
+            };
+            Ok(
+                unbound(super::targets::all(store).await?, super::BINDING_MAC)
+                    + unbound(super::channels::all(store).await?, super::BINDING_MAC)
+                    + unbound(
+                        super::certificates::with_targets(store).await?,
+                        super::certificates::TARGETS_MAC,
+                    ),
+            )
+        }
+        _ => Ok(0),
+    }
 }
 
 /// Live instances that know a schema older than `version` (records from
@@ -785,7 +816,7 @@ pub enum MigrateError {
     },
     #[error("database error: {}", crate::store::short(.0))]
     Db(#[from] MongoError),
-    #[error("migration {version} must re-seal {pending} secret(s) and token(s) under the KEK: run `certautopilot migrate` with the KEK configured (CAP_KEK_PROVIDER and its settings)")]
+    #[error("migration {version} must re-seal or bind {pending} record(s) of earlier builds under the KEK: run `certautopilot migrate` with the KEK configured (CAP_KEK_PROVIDER and its settings)")]
     NeedsKek { version: i64, pending: usize },
     #[error("migration {version}: {detail}")]
     Kek { version: i64, detail: String },

@@ -5,11 +5,13 @@ use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
 use mongodb::error::Error as MongoError;
 
-use super::Store;
+use super::{Store, BINDING_MAC};
 use crate::domain::distribution::{Delivery, Target, TargetKind};
 use crate::domain::drift::Endpoint;
 
 pub const TARGETS: &str = "distribution_targets";
+/// Why a target receives nothing until an admin confirms it.
+pub const DISABLED: &str = "disabled";
 
 /// The stored document of target `id` of `project_id`.
 pub async fn in_project(
@@ -46,6 +48,14 @@ pub async fn page(
 ) -> Result<(Vec<Document>, Option<String>), MongoError> {
     store
         .page(TARGETS, doc! { "project_id": project_id }, after, limit)
+        .await
+}
+
+/// How many targets `project_id` holds.
+pub async fn count_in_project(store: &Store, project_id: &str) -> Result<u64, MongoError> {
+    store
+        .collection(TARGETS)
+        .count_documents(doc! { "project_id": project_id })
         .await
 }
 
@@ -113,5 +123,96 @@ pub fn parse(d: &Document) -> Result<Target, String> {
         name: s("name"),
         delivery,
         validate,
+        disabled: d.get_str(DISABLED).ok().map(str::to_string),
     })
+}
+
+/// The stored form of `target` (the inverse of [`parse`]): the one place
+/// its field names are written.
+pub fn document(target: &Target) -> Document {
+    let settings = match &target.delivery {
+        Delivery::Agent => doc! {},
+        Delivery::Ssh {
+            host,
+            port,
+            user,
+            host_key,
+            directory,
+            reload_command,
+        } => {
+            let mut settings = doc! {
+                "host": host,
+                "port": i32::from(*port),
+                "user": user,
+                "host_key": host_key,
+                "directory": directory,
+            };
+            if let Some(command) = reload_command {
+                settings.insert("reload_command", command);
+            }
+            settings
+        }
+        Delivery::KubernetesSecret {
+            namespace,
+            secret_name,
+            include_ca,
+            kubeconfig,
+        } => doc! {
+            "namespace": namespace,
+            "secret_name": secret_name,
+            "include_ca": include_ca,
+            "kubeconfig": kubeconfig,
+        },
+        Delivery::Webhook { url, include_key } => doc! { "url": url, "include_key": include_key },
+    };
+    let mut d = doc! {
+        "_id": &target.id,
+        "project_id": &target.project_id,
+        "name": &target.name,
+        "kind": target.kind().as_str(),
+        "settings": settings,
+    };
+    if let Some(e) = &target.validate {
+        d.insert("validate", super::certificates::endpoint_document(e));
+    }
+    if let Some(why) = &target.disabled {
+        d.insert(DISABLED, why);
+    }
+    d
+}
+
+/// The MAC a target was stored with, if any.
+pub fn binding_mac(d: &Document) -> Option<&str> {
+    d.get_str(BINDING_MAC).ok()
+}
+
+/// Every target of every project (migration 17 binds them).
+pub async fn all(store: &Store) -> Result<Vec<Document>, MongoError> {
+    store
+        .collection(TARGETS)
+        .find(doc! {})
+        .await?
+        .try_collect()
+        .await
+}
+
+/// Stores `target`'s disabled state with its new MAC: migration 17 and an
+/// admin's confirmation. `None` when the target is gone.
+pub async fn set_disabled(
+    store: &Store,
+    target: &Target,
+    binding_mac: &str,
+) -> Result<Option<Document>, MongoError> {
+    let update = match &target.disabled {
+        Some(why) => doc! { "$set": { DISABLED: why, BINDING_MAC: binding_mac } },
+        None => doc! { "$set": { BINDING_MAC: binding_mac }, "$unset": { DISABLED: "" } },
+    };
+    store
+        .collection(TARGETS)
+        .find_one_and_update(
+            doc! { "_id": &target.id, "project_id": &target.project_id },
+            update,
+        )
+        .return_document(mongodb::options::ReturnDocument::After)
+        .await
 }

@@ -21,6 +21,7 @@ use zeroize::Zeroizing;
 
 use super::certificate_of;
 use crate::audit::{Audit, Event};
+use crate::crypto::binding::{BindingError, BindingKey, Bound};
 use crate::crypto::secrets::{SecretError, SecretRef, Secrets};
 use crate::distribute::http::DeliveryError;
 use crate::distribute::kubernetes_secret::{self, Cluster, TlsData};
@@ -33,12 +34,16 @@ use crate::domain::certs::split_chain;
 use crate::domain::distribution::{self, Delivery, DistributionState, Step, StepResult, Target};
 use crate::domain::jobs::{self, DistributePayload};
 use crate::domain::notifications;
+use crate::domain::target_settings;
 use crate::net::egress::EgressPolicy;
 use crate::notify::outbox::Outbox;
 use crate::observe::metrics::Metrics;
 use crate::queue::handler::{HandlerError, JobHandler};
 use crate::queue::jobs::{ClaimedJob, NewJob};
 use crate::queue::lease::{LeaseError, Leases, Term};
+use crate::services::key_release::{
+    self, Destination, KeyRelease, ReleaseError, Requester, Serial,
+};
 use crate::store::certificates::{self, DISTRIBUTE_NEXT_AT};
 use crate::store::distributions::{self, Queued};
 use crate::store::fence::FencedWrite;
@@ -51,6 +56,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Clone)]
 pub struct Distribute {
     pub secrets: Secrets,
+    /// Checks that targets and certificates' target lists are as bound.
+    pub binding: BindingKey,
+    /// The one door keys leave by.
+    pub keys: KeyRelease,
     pub metrics: Arc<Metrics>,
     /// Where targets may be reached (`CAP_EGRESS_ALLOW`).
     pub egress: EgressPolicy,
@@ -89,6 +98,16 @@ impl From<DeliveryError> for StepError {
 
 impl From<SecretError> for StepError {
     fn from(e: SecretError) -> Self {
+        if e.is_transient() {
+            StepError::Transient(e.to_string())
+        } else {
+            StepError::Failed(e.to_string())
+        }
+    }
+}
+
+impl From<ReleaseError> for StepError {
+    fn from(e: ReleaseError) -> Self {
         if e.is_transient() {
             StepError::Transient(e.to_string())
         } else {
@@ -198,6 +217,65 @@ impl Distribute {
             Ok(target) => target,
             Err(why) => return give_up(why).await,
         };
+        // Nothing a database writer changed steers the delivery: the
+        // target and the certificate's list of targets are as an API
+        // replica bound them, and every setting passes the API's rules again.
+        let bound = match self
+            .binding
+            .verify_target(&target, targets::binding_mac(&found))
+            .await
+        {
+            Ok(()) => {
+                self.binding
+                    .verify_certificate_targets(
+                        &cert.project_id,
+                        &cert.id,
+                        &cert.target_ids,
+                        cert.targets_mac.as_deref(),
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match bound {
+            Ok(()) => {}
+            Err(e) if e.is_transient() => return Err(HandlerError::Retryable(e.to_string())),
+            Err(e) => {
+                let record = match &e {
+                    BindingError::Forged { record, .. }
+                        if record.starts_with("the target list") =>
+                    {
+                        Bound::CertificateTargets
+                    }
+                    _ => Bound::Target,
+                };
+                self.metrics
+                    .binding_refusals_total
+                    .with_label_values(&[record.as_str()])
+                    .inc();
+                tracing::error!(certificate = %cert.id, target = %target.id, error = %e, "a stored record does not verify; refused");
+                return give_up(e.to_string()).await;
+            }
+        }
+        let problems = target_settings::problems(&target);
+        if !problems.is_empty() {
+            let listed: Vec<String> = problems
+                .iter()
+                .map(|p| format!("{} {}", p.field, p.reason))
+                .collect();
+            return give_up(format!(
+                "the stored target's settings break the API's rules: {}",
+                listed.join("; ")
+            ))
+            .await;
+        }
+        if let Some(why) = &target.disabled {
+            return give_up(format!(
+                "target {} receives nothing until a project admin confirms it: {why}",
+                target.name
+            ))
+            .await;
+        }
         if target.kind() == distribution::TargetKind::Agent {
             // The agent fetches and reports itself; the record waits,
             // `queued`, with the serial it is to fetch.
@@ -415,7 +493,7 @@ impl Run<'_> {
                 if !self.previous_kept {
                     self.keep_previous(&cluster, namespace, secret_name).await?;
                 }
-                let key = self.private_key().await?;
+                let key = self.private_key(Some(cluster.server.as_str())).await?;
                 let data = TlsData {
                     certificate_pem: self.current.chain_pem.clone().into_bytes(),
                     key_pem: key.to_vec(),
@@ -445,7 +523,7 @@ impl Run<'_> {
                         .await
                         .map_err(|e| StepError::Transient(e.to_string()))?;
                 }
-                let key = self.private_key().await?;
+                let key = self.private_key(None).await?;
                 let (leaf, issuers) = split_chain(&self.current.chain_pem);
                 let files = [
                     ssh::Upload {
@@ -514,7 +592,7 @@ impl Run<'_> {
             "chain_pem": &self.current.chain_pem,
         });
         let key = if include_key {
-            Some(self.private_key().await?)
+            Some(self.private_key(None).await?)
         } else {
             None
         };
@@ -629,14 +707,32 @@ impl Run<'_> {
         Ok(self.this.secrets.get(&secret).await?)
     }
 
-    /// The private key of the current serial (the order's secret).
-    async fn private_key(&self) -> Result<Zeroizing<Vec<u8>>, StepError> {
-        let secret = SecretRef::certificate_key(
-            &self.cert.project_id,
-            &self.cert.id,
-            &self.current.order_id,
-        );
-        Ok(self.this.secrets.get(&secret).await?)
+    /// The private key of the current serial, through the key-release
+    /// door: audited as sent to this target before it is opened.
+    /// `cluster_server`: a Kubernetes target's API server.
+    async fn private_key(
+        &self,
+        cluster_server: Option<&str>,
+    ) -> Result<Zeroizing<Vec<u8>>, StepError> {
+        let serial = Serial {
+            project_id: &self.cert.project_id,
+            certificate_id: &self.cert.id,
+            serial: &self.current.serial,
+            order_id: &self.current.order_id,
+        };
+        let destination = Destination::Target {
+            target: &self.target,
+            endpoint: key_release::endpoint_of(&self.target, cluster_server),
+        };
+        let requester = Requester::Job {
+            key: &self.job.key,
+            holder: &self.job.lease.holder,
+        };
+        Ok(self
+            .this
+            .keys
+            .release(&serial, &destination, &requester)
+            .await?)
     }
 
     /// The sealed kubeconfig's cluster, or the in-cluster service account.

@@ -3,14 +3,18 @@
 //! retried with back-off until its attempts are spent; then, or when it
 //! cannot be sent at all, it is kept as dead with the last error.
 
+use std::sync::Arc;
+
 use futures::future::BoxFuture;
 
+use crate::crypto::binding::{BindingKey, Bound};
 use crate::crypto::secrets::Secrets;
 use crate::domain::jobs::NotifyPayload;
 use crate::domain::notifications::Severity;
 use crate::net::egress::EgressPolicy;
 use crate::notify::message::Notification;
 use crate::notify::send::send;
+use crate::observe::metrics::Metrics;
 use crate::queue::handler::{HandlerError, JobHandler};
 use crate::queue::jobs::ClaimedJob;
 use crate::store::{channels, notifications};
@@ -18,6 +22,9 @@ use crate::store::{channels, notifications};
 #[derive(Clone)]
 pub struct Notify {
     pub secrets: Secrets,
+    /// Checks that a channel's settings are as an API replica bound them.
+    pub binding: BindingKey,
+    pub metrics: Arc<Metrics>,
     pub egress: EgressPolicy,
 }
 
@@ -44,11 +51,28 @@ impl Notify {
         let channel = channels::in_scope(&store, scope, &s("channel_id"))
             .await?
             .ok_or_else(|| "the channel no longer exists".to_string())
-            .and_then(|d| channels::parse(&d));
-        let channel = match channel {
-            Ok(channel) => channel,
+            .and_then(|d| {
+                let mac = channels::binding_mac(&d).map(str::to_string);
+                channels::parse(&d).map(|c| (c, mac))
+            });
+        let (channel, mac) = match channel {
+            Ok(found) => found,
             Err(why) => return self.dead(&job, &p.notification_id, why).await,
         };
+        // Where the message (and the channel's credential) goes is what an
+        // API replica bound, not what a database writer put there since.
+        match self.binding.verify_channel(&channel, mac.as_deref()).await {
+            Ok(()) => {}
+            Err(e) if e.is_transient() => return Err(HandlerError::Retryable(e.to_string())),
+            Err(e) => {
+                self.metrics
+                    .binding_refusals_total
+                    .with_label_values(&[Bound::Channel.as_str()])
+                    .inc();
+                tracing::error!(channel = %channel.id, error = %e, "a stored record does not verify; refused");
+                return self.dead(&job, &p.notification_id, e.to_string()).await;
+            }
+        }
         let notification = Notification {
             kind: s("kind"),
             severity: Severity::parse(&s("severity")).unwrap_or_default(),

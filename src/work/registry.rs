@@ -5,6 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::acme::Transport;
+use crate::audit::Audit;
+use crate::crypto::api_tokens::TokenKey;
+use crate::crypto::binding::BindingKey;
 use crate::crypto::kek::KekProvider;
 use crate::crypto::secrets::Secrets;
 use crate::domain::backoff::Backoff;
@@ -24,6 +27,7 @@ use super::revoke::RevokeCertificate;
 use super::scan_drift::{ScanDrift, DEFAULT_CONNECT_TIMEOUT};
 use crate::distribute::validate::Checks;
 use crate::notify::outbox::Outbox;
+use crate::services::key_release::KeyRelease;
 
 /// What the handlers share.
 pub struct WorkerDeps {
@@ -113,6 +117,11 @@ pub fn standard(deps: WorkerDeps) -> Handlers {
                 kind,
                 Distribute {
                     secrets: secrets.clone(),
+                    binding: BindingKey::new(TokenKey::new(secrets.clone())),
+                    keys: KeyRelease::new(
+                        secrets.clone(),
+                        Audit::new(store.clone()).with_metrics(deps.metrics.clone()),
+                    ),
                     metrics: deps.metrics.clone(),
                     egress: deps.transport.egress.clone(),
                     backoff: deps.issue_backoff,
@@ -124,6 +133,8 @@ pub fn standard(deps: WorkerDeps) -> Handlers {
                 kind,
                 Notify {
                     secrets: secrets.clone(),
+                    binding: BindingKey::new(TokenKey::new(secrets.clone())),
+                    metrics: deps.metrics.clone(),
                     egress: deps.transport.egress.clone(),
                 },
             ),

@@ -354,7 +354,7 @@ async fn the_agent_puts_a_renewal_where_nginx_serves_it_and_rolls_back_what_does
     // Every key read and both outcomes are in the audit log.
     let actions = api.audit_actions(&p).await;
     for action in [
-        "certificate.private_key_read",
+        "key.released",
         "distribution.validated",
         "distribution.rolled_back",
     ] {

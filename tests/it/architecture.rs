@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// The layers, lowest first. A module may import from its own layer and
 /// those before it.
-const LAYERS: [&str; 16] = [
+const LAYERS: [&str; 17] = [
     "domain",
     "observe",
     "net",
@@ -23,6 +23,7 @@ const LAYERS: [&str; 16] = [
     "acme",
     "distribute",
     "notify",
+    "services",
     "work",
     "actors",
     "http",
@@ -328,6 +329,42 @@ fn only_the_owners_of_collections_touch_them() {
 }
 
 /// The checks on a crate made to break them: they must catch it.
+/// Where a certificate's private key may be opened: where it is sealed
+/// (`crypto::secrets`), re-sealed (`crypto::reseal`, migration 12), used in
+/// process for the CSR (`actors::order`), and the key-release door
+/// (`services::key_release`), which every path that sends a key out goes
+/// through (DESIGN.md invariant 13). A new way out that opens the key
+/// itself fails here.
+#[test]
+fn a_certificate_key_is_opened_for_sending_only_by_the_key_release_door() {
+    let allowed = [
+        "crypto/secrets.rs",
+        "crypto/reseal.rs",
+        "actors/order.rs",
+        "services/key_release.rs",
+    ];
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut found = Vec::new();
+    for file in files {
+        let relative = file
+            .strip_prefix(src())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in code_lines(&text) {
+            if line.contains("certificate_key(") && !allowed.contains(&relative.as_str()) {
+                found.push(format!("{relative}:{n}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "a private key opened outside the door: {found:#?}"
+    );
+}
+
 #[test]
 fn the_checks_catch_an_upward_import_and_a_cycle() {
     let dir = tempfile::tempdir().unwrap();

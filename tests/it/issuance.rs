@@ -122,7 +122,7 @@ async fn a_certificate_declared_through_the_api_is_issued_by_pebble() {
         "issuer.created",
         "certificate.created",
         "certificate.issued",
-        "certificate.private_key_read",
+        "key.released",
         "token.created",
     ] {
         assert!(actions.iter().any(|x| x == a), "{a} audited: {actions:?}");
@@ -206,11 +206,9 @@ async fn a_private_key_is_served_only_when_its_read_is_audited() {
         )
         .await;
     let reads = || async {
-        api.get(&format!(
-            "/projects/{p}/audit?action=certificate.private_key_read"
-        ))
-        .await
-        .1["items"]
+        api.get(&format!("/projects/{p}/audit?action=key.released"))
+            .await
+            .1["items"]
             .as_array()
             .unwrap()
             .len()

@@ -15,7 +15,9 @@
 //!   OpenAPI document), `idempotency` (`Idempotency-Key` on POST),
 //!   `rate_limits` (per-token limits shared by the replicas);
 //! - a database writer without the KEK: `db_writer` (forged tokens, moved
-//!   key references, migration 12);
+//!   key references, migration 12, targets steered elsewhere, migration 17);
+//! - one door for keys: `key_release` (editors refused, one `key.released`
+//!   record for every key that leaves, by every kind);
 //! - the code's own shape: `architecture` (layers, cycles, collection owners);
 //! - backup and disaster recovery: `backup` (snapshots under writes, restore
 //!   into a fresh server, damaged files refused, `dr drill`, the SIEM witness);
@@ -62,6 +64,7 @@ mod email;
 mod fleet;
 mod idempotency;
 mod issuance;
+mod key_release;
 mod kubernetes_secret;
 mod lb;
 mod leases;

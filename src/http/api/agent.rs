@@ -11,9 +11,11 @@ use utoipa::ToSchema;
 use super::auth::Caller;
 use super::problem::{ApiResult, Problem};
 use super::{date, string, ApiState, PageQuery};
+use crate::crypto::binding::{BindingError, Bound};
 use crate::domain::distribution::{DistributionState, TargetKind};
 use crate::domain::drift::Endpoint;
 use crate::domain::notifications;
+use crate::services::key_release::{self, Destination};
 use crate::store::distributions::{self, Reported};
 use crate::store::{certificates, targets};
 
@@ -91,6 +93,11 @@ async fn agent_target(
         .await?
         .ok_or_else(|| Problem::not_found("target"))?;
     let target = targets::parse(&found).map_err(Problem::conflict)?;
+    state
+        .binding()
+        .verify_target(&target, targets::binding_mac(&found))
+        .await
+        .map_err(|e| refused_binding(state, e, Bound::Target))?;
     if target.kind() != TargetKind::Agent {
         return Err(Problem::conflict(format!(
             "target {target_id} is a {} target, not an agent's",
@@ -107,14 +114,46 @@ async fn delivered_certificate(
     target_id: &str,
     certificate_id: &str,
 ) -> ApiResult<Document> {
-    certificates::in_project(&state.store, project_id, certificate_id)
+    let found = certificates::in_project(&state.store, project_id, certificate_id)
         .await?
         .filter(|d| {
             certificates::targets(d)
                 .iter()
                 .any(|(id, _)| id == target_id)
         })
-        .ok_or_else(|| Problem::not_found("certificate"))
+        .ok_or_else(|| Problem::not_found("certificate"))?;
+    let ids: Vec<String> = certificates::targets(&found)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    state
+        .binding()
+        .verify_certificate_targets(
+            project_id,
+            certificate_id,
+            &ids,
+            found.get_str(certificates::TARGETS_MAC).ok(),
+        )
+        .await
+        .map_err(|e| refused_binding(state, e, Bound::CertificateTargets))?;
+    Ok(found)
+}
+
+/// A record that does not verify, as an answer: counted and logged, and
+/// 409 naming it (503 when the key cannot be read now).
+fn refused_binding(state: &ApiState, e: BindingError, record: Bound) -> Problem {
+    if e.is_transient() {
+        return Problem::unavailable(
+            "the binding key cannot be read right now (is the KEK available?)",
+        );
+    }
+    state
+        .metrics
+        .binding_refusals_total
+        .with_label_values(&[record.as_str()])
+        .inc();
+    tracing::error!(error = %e, "a stored record does not verify; refused");
+    Problem::conflict(e.to_string())
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project_id}/targets/{target_id}/deliveries", tag = "targets",
@@ -180,7 +219,7 @@ pub async fn bundle(
     path: web::Path<(String, String, String)>,
 ) -> ApiResult<HttpResponse> {
     let (project_id, target_id, certificate_id) = path.into_inner();
-    agent_target(&state, &caller, &project_id, &target_id).await?;
+    let target = agent_target(&state, &caller, &project_id, &target_id).await?;
     let cert = delivered_certificate(&state, &project_id, &target_id, &certificate_id).await?;
     let current = cert
         .get_document("current")
@@ -191,14 +230,17 @@ pub async fn bundle(
         ));
     }
     let s = |f: &str| current.get_str(f).unwrap_or_default().to_string();
-    let details = doc! { "target_id": &target_id, "serial": s("serial") };
-    let key = super::certificates::read_private_key(
+    let destination = Destination::Target {
+        target: &target,
+        endpoint: key_release::endpoint_of(&target, None),
+    };
+    let key = super::certificates::release_key(
         &state,
         &caller,
         &project_id,
         &certificate_id,
         current,
-        details,
+        &destination,
     )
     .await?;
     Ok(HttpResponse::Ok()

@@ -30,36 +30,7 @@ use crate::store::{tokens, Store};
 
 const TOKEN_PREFIX: &str = "cap_";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
-    /// Below every other role: it passes no `require`, only
-    /// [`Caller::require_agent`] for its own targets.
-    Agent,
-    Viewer,
-    Editor,
-    Admin,
-}
-
-impl Role {
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "agent" => Some(Role::Agent),
-            "viewer" => Some(Role::Viewer),
-            "editor" => Some(Role::Editor),
-            "admin" => Some(Role::Admin),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Role::Agent => "agent",
-            Role::Viewer => "viewer",
-            Role::Editor => "editor",
-            Role::Admin => "admin",
-        }
-    }
-}
+pub use crate::domain::roles::Role;
 
 /// Who is calling, from their token.
 #[derive(Debug, Clone)]
@@ -113,6 +84,27 @@ impl Caller {
         } else {
             Err(Problem::forbidden("this needs a global admin token"))
         }
+    }
+
+    /// This caller as the key-release door sees it on `project`.
+    pub fn requester(&self, project: &str) -> crate::services::key_release::Requester<'_> {
+        crate::services::key_release::Requester::Token {
+            token_id: &self.token_id,
+            global_admin: self.global_admin,
+            role: self.roles.get(project).copied(),
+            agent_targets: self
+                .agent_targets
+                .get(project)
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Whether this caller may decide where `project`'s keys go (read
+    /// them, make or confirm a target that receives them, name one on a
+    /// certificate): the project's admins and global admins.
+    pub fn releases_keys(&self, project: &str) -> bool {
+        self.global_admin || self.roles.get(project).is_some_and(|r| r.releases_keys())
     }
 
     /// The audit log's actor for this caller.

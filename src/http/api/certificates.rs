@@ -8,11 +8,9 @@ use utoipa::ToSchema;
 
 use super::auth::{Caller, Role};
 use super::problem::{ApiResult, Problem};
-use super::validate::{self, Reasons};
 use super::{audit, date, issuers, new_id, page, projects, string, targets, ApiState, PageQuery};
-use crate::audit::Event;
 use crate::crypto::envelope::EnvelopeError;
-use crate::crypto::secrets::{SecretError, SecretRef};
+use crate::crypto::secrets::SecretError;
 use crate::domain::certificate::REVOCATION_REASONS;
 use crate::domain::certs::{KeyAlgorithm, KEY_ALGORITHMS};
 use crate::domain::drift::{endpoint_problems, Endpoint};
@@ -20,7 +18,9 @@ use crate::domain::grants::uncovered;
 use crate::domain::issuer::in_zone;
 use crate::domain::jobs::{self, JobKind};
 use crate::domain::order::Stage;
+use crate::domain::validate::{self, Reasons};
 use crate::queue::jobs::NewJob;
+use crate::services::key_release::{Destination, KeyRelease, ReleaseError, Serial};
 use crate::store::{
     certificates, distributions as store_distributions, issuers as store_issuers, orders,
     projects as projects_store,
@@ -394,7 +394,8 @@ pub async fn create(
     if !reasons.is_empty() {
         return Err(Problem::invalid(reasons.0));
     }
-    let targets = targets::resolve(&state, &project_id, &body.targets, "targets").await?;
+    let targets =
+        targets::resolve(&state, &caller, &project_id, &body.targets, "targets", &[]).await?;
     // What the request asks of what is stored (the issuer, the project's
     // grants): 409, the request being valid in itself.
     let mut conflicts = Reasons::default();
@@ -446,6 +447,7 @@ pub async fn create(
         )));
     }
     let id = new_id("crt");
+    let targets_mac = bind_targets(&state, &project_id, &id, &targets).await?;
     let now = state.store.server_now().await?;
     let new = certificates::NewCertificate {
         id: &id,
@@ -458,6 +460,7 @@ pub async fn create(
         replace_on_revoke: body.replace_on_revoke,
         endpoints: &body.endpoints,
         targets: &targets,
+        targets_mac: &targets_mac,
     };
     let record = certificates::insert(&state.store, new, now).await?;
     let job = enqueue_issue(&state, &id, 1).await?;
@@ -643,6 +646,24 @@ pub async fn set_endpoints(
     Ok(HttpResponse::Ok().json(render(&updated)))
 }
 
+/// The binding MAC of certificate `id`'s `targets`; 503 when the KEK is away.
+async fn bind_targets(
+    state: &ApiState,
+    project_id: &str,
+    id: &str,
+    targets: &[(String, String)],
+) -> ApiResult<String> {
+    let ids: Vec<String> = targets.iter().map(|(id, _)| id.clone()).collect();
+    state
+        .binding()
+        .certificate_targets_mac(project_id, id, &ids)
+        .await
+        .map_err(|e| {
+            tracing::error!(certificate = %id, error = %e, "cannot bind a certificate's targets");
+            Problem::unavailable("the targets cannot be bound right now (is the KEK available?)")
+        })
+}
+
 fn target_name_problems(reasons: &mut Reasons, names: &[String]) {
     if names.len() > MAX_TARGETS {
         reasons.add(
@@ -672,17 +693,52 @@ pub async fn set_targets(
 ) -> ApiResult<HttpResponse> {
     let (project_id, id) = path.into_inner();
     caller.require(&project_id, Role::Editor)?;
-    load(&state, &project_id, &id).await?;
+    let cert = load(&state, &project_id, &id).await?;
     let mut reasons = Reasons::default();
     target_name_problems(&mut reasons, &body.targets);
     if !reasons.is_empty() {
         return Err(Problem::invalid(reasons.0));
     }
-    let targets = targets::resolve(&state, &project_id, &body.targets, "targets").await?;
+    // What it goes to now counts as already named only when the stored
+    // list is as an API replica bound it: a target a database writer added
+    // must be named by an admin.
+    let stored: Vec<String> = certificates::targets(&cert)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let already = match state
+        .binding()
+        .verify_certificate_targets(
+            &project_id,
+            &id,
+            &stored,
+            cert.get_str(certificates::TARGETS_MAC).ok(),
+        )
+        .await
+    {
+        Ok(()) => stored,
+        Err(e) if e.is_transient() => {
+            return Err(Problem::unavailable(
+                "the targets cannot be checked right now (is the KEK available?)",
+            ))
+        }
+        Err(_) => Vec::new(),
+    };
+    let targets = targets::resolve(
+        &state,
+        &caller,
+        &project_id,
+        &body.targets,
+        "targets",
+        &already,
+    )
+    .await?;
+    let targets_mac = bind_targets(&state, &project_id, &id, &targets).await?;
     let now = state.store.server_now().await?;
-    let updated = certificates::set_targets(&state.store, &project_id, &id, &targets, now)
-        .await?
-        .ok_or_else(|| Problem::not_found("certificate"))?;
+    let updated =
+        certificates::set_targets(&state.store, &project_id, &id, &targets, &targets_mac, now)
+            .await?
+            .ok_or_else(|| Problem::not_found("certificate"))?;
     audit(
         &state,
         caller.actor(),
@@ -745,30 +801,35 @@ pub async fn private_key(
     let (project_id, id) = path.into_inner();
     caller.require(&project_id, Role::Admin)?;
     let cert = load(&state, &project_id, &id).await?;
-    // The key is named by this certificate and its order; the record is
-    // sealed for that owner, so an order id moved here from another
-    // project's certificate names a key that does not open.
     let current = cert
         .get_document("current")
         .map_err(|_| Problem::conflict("the certificate has not been issued yet"))?;
-    let key = read_private_key(&state, &caller, &project_id, &id, current, doc! {}).await?;
+    let key = release_key(
+        &state,
+        &caller,
+        &project_id,
+        &id,
+        current,
+        &Destination::Caller,
+    )
+    .await?;
     Ok(HttpResponse::Ok()
         .content_type("application/x-pem-file")
         .insert_header(("Cache-Control", "no-store"))
         .body(key.to_vec()))
 }
 
-/// The private key of `current` (a certificate's current serial), audited
-/// as read by `caller` (with `details`) before it is read, and not served
-/// when the read cannot be audited (fail closed, as Vault does with its
-/// audit devices).
-pub(crate) async fn read_private_key(
+/// The private key of `current` (a certificate's current serial), sent by
+/// `caller` to `destination` through the key-release door: permitted,
+/// audited as `key.released`, then opened; not served when the release
+/// cannot be audited.
+pub(crate) async fn release_key(
     state: &ApiState,
     caller: &Caller,
     project_id: &str,
     certificate_id: &str,
     current: &Document,
-    details: Document,
+    destination: &Destination<'_>,
 ) -> ApiResult<zeroize::Zeroizing<Vec<u8>>> {
     // The key is named by this certificate and its order; the record is
     // sealed for that owner, so an order id moved here from another
@@ -776,31 +837,35 @@ pub(crate) async fn read_private_key(
     let order_id = current
         .get_str("order_id")
         .map_err(|_| Problem::conflict("the certificate has not been issued yet"))?;
-    let secret = SecretRef::certificate_key(project_id, certificate_id, order_id);
-    let event = Event::new(
-        caller.actor(),
-        "certificate.private_key_read",
-        format!("projects/{project_id}/certificates/{certificate_id}"),
-    )
-    .with(details);
-    state.audit.append(&event).await.map_err(|e| {
-        tracing::error!(certificate = %certificate_id, error = %crate::store::short(&e), "a private key read cannot be audited; not serving the key");
-        Problem::unavailable("the read cannot be audited right now, so the key is not served")
-    })?;
-    state.secrets.get(&secret).await.map_err(|e| {
-        tracing::error!(certificate = %certificate_id, error = %e, "cannot open a certificate's private key");
-        match e {
-            SecretError::Envelope(EnvelopeError::WrongRecord { .. }) => Problem::conflict(
-                "the stored private key is not this certificate's: it was sealed for another owner (the database was altered)",
-            ),
-            SecretError::NotFound(_) => Problem::conflict(
-                "no private key is stored for this certificate's current order",
-            ),
-            _ => Problem::unavailable(
-                "the private key cannot be decrypted right now (is the KEK available?)",
-            ),
-        }
-    })
+    let serial = Serial {
+        project_id,
+        certificate_id,
+        serial: current.get_str("serial").unwrap_or_default(),
+        order_id,
+    };
+    let keys = KeyRelease::new(state.secrets.clone(), state.audit.clone());
+    keys.release(&serial, destination, &caller.requester(project_id))
+        .await
+        .map_err(|e| {
+            tracing::error!(certificate = %certificate_id, error = %e, "a private key was not released");
+            match e {
+                ReleaseError::Refused(why) => Problem::forbidden(why),
+                ReleaseError::NotAudited(_) => Problem::unavailable(
+                    "the read cannot be audited right now, so the key is not served",
+                ),
+                ReleaseError::Key(SecretError::Envelope(EnvelopeError::WrongRecord { .. })) => {
+                    Problem::conflict(
+                        "the stored private key is not this certificate's: it was sealed for another owner (the database was altered)",
+                    )
+                }
+                ReleaseError::Key(SecretError::NotFound(_)) => Problem::conflict(
+                    "no private key is stored for this certificate's current order",
+                ),
+                ReleaseError::Key(_) => Problem::unavailable(
+                    "the private key cannot be decrypted right now (is the KEK available?)",
+                ),
+            }
+        })
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project_id}/certificates/{id}/orders", tag = "certificates",

@@ -11,11 +11,12 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Caller, Role};
 use super::problem::{ApiResult, Problem};
-use super::validate::{self, Reasons};
 use super::{audit, date, forget_sealed, new_id, page, projects, seal, string, ApiState};
+use crate::crypto::binding::Bound;
 use crate::crypto::secrets::SecretRef;
 use crate::domain::drift::{endpoint_problems, Endpoint};
 use crate::domain::notifications::{QuietHours, Severity, EVENT_KINDS};
+use crate::domain::validate::{self, Reasons};
 use crate::notify::message::Notification;
 use crate::store::{channels, notifications};
 
@@ -522,6 +523,13 @@ async fn create_in(
         seal(state, &secret, credential.as_bytes(), "the credential").await?;
         record.insert("credential_set_at", now);
     }
+    // Bound as the senders read it: where it sends is the API's to say.
+    let parsed = channels::parse(&record).map_err(Problem::conflict)?;
+    let mac = state.binding().channel_mac(&parsed).await.map_err(|e| {
+        tracing::error!(channel = %id, error = %e, "cannot bind a channel's settings");
+        Problem::unavailable("the channel cannot be bound right now (is the KEK available?)")
+    })?;
+    record.insert(crate::store::BINDING_MAC, mac);
     channels::insert(&state.store, record.clone()).await?;
     audit(
         state,
@@ -573,6 +581,27 @@ async fn test_in(
     scope.authorize(state, caller, Role::Editor).await?;
     let found = load(state, scope, id).await?;
     let channel = channels::parse(&found).map_err(Problem::conflict)?;
+    match state
+        .binding()
+        .verify_channel(&channel, channels::binding_mac(&found))
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if e.is_transient() => {
+            return Err(Problem::unavailable(
+                "the channel cannot be checked right now (is the KEK available?)",
+            ))
+        }
+        Err(e) => {
+            state
+                .metrics
+                .binding_refusals_total
+                .with_label_values(&[Bound::Channel.as_str()])
+                .inc();
+            tracing::error!(channel = %id, error = %e, "a stored record does not verify; refused");
+            return Err(Problem::conflict(e.to_string()));
+        }
+    }
     let now = state.store.server_now().await?;
     let notification = Notification {
         kind: "channel.test".into(),

@@ -219,7 +219,7 @@ fn record_name(id: &str) -> String {
 pub const KEY_PATTERN: &str = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$";
 
 fn valid_key(key: &str) -> bool {
-    key.len() <= MAX_KEY_LEN && super::validate::matches(KEY_PATTERN, key)
+    key.len() <= MAX_KEY_LEN && crate::domain::validate::matches(KEY_PATTERN, key)
 }
 
 /// Whether a retry should get this answer again: the outcome of the work,

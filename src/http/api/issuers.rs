@@ -7,10 +7,10 @@ use utoipa::ToSchema;
 
 use super::auth::{Caller, Role};
 use super::problem::{ApiResult, Problem};
-use super::validate::{self, Reasons};
 use super::{audit, date, new_id, page, projects, seal, string, ApiState, PageQuery};
 use crate::crypto::secrets::SecretRef;
 use crate::domain::issuer::{TsigAlgorithm, DEFAULT_PROPAGATION_TIMEOUT_SECS, DEFAULT_TTL};
+use crate::domain::validate::{self, Reasons};
 use crate::store::issuers;
 
 pub const CHALLENGE_TYPES: &[&str] = &["http-01", "dns-01"];

@@ -18,7 +18,6 @@ pub mod rate_limit;
 pub mod targets;
 pub mod token_cache;
 pub mod tokens;
-pub mod validate;
 
 use actix_web::{error::JsonPayloadError, web, HttpRequest};
 use mongodb::bson::{doc, oid::ObjectId, Document};
@@ -55,6 +54,14 @@ pub struct ApiState {
     pub egress: crate::net::egress::EgressPolicy,
     /// The longest a token made through the API lives (`CAP_API_TOKEN_MAX_LIFETIME_SECS`).
     pub token_max_lifetime: std::time::Duration,
+}
+
+impl ApiState {
+    /// The key that binds target and channel settings and certificates'
+    /// target lists ([`crate::crypto::binding`]).
+    pub fn binding(&self) -> crate::crypto::binding::BindingKey {
+        crate::crypto::binding::BindingKey::new(self.token_key.clone())
+    }
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -21,7 +21,7 @@ use super::{agent, audit_log, certificates, channels, issuers, projects, targets
         certificates::create, certificates::list, certificates::get, certificates::issue, certificates::revoke, certificates::set_endpoints,
         certificates::set_targets, certificates::distributions,
         certificates::private_key, certificates::orders, certificates::jobs,
-        targets::create, targets::list, targets::get, targets::delete,
+        targets::create, targets::list, targets::get, targets::delete, targets::confirm,
         agent::deliveries, agent::bundle, agent::report,
         channels::create, channels::list, channels::get, channels::delete, channels::test, channels::notifications_of,
         channels::create_installation, channels::list_installation, channels::get_installation,
@@ -132,7 +132,7 @@ pub const FORMAT_HOST_PORT: &str = "host-port";
 /// ([`crate::distribute::kubernetes_secret::Cluster::from_kubeconfig`]).
 pub const FORMAT_KUBECONFIG_JSON: &str = "kubeconfig-json";
 /// An SSH host's public key as OpenSSH writes it, of a type taken
-/// ([`crate::distribute::ssh::parse_host_key`]).
+/// ([`crate::domain::target_settings::parse_host_key`]).
 pub const FORMAT_OPENSSH_PUBLIC_KEY: &str = "openssh-public-key";
 /// An SSH private key without a passphrase
 /// ([`crate::distribute::ssh::private_key_problem`]).
@@ -143,7 +143,7 @@ pub const FORMAT_OPENSSH_PRIVATE_KEY: &str = "openssh-private-key";
 /// of stored state (an issuer that exists, granted names) is answered 409
 /// and cannot be stated here.
 fn constrain(doc: &mut serde_json::Value) {
-    use super::validate::*;
+    use crate::domain::validate::*;
     use serde_json::json;
     let name = json!({ "minLength": 1, "maxLength": MAX_NAME_LEN, "pattern": name_pattern() });
     let dns_name = |wildcard: bool| json!({ "minLength": 1, "maxLength": MAX_DNS_NAME_LEN, "pattern": dns_name_pattern(wildcard) });

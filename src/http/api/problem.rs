@@ -5,11 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct FieldError {
-    pub field: String,
-    pub reason: String,
-}
+pub use crate::domain::validate::FieldError;
 
 /// RFC 9457 problem details.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

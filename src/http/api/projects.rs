@@ -8,9 +8,9 @@ use utoipa::ToSchema;
 
 use super::auth::{Caller, Role};
 use super::problem::{ApiResult, Problem};
-use super::validate::{self, Reasons};
 use super::{audit, date, new_id, page, ApiState, PageQuery};
 use crate::domain::grants::{base_name, DomainGrant};
+use crate::domain::validate::{self, Reasons};
 use crate::store::projects;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -9,16 +9,16 @@ use utoipa::ToSchema;
 
 use super::auth::{Caller, Role};
 use super::problem::{ApiResult, Problem};
-use super::validate::{self, Reasons};
-use super::{
-    audit, date, forget_sealed, new_id, page, projects, seal, string, ApiState, PageQuery,
-};
+use super::{audit, date, forget_sealed, new_id, page, projects, seal, ApiState, PageQuery};
 use crate::crypto::secrets::SecretRef;
-use crate::distribute::kubernetes_secret::{check_name, Cluster};
+use crate::distribute::kubernetes_secret::Cluster;
 use crate::distribute::ssh;
-use crate::domain::distribution::TargetKind;
+use crate::domain::distribution::{Delivery, Target};
 use crate::domain::drift::{endpoint_problems, Endpoint};
-use crate::store::{certificates, distributions, is_duplicate_key, targets};
+use crate::domain::target_settings::{self, fingerprint};
+use crate::domain::validate::{self, Reasons};
+use crate::services::key_release;
+use crate::store::{certificates, distributions, is_duplicate_key, targets, BINDING_MAC};
 
 /// The kinds a target may be created with.
 pub const TARGET_KINDS: &[&str] = &["agent", "ssh", "webhook", "kubernetes-secret"];
@@ -26,21 +26,19 @@ pub const TARGET_KINDS: &[&str] = &["agent", "ssh", "webhook", "kubernetes-secre
 pub const WEBHOOK_SECRET_LEN: std::ops::RangeInclusive<usize> = 16..=1024;
 /// The longest kubeconfig taken, in characters.
 pub const MAX_KUBECONFIG_LEN: usize = 64 * 1024;
-/// The longest SSH private key and host key taken, in characters.
-pub const MAX_SSH_KEY_LEN: usize = 16 * 1024;
-/// The longest reload command, in characters.
-pub const MAX_RELOAD_COMMAND_LEN: usize = 1024;
-/// A user name on the SSH host.
-pub const SSH_USER_PATTERN: &str = "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$";
-/// A remote directory: absolute, nothing that needs quoting.
-pub const SSH_DIRECTORY_PATTERN: &str = "^/[A-Za-z0-9._/@+-]{0,1023}$";
+pub use crate::domain::target_settings::{
+    MAX_RELOAD_COMMAND_LEN, MAX_SSH_KEY_LEN, SSH_DIRECTORY_PATTERN, SSH_USER_PATTERN,
+};
+/// Targets a project may hold at most.
+pub const MAX_TARGETS_PER_PROJECT: u64 = 1000;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let base = "/projects/{project_id}/targets";
     cfg.route(base, web::post().to(create))
         .route(base, web::get().to(list))
         .route(&format!("{base}/{{id}}"), web::get().to(get))
-        .route(&format!("{base}/{{id}}"), web::delete().to(delete));
+        .route(&format!("{base}/{{id}}"), web::delete().to(delete))
+        .route(&format!("{base}/{{id}}/confirm"), web::post().to(confirm));
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -125,6 +123,7 @@ pub struct SshSettings {
     /// through the egress policy.
     pub host: String,
     /// [default: 22]
+    #[serde(default, deserialize_with = "crate::domain::whole_number::option")]
     pub port: Option<u16>,
     pub user: String,
     /// The host's public key, pinned: as in /etc/ssh/ssh_host_ed25519_key.pub
@@ -186,11 +185,20 @@ pub struct TargetView {
     pub credential_set: bool,
     pub credential_set_at: Option<String>,
     pub validate: Option<Endpoint>,
+    /// Whether deliveries to it send the private key (every kind but a
+    /// webhook without `include_key`): such a target is an admin's to make.
+    pub receives_keys: bool,
+    /// Why nothing is delivered to it until a project admin confirms it
+    /// (`POST …/targets/{id}/confirm`); absent when it is in use.
+    pub disabled: Option<String>,
     pub created_at: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookView {
+    /// The whole URL for the project's admins; its origin
+    /// (`https://host:port`) for everyone else, since a query string often
+    /// carries a token.
     pub url: String,
     pub include_key: bool,
 }
@@ -222,54 +230,137 @@ pub struct TargetPage {
     pub next: Option<String>,
 }
 
-fn render(d: &Document) -> serde_json::Value {
+/// A stored target as `caller` may see it on `project_id`.
+fn render(d: &Document, caller: &Caller, project_id: &str) -> serde_json::Value {
     let s = |f: &str| d.get_str(f).unwrap_or_default().to_string();
-    let settings = d.get_document("settings").ok();
-    let setting = |f: &str| settings.and_then(|x| string(x, f)).unwrap_or_default();
-    let flag = |f: &str| settings.and_then(|x| x.get_bool(f).ok()).unwrap_or(false);
-    let kind = s("kind");
+    let created_at = date(d, "created_at");
+    let credential_set_at = date(d, "credential_set_at");
+    let parsed = match targets::parse(d) {
+        Ok(target) => target,
+        // Shown as stored, settings aside: what the workers would refuse.
+        Err(_) => {
+            return serde_json::json!({
+                "id": s("_id"), "project_id": s("project_id"), "name": s("name"),
+                "kind": s("kind"), "credential_set": credential_set_at.is_some(),
+                "credential_set_at": credential_set_at, "created_at": created_at,
+            })
+        }
+    };
     // Read the way the workers read it, so the two cannot disagree.
-    let validate = targets::parse(d).ok().and_then(|t| t.validate);
-    serde_json::to_value(TargetView {
-        id: s("_id"),
-        project_id: s("project_id"),
-        name: s("name"),
-        webhook: (kind == TargetKind::Webhook.as_str()).then(|| WebhookView {
-            url: setting("url"),
-            include_key: flag("include_key"),
-        }),
-        kubernetes_secret: (kind == TargetKind::KubernetesSecret.as_str()).then(|| {
-            KubernetesSecretView {
-                namespace: setting("namespace"),
-                secret_name: setting("secret_name"),
-                include_ca: flag("include_ca"),
-                cluster: if flag("kubeconfig") {
+    let mut view = TargetView {
+        id: parsed.id.clone(),
+        project_id: parsed.project_id.clone(),
+        name: parsed.name.clone(),
+        kind: parsed.kind().as_str().to_string(),
+        webhook: None,
+        kubernetes_secret: None,
+        ssh: None,
+        credential_set: credential_set_at.is_some(),
+        credential_set_at,
+        validate: parsed.validate.clone(),
+        receives_keys: parsed.receives_keys(),
+        disabled: parsed.disabled.clone(),
+        created_at,
+    };
+    match &parsed.delivery {
+        Delivery::Agent => {}
+        Delivery::Webhook { url, include_key } => {
+            view.webhook = Some(WebhookView {
+                url: if caller.releases_keys(project_id) {
+                    url.clone()
+                } else {
+                    key_release::origin(url)
+                },
+                include_key: *include_key,
+            })
+        }
+        Delivery::KubernetesSecret {
+            namespace,
+            secret_name,
+            include_ca,
+            kubeconfig,
+        } => {
+            view.kubernetes_secret = Some(KubernetesSecretView {
+                namespace: namespace.clone(),
+                secret_name: secret_name.clone(),
+                include_ca: *include_ca,
+                cluster: if *kubeconfig {
                     "kubeconfig"
                 } else {
                     "in-cluster"
                 }
                 .into(),
-            }
-        }),
-        ssh: (kind == TargetKind::Ssh.as_str()).then(|| SshView {
-            host: setting("host"),
-            port: settings
-                .and_then(|x| x.get_i32("port").ok())
-                .and_then(|p| u16::try_from(p).ok())
-                .unwrap_or(22),
-            user: setting("user"),
-            host_key_sha256: ssh::fingerprint(&setting("host_key")),
-            host_key: setting("host_key"),
-            directory: setting("directory"),
-            reload_command: settings.and_then(|x| string(x, "reload_command")),
-        }),
-        kind,
-        credential_set: d.get_datetime("credential_set_at").is_ok(),
-        credential_set_at: date(d, "credential_set_at"),
-        validate,
-        created_at: date(d, "created_at"),
+            })
+        }
+        Delivery::Ssh {
+            host,
+            port,
+            user,
+            host_key,
+            directory,
+            reload_command,
+        } => {
+            view.ssh = Some(SshView {
+                host: host.clone(),
+                port: *port,
+                user: user.clone(),
+                host_key_sha256: fingerprint(host_key),
+                host_key: host_key.clone(),
+                directory: directory.clone(),
+                reload_command: reload_command.clone(),
+            })
+        }
+    }
+    serde_json::to_value(view).expect("a view serializes")
+}
+
+/// The target `body` asks for, as the workers will read it (`id` and
+/// `project_id` given), its settings normalized as they are stored.
+fn requested(body: &NewTarget, project_id: &str, id: &str) -> Option<Target> {
+    let delivery = match (
+        body.kind.as_str(),
+        &body.webhook,
+        &body.kubernetes_secret,
+        &body.ssh,
+    ) {
+        ("agent", None, None, None) => Delivery::Agent,
+        ("ssh", None, None, Some(h)) => Delivery::Ssh {
+            host: h.host.clone(),
+            port: h.port.unwrap_or(22),
+            user: h.user.clone(),
+            // One line, without a comment: what the known-hosts file holds.
+            host_key: h
+                .host_key
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" "),
+            directory: match h.directory.trim_end_matches('/') {
+                "" => "/".to_string(),
+                dir => dir.to_string(),
+            },
+            reload_command: h.reload_command.clone(),
+        },
+        ("webhook", Some(w), None, None) => Delivery::Webhook {
+            url: w.url.clone(),
+            include_key: w.include_key,
+        },
+        ("kubernetes-secret", None, Some(k), None) => Delivery::KubernetesSecret {
+            namespace: k.namespace.clone(),
+            secret_name: k.secret_name.clone(),
+            include_ca: k.include_ca,
+            kubeconfig: k.kubeconfig.is_some(),
+        },
+        _ => return None,
+    };
+    Some(Target {
+        id: id.to_string(),
+        project_id: project_id.to_string(),
+        name: body.name.trim().to_string(),
+        delivery,
+        validate: body.validate.clone(),
+        disabled: None,
     })
-    .expect("a view serializes")
 }
 
 pub(crate) fn check(body: &NewTarget) -> Result<(), Problem> {
@@ -303,7 +394,10 @@ pub(crate) fn check(body: &NewTarget) -> Result<(), Problem> {
         (Some(_), _) => reasons.add("ssh", "is only for kind ssh"),
         (None, _) => {}
     }
-    if let Some(endpoint) = &body.validate {
+    if let Some(target) = requested(body, "", "") {
+        // The rules a worker checks again before it uses the target.
+        reasons.0.extend(target_settings::problems(&target));
+    } else if let Some(endpoint) = &body.validate {
         for (field, reason) in endpoint_problems(std::slice::from_ref(endpoint)) {
             reasons.add(field.replacen("endpoints[0]", "validate", 1), reason);
         }
@@ -315,22 +409,8 @@ pub(crate) fn check(body: &NewTarget) -> Result<(), Problem> {
     }
 }
 
+/// The webhook's own fields; its URL is a setting ([`target_settings`]).
 fn check_webhook(reasons: &mut Reasons, w: &WebhookSettings) {
-    match url::Url::parse(&w.url) {
-        Ok(u) if u.host().is_none() || !["https", "http"].contains(&u.scheme()) => {
-            reasons.add("webhook.url", "must be an https:// or http:// URL")
-        }
-        Ok(u) if w.include_key && u.scheme() != "https" => reasons.add(
-            "webhook.include_key",
-            "the private key is only sent to an https:// URL",
-        ),
-        Ok(_) if !validate::matches(&validate::webhook_url_pattern(), &w.url) => reasons.add(
-            "webhook.url",
-            "must be https:// or http:// then a host name or IPv4 address, an optional port and a path",
-        ),
-        Ok(_) => {}
-        Err(e) => reasons.add("webhook.url", format!("is not a URL: {e}")),
-    }
     if !WEBHOOK_SECRET_LEN.contains(&w.secret.chars().count()) {
         reasons.add(
             "webhook.secret",
@@ -343,13 +423,8 @@ fn check_webhook(reasons: &mut Reasons, w: &WebhookSettings) {
     }
 }
 
+/// The kubeconfig; the names are settings ([`target_settings`]).
 fn check_kubernetes(reasons: &mut Reasons, k: &KubernetesSecretSettings) {
-    if let Err(e) = check_name("namespace", &k.namespace) {
-        reasons.add("kubernetes_secret.namespace", e.to_string());
-    }
-    if let Err(e) = check_name("Secret name", &k.secret_name) {
-        reasons.add("kubernetes_secret.secret_name", e.to_string());
-    }
     if let Some(config) = &k.kubeconfig {
         if config.chars().count() > MAX_KUBECONFIG_LEN {
             reasons.add(
@@ -362,45 +437,8 @@ fn check_kubernetes(reasons: &mut Reasons, k: &KubernetesSecretSettings) {
     }
 }
 
+/// The login key; the rest are settings ([`target_settings`]).
 fn check_ssh(reasons: &mut Reasons, settings: &SshSettings) {
-    if settings.host.len() > validate::MAX_DNS_NAME_LEN
-        || !validate::matches(&validate::host_pattern(), &settings.host)
-    {
-        reasons.add("ssh.host", "must be a DNS name or an IPv4 address");
-    }
-    if settings.port == Some(0) {
-        reasons.add("ssh.port", "must be 1 to 65535");
-    }
-    if !validate::matches(SSH_USER_PATTERN, &settings.user) {
-        reasons.add(
-            "ssh.user",
-            "must be 1 to 32 letters, digits, '_', '.' or '-', not starting with '.' or '-'",
-        );
-    }
-    if settings.host_key.chars().count() > MAX_SSH_KEY_LEN {
-        reasons.add(
-            "ssh.host_key",
-            format!("is longer than {MAX_SSH_KEY_LEN} characters"),
-        );
-    } else if let Err(e) = ssh::parse_host_key(&settings.host_key) {
-        reasons.add("ssh.host_key", e);
-    }
-    if let Some(problem) = ssh::directory_problem(&settings.directory) {
-        reasons.add("ssh.directory", problem);
-    }
-    if let Some(command) = &settings.reload_command {
-        if command.chars().count() > MAX_RELOAD_COMMAND_LEN {
-            reasons.add(
-                "ssh.reload_command",
-                format!("is longer than {MAX_RELOAD_COMMAND_LEN} characters"),
-            );
-        } else if !validate::matches(&validate::name_pattern(), command) {
-            reasons.add(
-                "ssh.reload_command",
-                "must not be blank nor contain control characters",
-            );
-        }
-    }
     if settings.private_key.chars().count() > MAX_SSH_KEY_LEN {
         reasons.add(
             "ssh.private_key",
@@ -425,6 +463,15 @@ pub async fn create(
     caller.require(&project_id, Role::Editor)?;
     projects::load(&state, &project_id).await?;
     check(&body)?;
+    let id = new_id("tgt");
+    let target = requested(&body, &project_id, &id)
+        .ok_or_else(|| Problem::bad_request("the kind's settings do not match the kind"))?;
+    if target.receives_keys() && !caller.releases_keys(&project_id) {
+        return Err(Problem::forbidden(format!(
+            "a {} target receives the certificates' private keys: making one needs the project's admin role (the role that may read keys)",
+            describe_kind(&target)
+        )));
+    }
     if let Some(k) = &body.kubernetes_secret {
         // The in-cluster service account is the installation's, not the
         // project's: it may reach namespaces no tenant should write to.
@@ -434,49 +481,23 @@ pub async fn create(
             ));
         }
     }
-    let id = new_id("tgt");
-    let now = state.store.server_now().await?;
-    let (settings, credential) = match (&body.webhook, &body.kubernetes_secret, &body.ssh) {
-        (_, _, Some(h)) => {
-            let mut settings = doc! {
-                "host": &h.host,
-                "port": i32::from(h.port.unwrap_or(22)),
-                "user": &h.user,
-                // One line, without a comment: what the known-hosts file holds.
-                "host_key": h.host_key.split_whitespace().take(2).collect::<Vec<_>>().join(" "),
-                "directory": h.directory.trim_end_matches('/'),
-            };
-            if let Some(command) = &h.reload_command {
-                settings.insert("reload_command", command);
-            }
-            (settings, Some(&h.private_key))
-        }
-        (Some(w), _, _) => (
-            doc! { "url": &w.url, "include_key": w.include_key },
-            Some(&w.secret),
-        ),
-        (_, Some(k), _) => (
-            doc! {
-                "namespace": &k.namespace,
-                "secret_name": &k.secret_name,
-                "include_ca": k.include_ca,
-                "kubeconfig": k.kubeconfig.is_some(),
-            },
-            k.kubeconfig.as_ref(),
-        ),
-        (None, None, None) => (doc! {}, None),
-    };
-    let mut record = doc! {
-        "_id": &id,
-        "project_id": &project_id,
-        "name": body.name.trim(),
-        "kind": &body.kind,
-        "settings": settings,
-        "created_at": now,
-    };
-    if let Some(e) = &body.validate {
-        record.insert("validate", certificates::endpoint_document(e));
+    let held = targets::count_in_project(&state.store, &project_id).await?;
+    if held >= MAX_TARGETS_PER_PROJECT {
+        return Err(Problem::conflict(format!(
+            "the project holds {held} targets, the most it may (delete one first)"
+        )));
     }
+    let credential = match (&body.webhook, &body.kubernetes_secret, &body.ssh) {
+        (_, _, Some(h)) => Some(&h.private_key),
+        (Some(w), _, _) => Some(&w.secret),
+        (_, Some(k), _) => k.kubeconfig.as_ref(),
+        (None, None, None) => None,
+    };
+    let now = state.store.server_now().await?;
+    let mut record = targets::document(&target);
+    record.insert(BINDING_MAC, bind(&state, &target).await?);
+    record.insert("created_at", now);
+    record.insert("created_by", caller.actor());
     if let Some(credential) = credential {
         // Sealed before the target exists: a target never lacks the
         // credential it says it has.
@@ -501,10 +522,84 @@ pub async fn create(
         caller.actor(),
         "target.created",
         format!("projects/{project_id}/targets/{id}"),
-        doc! { "kind": &body.kind, "name": body.name.trim(), "credential_set": credential.is_some() },
+        doc! {
+            "kind": &body.kind,
+            "name": body.name.trim(),
+            "credential_set": credential.is_some(),
+            "receives_keys": target.receives_keys(),
+        },
     )
     .await;
-    Ok(HttpResponse::Created().json(render(&record)))
+    Ok(HttpResponse::Created().json(render(&record, &caller, &project_id)))
+}
+
+/// "ssh", "webhook (include_key)", …: what a refusal names.
+fn describe_kind(target: &Target) -> String {
+    match &target.delivery {
+        Delivery::Webhook { .. } => "webhook (include_key)".into(),
+        delivery => delivery.kind().as_str().into(),
+    }
+}
+
+/// `target`'s binding MAC; 503 when the KEK is away.
+async fn bind(state: &ApiState, target: &Target) -> ApiResult<String> {
+    state.binding().target_mac(target).await.map_err(|e| {
+        tracing::error!(target = %target.id, error = %e, "cannot bind a target's settings");
+        Problem::unavailable("the target cannot be bound right now (is the KEK available?)")
+    })
+}
+
+/// Puts a target disabled by migration 17 (one that receives keys and was
+/// not made by an admin) back in use. Project admins only; the stored
+/// settings must still verify, so a record changed in the database is not
+/// confirmed with its changes.
+#[utoipa::path(post, path = "/v1/projects/{project_id}/targets/{id}/confirm", tag = "targets",
+    params(("project_id" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = TargetView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn confirm(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    let (project_id, id) = path.into_inner();
+    caller.require(&project_id, Role::Admin)?;
+    let found = targets::in_project(&state.store, &project_id, &id)
+        .await?
+        .ok_or_else(|| Problem::not_found("target"))?;
+    let mut target = targets::parse(&found).map_err(Problem::conflict)?;
+    match state
+        .binding()
+        .verify_target(&target, targets::binding_mac(&found))
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if e.is_transient() => {
+            return Err(Problem::unavailable(
+                "the target cannot be checked right now (is the KEK available?)",
+            ))
+        }
+        Err(e) => {
+            return Err(Problem::conflict(format!(
+                "{e}: delete the target and make it again"
+            )))
+        }
+    }
+    let was = target.disabled.take();
+    let updated = targets::set_disabled(&state.store, &target, &bind(&state, &target).await?)
+        .await?
+        .ok_or_else(|| Problem::not_found("target"))?;
+    if let Some(was) = was {
+        audit(
+            &state,
+            caller.actor(),
+            "target.confirmed",
+            format!("projects/{project_id}/targets/{id}"),
+            doc! { "was_disabled": was },
+        )
+        .await;
+    }
+    Ok(HttpResponse::Ok().json(render(&updated, &caller, &project_id)))
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project_id}/targets", tag = "targets",
@@ -526,7 +621,7 @@ pub async fn list(
         query.limit()?,
     )
     .await?;
-    Ok(HttpResponse::Ok().json(page(found, render)))
+    Ok(HttpResponse::Ok().json(page(found, |d| render(d, &caller, &project_id))))
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project_id}/targets/{id}", tag = "targets",
@@ -543,7 +638,7 @@ pub async fn get(
     let found = targets::in_project(&state.store, &project_id, &id)
         .await?
         .ok_or_else(|| Problem::not_found("target"))?;
-    Ok(HttpResponse::Ok().json(render(&found)))
+    Ok(HttpResponse::Ok().json(render(&found, &caller, &project_id)))
 }
 
 /// Removes a target no certificate goes to any more (409 otherwise).
@@ -592,36 +687,51 @@ pub async fn delete(
 
 /// The targets of `project_id` named `names`, as (id, name) in the order
 /// given; a name with no target in the project is a 409 (a certificate can
-/// never point at another tenant's target).
+/// never point at another tenant's target). Naming a target that receives
+/// keys, when `already` (the ids the certificate goes to now) lacks it,
+/// needs the project's admin role: 403 otherwise.
 pub async fn resolve(
     state: &ApiState,
+    caller: &Caller,
     project_id: &str,
     names: &[String],
     field: &str,
+    already: &[String],
 ) -> ApiResult<Vec<(String, String)>> {
     // Stored trimmed, as every name is.
     let names: Vec<String> = names.iter().map(|n| n.trim().to_string()).collect();
     let found = targets::named(&state.store, project_id, &names).await?;
     let mut resolved = Vec::new();
     let mut conflicts = Reasons::default();
+    let mut key_receiving = Vec::new();
     for (i, name) in names.iter().enumerate() {
         match found
             .iter()
             .find(|d| d.get_str("name") == Ok(name.as_str()))
         {
-            Some(d) => resolved.push((
-                d.get_str("_id").unwrap_or_default().to_string(),
-                name.clone(),
-            )),
+            Some(d) => {
+                let id = d.get_str("_id").unwrap_or_default().to_string();
+                // A target that does not parse receives nothing; its kind
+                // alone says whether it would receive keys.
+                let receives_keys = targets::parse(d).map_or(true, |t| t.receives_keys());
+                if receives_keys && !already.contains(&id) {
+                    key_receiving.push(name.clone());
+                }
+                resolved.push((id, name.clone()));
+            }
             None => conflicts.add(
                 format!("{field}[{i}]"),
                 format!("{name:?}: no such target in this project"),
             ),
         }
     }
-    if conflicts.is_empty() {
-        Ok(resolved)
-    } else {
-        Err(Problem::conflicting(conflicts.0))
+    if !conflicts.is_empty() {
+        return Err(Problem::conflicting(conflicts.0));
     }
+    if !key_receiving.is_empty() && !caller.releases_keys(project_id) {
+        return Err(Problem::forbidden(format!(
+            "{key_receiving:?} receive(s) the certificate's private key: sending a certificate there needs the project's admin role (the role that may read keys)"
+        )));
+    }
+    Ok(resolved)
 }

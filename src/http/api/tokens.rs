@@ -10,9 +10,9 @@ use utoipa::ToSchema;
 
 use super::auth::{self, Caller, Role, RoleGrant};
 use super::problem::{ApiResult, Problem};
-use super::validate::Reasons;
 use super::{audit, date, string, ApiState, PageQuery};
 use crate::domain::distribution::TargetKind;
+use crate::domain::validate::Reasons;
 use crate::store::{targets as store_targets, tokens as store_tokens};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

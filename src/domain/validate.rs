@@ -2,7 +2,14 @@
 
 use std::net::IpAddr;
 
-use super::problem::FieldError;
+use serde::Serialize;
+
+/// Why one field of a request (or a stored record) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
 
 pub const MAX_NAME_LEN: usize = 100;
 pub const MAX_DNS_NAMES: usize = 100;
@@ -70,7 +77,7 @@ fn url_pattern(scheme: &str) -> String {
 }
 
 /// A Kubernetes object name (DNS-1123 subdomain):
-/// [`crate::distribute::kubernetes_secret::check_name`].
+/// [`crate::domain::target_settings::kubernetes_name_problem`].
 pub const KUBERNETES_NAME_PATTERN: &str = "^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$";
 
 /// An id this API made ([`super::new_id`]): a prefix, `_`, 24 hex digits.
