@@ -26,6 +26,7 @@ use super::api_tokens::TokenKey;
 use super::secrets::SecretError;
 use crate::domain::distribution::Target;
 use crate::domain::notifications::{Channel, ChannelDelivery};
+use crate::observe::metrics::Metrics;
 
 /// The kinds of record bound, as the refusal metric labels them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,11 +37,21 @@ pub enum Bound {
 }
 
 impl Bound {
+    /// As the refusal metric labels it.
     pub const fn as_str(self) -> &'static str {
         match self {
             Bound::Target => "target",
             Bound::Channel => "channel",
             Bound::CertificateTargets => "certificate_targets",
+        }
+    }
+
+    /// As an error names it.
+    const fn describe(self) -> &'static str {
+        match self {
+            Bound::Target => "target",
+            Bound::Channel => "channel",
+            Bound::CertificateTargets => "the target list of certificate",
         }
     }
 }
@@ -51,13 +62,26 @@ pub enum BindingError {
     #[error(transparent)]
     Key(#[from] SecretError),
     /// The record was changed without the KEK (or never bound).
-    #[error("{record} {id} does not verify: its settings were changed in the database without the KEK (or never bound: run `certautopilot migrate`); refused")]
-    Forged { record: &'static str, id: String },
+    #[error("{} {id} does not verify: it was changed in the database without the KEK (or never bound: see `certautopilot migrate`); refused", .record.describe())]
+    Forged { record: Bound, id: String },
 }
 
 impl BindingError {
     pub fn is_transient(&self) -> bool {
         matches!(self, BindingError::Key(e) if e.is_transient())
+    }
+
+    /// Logs a refused record and counts it
+    /// (`certautopilot_binding_refusals_total{record}`); a key that cannot
+    /// be read now is neither.
+    pub fn report(&self, metrics: &Metrics) {
+        if let BindingError::Forged { record, id } = self {
+            metrics
+                .binding_refusals_total
+                .with_label_values(&[record.as_str()])
+                .inc();
+            tracing::error!(record = record.as_str(), id = %id, "a stored record does not verify; refused");
+        }
     }
 }
 
@@ -157,7 +181,7 @@ impl BindingKey {
             Ok(())
         } else {
             Err(BindingError::Forged {
-                record: "the target list of certificate",
+                record: Bound::CertificateTargets,
                 id: certificate_id.to_string(),
             })
         }
@@ -176,7 +200,7 @@ impl BindingKey {
             Ok(())
         } else {
             Err(BindingError::Forged {
-                record: bound.as_str(),
+                record: bound,
                 id: id.to_string(),
             })
         }

@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 
 use super::certificate_of;
 use crate::audit::{Audit, Event};
-use crate::crypto::binding::{BindingError, BindingKey, Bound};
+use crate::crypto::binding::BindingKey;
 use crate::crypto::secrets::{SecretError, SecretRef, Secrets};
 use crate::distribute::http::DeliveryError;
 use crate::distribute::kubernetes_secret::{self, Cluster, TlsData};
@@ -241,19 +241,7 @@ impl Distribute {
             Ok(()) => {}
             Err(e) if e.is_transient() => return Err(HandlerError::Retryable(e.to_string())),
             Err(e) => {
-                let record = match &e {
-                    BindingError::Forged { record, .. }
-                        if record.starts_with("the target list") =>
-                    {
-                        Bound::CertificateTargets
-                    }
-                    _ => Bound::Target,
-                };
-                self.metrics
-                    .binding_refusals_total
-                    .with_label_values(&[record.as_str()])
-                    .inc();
-                tracing::error!(certificate = %cert.id, target = %target.id, error = %e, "a stored record does not verify; refused");
+                e.report(&self.metrics);
                 return give_up(e.to_string()).await;
             }
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use crate::crypto::binding::{BindingKey, Bound};
+use crate::crypto::binding::BindingKey;
 use crate::crypto::secrets::Secrets;
 use crate::domain::jobs::NotifyPayload;
 use crate::domain::notifications::Severity;
@@ -65,11 +65,7 @@ impl Notify {
             Ok(()) => {}
             Err(e) if e.is_transient() => return Err(HandlerError::Retryable(e.to_string())),
             Err(e) => {
-                self.metrics
-                    .binding_refusals_total
-                    .with_label_values(&[Bound::Channel.as_str()])
-                    .inc();
-                tracing::error!(channel = %channel.id, error = %e, "a stored record does not verify; refused");
+                e.report(&self.metrics);
                 return self.dead(&job, &p.notification_id, e.to_string()).await;
             }
         }

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use super::auth::Caller;
 use super::problem::{ApiResult, Problem};
 use super::{date, string, ApiState, PageQuery};
-use crate::crypto::binding::{BindingError, Bound};
+use crate::crypto::binding::BindingError;
 use crate::domain::distribution::{DistributionState, TargetKind};
 use crate::domain::drift::Endpoint;
 use crate::domain::notifications;
@@ -97,7 +97,7 @@ async fn agent_target(
         .binding()
         .verify_target(&target, targets::binding_mac(&found))
         .await
-        .map_err(|e| refused_binding(state, e, Bound::Target))?;
+        .map_err(|e| refused_binding(state, e))?;
     if target.kind() != TargetKind::Agent {
         return Err(Problem::conflict(format!(
             "target {target_id} is a {} target, not an agent's",
@@ -135,24 +135,19 @@ async fn delivered_certificate(
             found.get_str(certificates::TARGETS_MAC).ok(),
         )
         .await
-        .map_err(|e| refused_binding(state, e, Bound::CertificateTargets))?;
+        .map_err(|e| refused_binding(state, e))?;
     Ok(found)
 }
 
 /// A record that does not verify, as an answer: counted and logged, and
 /// 409 naming it (503 when the key cannot be read now).
-fn refused_binding(state: &ApiState, e: BindingError, record: Bound) -> Problem {
+fn refused_binding(state: &ApiState, e: BindingError) -> Problem {
     if e.is_transient() {
         return Problem::unavailable(
             "the binding key cannot be read right now (is the KEK available?)",
         );
     }
-    state
-        .metrics
-        .binding_refusals_total
-        .with_label_values(&[record.as_str()])
-        .inc();
-    tracing::error!(error = %e, "a stored record does not verify; refused");
+    e.report(&state.metrics);
     Problem::conflict(e.to_string())
 }
 

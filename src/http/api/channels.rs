@@ -12,7 +12,6 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Caller, Role};
 use super::problem::{ApiResult, Problem};
 use super::{audit, date, forget_sealed, new_id, page, projects, seal, string, ApiState};
-use crate::crypto::binding::Bound;
 use crate::crypto::secrets::SecretRef;
 use crate::domain::drift::{endpoint_problems, Endpoint};
 use crate::domain::notifications::{QuietHours, Severity, EVENT_KINDS};
@@ -593,12 +592,7 @@ async fn test_in(
             ))
         }
         Err(e) => {
-            state
-                .metrics
-                .binding_refusals_total
-                .with_label_values(&[Bound::Channel.as_str()])
-                .inc();
-            tracing::error!(channel = %id, error = %e, "a stored record does not verify; refused");
+            e.report(&state.metrics);
             return Err(Problem::conflict(e.to_string()));
         }
     }

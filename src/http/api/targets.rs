@@ -580,9 +580,10 @@ pub async fn confirm(
             ))
         }
         Err(e) => {
+            e.report(&state.metrics);
             return Err(Problem::conflict(format!(
                 "{e}: delete the target and make it again"
-            )))
+            )));
         }
     }
     let was = target.disabled.take();
