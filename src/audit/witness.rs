@@ -37,7 +37,7 @@ use crate::store::Store;
 pub const RESTORED_ACTION: &str = "snapshot.restored";
 /// The fields of a `snapshot.restored` record's details that its MAC
 /// covers, with the record's `seq`, `prev_hash` and `actor`.
-const RESTORE_MAC_FIELDS: [&str; 7] = [
+const RESTORE_MAC_FIELDS: [&str; 8] = [
     "taken_at",
     "created_by",
     "from_database",
@@ -45,6 +45,7 @@ const RESTORE_MAC_FIELDS: [&str; 7] = [
     "audit_head_hash",
     "documents",
     "restored_at",
+    "restored_into",
 ];
 /// At most this many records are listed one by one in each part of the
 /// text report (the JSON one holds them all).
@@ -118,8 +119,9 @@ fn structured_data(line: &str) -> Option<WitnessRecord> {
 /// key: over the record's place in the chain (`seq` and `prev_hash`: the
 /// record's own hash covers the MAC, so it cannot cover the hash), its
 /// actor, and what the restore loaded ([`RESTORE_MAC_FIELDS`], among them
-/// the database's time of the restore). A MAC moved to another place, or
-/// details edited, no longer verify. `None` when a covered field is
+/// the database's time of the restore and the database restored into). A
+/// MAC moved to another place or another database, or details edited, no
+/// longer verify. `None` when a covered field is
 /// missing.
 pub fn restore_mac(
     key: &[u8],
@@ -144,9 +146,14 @@ pub fn restore_mac(
     Some(hex(&mac.finalize().into_bytes()))
 }
 
-/// Whether `record` (a stored `snapshot.restored` record) was written by
-/// `snapshot restore` with the KEK; `Err` says why not.
-pub fn authenticate_restore(record: &Document, key: Option<&[u8]>) -> Result<(), String> {
+/// Whether `record` (a stored `snapshot.restored` record of `database`)
+/// was written by `snapshot restore` into this database with the KEK;
+/// `Err` says why not.
+pub fn authenticate_restore(
+    record: &Document,
+    key: Option<&[u8]>,
+    database: &str,
+) -> Result<(), String> {
     let Some(key) = key else {
         return Err(format!(
             "the audit checkpoint key (secret {CHECKPOINT_KEY_SECRET}) does not exist, so no restore can be authenticated"
@@ -182,6 +189,13 @@ pub fn authenticate_restore(record: &Document, key: Option<&[u8]>) -> Result<(),
             "its MAC does not match (forged, edited, or moved from where the restore wrote it)"
                 .into(),
         );
+    }
+    // Not copied from a restore of the same snapshot into another database.
+    let into = details.get_str("restored_into").unwrap_or_default();
+    if into != database {
+        return Err(format!(
+            "it records a restore into database {into:?}, not this one ({database:?})"
+        ));
     }
     // It continues the chain from the snapshot's last record.
     let head_seq = details.get("audit_head_seq").and_then(Bson::as_i64);
@@ -279,7 +293,7 @@ pub async fn compare(
     let mut restores = Vec::new();
     for r in &restore_records {
         let seq = r.get_i64("_id").unwrap_or(0);
-        let authenticated = authenticate_restore(r, restore_key);
+        let authenticated = authenticate_restore(r, restore_key, store.db().name());
         if authenticated.is_ok() {
             branch_roots
                 .entry(seq)
@@ -599,6 +613,7 @@ mod tests {
             "audit_head_hash": prev_hash,
             "documents": 10_i64,
             "restored_at": mongodb::bson::DateTime::from_millis(1_796_181_420_000),
+            "restored_into": "certautopilot",
         };
         let mac = restore_mac(key, seq, prev_hash, "op", &details).unwrap();
         details.insert("key_id", key_id(key));
@@ -611,13 +626,22 @@ mod tests {
     fn a_restore_record_authenticates_only_as_written_and_under_its_key() {
         let key = [7u8; 32];
         let genuine = restore_record(&key, 11, "d10");
-        assert_eq!(authenticate_restore(&genuine, Some(&key)), Ok(()));
-        assert!(authenticate_restore(&genuine, None)
+        assert_eq!(
+            authenticate_restore(&genuine, Some(&key), "certautopilot"),
+            Ok(())
+        );
+        assert!(authenticate_restore(&genuine, None, "certautopilot")
             .unwrap_err()
             .contains("does not exist"));
-        assert!(authenticate_restore(&genuine, Some(&[8u8; 32]))
+        // Copied from a restore of the same snapshot into a scratch database.
+        assert!(authenticate_restore(&genuine, Some(&key), "drill")
             .unwrap_err()
-            .contains("another checkpoint key"));
+            .contains("not this one"));
+        assert!(
+            authenticate_restore(&genuine, Some(&[8u8; 32]), "certautopilot")
+                .unwrap_err()
+                .contains("another checkpoint key")
+        );
 
         // Moved to another place in the chain, and rehashed there.
         let mut moved = genuine.clone();
@@ -625,7 +649,7 @@ mod tests {
         moved.insert("seq", 20_i64);
         moved.insert("prev_hash", "d19");
         moved.insert("hash", recompute(&moved).unwrap());
-        assert!(authenticate_restore(&moved, Some(&key))
+        assert!(authenticate_restore(&moved, Some(&key), "certautopilot")
             .unwrap_err()
             .contains("MAC does not match"));
 
@@ -633,7 +657,7 @@ mod tests {
         let event = super::super::Event::new("op", RESTORED_ACTION, "snapshot")
             .with(doc! { "taken_at": "2026-12-02T03:17:00Z" });
         let forged = super::super::record(11, mongodb::bson::DateTime::now(), &event, "d10");
-        assert!(authenticate_restore(&forged, Some(&key))
+        assert!(authenticate_restore(&forged, Some(&key), "certautopilot")
             .unwrap_err()
             .contains("no MAC"));
     }

@@ -547,6 +547,7 @@ async fn record_restore(
         "audit_head_hash": &manifest.audit_head.hash,
         "documents": documents,
         "restored_at": store.server_now().await?,
+        "restored_into": store.db().name(),
     };
     let (head_seq, head_hash) = audit.head().await?;
     if let Some(kek) = kek {

@@ -663,7 +663,7 @@ async fn housekeeping_in_several_processes_at_once_does_not_fork_the_checkpoint_
             .iter()
             .map(Checkpoint::parse)
             .collect();
-    assert!(checkpoints.len() >= 10, "{} checkpoints", checkpoints.len());
+    assert!(checkpoints.len() >= 2, "{} checkpoints", checkpoints.len());
     let followed: std::collections::BTreeSet<i64> = checkpoints
         .iter()
         .map(|c| c.prev.as_ref().unwrap().0)

@@ -700,11 +700,21 @@ async fn a_cut_back_disguised_as_a_restore_is_not_confirmed_by_the_siem() {
     let scheduler = Proc::start("scheduler", &db, "cut-back-scheduler", &env);
     let worker = Proc::start("worker", &db, "cut-back-worker", &env);
     let first = append(10).await;
+    // Sealed, and the checkpoint copied into the log (and so to the SIEM).
     let sealed = wait_until(Duration::from_secs(30), || async {
-        certautopilot::audit::checkpoint::latest(&store)
+        let Some(c) = certautopilot::audit::checkpoint::latest(&store)
             .await
             .unwrap()
-            .is_some_and(|c| c.seq >= first)
+        else {
+            return false;
+        };
+        c.seq >= first
+            && store
+                .collection(AUDIT_COLLECTION)
+                .count_documents(doc! { "action": "audit.checkpoint", "details.seq": c.seq })
+                .await
+                .unwrap()
+                > 0
     })
     .await;
     assert!(sealed, "housekeeping sealed; log:\n{}", worker.log_text());
