@@ -158,6 +158,8 @@ async fn main() {
             &["snapshot", "save", "--out", snap.to_str().unwrap()],
         ));
         let target = db.sibling(&format!("bench_restore_{n}"));
+        // The restore needs the installation's KEK.
+        std::fs::copy(&db.kek_file, &target.kek_file).unwrap();
         let (restore_time, restore_peak) = measured(certautopilot(
             &target,
             &["snapshot", "restore", "--from", snap.to_str().unwrap()],

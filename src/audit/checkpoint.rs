@@ -1,5 +1,6 @@
 //! Checkpoints (collection `audit_checkpoints`): HMAC seals over the audit
-//! chain, `{_id: seq, seq, hash, time, prev_seq, prev_mac, key_id, mac}`.
+//! chain, `{_id: seq, seq, hash, time, prev_seq, prev_mac, follows, key_id,
+//! mac}`.
 //!
 //! - The MAC key is a KEK-sealed secret. It is created with the first
 //!   checkpoint and never again: once any checkpoint exists, a missing key
@@ -12,6 +13,14 @@
 //!   checkpoint ([`next`]): a chain that does not verify is not sealed.
 //! - Each checkpoint is also appended to the log as an `audit.checkpoint`
 //!   record, so the SIEM sinks hold an outside copy of every MAC.
+//! - One checkpoint follows each: `follows` (the previous checkpoint's seq,
+//!   0 for the first) has a unique index, so when housekeeping in two
+//!   processes seals onto the same checkpoint at once, the second insert
+//!   fails and that run leaves the sealing to the first ([`is_sealed_by_another`])
+//!   instead of forking the chain.
+//! - Housekeeping's own records (a checkpoint's copy, its job's outcome) do
+//!   not call for a new checkpoint: an idle installation is not sealed anew
+//!   at every run ([`next`]).
 //!
 //! Checkpoints written before chaining (`v1`: no `key_id`) are accepted at
 //! the start of the chain only.
@@ -27,7 +36,8 @@ use zeroize::Zeroizing;
 
 use super::{hex, recompute, Audit, AUDIT_COLLECTION, GENESIS_HASH};
 use crate::crypto::secrets::{SecretError, SecretRef, Secrets};
-use crate::store::Store;
+use crate::domain::jobs::JobKind;
+use crate::store::{is_duplicate_key, Store};
 
 pub const CHECKPOINTS_COLLECTION: &str = "audit_checkpoints";
 /// The secret holding the checkpoint MAC key.
@@ -36,6 +46,15 @@ pub const CHECKPOINT_KEY_SECRET: &str = "audit-checkpoint-key";
 pub const CHECKPOINT_ACTION: &str = "audit.checkpoint";
 /// The action of the record housekeeping appends when it refuses to seal.
 pub const SEAL_REFUSED_ACTION: &str = "audit.seal_refused";
+/// The field holding the seq of the checkpoint a checkpoint follows (the
+/// migration makes it unique; checkpoints sealed before carry none).
+pub const FOLLOWS_FIELD: &str = "follows";
+
+/// Whether a failed checkpoint insert failed because another run sealed
+/// first: onto the same checkpoint (`follows` is taken), or the same seq.
+pub fn is_sealed_by_another(e: &MongoError) -> bool {
+    is_duplicate_key(e)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -142,6 +161,8 @@ impl Checkpoint {
         if let Some((seq, mac)) = &self.prev {
             d.insert("prev_seq", *seq);
             d.insert("prev_mac", mac);
+            // Unique: no second checkpoint follows the same one.
+            d.insert(FOLLOWS_FIELD, *seq);
         }
         if let Some(id) = &self.key_id {
             d.insert("key_id", id);
@@ -362,13 +383,20 @@ pub async fn next(
         .batch_size(2000)
         .await?;
     let mut chain = Links::from(from_seq, &from_hash);
+    let mut news = false;
     while let Some(r) = records.try_next().await? {
         if let Err(why) = chain.next(&r) {
             return Ok(Next::Refused(why));
         }
+        news |= !is_housekeepings_own(&r);
     }
     if let Err(why) = chain.ends_at(head_seq, &head_hash) {
         return Ok(Next::Refused(why));
+    }
+    // Verified, but nothing happened since the last checkpoint except
+    // housekeeping's own records: sealing them would only append more.
+    if !news && last.is_some() {
+        return Ok(Next::UpToDate(from_seq));
     }
     Ok(Next::Seal(Checkpoint::seal(
         key,
@@ -377,6 +405,19 @@ pub async fn next(
         now,
         last.as_ref(),
     )))
+}
+
+/// Whether `record` is one housekeeping appends at every run: a
+/// checkpoint's copy, or its own job's outcome.
+fn is_housekeepings_own(record: &Document) -> bool {
+    match record.get_str("action").unwrap_or_default() {
+        CHECKPOINT_ACTION => true,
+        "job.completed" => record
+            .get_document("details")
+            .and_then(|d| d.get_str("kind"))
+            .is_ok_and(|kind| kind == JobKind::Housekeeping.as_str()),
+        _ => false,
+    }
 }
 
 /// Follows records from the one after `seq`: each must be the next

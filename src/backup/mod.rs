@@ -14,12 +14,16 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, IsTerminal};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, RawDocument, RawDocumentBuf};
 
-use crate::audit::witness::RESTORED_ACTION;
+use crate::audit::checkpoint::{self, key_id};
+use crate::audit::witness::{restore_mac, RESTORED_ACTION};
 use crate::audit::{Audit, Event, AUDIT_HEAD_COLLECTION, GENESIS_HASH};
+use crate::crypto::kek::KekProvider;
+use crate::crypto::secrets::Secrets;
 use crate::store::kek_versions::KEK_VERSIONS;
 use crate::store::keys::KEYS;
 use crate::store::schema::{self, known_version, SCHEMA_COLLECTION};
@@ -374,20 +378,71 @@ pub struct Restored {
     pub audit_seq: i64,
 }
 
-/// Checks `path` end to end, then loads it into `store`'s database, which
-/// must be empty, and records the restore in the audit log.
-pub async fn restore(store: &Store, path: &Path, actor: &str) -> Result<Restored, BackupError> {
+/// Checks `path` end to end and `kek` against it, then loads it into
+/// `store`'s database, which must be empty, and records the restore in the
+/// audit log, authenticated with the KEK (see [`restore_inspected`]).
+pub async fn restore(
+    store: &Store,
+    path: &Path,
+    actor: &str,
+    kek: Arc<dyn KekProvider>,
+) -> Result<Restored, BackupError> {
     ensure_empty(store).await?;
     let manifest = inspect(path)?;
-    restore_inspected(store, path, &manifest, actor).await
+    // An HSM call blocks: off the async threads.
+    let (checked, kek) = tokio::task::spawn_blocking(move || {
+        let checked = check_kek(&manifest, kek.as_ref()).map(|()| manifest);
+        (checked, kek)
+    })
+    .await
+    .map_err(|_| BackupError::Refused("checking the KEK panicked".into()))?;
+    let manifest = checked?;
+    restore_inspected(store, path, &manifest, actor, Some(kek)).await
+}
+
+/// Refuses a KEK that lacks a version the snapshot's data keys need, or
+/// whose check value differs from the one the snapshot recorded (another
+/// installation's key ring): before anything is written.
+pub fn check_kek(manifest: &Manifest, kek: &dyn KekProvider) -> Result<(), BackupError> {
+    let held = kek.versions();
+    for need in &manifest.kek_versions {
+        let version = need.version as u32;
+        if !held.contains(&version) {
+            return Err(BackupError::Refused(format!(
+                "the snapshot's data keys need KEK version {} ({} data key(s)), which {} does not hold (it holds {held:?}): configure the installation's KEK (`certautopilot kek import`) and restore again",
+                need.version,
+                need.data_keys,
+                kek.describe()
+            )));
+        }
+        let Some(recorded) = &need.check_value else {
+            continue;
+        };
+        let value = kek
+            .check_value(version)
+            .map_err(|e| BackupError::Refused(format!("KEK version {version}: {e}")))?;
+        if format::hex(&value) != *recorded {
+            return Err(BackupError::Refused(format!(
+                "KEK version {version} of {} is not the snapshot's (its check value differs): configure the installation's KEK and restore again",
+                kek.describe()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// [`restore`], for a file [`inspect`] has just checked (its manifest given).
+/// With `kek`, the `snapshot.restored` record carries a MAC under the audit
+/// checkpoint key, so `audit verify --witness` trusts it to explain what
+/// the SIEM holds beyond the snapshot; without (the DR drill's scratch copy,
+/// which supplies its KEK after the restore), the record is plain and
+/// explains nothing.
 pub async fn restore_inspected(
     store: &Store,
     path: &Path,
     manifest: &Manifest,
     actor: &str,
+    kek: Option<Arc<dyn KekProvider>>,
 ) -> Result<Restored, BackupError> {
     ensure_empty(store).await?;
     if manifest.schema_version > known_version() {
@@ -434,7 +489,8 @@ pub async fn restore_inspected(
                     // unique indexes) and record the restore; a restore cut
                     // short from here on still has no schema version.
                     schema::create_indexes_up_to(store, manifest.schema_version).await?;
-                    audit_seq = Some(record_restore(store, manifest, documents, actor).await?);
+                    audit_seq =
+                        Some(record_restore(store, manifest, documents, actor, kek.clone()).await?);
                 }
                 snapshot::create_collection(store, &name).await?;
                 current = Some(name);
@@ -455,7 +511,7 @@ pub async fn restore_inspected(
     let audit_seq = match audit_seq {
         Some(seq) => seq,
         // A snapshot without a schema collection (never migrated).
-        None => record_restore(store, manifest, documents, actor).await?,
+        None => record_restore(store, manifest, documents, actor, kek).await?,
     };
     Ok(Restored {
         manifest: manifest.clone(),
@@ -465,27 +521,58 @@ pub async fn restore_inspected(
 }
 
 /// Appends `snapshot.restored`: where the restored log forks from the one
-/// the SIEM holds (`audit verify --witness` reads it).
+/// the SIEM holds (`audit verify --witness` reads it). With the KEK, its
+/// details carry a MAC under the audit checkpoint key (read from the
+/// restored secrets, or made when no checkpoint exists yet) over its place
+/// in the chain, which is known before the append: nothing else writes to
+/// a database being restored.
 async fn record_restore(
     store: &Store,
     manifest: &Manifest,
     documents: i64,
     actor: &str,
+    kek: Option<Arc<dyn KekProvider>>,
 ) -> Result<i64, BackupError> {
-    let event = Event::new(actor, RESTORED_ACTION, "snapshot").with(doc! {
+    let not_recorded = |what: String| {
+        BackupError::Db(format!(
+            "{what} (the data is loaded but the restore is not recorded: drop the database and restore again)"
+        ))
+    };
+    let audit = Audit::new(store.clone());
+    let mut details = doc! {
         "taken_at": &manifest.taken_at,
         "created_by": &manifest.created_by,
         "from_database": &manifest.database,
         "audit_head_seq": manifest.audit_head.seq,
         "audit_head_hash": &manifest.audit_head.hash,
         "documents": documents,
-    });
-    Audit::new(store.clone()).append(&event).await.map_err(|e| {
-        BackupError::Db(format!(
-            "recording the restore in the audit log: {} (the data is loaded but the restore is not recorded: drop the database and restore again)",
+        "restored_at": store.server_now().await?,
+        "restored_into": store.db().name(),
+    };
+    let (head_seq, head_hash) = audit.head().await?;
+    if let Some(kek) = kek {
+        let key = checkpoint::key(&Secrets::new(store.clone(), kek))
+            .await
+            .map_err(|e| not_recorded(format!("opening the audit checkpoint key: {e}")))?;
+        let mac = restore_mac(&key, head_seq + 1, &head_hash, actor, &details)
+            .expect("every covered field is set above");
+        details.insert("key_id", key_id(&key));
+        details.insert("mac", mac);
+    }
+    let event = Event::new(actor, RESTORED_ACTION, "snapshot").with(details);
+    let seq = audit.append(&event).await.map_err(|e| {
+        not_recorded(format!(
+            "recording the restore in the audit log: {}",
             short(&e)
         ))
-    })
+    })?;
+    if seq != head_seq + 1 {
+        return Err(not_recorded(format!(
+            "something else appended to the audit log during the restore (the restore record is at {seq}, not {})",
+            head_seq + 1
+        )));
+    }
+    Ok(seq)
 }
 
 /// The manifest, for people.

@@ -22,8 +22,9 @@ pub enum AuditCommand {
         json: bool,
         /// Also compare the log with the records a SIEM received: a file of
         /// our syslog forwarder's lines as rsyslog writes them. Lists what
-        /// the SIEM holds that the database lacks (after a restore: what
-        /// happened after the snapshot); exit 3 when the two disagree
+        /// the SIEM holds that the database lacks; exit 3 for any such
+        /// record that no authenticated restore explains (one `snapshot
+        /// restore` wrote with the KEK), and when the two disagree
         #[arg(long)]
         witness: Option<PathBuf>,
     },
@@ -71,15 +72,17 @@ async fn verify(
         Some(path) => {
             let file = std::fs::File::open(path)
                 .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", path.display())))?;
-            let compared = audit::witness::compare(&store, std::io::BufReader::new(file))
-                .await
-                .map_err(|e| {
-                    Failure::Runtime(format!(
-                        "reading the audit log: {}",
-                        crate::store::short(&e)
-                    ))
-                })?
-                .map_err(|e| Failure::Runtime(format!("reading {}: {e}", path.display())))?;
+            let restore_key = key.as_deref().map(|k| k.as_slice());
+            let compared =
+                audit::witness::compare(&store, restore_key, std::io::BufReader::new(file))
+                    .await
+                    .map_err(|e| {
+                        Failure::Runtime(format!(
+                            "reading the audit log: {}",
+                            crate::store::short(&e)
+                        ))
+                    })?
+                    .map_err(|e| Failure::Runtime(format!("reading {}: {e}", path.display())))?;
             Some(compared)
         }
     };

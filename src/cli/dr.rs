@@ -260,9 +260,12 @@ pub async fn run(command: DrCommand) -> Result<ExitCode, Failure> {
     if let (Some(store), Some(manifest)) = (&store, &manifest) {
         drill
             .step("restore", async {
-                let r = backup::restore_inspected(store, &args.snapshot, manifest, &operator())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                // The KEK comes in the next step: the scratch copy's restore
+                // record stays plain (no witness is ever run on it).
+                let r =
+                    backup::restore_inspected(store, &args.snapshot, manifest, &operator(), None)
+                        .await
+                        .map_err(|e| e.to_string())?;
                 Ok((
                     (),
                     format!(

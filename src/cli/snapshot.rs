@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 use super::config::CommonArgs;
-use super::{connect, operator, Failure};
+use super::{connect, open_kek, operator, Failure};
 use crate::backup;
 
 #[derive(Subcommand)]
@@ -33,8 +33,10 @@ pub enum SnapshotCommand {
         #[command(flatten)]
         common: CommonArgs,
     },
-    /// Check a snapshot end to end, then load it into the (empty) database
-    /// CAP_MONGO_URI or --mongo-uri names; run `migrate` after it
+    /// Check a snapshot end to end and the configured KEK against it, then
+    /// load it into the (empty) database CAP_MONGO_URI or --mongo-uri names
+    /// and record the restore, authenticated with the KEK; run `migrate`
+    /// after it
     Restore {
         /// The snapshot
         #[arg(long)]
@@ -109,11 +111,15 @@ pub async fn run(command: SnapshotCommand) -> Result<ExitCode, Failure> {
         }
         SnapshotCommand::Restore { from, json, common } => {
             let store = connect(&common).await?;
-            let restored = backup::restore(&store, &from, &operator())
+            // The restore record is authenticated with the KEK, so that
+            // `audit verify --witness` can tell it from one anyone who can
+            // write the database appends.
+            let kek = open_kek(&common)?;
+            let restored = backup::restore(&store, &from, &operator(), kek)
                 .await
                 .map_err(failed)?;
             eprintln!(
-                "restored {} documents into database {} (audit record {} records the restore). Next: supply the KEK (`certautopilot kek import`), run `certautopilot migrate` (it builds the indexes), `certautopilot audit verify` and `certautopilot health`",
+                "restored {} documents into database {} (audit record {} records the restore). Next: run `certautopilot migrate` (it builds the indexes), `certautopilot audit verify --witness SIEM-FILE` and `certautopilot health`",
                 restored.documents,
                 store.db().name(),
                 restored.audit_seq

@@ -276,7 +276,35 @@ const MIGRATIONS: &[Migration] = &[
         // workers, and listed by any later `migrate` (README: Distribution).
         contract: false,
     },
+    Migration {
+        version: 18,
+        name: "one audit checkpoint follows each (no forked checkpoint chain)",
+        collections: &[],
+        indexes: v18_indexes,
+        data: None,
+        needs_kek: false,
+        contract: false,
+    },
 ];
+
+fn v18_indexes() -> Vec<(&'static str, IndexModel)> {
+    // Two housekeeping runs sealing onto the same checkpoint at once: the
+    // second insert fails instead of forking the chain. Sparse: checkpoints
+    // sealed before carry no `follows`.
+    vec![(
+        "audit_checkpoints",
+        IndexModel::builder()
+            .keys(doc! { "follows": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name("follows_unique".to_string())
+                    .unique(true)
+                    .sparse(true)
+                    .build(),
+            )
+            .build(),
+    )]
+}
 
 fn v16_indexes() -> Vec<(&'static str, IndexModel)> {
     use super::certificates::DISTRIBUTE_NEXT_AT;

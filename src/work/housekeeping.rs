@@ -28,8 +28,8 @@ pub struct Housekeeping {
     pub metrics: Arc<Metrics>,
     /// The last checkpoint this process sealed or found.
     pub witness: Arc<Witness>,
-    /// One seal at a time in this process: two housekeeping jobs running
-    /// at once would both chain onto the same checkpoint and fork the chain.
+    /// One seal at a time in this process (across processes, the unique
+    /// `follows` of a checkpoint refuses a second seal onto the same one).
     pub sealing: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -169,14 +169,29 @@ async fn seal_audit_chain(
             return Ok(0);
         }
     };
-    job.lease
+    let inserted = job
+        .lease
         .fenced_update(
             CHECKPOINTS_COLLECTION,
             doc! { "_id": checkpoint.seq },
             doc! { "$setOnInsert": checkpoint.fields() },
             true,
         )
-        .await?;
+        .await;
+    match inserted {
+        Ok(()) => {}
+        // A run in another process sealed onto the same checkpoint first
+        // (`follows` is unique): the chain goes on from its checkpoint.
+        Err(JobError::Db(e)) if checkpoint::is_sealed_by_another(&e) => {
+            let sealed = checkpoint::latest(store).await.map_err(JobError::from)?;
+            if let Some(sealed) = &sealed {
+                witness.saw(sealed);
+            }
+            metrics.audit_seal_refused.set(0);
+            return Ok(sealed.map_or(0, |c| c.seq));
+        }
+        Err(e) => return Err(e.into()),
+    }
     // What is stored at that seq (another run may have sealed it first).
     let stored = checkpoint::at(store, checkpoint.seq)
         .await

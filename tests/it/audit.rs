@@ -548,7 +548,13 @@ async fn each_checkpoint_is_copied_into_the_log_once() {
     let db = TestDb::migrated("audit_checkpoint_copies").await;
     let store = db.store().await;
     let procs = housekeeping_procs(&db, "copies");
+    // Something to seal each time: an idle log is not sealed anew.
+    let audit = Audit::new(store.clone());
     let sealed = support::wait_until(Duration::from_secs(60), || async {
+        audit
+            .append(&Event::new("test", "thing.changed", "things/1"))
+            .await
+            .unwrap();
         store
             .collection(audit::AUDIT_COLLECTION)
             .count_documents(doc! { "action": "audit.checkpoint" })
@@ -592,6 +598,128 @@ async fn each_checkpoint_is_copied_into_the_log_once() {
         .await
         .unwrap();
     assert_eq!(verify(&db, &key).await, None);
+}
+
+/// Issue 26, section 4: housekeeping in several worker processes sealing
+/// at once used to chain two checkpoints onto the same one, and `audit
+/// verify` then reported a gap in the checkpoint chain (a false tamper
+/// alarm). Four workers run 120 housekeeping jobs at once while records
+/// keep coming; the chain of checkpoints has no fork and verifies.
+#[tokio::test]
+async fn housekeeping_in_several_processes_at_once_does_not_fork_the_checkpoint_chain() {
+    let db = TestDb::migrated("audit_seal_race").await;
+    let store = db.store().await;
+    let queue = JobQueue::new(store.clone());
+    let jobs = 120;
+    for i in 0..jobs {
+        queue
+            .enqueue(&NewJob::new(
+                "housekeeping",
+                format!("seal-race-{i}"),
+                doc! { "term": 1_i64 },
+            ))
+            .await
+            .unwrap();
+    }
+    let appending = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let appender = {
+        let (audit, appending) = (Audit::new(store.clone()), appending.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while appending.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let event = Event::new("test", "thing.changed", format!("things/{i}"));
+                audit.append(&event).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let workers: Vec<Proc> = (0..4)
+        .map(|i| {
+            Proc::start(
+                "worker",
+                &db,
+                &format!("sealer-{i}"),
+                &[("CAP_WORKER_CONCURRENCY", "2"), ("CAP_CLAIM_POLL_MS", "20")],
+            )
+        })
+        .collect();
+    let done = support::wait_until(Duration::from_secs(180), || async {
+        audit_coll(&store)
+            .count_documents(doc! { "action": "job.completed", "details.kind": "housekeeping" })
+            .await
+            .unwrap()
+            == jobs
+    })
+    .await;
+    appending.store(false, std::sync::atomic::Ordering::Relaxed);
+    appender.await.unwrap();
+    assert!(done, "every run completed; log:\n{}", workers[0].log_text());
+    drop(workers);
+
+    let checkpoints: Vec<Checkpoint> =
+        support::documents(&store, audit::CHECKPOINTS_COLLECTION, doc! {})
+            .await
+            .iter()
+            .map(Checkpoint::parse)
+            .collect();
+    assert!(checkpoints.len() >= 2, "{} checkpoints", checkpoints.len());
+    let followed: std::collections::BTreeSet<i64> = checkpoints
+        .iter()
+        .map(|c| c.prev.as_ref().unwrap().0)
+        .collect();
+    assert_eq!(
+        followed.len(),
+        checkpoints.len(),
+        "one checkpoint follows each"
+    );
+    let out = db.cli(&["audit", "verify"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+}
+
+/// An idle installation: housekeeping runs every second, but after the
+/// last record anyone else appended it seals once; its own records (the
+/// checkpoint's copy, its job's outcome) do not call for a new checkpoint
+/// at every run.
+#[tokio::test]
+async fn an_idle_installation_is_not_sealed_anew_at_every_run() {
+    let db = TestDb::migrated("audit_idle").await;
+    let store = db.store().await;
+    let procs = housekeeping_procs(&db, "idle");
+    let sealed = append_and_wait_for_seal(&db, 3).await;
+    let runs_after = || async {
+        audit_coll(&store)
+            .count_documents(doc! {
+                "_id": { "$gt": sealed.seq },
+                "action": "job.completed",
+                "details.kind": "housekeeping",
+            })
+            .await
+            .unwrap()
+    };
+    assert!(
+        support::wait_until(Duration::from_secs(30), || async {
+            runs_after().await >= 4
+        })
+        .await,
+        "housekeeping kept running"
+    );
+    drop(procs);
+    assert_eq!(
+        latest_checkpoint(&db).await.map(|c| c.seq),
+        Some(sealed.seq),
+        "no checkpoint after {} runs with nothing new",
+        runs_after().await
+    );
+    let (_, audit_check) = audit_health(&db);
+    assert_eq!(audit_check["ok"], true, "{audit_check}");
+    let out = db.cli(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// Four worker processes append job outcomes at once, alongside the

@@ -611,7 +611,10 @@ async fn the_siem_witness_lists_what_was_written_after_the_snapshot_and_flags_a_
     let out = restored.cli(&["audit", "verify", "--json", "--witness", path(&rsyslog.out)]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(out.status.success(), "{report}");
-    let lacking: Vec<i64> = report["witness"]["missing_from_database"]
+    let restores = report["witness"]["restores"].as_array().unwrap();
+    assert_eq!(restores.len(), 1, "{report}");
+    assert_eq!(restores[0]["authenticated"], true, "{report}");
+    let lacking: Vec<i64> = report["witness"]["written_after_snapshot"]
         .as_array()
         .unwrap()
         .iter()
@@ -621,6 +624,10 @@ async fn the_siem_witness_lists_what_was_written_after_the_snapshot_and_flags_a_
     assert_eq!(
         lacking,
         ((at_snapshot + 1)..=head).collect::<Vec<_>>(),
+        "{report}"
+    );
+    assert_eq!(
+        report["witness"]["missing_from_database_total"], 0,
         "{report}"
     );
     assert!(
@@ -654,4 +661,152 @@ async fn the_siem_witness_lists_what_was_written_after_the_snapshot_and_flags_a_
         .map(|d| d["seq"].as_i64().unwrap())
         .collect();
     assert_eq!(flagged, [5], "{report}");
+}
+
+/// The review's attack (issue 26, section 3), with database access alone
+/// against a real rsyslog SIEM: the records after the last checkpoint
+/// (the SIEM's copy of that checkpoint among them) deleted, the head moved
+/// back, and one plain-hashed `snapshot.restored` record appended. Plain
+/// `audit verify` still calls the chain intact (every checkpoint left is
+/// authentic); the witness used to take the record for a restore, list
+/// the deleted records as "written after the snapshot" and confirm the
+/// database. The record carries no MAC under the checkpoint key, so it
+/// explains nothing: every deleted record is missing, exit 3.
+#[tokio::test]
+async fn a_cut_back_disguised_as_a_restore_is_not_confirmed_by_the_siem() {
+    let rsyslog = Rsyslog::start();
+    let db = TestDb::migrated("witness_cut_back").await;
+    let store = db.store().await;
+    let audit = Audit::new(store.clone());
+    let append = |n: i64| {
+        let audit = audit.clone();
+        async move {
+            for i in 0..n {
+                audit
+                    .append(&Event::new("test", "thing.changed", format!("things/{i}")))
+                    .await
+                    .unwrap();
+            }
+            audit.head().await.unwrap().0
+        }
+    };
+    let addr = format!("127.0.0.1:{}", rsyslog.port);
+    let env = [
+        ("CAP_SIEM_SYSLOG_ADDR", addr.as_str()),
+        ("CAP_SIEM_POLL_MS", "50"),
+        ("CAP_HOUSEKEEPING_SECS", "1"),
+        ("CAP_CLAIM_POLL_MS", "50"),
+    ];
+    let scheduler = Proc::start("scheduler", &db, "cut-back-scheduler", &env);
+    let worker = Proc::start("worker", &db, "cut-back-worker", &env);
+    let first = append(10).await;
+    // Sealed, and the checkpoint copied into the log (and so to the SIEM).
+    let sealed = wait_until(Duration::from_secs(30), || async {
+        let Some(c) = certautopilot::audit::checkpoint::latest(&store)
+            .await
+            .unwrap()
+        else {
+            return false;
+        };
+        c.seq >= first
+            && store
+                .collection(AUDIT_COLLECTION)
+                .count_documents(doc! { "action": "audit.checkpoint", "details.seq": c.seq })
+                .await
+                .unwrap()
+                > 0
+    })
+    .await;
+    assert!(sealed, "housekeeping sealed; log:\n{}", worker.log_text());
+    drop(worker);
+    let head = append(10).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            (1..=head).all(|s| rsyslog.received().contains(&s))
+        })
+        .await,
+        "the SIEM received every record; log:\n{}",
+        scheduler.log_text()
+    );
+    drop(scheduler);
+    let last = certautopilot::audit::checkpoint::latest(&store)
+        .await
+        .unwrap()
+        .unwrap();
+    let audit_coll = store.collection(AUDIT_COLLECTION);
+    let copies_after = audit_coll
+        .count_documents(doc! { "_id": { "$gt": last.seq }, "action": "audit.checkpoint" })
+        .await
+        .unwrap();
+    assert!(
+        copies_after >= 1,
+        "the SIEM's copy of the checkpoint is among the records cut"
+    );
+
+    // The attacker: MongoDB access, no KEK.
+    audit_coll
+        .delete_many(doc! { "_id": { "$gt": last.seq } })
+        .await
+        .unwrap();
+    store
+        .collection(certautopilot::audit::AUDIT_HEAD_COLLECTION)
+        .update_one(
+            doc! { "_id": "head" },
+            doc! { "$set": { "seq": last.seq, "hash": &last.hash } },
+        )
+        .await
+        .unwrap();
+    let forged = Audit::new(store.clone())
+        .append(
+            &Event::new("operator", "snapshot.restored", "snapshot").with(doc! {
+                "taken_at": "2026-12-02T03:17:00Z",
+                "audit_head_seq": last.seq,
+                "audit_head_hash": &last.hash,
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(forged, last.seq + 1);
+
+    let out = db.cli(&["audit", "verify", "--json", "--witness", path(&rsyslog.out)]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["chain"]["problem"].is_null(),
+        "the chain alone looks intact: {report}"
+    );
+    assert_eq!(out.status.code(), Some(3), "{report}");
+    let witness = &report["witness"];
+    assert_eq!(witness["confirmed"], false, "{report}");
+    assert_eq!(witness["restores"][0]["authenticated"], false, "{report}");
+    assert!(
+        witness["restores"][0]["not_authenticated"]
+            .as_str()
+            .unwrap()
+            .contains("no MAC"),
+        "{report}"
+    );
+    let missing: BTreeSet<i64> = witness["missing_from_database"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_i64().unwrap())
+        .collect();
+    let deleted: BTreeSet<i64> = ((last.seq + 1)..=head).collect();
+    assert!(
+        deleted.is_subset(&missing),
+        "every deleted record is missing: {report}"
+    );
+    assert!(
+        witness["written_after_snapshot"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{report}"
+    );
+    let text = db.cli(&["audit", "verify", "--witness", path(&rsyslog.out)]);
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(
+        text.contains("NOT AUTHENTICATED") && text.contains("CONTRADICTS"),
+        "{text}"
+    );
 }
