@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 
 use super::certificate_of;
 use crate::audit::{Audit, Event};
-use crate::crypto::binding::BindingKey;
+use crate::crypto::binding::{BindingError, BindingKey};
 use crate::crypto::secrets::{SecretError, SecretRef, Secrets};
 use crate::distribute::http::DeliveryError;
 use crate::distribute::kubernetes_secret::{self, Cluster, TlsData};
@@ -176,6 +176,27 @@ impl PreviousSecret {
 }
 
 impl Distribute {
+    /// Whether `target` (stored as `found`) and `cert`'s list of targets
+    /// are as an API replica bound them.
+    async fn check_bound(
+        &self,
+        found: &mongodb::bson::Document,
+        target: &Target,
+        cert: &Certificate,
+    ) -> Result<(), BindingError> {
+        self.binding
+            .verify_target(target, targets::binding_mac(found))
+            .await?;
+        self.binding
+            .verify_certificate_targets(
+                &cert.project_id,
+                &cert.id,
+                &cert.target_ids,
+                cert.targets_mac.as_deref(),
+            )
+            .await
+    }
+
     async fn deliver(&self, job: ClaimedJob) -> Result<(), HandlerError> {
         let store = self.secrets.store().clone();
         let p: DistributePayload = job.payload_as()?;
@@ -220,23 +241,7 @@ impl Distribute {
         // Nothing a database writer changed steers the delivery: the
         // target and the certificate's list of targets are as an API
         // replica bound them, and every setting passes the API's rules again.
-        let bound = match self
-            .binding
-            .verify_target(&target, targets::binding_mac(&found))
-            .await
-        {
-            Ok(()) => {
-                self.binding
-                    .verify_certificate_targets(
-                        &cert.project_id,
-                        &cert.id,
-                        &cert.target_ids,
-                        cert.targets_mac.as_deref(),
-                    )
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let bound = self.check_bound(&found, &target, &cert).await;
         match bound {
             Ok(()) => {}
             Err(e) if e.is_transient() => return Err(HandlerError::Retryable(e.to_string())),
