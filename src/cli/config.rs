@@ -26,6 +26,10 @@ pub const DEFAULT_API_TOKEN_CACHE_SECS: u64 = 5;
 /// Requests per minute one API token may make, over every api replica:
 /// 20 a second, sustained.
 pub const DEFAULT_API_RATE_LIMIT: u64 = 1200;
+/// Live API tokens one project may hold (tokens minted past it: 409).
+pub const DEFAULT_MAX_TOKENS_PER_PROJECT: u64 = 500;
+/// Notification channels one project, or the installation, may hold.
+pub const DEFAULT_MAX_CHANNELS_PER_PROJECT: u64 = 50;
 pub const DEFAULT_HOUSEKEEPING_SECS: u64 = 60;
 pub const DEFAULT_RENEWAL_SCAN_SECS: u64 = 30;
 pub const DEFAULT_DRIFT_SCAN_SECS: u64 = 3600;
@@ -198,6 +202,12 @@ pub struct WorkloadArgs {
     /// Requests per minute one API token may make, summed over every api replica; past it, 429 with Retry-After; 0: no limit [default: 1200]
     #[arg(long, env = "CAP_API_RATE_LIMIT")]
     pub api_rate_limit: Option<String>,
+    /// Live API tokens one project may hold; minting past it is refused (409) [default: 500]
+    #[arg(long, env = "CAP_MAX_TOKENS_PER_PROJECT")]
+    pub max_tokens_per_project: Option<String>,
+    /// Notification channels one project (and the installation) may hold; creating past it is refused (409) [default: 50]
+    #[arg(long, env = "CAP_MAX_CHANNELS_PER_PROJECT")]
+    pub max_channels_per_project: Option<String>,
     /// How often the scheduler leader enqueues housekeeping [default: 60]
     #[arg(long, env = "CAP_HOUSEKEEPING_SECS")]
     pub housekeeping_secs: Option<String>,
@@ -466,6 +476,8 @@ pub struct WorkloadConfig {
     pub api_token_cache: Duration,
     /// Requests per minute per token; 0: none.
     pub api_rate_limit: u64,
+    pub max_tokens_per_project: u64,
+    pub max_channels_per_project: u64,
     pub housekeeping_interval: Duration,
     pub job_max_attempts: u32,
     pub job_retention: Duration,
@@ -650,6 +662,18 @@ impl WorkloadArgs {
                 "CAP_API_RATE_LIMIT",
                 DEFAULT_API_RATE_LIMIT,
                 0..=100_000_000,
+            )?,
+            max_tokens_per_project: number(
+                &self.max_tokens_per_project,
+                "CAP_MAX_TOKENS_PER_PROJECT",
+                DEFAULT_MAX_TOKENS_PER_PROJECT,
+                1..=1_000_000,
+            )?,
+            max_channels_per_project: number(
+                &self.max_channels_per_project,
+                "CAP_MAX_CHANNELS_PER_PROJECT",
+                DEFAULT_MAX_CHANNELS_PER_PROJECT,
+                1..=10_000,
             )?,
             housekeeping_interval: secs(
                 &self.housekeeping_secs,
@@ -907,6 +931,8 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_secs(25));
         assert_eq!(c.housekeeping_interval, Duration::from_secs(60));
         assert_eq!(c.job_max_attempts, 5);
+        assert_eq!(c.max_tokens_per_project, 500);
+        assert_eq!(c.max_channels_per_project, 50);
         assert_eq!(c.kek_rotation_check, Duration::from_secs(30));
         assert_eq!(c.job_attempt_timeout, Duration::from_secs(3900));
         assert_eq!(c.transport.limits.timeout, Duration::from_secs(30));

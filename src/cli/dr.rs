@@ -795,7 +795,13 @@ impl Client {
             .server_after(Duration::from_secs(3600))
             .await
             .map_err(|e| short(&e))?;
-        let token = auth::create(store, &key, true, &[], "dr drill", Some(expires), None)
+        let spec = auth::TokenSpec {
+            global_admin: true,
+            roles: &[],
+            description: "dr drill",
+            expires_at: Some(expires),
+        };
+        let token = auth::create(store, &key, &spec)
             .await
             .map_err(|e| format!("making the drill's API token: {e}"))?;
         Audit::new(store.clone())

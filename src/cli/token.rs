@@ -79,17 +79,15 @@ async fn create(
         }
     }
     let token_key = TokenKey::new(Secrets::new(store.clone(), open_kek(&common)?));
-    let token = auth::create(
-        &store,
-        &token_key,
-        project.is_none(),
-        &grants,
+    let spec = auth::TokenSpec {
+        global_admin: project.is_none(),
+        roles: &grants,
         description,
-        None,
-        None,
-    )
-    .await
-    .map_err(|e| Failure::Runtime(e.to_string()))?;
+        expires_at: None,
+    };
+    let token = auth::create(&store, &token_key, &spec)
+        .await
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
     let event =
         Event::new(operator(), "token.created", format!("tokens/{}", token.id)).with(doc! {
             "global_admin": project.is_none(),

@@ -140,6 +140,8 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
         audit: Audit::new(store.clone()).with_metrics(metrics.clone()),
         metrics: metrics.clone(),
         token_max_lifetime: cfg.api_token_max_lifetime,
+        max_tokens_per_project: cfg.max_tokens_per_project,
+        max_channels_per_project: cfg.max_channels_per_project,
         egress: cfg.transport.egress.clone(),
         outbox: Outbox::new(queue.clone(), cfg.notify_attempts),
     };

@@ -156,8 +156,15 @@ fn grants_text(record: &Document) -> String {
                 .collect()
         })
         .unwrap_or_default();
+    // Whose rate budget a minted token spends: part of what it is given.
+    // Records without one (older, or made by a global admin) read as they
+    // always did.
+    let budget = match record.get_str("rate_budget") {
+        Ok(budget) => format!("\nbudget={budget}"),
+        Err(_) => String::new(),
+    };
     format!(
-        "certautopilot token grants v1\n{}\n{}\n{}\n{}\n{}\n{}",
+        "certautopilot token grants v1\n{}\n{}\n{}\n{}\n{}\n{}{budget}",
         record.get_str("_id").unwrap_or_default(),
         record.get_str("id").unwrap_or_default(),
         record.get_bool("global_admin").unwrap_or(false),
@@ -183,4 +190,25 @@ fn keyed(key: &[u8], legacy: &str) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::doc;
+
+    #[test]
+    fn whose_budget_a_token_spends_is_part_of_what_is_maced() {
+        let record = doc! { "_id": "r", "id": "tok_1", "global_admin": false, "roles": [], "created_by": "tok_0" };
+        let mut budgeted = record.clone();
+        budgeted.insert("rate_budget", "tok_0");
+        let mut moved = record.clone();
+        moved.insert("rate_budget", "tok_9");
+        assert_ne!(grants_text(&record), grants_text(&budgeted));
+        assert_ne!(grants_text(&budgeted), grants_text(&moved));
+        assert!(
+            !grants_text(&record).contains("budget"),
+            "a record without one reads as before"
+        );
+    }
 }

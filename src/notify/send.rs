@@ -96,6 +96,75 @@ pub async fn send(
     }
 }
 
+/// What a failed send may tell whoever can read it (the caller of a test
+/// message, the outbox's `last_error`, the audit log): the receiver's
+/// status when it answered, and why in our own words. Never the
+/// receiver's bytes: a channel aimed at an internal service must not make
+/// the API a way to read that service. The whole error goes to the log.
+pub fn reason_to_show(e: &DeliveryError) -> String {
+    match e {
+        DeliveryError::Rejected { status, .. } => {
+            format!("the receiver answered {status}: it refused the message")
+        }
+        DeliveryError::Transient(text) => match answered_status(text) {
+            Some(status) => format!("the receiver answered {status}: busy or failing"),
+            None => "no answer from the receiver (no connection, a timeout, or the \
+                     connection closed); try again later"
+                .into(),
+        },
+        DeliveryError::Refused(_) => "not sent: the egress policy, the channel's address, TLS \
+                                      settings or credential refuse it (an operator finds \
+                                      the reason in the server's log)"
+            .into(),
+    }
+}
+
+/// The status in a transient error made of an answer
+/// ([`crate::distribute::http::refusal`]: "the receiver answered 503: …").
+fn answered_status(text: &str) -> Option<u16> {
+    let rest = text.strip_prefix("the receiver answered ")?;
+    rest.get(..3)?.parse().ok()
+}
+
 fn parse_url(url: &str) -> Result<Url, DeliveryError> {
     Url::parse(url).map_err(|e| DeliveryError::Refused(format!("the channel's URL: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::distribute::http::refusal;
+
+    fn answer(status: u16, body: &str) -> reqwest::Response {
+        reqwest::Response::from(
+            http::Response::builder()
+                .status(status)
+                .body(body.to_string())
+                .unwrap(),
+        )
+    }
+
+    /// A channel aimed at an internal service answers with that service's
+    /// page: what is shown of the failure holds its status, never its body.
+    #[tokio::test]
+    async fn what_is_shown_of_a_failure_holds_the_status_and_none_of_the_answer() {
+        let page = "<h1>internal admin</h1> db_password=hunter2";
+        for status in [400, 404, 429, 500, 503] {
+            let error = refusal(answer(status, page)).await;
+            assert!(
+                error.to_string().contains("hunter2"),
+                "the log keeps it all"
+            );
+            let shown = reason_to_show(&error);
+            assert!(shown.contains(&status.to_string()), "{status}: {shown}");
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("admin"),
+                "{shown}"
+            );
+        }
+        let refused = DeliveryError::Refused("address 10.0.0.1 (private) refused".into());
+        assert!(!reason_to_show(&refused).contains("10.0.0.1"));
+        let transient = DeliveryError::Transient("POST https://h: connection reset".into());
+        assert!(reason_to_show(&transient).starts_with("no answer"));
+    }
 }

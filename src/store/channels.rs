@@ -58,6 +58,14 @@ pub async fn page(
         .await
 }
 
+/// How many channels `project_id` (`None`: the installation) holds.
+pub async fn count_in_scope(store: &Store, project_id: Option<&str>) -> Result<u64, MongoError> {
+    store
+        .collection(CHANNELS)
+        .count_documents(doc! { "project_id": scope(project_id) })
+        .await
+}
+
 pub async fn insert(store: &Store, record: Document) -> Result<(), MongoError> {
     store.insert("create channel", CHANNELS, record).await
 }

@@ -19,21 +19,102 @@ pub async fn insert(store: &Store, mut record: Document) -> Result<(), MongoErro
     store.insert("create token", TOKENS, record).await
 }
 
+/// A filter for the live tokens among `filter`: not revoked, and not past
+/// `expires_at` by the database's clock.
+fn live_among(mut filter: Document) -> Document {
+    filter.insert("revoked", false);
+    filter.insert(
+        "$or",
+        vec![
+            doc! { "expires_at": { "$exists": false } },
+            doc! { "$expr": { "$gt": ["$expires_at", "$$NOW"] } },
+        ],
+    );
+    filter
+}
+
 /// The live token stored under `record_id`: keyed by this build, not
 /// revoked, and not past its `expires_at` by the database's clock.
 pub async fn live(store: &Store, record_id: &str) -> Result<Option<Document>, MongoError> {
     store
         .collection(TOKENS)
-        .find_one(doc! {
-            "_id": record_id,
-            "keyed": KEYED,
-            "revoked": false,
-            "$or": [
-                { "expires_at": { "$exists": false } },
-                { "$expr": { "$gt": ["$expires_at", "$$NOW"] } },
-            ],
-        })
+        .find_one(live_among(doc! { "_id": record_id, "keyed": KEYED }))
         .await
+}
+
+/// Why a token minted through the API was not stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MintRefused {
+    /// The token minting it was revoked (or expired) by the time the new
+    /// token was stored; the new one is revoked too.
+    MinterNotLive,
+    /// `project` already holds `live` live tokens, the most it may.
+    ProjectFull { project: String, live: u64 },
+}
+
+/// Stores `record`, a token minted by the token `minted_by` (its `id`),
+/// unless a project the record grants a role on already holds
+/// `max_per_project` live tokens, or `minted_by` is no longer live once the
+/// record is stored.
+///
+/// The minter is read *after* the new record is written, and a revocation
+/// writes the minter's record *before* it looks for what it minted
+/// ([`revoke_with_minted`]). So either this read sees the minter live, and
+/// the revocation's look comes later and finds the new token; or it sees
+/// it revoked, and the new token is revoked here before its secret is
+/// shown to anyone. No token minted while its minter is being revoked
+/// stays live. (A crash between the two leaves a live record whose secret
+/// nobody was given.)
+///
+/// The count per project is read before the write: mints racing on one
+/// project may each pass it, so a project can go past the cap by the mints
+/// in flight at that moment, never further.
+pub async fn insert_minted(
+    store: &Store,
+    mut record: Document,
+    minted_by: &str,
+    max_per_project: u64,
+) -> Result<Result<(), MintRefused>, MongoError> {
+    let tokens = store.collection(TOKENS);
+    let projects: Vec<&str> = record
+        .get_array("roles")
+        .map(|a| {
+            a.iter()
+                .filter_map(Bson::as_document)
+                .filter_map(|r| r.get_str("project_id").ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    for project in projects {
+        let live = tokens
+            .count_documents(live_among(doc! { "roles.project_id": project }))
+            .await?;
+        if live >= max_per_project {
+            return Ok(Err(MintRefused::ProjectFull {
+                project: project.to_string(),
+                live,
+            }));
+        }
+    }
+    let record_id = record.get_str("_id").unwrap_or_default().to_string();
+    record.insert("keyed", KEYED);
+    store.insert("mint token", TOKENS, record).await?;
+    let minter = tokens
+        .find_one(live_among(doc! { "id": minted_by }))
+        .projection(doc! { "id": 1 })
+        .await?;
+    if minter.is_some() {
+        return Ok(Ok(()));
+    }
+    store
+        .ride_through("revoke a token minted by a revoked one", || {
+            tokens.update_one(
+                doc! { "_id": &record_id },
+                doc! { "$set": { "revoked": true }, "$currentDate": { "revoked_at": true } },
+            )
+        })
+        .await?;
+    Ok(Err(MintRefused::MinterNotLive))
 }
 
 /// Whether any record is keyed by this build (then its token key exists).
@@ -137,17 +218,19 @@ pub async fn page(
 pub async fn revoke_with_minted(store: &Store, id: &str) -> Result<Vec<String>, MongoError> {
     let mut revoked = Vec::new();
     let mut wave = vec![id.to_string()];
+    let tokens = store.collection(TOKENS);
     while !wave.is_empty() {
-        store
-            .collection(TOKENS)
+        // Written before the walk looks for what these minted: a mint that
+        // reads its minter after this write refuses itself, and one that
+        // read it before had stored its token already (see `insert_minted`).
+        tokens
             .update_many(
                 doc! { "id": { "$in": &wave }, "revoked": false },
                 doc! { "$set": { "revoked": true }, "$currentDate": { "revoked_at": true } },
             )
             .await?;
         revoked.extend(wave.iter().cloned());
-        let minted: Vec<Document> = store
-            .collection(TOKENS)
+        let minted: Vec<Document> = tokens
             .find(doc! { "created_by": { "$in": &wave } })
             .projection(doc! { "id": 1 })
             .await?

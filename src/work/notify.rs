@@ -1,7 +1,8 @@
 //! `notify`: sends one record of the outbox to its channel, at least once
 //! (the deduplication key in every message lets receivers drop a repeat),
 //! retried with back-off until its attempts are spent; then, or when it
-//! cannot be sent at all, it is kept as dead with the last error.
+//! cannot be sent at all, it is kept as dead with the last error (as
+//! [`reason_to_show`] words it: never the receiver's answer).
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use crate::domain::jobs::NotifyPayload;
 use crate::domain::notifications::Severity;
 use crate::net::egress::EgressPolicy;
 use crate::notify::message::Notification;
-use crate::notify::send::send;
+use crate::notify::send::{reason_to_show, send};
 use crate::observe::metrics::Metrics;
 use crate::queue::handler::{HandlerError, JobHandler};
 use crate::queue::jobs::ClaimedJob;
@@ -86,14 +87,19 @@ impl Notify {
                 Ok(())
             }
             Err(e) if e.is_transient() && job.attempt < job.max_attempts => {
-                let error = e.to_string();
+                // Viewers read `last_error`: our words, not the receiver's.
+                let shown = reason_to_show(&e);
                 job.lease
-                    .fenced(notifications::failed(&p.notification_id, &error, false))
+                    .fenced(notifications::failed(&p.notification_id, &shown, false))
                     .await?;
-                tracing::warn!(notification = %p.notification_id, attempt = job.attempt, error = %error, "notification not sent; retrying");
-                Err(HandlerError::Retryable(error))
+                tracing::warn!(notification = %p.notification_id, attempt = job.attempt, error = %e, "notification not sent; retrying");
+                Err(HandlerError::Retryable(shown))
             }
-            Err(e) => self.dead(&job, &p.notification_id, e.to_string()).await,
+            Err(e) => {
+                tracing::warn!(notification = %p.notification_id, error = %e, "notification not sent");
+                self.dead(&job, &p.notification_id, reason_to_show(&e))
+                    .await
+            }
         }
     }
 

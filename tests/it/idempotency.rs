@@ -1,8 +1,11 @@
 //! `Idempotency-Key` on POST: a retry gets the first answer and does no
 //! work twice; the same key with another body is refused; keys are the
-//! token's own; the answer kept for a token's creation is not plaintext.
+//! token's own; the answer kept for a token's creation is not plaintext;
+//! a request without a valid token writes nothing.
 
-use mongodb::bson::Bson;
+use std::time::Duration;
+
+use mongodb::bson::{doc, Bson};
 use serde_json::json;
 
 use crate::support::api::raw_documents;
@@ -151,4 +154,76 @@ fn holds(value: &Bson, needle: &[u8]) -> bool {
         Bson::Array(a) => a.iter().any(|v| holds(v, needle)),
         _ => false,
     }
+}
+
+/// The attack: requests without a valid token, each with an
+/// `Idempotency-Key`, made the database insert a record and delete it
+/// again — work for anyone on the network. The token is checked first:
+/// each is answered 401, and the collection sees no write until a request
+/// with a valid token (the marker) writes its own record.
+#[tokio::test]
+async fn a_request_without_a_valid_token_writes_no_idempotency_record() {
+    use futures::StreamExt;
+    use sha2::{Digest, Sha256};
+
+    let cluster = Cluster::builder("idempotency_unauthenticated")
+        .start()
+        .await;
+    let root = &cluster.api;
+    let store = cluster.db.store().await;
+    let keys = store.collection("idempotency_keys");
+    let mut writes = keys.watch().await.unwrap();
+
+    let strangers = [
+        root.without_token(),
+        root.with_token("cap_not-a-token-at-all"),
+    ];
+    for (i, stranger) in strangers.iter().enumerate() {
+        for (path, body) in [
+            ("/projects", json!({ "name": "x" })),
+            ("/tokens", json!({ "global_admin": true })),
+        ] {
+            let key = format!("stranger-{i}{path}");
+            let (answer, _) = stranger
+                .post_with(path, &[("Idempotency-Key", &key)], body)
+                .await;
+            assert_eq!(answer.status, 401, "{}", answer.text);
+        }
+    }
+
+    let marker = json!({ "name": "marker" });
+    let (answer, _) = root
+        .post_with(
+            "/projects",
+            &[("Idempotency-Key", "marker")],
+            marker.clone(),
+        )
+        .await;
+    assert_eq!(answer.status, 201, "{}", answer.text);
+    let fingerprint = {
+        let mut h = Sha256::new();
+        h.update(format!("POST /v1/projects\n{marker}"));
+        h.finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let first = tokio::time::timeout(Duration::from_secs(10), writes.next())
+        .await
+        .expect("the marker's record is written")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.operation_type,
+        mongodb::change_stream::event::OperationType::Insert,
+        "the first write to the collection: {first:?}"
+    );
+    let written = first.full_document.unwrap();
+    assert_eq!(
+        written.get_str("fingerprint").unwrap(),
+        fingerprint,
+        "the first record written is the marker's, not a stranger's: {written}"
+    );
+    let kept = keys.count_documents(doc! {}).await.unwrap();
+    assert_eq!(kept, 1, "only the marker's record");
 }

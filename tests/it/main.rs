@@ -13,7 +13,8 @@
 //! - tenancy: `tenancy` (domain grants, the responder by name);
 //! - the API's contract and abuse: `contract` (schemathesis against the
 //!   OpenAPI document), `idempotency` (`Idempotency-Key` on POST),
-//!   `rate_limits` (per-token limits shared by the replicas);
+//!   `rate_limits` (per-token limits shared by the replicas), `tokens`
+//!   (minting while revoked, the caps on tokens);
 //! - a database writer without the KEK: `db_writer` (forged tokens, moved
 //!   key references, migration 12, targets steered elsewhere, migration 17);
 //! - one door for keys: `key_release` (editors refused, one `key.released`
@@ -85,4 +86,5 @@ mod ssh_target;
 mod stats;
 mod supervision;
 mod tenancy;
+mod tokens;
 mod workers;

@@ -268,3 +268,126 @@ async fn events_reach_the_channels_that_take_them_retried_or_kept_dead() {
     assert_eq!(status, 204);
     receiver.stop(true).await;
 }
+
+/// What an internal service answers when a channel is aimed at it: an
+/// editor must not read it through the API.
+const INTERNAL_PAGE: &str = "internal-admin-console db_password=hunter2";
+
+/// The attacks: a viewer (or an editor) reads a webhook channel's URL,
+/// whose query string holds the receiver's token; an editor aims a channel
+/// at an internal service and reads its answer through `…/test`; an editor
+/// creates channels without end. Viewers and editors see the URL's origin
+/// only (the project's admin, and a global admin, the whole URL); the test
+/// answers with the receiver's status and our words, never its body (nor
+/// does the audit record a viewer reads); past
+/// `CAP_MAX_CHANNELS_PER_PROJECT`, 409 naming the knob.
+#[actix_web::test]
+async fn viewers_see_a_webhooks_origin_and_a_test_shows_no_answer_and_channels_are_capped() {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+
+    let cluster = Cluster::builder("channel_views")
+        .env(Role::Api, "CAP_MAX_CHANNELS_PER_PROJECT", "2")
+        .start()
+        .await;
+    let root = &cluster.api;
+    let internal = HttpServer::new(|| {
+        App::new().default_service(web::to(|| async {
+            HttpResponse::NotFound().body(INTERNAL_PAGE)
+        }))
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let port = internal.addrs()[0].port();
+    let internal = internal.run();
+    let stop = internal.handle();
+    actix_web::rt::spawn(internal);
+
+    let (status, p) = root.post("/projects", json!({ "name": "viewed" })).await;
+    assert_eq!(status, 201, "{p}");
+    let p = p["id"].as_str().unwrap().to_string();
+    let token = |role: &'static str| {
+        let p = p.clone();
+        async move {
+            let body = json!({ "roles": [{ "project_id": p, "role": role }] });
+            let (status, t) = root.post("/tokens", body).await;
+            assert_eq!(status, 201, "{t}");
+            root.with_token(t["token"].as_str().unwrap())
+        }
+    };
+    let (admin, editor, viewer) = (
+        token("admin").await,
+        token("editor").await,
+        token("viewer").await,
+    );
+    let channels = format!("/projects/{p}/channels");
+    let url = format!("http://127.0.0.1:{port}/hooks/ops?token=receiver-secret-in-query");
+    let origin = format!("http://127.0.0.1:{port}");
+    let (status, created) = editor
+        .post(&channels, webhook_channel("ops", url.clone(), json!([])))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(
+        created["url"],
+        origin.as_str(),
+        "the editor's answer: {created}"
+    );
+    let id = created["id"].as_str().unwrap();
+    let one = format!("{channels}/{id}");
+
+    for (who, client, expected) in [
+        ("viewer", &viewer, &origin),
+        ("editor", &editor, &origin),
+        ("admin", &admin, &url),
+        ("global admin", root, &url),
+    ] {
+        let (status, got) = client.get(&one).await;
+        assert_eq!(status, 200, "{who}: {got}");
+        assert_eq!(got["url"], expected.as_str(), "{who} reads it: {got}");
+        let (status, listed) = client.get(&channels).await;
+        assert_eq!(status, 200, "{who}: {listed}");
+        assert_eq!(
+            listed["items"][0]["url"],
+            expected.as_str(),
+            "{who} lists it: {listed}"
+        );
+    }
+
+    let (status, tested) = editor.post(&format!("{one}/test"), json!({})).await;
+    assert_eq!(status, 200, "{tested}");
+    assert_eq!(tested["delivered"], false, "{tested}");
+    let error = tested["error"].as_str().unwrap();
+    assert!(
+        error.contains("404"),
+        "the receiver's status is told: {tested}"
+    );
+    assert!(
+        !tested.to_string().contains("hunter2") && !tested.to_string().contains("internal-admin"),
+        "the receiver's answer reached the caller: {tested}"
+    );
+    let (status, audit) = viewer.get(&format!("/projects/{p}/audit?limit=200")).await;
+    assert_eq!(status, 200, "{audit}");
+    assert!(audit.to_string().contains("channel.tested"), "{audit}");
+    assert!(!audit.to_string().contains("hunter2"), "{audit}");
+
+    // The cap: two channels, then 409 naming the knob.
+    let (status, second) = editor
+        .post(&channels, webhook_channel("second", url.clone(), json!([])))
+        .await;
+    assert_eq!(status, 201, "{second}");
+    let (status, refused) = editor
+        .post(&channels, webhook_channel("third", url.clone(), json!([])))
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused.to_string().contains("CAP_MAX_CHANNELS_PER_PROJECT"),
+        "{refused}"
+    );
+    let (status, _) = editor.call(reqwest::Method::DELETE, &one, None).await;
+    assert_eq!(status, 204);
+    let (status, third) = editor
+        .post(&channels, webhook_channel("third", url, json!([])))
+        .await;
+    assert_eq!(status, 201, "room again once one is deleted: {third}");
+    stop.stop(true).await;
+}

@@ -136,3 +136,68 @@ async fn a_token_past_its_limit_gets_429_on_every_replica_and_others_do_not() {
         .unwrap();
     assert!(refused >= 2.0, "{refused}");
 }
+
+/// The attack: a project admin mints tokens to multiply its budget. Every
+/// token it mints spends its budget (the root of the `created_by` chain
+/// below a global admin): a burst spread over five minted tokens is
+/// limited as one budget, the admin itself is then refused too, and
+/// another admin a global admin made keeps a budget of its own.
+#[tokio::test]
+async fn tokens_minted_by_a_project_admin_spend_its_budget() {
+    const MINTED: usize = 5;
+    let cluster = Cluster::builder("rate_budget")
+        .env(Role::Api, "CAP_API_RATE_LIMIT", &LIMIT.to_string())
+        .start()
+        .await;
+    let root = &cluster.api;
+    let (status, p) = root.post("/projects", json!({ "name": "budget" })).await;
+    assert_eq!(status, 201, "{p}");
+    let p = p["id"].as_str().unwrap().to_string();
+    let admin_of = |by: &crate::support::api::ApiClient| {
+        let by = by.clone();
+        let p = p.clone();
+        async move {
+            let body = json!({ "roles": [{ "project_id": p, "role": "admin" }] });
+            let (status, t) = by.post("/tokens", body).await;
+            assert_eq!(status, 201, "{t}");
+            by.with_token(t["token"].as_str().unwrap())
+        }
+    };
+    let admin = admin_of(root).await;
+    let other_admin = admin_of(root).await;
+    let mut minted = Vec::new();
+    for _ in 0..MINTED {
+        let body = json!({ "roles": [{ "project_id": &p, "role": "viewer" }] });
+        let (status, t) = admin.post("/tokens", body).await;
+        assert_eq!(status, 201, "{t}");
+        minted.push(admin.with_token(t["token"].as_str().unwrap()));
+    }
+
+    // Round robin over the minted tokens until one is refused.
+    let project = format!("/projects/{p}");
+    let mut admitted = 0;
+    'burst: for _ in 0..LIMIT {
+        for token in &minted {
+            match token.get_answer(&project).await.status {
+                200 => admitted += 1,
+                429 => break 'burst,
+                other => panic!("{other}"),
+            }
+        }
+    }
+    println!("{admitted} requests admitted over {MINTED} minted tokens");
+    // The admin's own mints came out of the same budget.
+    assert!(
+        admitted + MINTED <= LIMIT + DECAY,
+        "{admitted} admitted: each minted token had a budget of its own"
+    );
+    for token in &minted {
+        assert_eq!(token.get_answer(&project).await.status, 429);
+    }
+    assert_eq!(admin.get_answer(&project).await.status, 429, "the root too");
+    assert_eq!(
+        other_admin.get(&project).await.0,
+        200,
+        "another admin a global admin made is its own budget"
+    );
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Payload;
-use actix_web::{web, FromRequest, HttpRequest};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use futures::future::LocalBoxFuture;
@@ -40,6 +40,10 @@ pub struct Caller {
     pub roles: HashMap<String, Role>,
     /// The targets an `agent` role names, by project.
     pub agent_targets: HashMap<String, Vec<String>>,
+    /// The token whose rate budget this one spends: the token at the top
+    /// of its `created_by` chain below a global admin (itself, for a token
+    /// a global admin or the operator made).
+    pub budget: String,
 }
 
 impl Caller {
@@ -181,42 +185,91 @@ impl RoleGrant {
     }
 }
 
-/// Stores a new token with `roles` (none and `global_admin`: a global admin).
-/// `expires_at`: when it stops working (`None`: never, for the operator's
-/// bootstrap tokens). `created_by`: the token that minted it (revoking
-/// that one revokes this one too); `None` for the operator's.
+/// Who mints a token through the API, and the cap it must fit under.
+pub struct Minter<'a> {
+    pub caller: &'a Caller,
+    /// Live tokens a project may hold (`CAP_MAX_TOKENS_PER_PROJECT`).
+    pub max_tokens_per_project: u64,
+}
+
+/// What a new token grants and how long it lives.
+pub struct TokenSpec<'a> {
+    /// With no `roles`: a global admin.
+    pub global_admin: bool,
+    pub roles: &'a [RoleGrant],
+    pub description: &'a str,
+    /// When it stops working (`None`: never, for the operator's tokens).
+    pub expires_at: Option<mongodb::bson::DateTime>,
+}
+
+/// Stores a new token made by the operator (`certautopilot token create`,
+/// the DR drill): minted by no token, held by no cap.
 pub async fn create(
     store: &Store,
     token_key: &TokenKey,
-    global_admin: bool,
-    roles: &[RoleGrant],
-    description: &str,
-    expires_at: Option<mongodb::bson::DateTime>,
-    created_by: Option<&str>,
+    spec: &TokenSpec<'_>,
 ) -> Result<NewToken, SecretError> {
+    let (token, record) = record(store, token_key, spec, None).await?;
+    tokens::insert(store, record).await?;
+    Ok(token)
+}
+
+/// Stores a new token minted through the API by `minter`, which must still
+/// be live when it is stored (revoking the minter revokes it too; see
+/// [`tokens::insert_minted`]), within the cap on a project's live tokens.
+///
+/// A token minted by anyone but a global admin spends its minter's rate
+/// budget ([`Caller::budget`]), so minting adds no requests per minute.
+pub async fn mint(
+    store: &Store,
+    token_key: &TokenKey,
+    spec: &TokenSpec<'_>,
+    minter: Minter<'_>,
+) -> Result<Result<NewToken, tokens::MintRefused>, SecretError> {
+    let (token, record) = record(store, token_key, spec, Some(minter.caller)).await?;
+    let stored = tokens::insert_minted(
+        store,
+        record,
+        &minter.caller.token_id,
+        minter.max_tokens_per_project,
+    )
+    .await?;
+    Ok(stored.map(|()| token))
+}
+
+/// A new token's secret and the record to store for it, its grants under
+/// the token key's MAC.
+async fn record(
+    store: &Store,
+    token_key: &TokenKey,
+    spec: &TokenSpec<'_>,
+    minter: Option<&Caller>,
+) -> Result<(NewToken, Document), SecretError> {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let secret = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
     let id = format!("tok_{}", ObjectId::new().to_hex());
-    let roles: Vec<Document> = roles.iter().map(RoleGrant::document).collect();
+    let roles: Vec<Document> = spec.roles.iter().map(RoleGrant::document).collect();
     let mut record = doc! {
         "_id": token_key.record_id(&secret).await?,
         "id": &id,
-        "global_admin": global_admin,
+        "global_admin": spec.global_admin,
         "roles": roles,
-        "description": description,
+        "description": spec.description,
         "revoked": false,
         "created_at": store.server_now().await?,
     };
-    if let Some(at) = expires_at {
+    if let Some(at) = spec.expires_at {
         record.insert("expires_at", at);
     }
-    if let Some(by) = created_by {
-        record.insert("created_by", by);
+    if let Some(minter) = minter {
+        record.insert("created_by", &minter.token_id);
+        if !minter.global_admin {
+            record.insert("rate_budget", &minter.budget);
+        }
     }
     record.insert("grants_mac", token_key.grants_mac(&record).await?);
-    tokens::insert(store, record).await?;
-    Ok(NewToken { id, secret })
+    Ok((NewToken { id, secret }, record))
 }
 
 async fn caller(
@@ -279,8 +332,12 @@ async fn caller(
                 .collect()
         })
         .unwrap_or_default();
+    let token_id = token.get_str("id").unwrap_or_default().to_string();
     let caller = Caller {
-        token_id: token.get_str("id").unwrap_or_default().to_string(),
+        budget: token
+            .get_str("rate_budget")
+            .map_or_else(|_| token_id.clone(), str::to_string),
+        token_id,
         global_admin: token.get_bool("global_admin").unwrap_or(false),
         roles: grants.iter().map(|(p, r, _)| (p.clone(), *r)).collect(),
         agent_targets: grants
@@ -301,6 +358,12 @@ impl FromRequest for Caller {
     type Future = LocalBoxFuture<'static, Result<Caller, Problem>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        // Already checked (and counted) for this request, by the
+        // idempotency guard.
+        if let Some(known) = req.extensions().get::<Caller>() {
+            let known = known.clone();
+            return Box::pin(async move { Ok(known) });
+        }
         let state = req.app_data::<web::Data<ApiState>>().map(|s| {
             (
                 s.store.clone(),
@@ -319,7 +382,7 @@ impl FromRequest for Caller {
             let (store, token_key, cache, limiter, metrics) =
                 state.ok_or_else(|| Problem::unavailable("the API is not configured"))?;
             let caller = caller(store, token_key, cache, header).await?;
-            if let Err(limited) = limiter.admit(&caller.token_id).await {
+            if let Err(limited) = limiter.admit(&caller.budget).await {
                 metrics.api_rate_limited_total.inc();
                 return Err(Problem::too_many_requests(limited.retry_after));
             }

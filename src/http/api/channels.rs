@@ -17,6 +17,7 @@ use crate::domain::drift::{endpoint_problems, Endpoint};
 use crate::domain::notifications::{QuietHours, Severity, EVENT_KINDS};
 use crate::domain::validate::{self, Reasons};
 use crate::notify::message::Notification;
+use crate::notify::send::reason_to_show;
 use crate::store::{channels, notifications};
 
 pub const CHANNEL_KINDS: &[&str] = &["webhook", "slack", "email"];
@@ -159,7 +160,10 @@ pub struct ChannelView {
     pub project_id: Option<String>,
     pub name: String,
     pub kind: String,
-    /// The webhook's URL (a Slack URL is the credential: not shown).
+    /// The webhook's URL: whole to the project's admins (global admins for
+    /// an installation channel), its origin (`https://host:port`) only to
+    /// everyone else, since a query string or path often holds a token. A
+    /// Slack URL is the credential: never shown.
     pub url: Option<String>,
     pub email: Option<EmailView>,
     pub routes: Vec<NewRoute>,
@@ -214,7 +218,9 @@ pub struct NotificationPage {
 pub struct TestSent {
     /// Whether the channel's server took it.
     pub delivered: bool,
-    /// Why not, as the server or the connection said.
+    /// Why not: the receiver's status when it answered, and a reason in
+    /// CertAutoPilot's words (never the receiver's answer; the server's log
+    /// has the whole error).
     pub error: Option<String>,
     /// The deduplication key the test message carried.
     pub dedup_key: String,
@@ -232,7 +238,37 @@ pub struct NotificationQuery {
     pub after: Option<String>,
 }
 
-fn render(d: &Document) -> serde_json::Value {
+/// How much of a channel's URL a caller is shown.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UrlShown {
+    Whole,
+    OriginOnly,
+}
+
+impl UrlShown {
+    /// Whole to whoever administers the channel's scope.
+    fn to(caller: &Caller, scope: Scope<'_>) -> UrlShown {
+        let admin = match scope {
+            Scope::Project(p) => caller.require(p, Role::Admin).is_ok(),
+            Scope::Installation => caller.global_admin,
+        };
+        if admin {
+            UrlShown::Whole
+        } else {
+            UrlShown::OriginOnly
+        }
+    }
+
+    fn apply(self, url: &str) -> String {
+        match (self, url::Url::parse(url)) {
+            (UrlShown::Whole, _) => url.to_string(),
+            (UrlShown::OriginOnly, Ok(parsed)) => crate::distribute::http::redacted(&parsed),
+            (UrlShown::OriginOnly, Err(_)) => String::new(),
+        }
+    }
+}
+
+fn render(d: &Document, shown: UrlShown) -> serde_json::Value {
     let s = |f: &str| d.get_str(f).unwrap_or_default().to_string();
     // Read the way the senders read it, so the two cannot disagree.
     let parsed = channels::parse(d).ok();
@@ -248,7 +284,7 @@ fn render(d: &Document) -> serde_json::Value {
         _ => None,
     });
     let url = parsed.as_ref().and_then(|c| match &c.delivery {
-        crate::domain::notifications::ChannelDelivery::Webhook { url } => Some(url.clone()),
+        crate::domain::notifications::ChannelDelivery::Webhook { url } => Some(shown.apply(url)),
         _ => None,
     });
     let routes = parsed
@@ -470,6 +506,21 @@ async fn create_in(
 ) -> ApiResult<HttpResponse> {
     scope.authorize(state, caller, Role::Editor).await?;
     check(body)?;
+    let held = channels::count_in_scope(&state.store, scope.project()).await?;
+    if held >= state.max_channels_per_project {
+        let mut conflicts = Reasons::default();
+        conflicts.add(
+            "name",
+            format!(
+                "{} holds {held} channels, the most it may (CAP_MAX_CHANNELS_PER_PROJECT); \
+                 delete one first",
+                scope
+                    .project()
+                    .map_or("the installation".to_string(), |p| format!("project {p}"))
+            ),
+        );
+        return Err(Problem::conflicting(conflicts.0));
+    }
     let id = new_id("chn");
     let now = state.store.server_now().await?;
     let (settings, credential) = match (&body.webhook, &body.slack, &body.email) {
@@ -538,7 +589,7 @@ async fn create_in(
         doc! { "kind": &body.kind, "name": body.name.trim() },
     )
     .await;
-    Ok(HttpResponse::Created().json(render(&record)))
+    Ok(HttpResponse::Created().json(render(&record, UrlShown::to(caller, scope))))
 }
 
 async fn load(state: &ApiState, scope: Scope<'_>, id: &str) -> ApiResult<Document> {
@@ -615,17 +666,24 @@ async fn test_in(
         now.timestamp_millis() / 1000,
     )
     .await;
+    // The caller and the audit log (which viewers read) get our words and
+    // the receiver's status, never its answer: a channel aimed at an
+    // internal service would otherwise let an editor read that service.
+    let shown = sent.as_ref().err().map(reason_to_show);
+    if let Err(e) = &sent {
+        tracing::warn!(channel = %id, error = %e, "test message not sent");
+    }
     audit(
         state,
         caller.actor(),
         "channel.tested",
         scope.path(id),
-        doc! { "delivered": sent.is_ok(), "error": sent.as_ref().err().map(|e| e.to_string()) },
+        doc! { "delivered": sent.is_ok(), "error": shown.clone() },
     )
     .await;
     Ok(HttpResponse::Ok().json(TestSent {
         delivered: sent.is_ok(),
-        error: sent.err().map(|e| e.to_string()),
+        error: shown,
         dedup_key: notification.dedup_key,
     }))
 }
@@ -675,7 +733,8 @@ async fn list_in(
         query.limit()?,
     )
     .await?;
-    Ok(HttpResponse::Ok().json(page(found, render)))
+    let shown = UrlShown::to(caller, scope);
+    Ok(HttpResponse::Ok().json(page(found, |d| render(d, shown))))
 }
 
 async fn get_in(
@@ -685,7 +744,8 @@ async fn get_in(
     id: &str,
 ) -> ApiResult<HttpResponse> {
     scope.authorize(state, caller, Role::Viewer).await?;
-    Ok(HttpResponse::Ok().json(render(&load(state, scope, id).await?)))
+    let shown = UrlShown::to(caller, scope);
+    Ok(HttpResponse::Ok().json(render(&load(state, scope, id).await?, shown)))
 }
 
 #[utoipa::path(post, path = "/v1/projects/{project_id}/channels", tag = "notifications", request_body = NewChannel,

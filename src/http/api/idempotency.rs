@@ -11,6 +11,9 @@
 //! Answers are kept sealed ([`crate::crypto::api_tokens::TokenKey::seal_answer`]):
 //! a token's secret in one is never stored in the clear.
 //!
+//! The token is checked first: a request without a valid one gets 401 and
+//! writes nothing.
+//!
 //! Answers a retry must not be told again (5xx, 429, 401) are not kept, so
 //! the next try does the work. If a process dies between doing the work and
 //! storing its answer, the key's record is taken over after [`STALE_AFTER`]
@@ -24,7 +27,7 @@ use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::{web, HttpResponse, ResponseError};
+use actix_web::{web, HttpMessage, HttpResponse, ResponseError};
 use sha2::{Digest, Sha256};
 
 use super::auth::Caller;
@@ -67,8 +70,16 @@ pub async fn guard(
     let Some(state) = req.app_data::<web::Data<ApiState>>().cloned() else {
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
-    // Scoped to the token; without a usable one the handler answers 401
-    // (or 503 without the KEK) and nothing is kept.
+    // Authenticated (and counted against its rate budget) before anything
+    // is written: a request without a valid token leaves no record. The
+    // handler is handed the same caller, so the request counts once.
+    let caller = match req.extract::<Caller>().await {
+        Ok(caller) => caller,
+        Err(problem) => return Ok(req.into_response(problem.error_response())),
+    };
+    req.extensions_mut().insert(caller);
+    // Scoped to the token: the keyed hash of its secret, which the check
+    // above has just read.
     let secret = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -124,13 +135,6 @@ pub async fn guard(
         }
         Err(e) => Err(e),
     };
-    // Anything but doing the work answers without the handler, so the
-    // token is checked (and counted) here: a revoked token is told nothing.
-    if !matches!(begun, Ok(Begun::First) | Err(_)) {
-        if let Err(problem) = req.extract::<Caller>().await {
-            return Ok(req.into_response(problem.error_response()));
-        }
-    }
     match begun {
         Ok(Begun::First) => {}
         Ok(Begun::Replay(answer)) => {

@@ -54,6 +54,11 @@ pub struct ApiState {
     pub egress: crate::net::egress::EgressPolicy,
     /// The longest a token made through the API lives (`CAP_API_TOKEN_MAX_LIFETIME_SECS`).
     pub token_max_lifetime: std::time::Duration,
+    /// Live tokens a project may hold (`CAP_MAX_TOKENS_PER_PROJECT`).
+    pub max_tokens_per_project: u64,
+    /// Notification channels a project (or the installation) may hold
+    /// (`CAP_MAX_CHANNELS_PER_PROJECT`).
+    pub max_channels_per_project: u64,
 }
 
 impl ApiState {

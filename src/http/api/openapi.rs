@@ -243,6 +243,11 @@ fn constrain(doc: &mut serde_json::Value) {
             json!({ "maxItems": super::channels::MAX_ROUTES }),
         ),
         (
+            "NewToken",
+            "roles",
+            json!({ "maxItems": super::tokens::MAX_ROLES }),
+        ),
+        (
             "ChannelWebhook",
             "url",
             json!({ "pattern": webhook_url_pattern() }),

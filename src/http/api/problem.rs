@@ -52,7 +52,7 @@ impl Problem {
             "rate-limited",
             "Too many requests",
         )
-        .detail("this token is past its requests per minute (CAP_API_RATE_LIMIT); retry after Retry-After seconds")
+        .detail("this token is past its requests per minute, shared with the tokens minted from the same root (CAP_API_RATE_LIMIT); retry after Retry-After seconds")
         .retry_after(after)
     }
 

@@ -1,6 +1,15 @@
 //! Per-token rate limits shared by every api replica
 //! (`CAP_API_RATE_LIMIT` requests per minute per token).
 //!
+//! A token minted by anyone but a global admin spends the budget of the
+//! token that minted it ([`crate::http::api::auth::Caller::budget`]): the
+//! budget is counted per root of the `created_by` chain, so a project admin
+//! who mints a hundred tokens still has one budget. Counting the token
+//! itself as well would change nothing: its count is never above its
+//! root's. (Per root rather than per project: a token may hold roles on
+//! several projects or none, and one project's tokens would otherwise
+//! hold back tokens a global admin handed out separately.)
+//!
 //! Counts live in the database ([`crate::store::rate_limits`]), one per
 //! token and minute of the database's clock, and the limit applies to a
 //! sliding minute: the previous minute's count weighted by how much of it
@@ -112,7 +121,8 @@ impl RateLimiter {
         }
     }
 
-    /// Counts one request of `token`, or refuses it past the limit.
+    /// Counts one request against `token`'s budget (the id of the token
+    /// whose budget it spends), or refuses it past the limit.
     pub async fn admit(&self, token: &str) -> Result<(), Limited> {
         if self.limit == 0 {
             return Ok(());

@@ -13,6 +13,7 @@ use super::problem::{ApiResult, Problem};
 use super::{audit, date, string, ApiState, PageQuery};
 use crate::domain::distribution::TargetKind;
 use crate::domain::validate::Reasons;
+use crate::store::tokens::MintRefused;
 use crate::store::{targets as store_targets, tokens as store_tokens};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -26,6 +27,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub struct NewToken {
     #[serde(default)]
     pub global_admin: bool,
+    /// At most 100.
     #[serde(default)]
     pub roles: Vec<Grant>,
     #[serde(default)]
@@ -50,6 +52,9 @@ pub struct Grant {
 
 /// Targets an agent token may name at most.
 pub const MAX_AGENT_TARGETS: usize = 20;
+/// Roles one token may hold at most: every role is checked on every
+/// request and kept in every replica's memory of the token.
+pub const MAX_ROLES: usize = 100;
 
 /// The token itself is shown only here, once.
 #[derive(Serialize, ToSchema)]
@@ -71,6 +76,16 @@ pub async fn create(
         caller.require_global_admin()?;
     }
     let mut reasons = Reasons::default();
+    if body.roles.len() > MAX_ROLES {
+        reasons.add(
+            "roles",
+            format!(
+                "at most {MAX_ROLES} roles; this asks for {}",
+                body.roles.len()
+            ),
+        );
+        return Err(Problem::invalid(reasons.0));
+    }
     let mut grants = Vec::new();
     for (i, g) in body.roles.iter().enumerate() {
         match Role::parse(&g.role) {
@@ -157,20 +172,41 @@ pub async fn create(
             }
         }
     }
-    let token = auth::create(
-        &state.store,
-        &state.token_key,
-        body.global_admin,
-        &grants,
-        &body.description,
+    let spec = auth::TokenSpec {
+        global_admin: body.global_admin,
+        roles: &grants,
+        description: &body.description,
         expires_at,
-        Some(&caller.token_id),
-    )
-    .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "cannot create an API token");
-        Problem::unavailable("the token cannot be created right now (is the KEK available?)")
-    })?;
+    };
+    let minter = auth::Minter {
+        caller: &caller,
+        max_tokens_per_project: state.max_tokens_per_project,
+    };
+    let minted = auth::mint(&state.store, &state.token_key, &spec, minter)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot create an API token");
+            Problem::unavailable("the token cannot be created right now (is the KEK available?)")
+        })?;
+    let token = match minted {
+        Ok(token) => token,
+        // Revoked (or expired) while this request was on its way.
+        Err(MintRefused::MinterNotLive) => {
+            state.token_cache.clear();
+            return Err(Problem::unauthorized().detail("unknown, revoked or expired API token"));
+        }
+        Err(MintRefused::ProjectFull { project, live }) => {
+            let mut conflicts = Reasons::default();
+            conflicts.add(
+                "roles",
+                format!(
+                    "project {project} holds {live} live tokens, the most it may \
+                     (CAP_MAX_TOKENS_PER_PROJECT); revoke some first"
+                ),
+            );
+            return Err(Problem::conflicting(conflicts.0));
+        }
+    };
     let roles: Vec<_> = grants.iter().map(RoleGrant::document).collect();
     audit(
         &state,
