@@ -192,7 +192,7 @@ fn permit(
                     role: Some(Role::Agent),
                     agent_targets,
                     ..
-                } if agent_targets.iter().any(|t| *t == target.id) => Ok(()),
+                } if agent_targets.contains(&target.id) => Ok(()),
                 Requester::Token { .. } => refused(format!(
                     "this token may not fetch the keys of target {}",
                     target.name
