@@ -52,7 +52,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Distribute {
     pub secrets: Secrets,
     pub metrics: Arc<Metrics>,
-    /// Where targets may be reached (`CAP_EGRESS_ALLOW`).
+    /// Where targets may be reached (`CAP_EGRESS_ALLOW_TARGETS`).
     pub egress: EgressPolicy,
     /// Delay after each failed attempt (the issuance back-off).
     pub backoff: Backoff,
