@@ -86,8 +86,13 @@ export CAP_MONGO_URI="${CAP_MONGO_URI:-mongodb://127.0.0.1:$port/certautopilot?r
 export CAP_HTTP_ADDR="${CAP_HTTP_ADDR:-127.0.0.1:8080}"
 export CAP_CHALLENGE_ADDR="${CAP_CHALLENGE_ADDR:-127.0.0.1:$http01_port}"
 export CAP_LOG_FORMAT="${CAP_LOG_FORMAT:-text}"
-# Pebble (the CA) listens on loopback, which the egress policy refuses unless allowed.
-export CAP_EGRESS_ALLOW="${CAP_EGRESS_ALLOW:-127.0.0.0/8,::1}"
+# Pebble (the CA), bind9 and whatever a developer aims targets, channels and
+# drift scans at here listen on loopback, which the egress policy refuses
+# unless a purpose's list allows it: opened for every purpose on this laptop.
+for purpose in ACME DNS DRIFT TARGETS NOTIFY; do
+  allow="CAP_EGRESS_ALLOW_$purpose"
+  export "$allow=${!allow:-127.0.0.0/8,::1}"
+done
 # A key ring of its own, created once and kept with the database.
 export CAP_KEK_FILE="${CAP_KEK_FILE:-$dir/kek.json}"
 [ -f "$CAP_KEK_FILE" ] || "$bin" kek init --file "$CAP_KEK_FILE"

@@ -9,7 +9,7 @@
 //! |---|---|
 //! | [`domain`] | pure types and rules: certificate and its status transitions, distribution targets and steps, notification events and routes, issuer, order stage, renewal windows and jitter, drift classification, every job kind with its payload and idempotency key, back-off, keys and CSRs, the worker count an HPA asks for |
 //! | [`observe`] | metrics, JSON logs, the shutdown signal |
-//! | [`net`] | the egress policy every outbound connection a tenant can aim passes (`CAP_EGRESS_ALLOW`), its hook into hyper's connector, and the TLS probe drift scans and deliveries share |
+//! | [`net`] | the egress policy every outbound connection a tenant can aim passes, one per purpose (`CAP_EGRESS_ALLOW_<PURPOSE>`), its hook into hyper's connector, and the TLS probe drift scans and deliveries share |
 //! | [`store`] | the MongoDB connection and the database's clock, fenced writes, schema and migrations, and one module per collection — the only code that reads or writes `certificates`, `orders`, `challenges`, `issuers`, `projects`, `tokens`, `keys`, `kek_versions`, `idempotency_keys`, `rate_limits` and the fleet registry (`workers`) |
 //! | [`crypto`] | KEK providers (`file`, `pkcs11`) and bundles, envelope encryption, secrets at rest sealed for their owners, API token keys, migration 12's re-sealing |
 //! | [`queue`] | the fenced job queue, leases and worker presence (their own collections), the handler interface and its outcome |

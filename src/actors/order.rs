@@ -57,9 +57,11 @@ pub struct OrderSettings {
     pub store: Store,
     pub secrets: Secrets,
     pub metrics: std::sync::Arc<Metrics>,
-    /// How the CA is reached: the egress policy (which the DNS-01 servers
-    /// pass too) and the bounds on each request.
+    /// How the CA is reached: ACME's egress policy and the bounds on each
+    /// request.
     pub transport: acme::Transport,
+    /// What DNS-01's primaries and name servers pass (`CAP_EGRESS_ALLOW_DNS`).
+    pub dns_egress: crate::net::egress::EgressPolicy,
     /// Fault injection for tests (`CAP_FAULT_PAUSE_AFTER_STAGE`): sleep this
     /// long right after this stage, so a test can kill us there.
     pub pause_after: Option<(String, Duration)>,
@@ -246,7 +248,7 @@ impl OrderMachine {
                     &msg.issuer,
                     dns.clone(),
                     &settings.secrets,
-                    settings.transport.egress.clone(),
+                    settings.dns_egress.clone(),
                 )
                 .await
                 .map_err(outcome::of_order)?,

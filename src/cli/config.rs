@@ -220,10 +220,32 @@ pub struct WorkloadArgs {
     /// Longest one attempt of a job may run; past it, it fails and is retried [default: 3900]
     #[arg(long, env = "CAP_JOB_ATTEMPT_TIMEOUT_SECS")]
     pub job_attempt_timeout_secs: Option<String>,
-    /// Restricted addresses (loopback, link-local, private) outbound connections may reach:
-    /// comma-separated CIDRs, addresses and host names [default: none]
+    /// Deprecated: restricted addresses opened to every purpose at once (ACME, DNS, drift,
+    /// targets, notifications); use the CAP_EGRESS_ALLOW_<PURPOSE> lists [default: none]
     #[arg(long, env = "CAP_EGRESS_ALLOW")]
     pub egress_allow: Option<String>,
+    /// Restricted addresses (loopback, link-local, private) ACME CAs may be reached at:
+    /// comma-separated CIDRs, addresses and host names [default: none]
+    #[arg(long, env = "CAP_EGRESS_ALLOW_ACME")]
+    pub egress_allow_acme: Option<String>,
+    /// Restricted addresses DNS-01 primaries and name servers may be reached at [default: none]
+    #[arg(long, env = "CAP_EGRESS_ALLOW_DNS")]
+    pub egress_allow_dns: Option<String>,
+    /// Restricted addresses drift endpoints may be scanned at [default: none]
+    #[arg(long, env = "CAP_EGRESS_ALLOW_DRIFT")]
+    pub egress_allow_drift: Option<String>,
+    /// Restricted addresses delivery targets (webhook, SSH, Kubernetes, validate probes) may be
+    /// reached at [default: none]
+    #[arg(long, env = "CAP_EGRESS_ALLOW_TARGETS")]
+    pub egress_allow_targets: Option<String>,
+    /// Restricted addresses notification channels (webhook, Slack, email) may be reached at
+    /// [default: none]
+    #[arg(long, env = "CAP_EGRESS_ALLOW_NOTIFY")]
+    pub egress_allow_notify: Option<String>,
+    /// Purposes that reach nothing at all, public addresses included: comma-separated of
+    /// acme, dns, drift, targets, notify [default: none]
+    #[arg(long, env = "CAP_EGRESS_CLOSED")]
+    pub egress_closed: Option<String>,
     /// Longest one request to an ACME CA may take, answer included [default: 30]
     #[arg(long, env = "CAP_ACME_REQUEST_TIMEOUT_SECS")]
     pub acme_request_timeout_secs: Option<String>,
@@ -482,10 +504,14 @@ pub struct WorkloadConfig {
     pub job_max_attempts: u32,
     pub job_retention: Duration,
     pub job_attempt_timeout: Duration,
-    /// How CAs are reached: the egress policy (`CAP_EGRESS_ALLOW`), which
-    /// every outbound connection a tenant can aim passes, and the bounds on
-    /// each ACME request.
+    /// How CAs are reached: ACME's egress policy and the bounds on each
+    /// ACME request.
     pub transport: crate::acme::Transport,
+    /// The egress policy of each purpose (`CAP_EGRESS_ALLOW_<PURPOSE>`),
+    /// which every outbound connection a tenant can aim passes.
+    pub egress: crate::net::egress::EgressPolicies,
+    /// The deprecated `CAP_EGRESS_ALLOW`, when set: warned about at start.
+    pub egress_allow_shared: Option<String>,
     pub kek_rotation_check: Duration,
     pub renewal_scan: Duration,
     pub drift_scan: Duration,
@@ -553,6 +579,7 @@ impl WorkloadArgs {
 
     pub fn resolve(&self) -> Result<WorkloadConfig, ConfigError> {
         let common = self.common.resolve()?;
+        let egress = self.egress()?;
         let http_addr = self.http_addr.as_deref().unwrap_or(DEFAULT_HTTP_ADDR);
         let http_addr: SocketAddr = http_addr.trim().parse().map_err(|_| {
             ConfigError(format!(
@@ -699,7 +726,14 @@ impl WorkloadArgs {
                 DEFAULT_JOB_ATTEMPT_TIMEOUT_SECS,
                 1..=7 * 86_400,
             )?,
-            transport: self.transport()?,
+            transport: self.transport(&egress)?,
+            egress_allow_shared: self
+                .egress_allow
+                .as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string),
+            egress,
             kek_rotation_check: secs(
                 &self.kek_rotation_check_secs,
                 "CAP_KEK_ROTATION_CHECK_SECS",
@@ -754,10 +788,32 @@ impl WorkloadArgs {
 }
 
 impl WorkloadArgs {
-    fn transport(&self) -> Result<crate::acme::Transport, ConfigError> {
-        use crate::net::egress::{EgressPolicy, ALLOW_VARIABLE};
-        let egress = EgressPolicy::parse(self.egress_allow.as_deref().unwrap_or_default())
-            .map_err(|e| ConfigError(format!("invalid {ALLOW_VARIABLE}: {e}")))?;
+    fn egress(&self) -> Result<crate::net::egress::EgressPolicies, ConfigError> {
+        use crate::net::egress::{EgressPolicies, Purpose};
+        let own = |purpose: Purpose| {
+            match purpose {
+                Purpose::Acme => &self.egress_allow_acme,
+                Purpose::Dns => &self.egress_allow_dns,
+                Purpose::Drift => &self.egress_allow_drift,
+                Purpose::Targets => &self.egress_allow_targets,
+                Purpose::Notify => &self.egress_allow_notify,
+            }
+            .as_deref()
+            .unwrap_or_default()
+        };
+        EgressPolicies::build(
+            own,
+            self.egress_allow.as_deref().unwrap_or_default(),
+            self.egress_closed.as_deref().unwrap_or_default(),
+        )
+        .map_err(ConfigError)
+    }
+
+    fn transport(
+        &self,
+        egress: &crate::net::egress::EgressPolicies,
+    ) -> Result<crate::acme::Transport, ConfigError> {
+        let egress = egress.acme.clone();
         let limits = crate::acme::RequestLimits {
             timeout: secs(
                 &self.acme_request_timeout_secs,
@@ -944,6 +1000,16 @@ mod tests {
                 .is_err(),
             "nothing restricted is allowed by default"
         );
+        for purpose in crate::net::egress::Purpose::ALL {
+            assert!(
+                c.egress
+                    .get(purpose)
+                    .check("h", "10.0.0.1".parse().unwrap())
+                    .is_err(),
+                "{purpose:?} opens nothing restricted by default"
+            );
+        }
+        assert_eq!(c.egress_allow_shared, None);
         assert_eq!(c.clock_offset_secs, 0);
         assert_eq!(c.common.log_format, LogFormat::Json);
     }
@@ -970,6 +1036,16 @@ mod tests {
             err.contains("CAP_EGRESS_ALLOW") && err.contains("not a host"),
             "{err}"
         );
+
+        let mut a = args();
+        a.egress_allow_targets = Some("10.0.0.0/33".into());
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("CAP_EGRESS_ALLOW_TARGETS"), "{err}");
+
+        let mut a = args();
+        a.egress_closed = Some("everything".into());
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("CAP_EGRESS_CLOSED"), "{err}");
 
         let mut a = args();
         a.job_attempt_timeout_secs = Some("0".into());

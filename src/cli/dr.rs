@@ -12,6 +12,12 @@
 //! worker starts, and passes its processes no `CAP_*` setting of the
 //! operator's environment (no SIEM forwarding from the copy, which would
 //! send the SIEM records under sequence numbers it already holds).
+//!
+//! Nor does the copy reach the installation's outside world: its processes
+//! run with every egress purpose but ACME closed ([`DRILL_CLOSED_EGRESS`]),
+//! so the fixture's events never reach the restored notification channels
+//! and nothing is delivered to the restored targets, public addresses
+//! included; the ACME policy opens only the fixture's directory host.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -36,6 +42,11 @@ use crate::store::schema::{self, KekMigrations};
 use crate::store::{short, Store};
 
 pub const DEFAULT_CHALLENGE_ADDR: &str = "0.0.0.0:80";
+/// The egress purposes closed in the drill's processes (`CAP_EGRESS_CLOSED`):
+/// all but ACME, which the fixture certificate needs. Closing them in the
+/// policy, rather than trusting the restored channels and targets to be
+/// harmless, holds for every kind, present and future.
+pub const DRILL_CLOSED_EGRESS: &str = "dns,drift,targets,notify";
 pub const DEFAULT_ISSUE_TIMEOUT_SECS: u64 = 300;
 
 #[derive(Subcommand)]
@@ -618,6 +629,7 @@ impl Child {
             .env("CAP_MONGO_URI", fixture.target_uri)
             .env("CAP_LOG_FORMAT", "json")
             .env("CAP_INSTANCE_ID", format!("dr-drill-{name}"))
+            .env(crate::net::egress::CLOSED_VARIABLE, DRILL_CLOSED_EGRESS)
             .envs(kek_env(fixture.kek_config))
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(std::process::Stdio::null())
@@ -725,8 +737,9 @@ async fn issue(
         &[
             ("CAP_HTTP_ADDR", free_loopback_addr()?),
             ("CAP_CLAIM_POLL_MS", "200".into()),
-            // The CA may be on a restricted address (Pebble on loopback in tests).
-            ("CAP_EGRESS_ALLOW", egress),
+            // The CA may be on a restricted address (Pebble on loopback in
+            // tests): opened for ACME alone.
+            ("CAP_EGRESS_ALLOW_ACME", egress),
         ],
     )?;
     let result = async {

@@ -126,6 +126,15 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
         SchemaFit::Current => {}
     }
 
+    if let Some(shared) = &cfg.egress_allow_shared {
+        tracing::warn!(
+            entries = %shared,
+            "CAP_EGRESS_ALLOW is deprecated: it opens these addresses to every purpose at once \
+             (ACME, DNS-01, drift, delivery targets, notification channels), so every project \
+             editor's webhook can reach them; list each purpose's own in CAP_EGRESS_ALLOW_ACME, \
+             _DNS, _DRIFT, _TARGETS or _NOTIFY instead"
+        );
+    }
     let metrics = Metrics::new();
     let readiness = Readiness::new(cfg.readyz_grace);
     let shutdown = Shutdown::new();
@@ -142,7 +151,7 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
         token_max_lifetime: cfg.api_token_max_lifetime,
         max_tokens_per_project: cfg.max_tokens_per_project,
         max_channels_per_project: cfg.max_channels_per_project,
-        egress: cfg.transport.egress.clone(),
+        egress: cfg.egress.notify.clone(),
         outbox: Outbox::new(queue.clone(), cfg.notify_attempts),
     };
     actix::spawn(readiness::monitor(
@@ -180,6 +189,7 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
                 secrets: Secrets::new(store.clone(), kek.clone()),
                 metrics: metrics.clone(),
                 transport: cfg.transport.clone(),
+                dns_egress: cfg.egress.dns.clone(),
                 pause_after: cfg
                     .fault_pause_after_stage
                     .clone()
@@ -197,6 +207,7 @@ pub async fn run(roles: Roles, cfg: WorkloadConfig, kek: &KekConfig) -> Result<(
             notify_attempts: cfg.notify_attempts,
             orders: Arc::new(Orders(orders)),
             transport: cfg.transport.clone(),
+            egress: cfg.egress.clone(),
         });
         let settings = ClaimSettings {
             worker_id: cfg.instance_id.clone(),

@@ -14,10 +14,15 @@ const ERROR_BODY_LIMIT: usize = 512;
 /// Why a request did not succeed, and whether trying again can help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeliveryError {
-    /// The URL or its settings are unusable, or its host is refused by the
-    /// egress policy: retrying cannot help until the target is changed.
+    /// The URL or its settings are unusable: retrying cannot help until the
+    /// target is changed.
     #[error("{0}")]
     Refused(String),
+    /// The egress policy refuses the host (or the purpose is closed): also
+    /// final, and told in our own words, naming the setting that would
+    /// open it, so it may be shown to whoever asked.
+    #[error("{0}")]
+    Egress(String),
     /// The receiver answered 4xx (other than 408 and 429): it will answer
     /// the same again.
     #[error("the receiver answered {status}: {body}")]
@@ -84,7 +89,7 @@ pub async fn pinned_client(
 pub fn egress_failure(e: EgressError) -> DeliveryError {
     match e {
         EgressError::Unresolved { .. } => DeliveryError::Transient(e.to_string()),
-        refused => DeliveryError::Refused(refused.to_string()),
+        refused => DeliveryError::Egress(refused.to_string()),
     }
 }
 
@@ -95,8 +100,20 @@ pub fn transport_failure(method: &str, url: &Url, e: reqwest::Error) -> Delivery
 
 /// A non-2xx answer as an error, with the start of its body (read no
 /// further: a receiver could stream without end).
-pub async fn refusal(mut answer: reqwest::Response) -> DeliveryError {
+pub async fn refusal(answer: reqwest::Response) -> DeliveryError {
     let status = answer.status().as_u16();
+    let body = body_start(answer).await;
+    match status {
+        408 | 429 | 500..=599 => {
+            DeliveryError::Transient(format!("the receiver answered {status}: {body}"))
+        }
+        _ => DeliveryError::Rejected { status, body },
+    }
+}
+
+/// The first [`ERROR_BODY_LIMIT`] bytes of `answer`'s body, as text; the
+/// rest is never read.
+pub async fn body_start(mut answer: reqwest::Response) -> String {
     let mut start = Vec::new();
     while start.len() < ERROR_BODY_LIMIT {
         match answer.chunk().await {
@@ -105,13 +122,38 @@ pub async fn refusal(mut answer: reqwest::Response) -> DeliveryError {
         }
     }
     start.truncate(ERROR_BODY_LIMIT);
-    let body = String::from_utf8_lossy(&start).into_owned();
-    match status {
-        408 | 429 | 500..=599 => {
-            DeliveryError::Transient(format!("the receiver answered {status}: {body}"))
-        }
-        _ => DeliveryError::Rejected { status, body },
+    String::from_utf8_lossy(&start).into_owned()
+}
+
+/// `answer`'s whole body, `what` it is, when it holds at most `limit`
+/// bytes. Read chunk by chunk and given up on as soon as it passes
+/// `limit` (a receiver could stream without end), so no more than that is
+/// ever held; that is refused, a retry would read the same.
+pub async fn body_capped(
+    mut answer: reqwest::Response,
+    limit: usize,
+    what: &str,
+) -> Result<Vec<u8>, DeliveryError> {
+    let too_long = || {
+        DeliveryError::Refused(format!(
+            "{what} is longer than {limit} bytes; reading stopped there"
+        ))
+    };
+    if answer.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_long());
     }
+    let mut body = Vec::new();
+    while let Some(chunk) = answer
+        .chunk()
+        .await
+        .map_err(|e| DeliveryError::Transient(format!("{what}: {}", e.without_url())))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(too_long());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// The URL's origin only: hook URLs carry secrets in their path and query

@@ -20,7 +20,9 @@ use base64::Engine;
 use serde_json::{json, Value};
 use url::Url;
 
-use super::http::{pinned_client, refusal, transport_failure, DeliveryError};
+use super::http::{
+    body_capped, body_start, pinned_client, refusal, transport_failure, DeliveryError,
+};
 use crate::net::egress::EgressPolicy;
 
 /// Where a pod finds its service account (the in-cluster credentials).
@@ -32,6 +34,18 @@ const CONFLICT_ROUNDS: usize = 5;
 
 /// How long one request may take.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The longest answer read from an API server. A Secret holds at most
+/// 1 MiB of data, which base64 and its metadata make less than 2 MiB; a
+/// server that sends more is not one to trust, and an endless body would
+/// otherwise take the worker's memory.
+pub const MAX_ANSWER_BYTES: usize = 4 << 20;
+
+/// A Secret as the API server answered it, read up to [`MAX_ANSWER_BYTES`].
+async fn secret_of(answer: reqwest::Response, what: &str) -> Result<Value, DeliveryError> {
+    let body = body_capped(answer, MAX_ANSWER_BYTES, what).await?;
+    serde_json::from_slice(&body).map_err(|e| DeliveryError::Transient(format!("{what}: {e}")))
+}
 
 /// An API server and how to authenticate to it.
 #[derive(Clone)]
@@ -232,10 +246,7 @@ pub async fn replace(
                 (None, client.post(collection.clone()).json(&secret))
             }
             200 => {
-                let mut secret: Value = found
-                    .json()
-                    .await
-                    .map_err(|e| DeliveryError::Transient(format!("the Secret as read: {e}")))?;
+                let mut secret = secret_of(found, "the Secret as read").await?;
                 let kind = secret
                     .get("type")
                     .and_then(Value::as_str)
@@ -271,10 +282,7 @@ pub async fn replace(
             .map_err(|e| transport_failure("write", &one, e))?;
         match written.status().as_u16() {
             200 | 201 => {
-                let secret: Value = written
-                    .json()
-                    .await
-                    .map_err(|e| DeliveryError::Transient(format!("the Secret as written: {e}")))?;
+                let secret = secret_of(written, "the Secret as written").await?;
                 let resource_version = secret["metadata"]["resourceVersion"]
                     .as_str()
                     .unwrap_or_default()
@@ -284,7 +292,7 @@ pub async fn replace(
                     resource_version,
                 });
             }
-            409 => last_conflict = written.text().await.unwrap_or_default(),
+            409 => last_conflict = body_start(written).await,
             _ => return Err(refusal(written).await),
         }
     }
@@ -318,10 +326,7 @@ pub async fn read(
     match found.status().as_u16() {
         404 => Ok(None),
         200 => {
-            let secret: Value = found
-                .json()
-                .await
-                .map_err(|e| DeliveryError::Transient(format!("the Secret as read: {e}")))?;
+            let secret = secret_of(found, "the Secret as read").await?;
             Ok(secret.get("data").and_then(TlsData::from_data))
         }
         _ => Err(refusal(found).await),

@@ -387,26 +387,81 @@ impl SshClient {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let child = command.spawn().map_err(|e| {
+        let mut child = command.spawn().map_err(|e| {
             DeliveryError::Refused(format!(
                 "cannot run {what} (OpenSSH's client must be installed): {e}"
             ))
         })?;
-        let out = tokio::time::timeout(self.timeout, child.wait_with_output())
-            .await
-            .map_err(|_| {
-                DeliveryError::Transient(format!(
+        let at = format!("{}@{}:{}", self.host.user, self.host.host, self.host.port);
+        // Read while it runs, each stream up to its cap: the host (and a
+        // reload command a tenant wrote) decides how much is printed.
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let finished = tokio::time::timeout(self.timeout, async {
+            let (out, err) = tokio::try_join!(
+                read_capped(stdout, "standard output"),
+                read_capped(stderr, "standard error"),
+            )?;
+            let status = child.wait().await.map_err(CappedRead::Io)?;
+            Ok::<_, CappedRead>((status, out, err))
+        })
+        .await;
+        let (status, stdout, stderr) = match finished {
+            Ok(Ok(done)) => done,
+            Ok(Err(failed)) => {
+                let _ = child.kill().await;
+                return Err(match failed {
+                    CappedRead::Over(stream) => DeliveryError::Refused(format!(
+                        "{what} on {at} printed more than {OUTPUT_CAP} bytes on its {stream}; \
+                         it was stopped (output is capped at {} KiB)",
+                        OUTPUT_CAP / 1024
+                    )),
+                    CappedRead::Io(e) => DeliveryError::Transient(format!("{what}: {e}")),
+                });
+            }
+            Err(_) => {
+                let _ = child.kill().await;
+                return Err(DeliveryError::Transient(format!(
                     "{what}: no answer from {} within {:?}",
                     self.host.host, self.timeout
-                ))
-            })?
-            .map_err(|e| DeliveryError::Transient(format!("{what}: {e}")))?;
-        if out.status.success() {
-            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+                )));
+            }
+        };
+        if status.success() {
+            return Ok(String::from_utf8_lossy(&stdout).into_owned());
         }
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        Err(classify(what, &self.host, out.status.code(), stderr.trim()))
+        let stderr = String::from_utf8_lossy(&stderr);
+        Err(classify(what, &self.host, status.code(), stderr.trim()))
     }
+}
+
+/// The most read of each of an `ssh` or `sftp` run's output streams.
+pub const OUTPUT_CAP: usize = 64 * 1024;
+
+/// Why a run's output was not read whole.
+enum CappedRead {
+    /// The stream named went past [`OUTPUT_CAP`].
+    Over(&'static str),
+    Io(std::io::Error),
+}
+
+/// `stream` to its end, or [`CappedRead::Over`] as soon as it passes
+/// [`OUTPUT_CAP`]: never more than that is held.
+async fn read_capped(
+    stream: impl tokio::io::AsyncRead + Unpin,
+    name: &'static str,
+) -> Result<Vec<u8>, CappedRead> {
+    use tokio::io::AsyncReadExt;
+    let mut read = Vec::new();
+    stream
+        .take(OUTPUT_CAP as u64 + 1)
+        .read_to_end(&mut read)
+        .await
+        .map_err(CappedRead::Io)?;
+    if read.len() > OUTPUT_CAP {
+        return Err(CappedRead::Over(name));
+    }
+    Ok(read)
 }
 
 /// A failed `ssh` or `sftp` run as an error: one a retry can mend (the
@@ -610,6 +665,17 @@ mod tests {
             assert!(Batch::default().line("-rm", &[bad]).is_err(), "{bad:?}");
         }
         assert_eq!(certificate_dir("/srv/certs/", "crt_1"), "/srv/certs/crt_1");
+    }
+
+    #[tokio::test]
+    async fn output_is_read_up_to_its_cap_and_no_further() {
+        use tokio::io::AsyncReadExt;
+        let endless = read_capped(tokio::io::repeat(0), "standard output").await;
+        assert!(matches!(endless, Err(CappedRead::Over("standard output"))));
+        let at_the_cap = read_capped(tokio::io::repeat(b'y').take(OUTPUT_CAP as u64), "x").await;
+        assert!(matches!(at_the_cap, Ok(read) if read.len() == OUTPUT_CAP));
+        let short = read_capped(&b"ok\n"[..], "x").await;
+        assert!(matches!(short, Ok(read) if read == b"ok\n"));
     }
 
     #[test]

@@ -169,7 +169,7 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(matches!(e, DeliveryError::Refused(_)), "{e}");
+        assert!(matches!(e, DeliveryError::Egress(_)), "{e}");
         assert!(e.to_string().contains("loopback"), "{e}");
         assert!(seen.lock().unwrap().is_empty());
         let ftp = Url::parse("ftp://127.0.0.1/x").unwrap();

@@ -1,19 +1,26 @@
 //! The egress policy. Every outbound connection a tenant can aim — ACME
-//! directories, DNS-01 primaries and name servers, drift endpoints — goes
-//! through [`EgressPolicy`], which judges each address a name resolves to
-//! when the connection is made: a URL checked when it was stored proves
-//! nothing, since its name may resolve elsewhere by now.
+//! directories, DNS-01 primaries and name servers, drift endpoints,
+//! delivery targets, notification channels — goes through an
+//! [`EgressPolicy`], which judges each address a name resolves to when the
+//! connection is made: a URL checked when it was stored proves nothing,
+//! since its name may resolve elsewhere by now.
 //!
 //! Refused always: unspecified addresses (`0.0.0.0` and `::` reach this
-//! host), multicast, broadcast and reserved ones. Refused unless
-//! `CAP_EGRESS_ALLOW` opens them: loopback, link-local (where cloud metadata
-//! services answer), private ranges (RFC 1918, CGNAT's `100.64.0.0/10`,
-//! IPv6 unique local), and IPv6 addresses that embed any of these
-//! (IPv4-mapped, IPv4-compatible, NAT64, 6to4). Everything else, the public
-//! internet, is allowed.
+//! host), multicast, broadcast and reserved ones. Refused unless the
+//! purpose's allow list opens them: loopback, link-local (where cloud
+//! metadata services answer), private ranges (RFC 1918, CGNAT's
+//! `100.64.0.0/10`, IPv6 unique local), and IPv6 addresses that embed any
+//! of these (IPv4-mapped, IPv4-compatible, NAT64, 6to4). Everything else,
+//! the public internet, is allowed.
 //!
-//! `CAP_EGRESS_ALLOW` lists CIDRs (`10.20.0.0/16`), single addresses and
-//! host names (`ca.internal.example`: every address that name resolves to).
+//! Each [`Purpose`] has its own list (`CAP_EGRESS_ALLOW_ACME`, `_DNS`,
+//! `_DRIFT`, `_TARGETS`, `_NOTIFY`), so opening a private CA's range does
+//! not let every editor's webhook read the services beside it. A list holds
+//! CIDRs (`10.20.0.0/16`), single addresses and host names
+//! (`ca.internal.example`: every address that name resolves to). The older
+//! `CAP_EGRESS_ALLOW` still opens its entries to every purpose, and is
+//! deprecated for that reason. `CAP_EGRESS_CLOSED` closes purposes
+//! entirely, public addresses included (the DR drill's processes run so).
 
 use std::fmt;
 use std::io;
@@ -22,8 +29,74 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-/// The setting that opens restricted addresses.
+/// The deprecated setting that opens restricted addresses to every purpose.
 pub const ALLOW_VARIABLE: &str = "CAP_EGRESS_ALLOW";
+/// The setting that closes purposes entirely.
+pub const CLOSED_VARIABLE: &str = "CAP_EGRESS_CLOSED";
+
+/// What an outbound connection is for. Each purpose has its own allow list,
+/// since what one needs open (a private CA) is no reason to open it to the
+/// others (every editor's webhook).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Purpose {
+    /// ACME directories: orders, revocations, ARI.
+    Acme,
+    /// DNS-01: primaries (RFC 2136), name servers, TXT look-ups.
+    Dns,
+    /// Drift scans of declared endpoints.
+    Drift,
+    /// Delivery targets (webhook, SSH, Kubernetes) and their validate probe.
+    Targets,
+    /// Notification channels (webhook, Slack, email) and their test message.
+    Notify,
+}
+
+impl Purpose {
+    pub const ALL: [Purpose; 5] = [
+        Purpose::Acme,
+        Purpose::Dns,
+        Purpose::Drift,
+        Purpose::Targets,
+        Purpose::Notify,
+    ];
+
+    /// Its name in `CAP_EGRESS_CLOSED`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Acme => "acme",
+            Purpose::Dns => "dns",
+            Purpose::Drift => "drift",
+            Purpose::Targets => "targets",
+            Purpose::Notify => "notify",
+        }
+    }
+
+    /// The setting holding its allow list.
+    pub fn allow_variable(self) -> &'static str {
+        match self {
+            Purpose::Acme => "CAP_EGRESS_ALLOW_ACME",
+            Purpose::Dns => "CAP_EGRESS_ALLOW_DNS",
+            Purpose::Drift => "CAP_EGRESS_ALLOW_DRIFT",
+            Purpose::Targets => "CAP_EGRESS_ALLOW_TARGETS",
+            Purpose::Notify => "CAP_EGRESS_ALLOW_NOTIFY",
+        }
+    }
+
+    /// What it reaches, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Purpose::Acme => "ACME CAs",
+            Purpose::Dns => "DNS-01 servers",
+            Purpose::Drift => "drift endpoints",
+            Purpose::Targets => "delivery targets",
+            Purpose::Notify => "notification channels",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Purpose> {
+        Purpose::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+}
 
 /// A kind of address the policy refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,10 +259,25 @@ fn is_host_name(entry: &str) -> bool {
 
 /// Where outbound connections may go. The default refuses every restricted
 /// address; cheap to clone (one per connection site).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct EgressPolicy {
     nets: Arc<[Cidr]>,
     hosts: Arc<[String]>,
+    /// The setting a refusal tells the operator to open it with.
+    opened_by: &'static str,
+    /// Set when the purpose is closed: every address is refused.
+    closed: Option<Purpose>,
+}
+
+impl Default for EgressPolicy {
+    fn default() -> Self {
+        EgressPolicy {
+            nets: Arc::new([]),
+            hosts: Arc::new([]),
+            opened_by: ALLOW_VARIABLE,
+            closed: None,
+        }
+    }
 }
 
 impl fmt::Debug for EgressPolicy {
@@ -197,6 +285,8 @@ impl fmt::Debug for EgressPolicy {
         f.debug_struct("EgressPolicy")
             .field("nets", &self.nets)
             .field("hosts", &self.hosts)
+            .field("opened_by", &self.opened_by)
+            .field("closed", &self.closed)
             .finish()
     }
 }
@@ -209,7 +299,11 @@ pub enum EgressError {
         host: String,
         ip: IpAddr,
         range: Restricted,
+        /// The setting that would open it.
+        opened_by: &'static str,
     },
+    /// The purpose is closed (`CAP_EGRESS_CLOSED`): nothing is reached.
+    Closed { host: String, purpose: Purpose },
     /// The name did not resolve.
     Unresolved { host: String, reason: String },
 }
@@ -217,18 +311,28 @@ pub enum EgressError {
 impl fmt::Display for EgressError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EgressError::Refused { host, ip, range } => {
+            EgressError::Refused {
+                host,
+                ip,
+                range,
+                opened_by,
+            } => {
                 write!(
                     f,
                     "egress to {ip} ({}) refused for host {host}: ",
                     range.as_str()
                 )?;
                 if range.can_be_allowed() {
-                    write!(f, "allow it with {ALLOW_VARIABLE}")
+                    write!(f, "allow it with {opened_by}")
                 } else {
                     f.write_str("never allowed")
                 }
             }
+            EgressError::Closed { host, purpose } => write!(
+                f,
+                "egress to {host} refused: {} are closed on this process ({CLOSED_VARIABLE})",
+                purpose.describe()
+            ),
             EgressError::Unresolved { host, reason } => {
                 write!(f, "cannot resolve {host}: {reason}")
             }
@@ -241,7 +345,9 @@ impl std::error::Error for EgressError {}
 impl From<EgressError> for io::Error {
     fn from(e: EgressError) -> io::Error {
         let kind = match e {
-            EgressError::Refused { .. } => io::ErrorKind::PermissionDenied,
+            EgressError::Refused { .. } | EgressError::Closed { .. } => {
+                io::ErrorKind::PermissionDenied
+            }
             EgressError::Unresolved { .. } => io::ErrorKind::NotFound,
         };
         io::Error::new(kind, e)
@@ -269,11 +375,47 @@ impl EgressPolicy {
         Ok(EgressPolicy {
             nets: nets.into(),
             hosts: hosts.into(),
+            ..EgressPolicy::default()
         })
+    }
+
+    /// The policy of `purpose`: its own list (`CAP_EGRESS_ALLOW_<PURPOSE>`)
+    /// and the deprecated list every purpose shares (`CAP_EGRESS_ALLOW`).
+    pub fn for_purpose(purpose: Purpose, own: &str, shared: &str) -> Result<EgressPolicy, String> {
+        let variable = purpose.allow_variable();
+        let own = EgressPolicy::parse(own).map_err(|e| format!("invalid {variable}: {e}"))?;
+        let shared =
+            EgressPolicy::parse(shared).map_err(|e| format!("invalid {ALLOW_VARIABLE}: {e}"))?;
+        Ok(EgressPolicy {
+            nets: own.nets.iter().chain(shared.nets.iter()).copied().collect(),
+            hosts: own
+                .hosts
+                .iter()
+                .chain(shared.hosts.iter())
+                .cloned()
+                .collect(),
+            opened_by: variable,
+            closed: None,
+        })
+    }
+
+    /// A policy that refuses every address, public ones too.
+    pub fn closed(purpose: Purpose) -> EgressPolicy {
+        EgressPolicy {
+            opened_by: purpose.allow_variable(),
+            closed: Some(purpose),
+            ..EgressPolicy::default()
+        }
     }
 
     /// Whether `host` may be reached at `ip`.
     pub fn check(&self, host: &str, ip: IpAddr) -> Result<(), EgressError> {
+        if let Some(purpose) = self.closed {
+            return Err(EgressError::Closed {
+                host: host.to_string(),
+                purpose,
+            });
+        }
         let Some(range) = restricted(ip) else {
             return Ok(());
         };
@@ -281,6 +423,7 @@ impl EgressPolicy {
             host: host.to_string(),
             ip,
             range,
+            opened_by: self.opened_by,
         };
         if !range.can_be_allowed() {
             return Err(refused());
@@ -307,6 +450,13 @@ impl EgressPolicy {
     /// addresses judged. Errs when none is permitted, naming the first
     /// refused address.
     pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, EgressError> {
+        if let Some(purpose) = self.closed {
+            // Not even a look-up: a resolver query leaves the host too.
+            return Err(EgressError::Closed {
+                host: host.to_string(),
+                purpose,
+            });
+        }
         let bare = host.trim_matches(['[', ']']);
         if let Ok(ip) = bare.parse::<IpAddr>() {
             self.check(host, ip)?;
@@ -358,6 +508,68 @@ impl EgressPolicy {
             )
         })?;
         self.connect(host, port).await
+    }
+}
+
+/// The policy of every purpose, as a workload's settings build them.
+#[derive(Clone, Debug)]
+pub struct EgressPolicies {
+    pub acme: EgressPolicy,
+    pub dns: EgressPolicy,
+    pub drift: EgressPolicy,
+    pub targets: EgressPolicy,
+    pub notify: EgressPolicy,
+}
+
+impl Default for EgressPolicies {
+    /// Every restricted address refused for every purpose.
+    fn default() -> Self {
+        EgressPolicies::build(|_| "", "", "").expect("empty lists parse")
+    }
+}
+
+impl EgressPolicies {
+    /// Each purpose's policy from its own list (`own`), the deprecated
+    /// shared one (`CAP_EGRESS_ALLOW`) and `CAP_EGRESS_CLOSED` (purpose
+    /// names, comma-separated). The error names the setting at fault.
+    pub fn build<'a>(
+        own: impl Fn(Purpose) -> &'a str,
+        shared: &str,
+        closed: &str,
+    ) -> Result<EgressPolicies, String> {
+        let mut closed_purposes = Vec::new();
+        for name in closed.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let purpose = Purpose::parse(&name.to_ascii_lowercase()).ok_or_else(|| {
+                let names: Vec<&str> = Purpose::ALL.iter().map(|p| p.as_str()).collect();
+                format!("invalid {CLOSED_VARIABLE}: {name:?} is not one of {names:?}")
+            })?;
+            closed_purposes.push(purpose);
+        }
+        let policy = |purpose: Purpose| {
+            let built = EgressPolicy::for_purpose(purpose, own(purpose), shared)?;
+            Ok::<_, String>(if closed_purposes.contains(&purpose) {
+                EgressPolicy::closed(purpose)
+            } else {
+                built
+            })
+        };
+        Ok(EgressPolicies {
+            acme: policy(Purpose::Acme)?,
+            dns: policy(Purpose::Dns)?,
+            drift: policy(Purpose::Drift)?,
+            targets: policy(Purpose::Targets)?,
+            notify: policy(Purpose::Notify)?,
+        })
+    }
+
+    pub fn get(&self, purpose: Purpose) -> &EgressPolicy {
+        match purpose {
+            Purpose::Acme => &self.acme,
+            Purpose::Dns => &self.dns,
+            Purpose::Drift => &self.drift,
+            Purpose::Targets => &self.targets,
+            Purpose::Notify => &self.notify,
+        }
     }
 }
 
@@ -603,6 +815,102 @@ mod tests {
         let allowed = EgressPolicy::parse("127.0.0.1").unwrap();
         let _tcp = allowed.connect_to(&addr).await.unwrap();
         listener.accept().await.unwrap();
+    }
+
+    /// The attack: an operator opens a private CA's range, and an editor
+    /// aims a webhook, a target or a drift endpoint into it. Only ACME's
+    /// policy opens it now.
+    #[test]
+    fn a_range_opened_for_acme_stays_closed_to_every_other_purpose() {
+        let own = |p: Purpose| {
+            if p == Purpose::Acme {
+                "10.20.0.0/16"
+            } else {
+                ""
+            }
+        };
+        let policies = EgressPolicies::build(own, "", "").unwrap();
+        assert_eq!(refused(&policies.acme, "ca", "10.20.0.5"), None);
+        for purpose in [
+            Purpose::Dns,
+            Purpose::Drift,
+            Purpose::Targets,
+            Purpose::Notify,
+        ] {
+            let e = policies
+                .get(purpose)
+                .check("intranet", ip("10.20.0.5"))
+                .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "egress to 10.20.0.5 (private) refused for host intranet: allow it with {}",
+                    purpose.allow_variable()
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn the_shared_list_still_opens_every_purpose() {
+        let policies = EgressPolicies::build(|_| "", "127.0.0.0/8", "").unwrap();
+        for purpose in Purpose::ALL {
+            assert_eq!(refused(policies.get(purpose), "h", "127.0.0.1"), None);
+        }
+        let policies = EgressPolicies::build(
+            |p| if p == Purpose::Dns { "10.0.0.53" } else { "" },
+            "::1",
+            "",
+        )
+        .unwrap();
+        assert_eq!(refused(&policies.dns, "h", "10.0.0.53"), None);
+        assert_eq!(refused(&policies.dns, "h", "::1"), None);
+        assert!(refused(&policies.acme, "h", "10.0.0.53").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_closed_purpose_reaches_nothing_not_even_the_public_internet() {
+        let policies = EgressPolicies::build(|_| "127.0.0.0/8", "", " notify,TARGETS ").unwrap();
+        assert_eq!(refused(&policies.acme, "h", "127.0.0.1"), None);
+        for purpose in [Purpose::Notify, Purpose::Targets] {
+            let policy = policies.get(purpose);
+            for addr in ["8.8.8.8", "127.0.0.1"] {
+                let e = policy.check("hooks.example.com", ip(addr)).unwrap_err();
+                assert!(matches!(e, EgressError::Closed { .. }), "{e}");
+            }
+            let e = policy.resolve("localhost", 443).await.unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "egress to localhost refused: {} are closed on this process (CAP_EGRESS_CLOSED)",
+                    purpose.describe()
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn bad_lists_name_their_setting() {
+        let e = EgressPolicies::build(
+            |p| {
+                if p == Purpose::Drift {
+                    "10.0.0.0/33"
+                } else {
+                    ""
+                }
+            },
+            "",
+            "",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("invalid CAP_EGRESS_ALLOW_DRIFT:"), "{e}");
+        let e = EgressPolicies::build(|_| "", "*.example", "").unwrap_err();
+        assert!(e.starts_with("invalid CAP_EGRESS_ALLOW:"), "{e}");
+        let e = EgressPolicies::build(|_| "", "", "acme,webhooks").unwrap_err();
+        assert!(
+            e.contains("CAP_EGRESS_CLOSED") && e.contains("webhooks"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Outbound connections: where the process may connect, decided once, after
 //! name resolution, for every connection a tenant can aim.
 //!
-//! - [`egress`] — the egress policy (`CAP_EGRESS_ALLOW`): which addresses are
+//! - [`egress`] — the egress policy of each purpose (`CAP_EGRESS_ALLOW_<PURPOSE>`): which addresses are
 //!   refused, resolving and connecting through it.
 //! - [`connector`] — the same policy as a hyper connector: a resolver hook, and a
 //!   guard for URLs that name an IP address (those skip resolvers).

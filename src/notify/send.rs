@@ -112,9 +112,10 @@ pub fn reason_to_show(e: &DeliveryError) -> String {
                      connection closed); try again later"
                 .into(),
         },
-        DeliveryError::Refused(_) => "not sent: the egress policy, the channel's address, TLS \
-                                      settings or credential refuse it (an operator finds \
-                                      the reason in the server's log)"
+        DeliveryError::Egress(ours) => format!("not sent: {ours}"),
+        DeliveryError::Refused(_) => "not sent: the channel's address, TLS settings or \
+                                      credential refuse it (an operator finds the reason in \
+                                      the server's log)"
             .into(),
     }
 }

@@ -61,7 +61,7 @@ pub struct Distribute {
     /// The one door keys leave by.
     pub keys: KeyRelease,
     pub metrics: Arc<Metrics>,
-    /// Where targets may be reached (`CAP_EGRESS_ALLOW`).
+    /// Where targets may be reached (`CAP_EGRESS_ALLOW_TARGETS`).
     pub egress: EgressPolicy,
     /// Delay after each failed attempt (the issuance back-off).
     pub backoff: Backoff,

@@ -26,6 +26,7 @@ use super::refresh_ari::RefreshAri;
 use super::revoke::RevokeCertificate;
 use super::scan_drift::{ScanDrift, DEFAULT_CONNECT_TIMEOUT};
 use crate::distribute::validate::Checks;
+use crate::net::egress::EgressPolicies;
 use crate::notify::outbox::Outbox;
 use crate::services::key_release::KeyRelease;
 
@@ -44,9 +45,11 @@ pub struct WorkerDeps {
     pub distribute_checks: Checks,
     /// Where `issue-certificate` jobs hand their ACME order (the OrderActor).
     pub orders: Arc<dyn OrderDriver>,
-    /// How CAs are reached (revocations, ARI), and the egress policy drift
-    /// probes pass as well.
+    /// How CAs are reached (revocations, ARI).
     pub transport: Transport,
+    /// The egress policy of each purpose: drift probes, deliveries and
+    /// notifications each pass their own.
+    pub egress: EgressPolicies,
 }
 
 /// The handlers every worker runs, one per [`JobKind`].
@@ -89,7 +92,7 @@ pub fn standard(deps: WorkerDeps) -> Handlers {
                 kind,
                 ScanDrift {
                     connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-                    egress: deps.transport.egress.clone(),
+                    egress: deps.egress.drift.clone(),
                     outbox: outbox.clone(),
                 },
             ),
@@ -123,7 +126,7 @@ pub fn standard(deps: WorkerDeps) -> Handlers {
                         Audit::new(store.clone()).with_metrics(deps.metrics.clone()),
                     ),
                     metrics: deps.metrics.clone(),
-                    egress: deps.transport.egress.clone(),
+                    egress: deps.egress.targets.clone(),
                     backoff: deps.issue_backoff,
                     checks: deps.distribute_checks,
                     outbox: outbox.clone(),
@@ -135,7 +138,7 @@ pub fn standard(deps: WorkerDeps) -> Handlers {
                     secrets: secrets.clone(),
                     binding: BindingKey::new(TokenKey::new(secrets.clone())),
                     metrics: deps.metrics.clone(),
-                    egress: deps.transport.egress.clone(),
+                    egress: deps.egress.notify.clone(),
                 },
             ),
         })

@@ -1,7 +1,8 @@
 //! Backup and disaster recovery: `snapshot save` under writes, `snapshot
 //! restore` into a fresh server, damaged snapshots refused before anything
-//! is written, `dr drill` end to end against Pebble (and with the wrong KEK),
-//! and `audit verify --witness` against a real rsyslog's file.
+//! is written, `dr drill` end to end against Pebble (and with the wrong KEK,
+//! and sending nothing to the restored installation's channels), and
+//! `audit verify --witness` against a real rsyslog's file.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -16,6 +17,7 @@ use crate::siem::Rsyslog;
 use crate::support::api::{bootstrap_token, ApiClient};
 use crate::support::cluster::{Cluster, Role};
 use crate::support::pebble::{Pebble, PebbleOptions};
+use crate::support::webhook_receiver::{self, Seen};
 use crate::support::{self, free_addr, wait_until, OutputWithin, Proc, TestDb};
 use certautopilot::audit::{Audit, Event, AUDIT_COLLECTION};
 
@@ -442,10 +444,35 @@ async fn a_damaged_truncated_or_newer_snapshot_is_refused_before_anything_is_wri
     assert!(err.contains("is not empty"), "{err}");
 }
 
-#[tokio::test]
+/// Besides the drill's steps, the attack of a drill that notifies the real
+/// world: the installation has a channel taking every issue, on a receiver
+/// of the test's on loopback — the drill's CA on loopback too, which the
+/// drill's worker must reach. The restored copy's fixture issue must not
+/// reach that channel: the receiver sees nothing, and the notification is
+/// kept dead with the reason (the drill's egress for channels is closed).
+#[actix_web::test]
 async fn the_drill_issues_from_pebble_and_fails_at_the_kek_step_with_the_wrong_kek() {
+    const HOOK_SECRET: &str = "installation-hook-secret";
     let db = TestDb::migrated("drill_src").await;
-    let _token = bootstrap_token(&db); // a data key on KEK version 1
+    let token = bootstrap_token(&db); // a data key on KEK version 1
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let (hook_port, receiver) =
+        webhook_receiver::start(HOOK_SECRET, seen.clone(), |_, _| false).await;
+    {
+        let api = Proc::start("api", &db, "drill_src-api", &[]);
+        api.wait_alive().await;
+        let client = ApiClient::new(api.url("/v1"), token);
+        let (status, channel) = client
+            .post(
+                "/channels",
+                json!({ "name": "ops", "kind": "webhook",
+                        "webhook": { "url": format!("http://127.0.0.1:{hook_port}/ops"),
+                                     "secret": HOOK_SECRET },
+                        "routes": [{ "kinds": ["certificate.issued"] }] }),
+            )
+            .await;
+        assert_eq!(status, 201, "{channel}");
+    }
     let dir = tempfile::tempdir().unwrap();
     let (bundle, passphrase) = export_kek(&db, dir.path());
     let snap = dir.path().join("drill.snap");
@@ -519,6 +546,31 @@ async fn the_drill_issues_from_pebble_and_fails_at_the_kek_step_with_the_wrong_k
         .unwrap()
         .iter()
         .all(|s| s["outcome"] == "passed" && s["seconds"].is_number()));
+
+    // The fixture's issue was kept from the installation's channel.
+    let restored = target.store().await;
+    let kept = support::documents(
+        &restored,
+        "notifications",
+        doc! { "kind": "certificate.issued" },
+    )
+    .await;
+    assert_eq!(
+        kept.len(),
+        1,
+        "the fixture's issue, for the channel: {kept:?}"
+    );
+    assert_eq!(kept[0].get_str("state").unwrap(), "dead", "{:?}", kept[0]);
+    let error = kept[0].get_str("last_error").unwrap();
+    assert!(
+        error.contains("notification channels are closed on this process (CAP_EGRESS_CLOSED)"),
+        "{error}"
+    );
+    assert!(
+        seen.lock().unwrap().attempts.is_empty(),
+        "the installation's channel was reached from the drill"
+    );
+    receiver.stop(true).await;
 
     // The same target again: not empty, refused at the first step.
     let again = drill(&target, &bundle, &dir.path().join("again.json"));

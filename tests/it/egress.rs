@@ -1,8 +1,10 @@
 //! The egress fence, against real workers: an issuer's directory and a
 //! drift endpoint on loopback are refused — before any connection, with the
 //! policy's reason in `last_error` — unless `CAP_EGRESS_ALLOW` opens them; a
-//! CA that never answers is given up on per request; and a job attempt that
-//! outlives its deadline is cut off and retried.
+//! range opened for ACME alone (`CAP_EGRESS_ALLOW_ACME`) stays closed to
+//! delivery targets, notification channels (and their test message) and
+//! drift endpoints; a CA that never answers is given up on per request; and
+//! a job attempt that outlives its deadline is cut off and retried.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,6 +17,8 @@ use tokio::net::TcpListener;
 
 use crate::support::api::ApiClient;
 use crate::support::cluster::{Cluster, Role};
+use crate::support::pebble::PebbleOptions;
+use crate::support::webhook_receiver::{self, Seen};
 use crate::support::{self, Proc, TestDb};
 use certautopilot::queue::jobs::{JobQueue, NewJob};
 
@@ -138,7 +142,7 @@ async fn an_issuer_directory_on_loopback_is_refused_before_any_connection() {
     )
     .await;
     let refusal =
-        "egress to 127.0.0.1 (loopback) refused for host 127.0.0.1: allow it with CAP_EGRESS_ALLOW";
+        "egress to 127.0.0.1 (loopback) refused for host 127.0.0.1: allow it with CAP_EGRESS_ALLOW_ACME";
     let cert = failed_issuance(api, &p, &by_address, "www.by-address.example.test", refusal).await;
     let job = issue_job(&cluster.db, cert["id"].as_str().unwrap()).await;
     assert!(
@@ -296,7 +300,7 @@ async fn a_drift_endpoint_on_loopback_is_refused_unless_allowed() {
                         d["state"] == "unreachable"
                             && d["error"].as_str().is_some_and(|e| {
                                 e.contains(&format!(
-                                "(loopback) refused for host {h}: allow it with CAP_EGRESS_ALLOW"
+                                "(loopback) refused for host {h}: allow it with CAP_EGRESS_ALLOW_DRIFT"
                             ))
                             })
                     })
@@ -310,13 +314,14 @@ async fn a_drift_endpoint_on_loopback_is_refused_unless_allowed() {
         "the endpoint saw a connection: {scanned}"
     );
 
-    // A worker whose policy opens loopback reaches it.
+    // A worker whose policy opens loopback reaches it (the deprecated
+    // shared list still opens every purpose).
     cluster.workers[0].signal(Signal::SIGTERM);
     assert!(cluster.workers[0]
         .wait_exit(Duration::from_secs(30))
         .await
         .is_some());
-    let _allowing = Proc::start(
+    let allowing = Proc::start(
         "worker",
         &cluster.db,
         "egress_drift-allowing",
@@ -339,6 +344,164 @@ async fn a_drift_endpoint_on_loopback_is_refused_unless_allowed() {
         )
         .await;
     assert!(server.accepted.load(Ordering::SeqCst) >= 2, "{seen}");
+    // The shared list is deprecated: its process says so, naming the lists
+    // to use; one without it says nothing.
+    let deprecated = ["CAP_EGRESS_ALLOW is deprecated", "CAP_EGRESS_ALLOW_ACME"];
+    assert_eq!(
+        allowing.log_lines_with(&deprecated).len(),
+        1,
+        "{}",
+        allowing.log_text()
+    );
+    assert!(cluster.workers[0].log_lines_with(&deprecated).is_empty());
+}
+
+/// The attack of one egress list for every purpose: the operator opens a
+/// range for its private CA (loopback stands for it here, where Pebble
+/// listens), and an editor aims a webhook target, a webhook channel and a
+/// drift endpoint into that same range, hoping to read the services there.
+/// The CA is reached (the certificate issues); each of the others is
+/// refused naming its own list, and nothing of theirs sees a connection.
+#[actix_web::test]
+async fn a_range_opened_for_acme_is_refused_to_targets_channels_and_drift() {
+    const SECRET: &str = "egress-purposes-hook-secret";
+    const LOOPBACK: &str = "127.0.0.0/8,::1";
+    let cluster = Cluster::builder("egress_purposes")
+        .pebble(PebbleOptions {
+            nonce_reject_percent: 0,
+            ..PebbleOptions::default()
+        })
+        .workers(1)
+        .env(Role::Worker, "CAP_EGRESS_ALLOW", "")
+        .env(Role::Worker, "CAP_EGRESS_ALLOW_ACME", LOOPBACK)
+        .env(Role::Api, "CAP_EGRESS_ALLOW", "")
+        .env(Role::Api, "CAP_EGRESS_ALLOW_ACME", LOOPBACK)
+        .scheduler()
+        .env(Role::Scheduler, "CAP_RENEWAL_SCAN_SECS", "1")
+        .env(Role::Scheduler, "CAP_DRIFT_SCAN_SECS", "1")
+        .start()
+        .await;
+    let api = &cluster.api;
+    let (p, issuer) = api.project_with_issuer("purposes", cluster.pebble()).await;
+    api.grant(&p, &["purposes.example.test"]).await;
+    let seen: Arc<std::sync::Mutex<Seen>> = Arc::default();
+    let (hook_port, receiver) = webhook_receiver::start(SECRET, seen.clone(), |_, _| false).await;
+    let endpoint = TlsEndpoint::start().await;
+
+    let (status, target) = api
+        .post(
+            &format!("/projects/{p}/targets"),
+            json!({ "name": "inside", "kind": "webhook",
+                    "webhook": { "url": format!("http://127.0.0.1:{hook_port}/target"), "secret": SECRET } }),
+        )
+        .await;
+    assert_eq!(status, 201, "{target}");
+    let channels = format!("/projects/{p}/channels");
+    let (status, channel) = api
+        .post(
+            &channels,
+            json!({ "name": "inside", "kind": "webhook",
+                    "webhook": { "url": format!("http://127.0.0.1:{hook_port}/channel"), "secret": SECRET },
+                    "routes": [{ "kinds": ["certificate.issued"] }] }),
+        )
+        .await;
+    assert_eq!(status, 201, "{channel}");
+
+    // The CA, in the opened range, is reached.
+    let (path, _) = api
+        .issue(
+            &p,
+            json!({ "name": "www", "dns_names": ["www.purposes.example.test"], "issuer_id": issuer,
+                    "targets": ["inside"],
+                    "endpoints": [{ "host": "127.0.0.1", "port": endpoint.port, "sni": "www.example.test" }] }),
+            Duration::from_secs(60),
+        )
+        .await;
+    let refused_with = |variable: &str| {
+        format!(
+            "egress to 127.0.0.1 (loopback) refused for host 127.0.0.1: allow it with {variable}"
+        )
+    };
+
+    // The delivery target is refused, naming its own list.
+    let targets_refusal = refused_with("CAP_EGRESS_ALLOW_TARGETS");
+    api.wait_for(
+        &format!("{path}/distributions"),
+        Duration::from_secs(30),
+        "the delivery refused",
+        |d| {
+            d["items"].as_array().is_some_and(|items| {
+                items.iter().any(|r| {
+                    r["state"] == "failed"
+                        && r["last_error"]
+                            .as_str()
+                            .is_some_and(|e| e.contains(&targets_refusal))
+                })
+            })
+        },
+    )
+    .await;
+
+    // So is the channel, for the issue and for a test message.
+    let notify_refusal = refused_with("CAP_EGRESS_ALLOW_NOTIFY");
+    api.wait_for(
+        &format!("/projects/{p}/notifications"),
+        Duration::from_secs(30),
+        "the notification refused",
+        |page| {
+            page["items"].as_array().is_some_and(|items| {
+                items.iter().any(|n| {
+                    n["state"] == "dead"
+                        && n["last_error"]
+                            .as_str()
+                            .is_some_and(|e| e.contains(&notify_refusal))
+                })
+            })
+        },
+    )
+    .await;
+    let (status, tested) = api
+        .post(
+            &format!("{channels}/{}/test", channel["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{tested}");
+    assert_eq!(tested["delivered"], false, "{tested}");
+    assert!(
+        tested["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&notify_refusal)),
+        "{tested}"
+    );
+
+    // And the drift endpoint.
+    let drift_refusal = refused_with("CAP_EGRESS_ALLOW_DRIFT");
+    api.wait_for(
+        &path,
+        Duration::from_secs(30),
+        "the drift scan refused",
+        |c| {
+            drift_of(c, "127.0.0.1").is_some_and(|d| {
+                d["state"] == "unreachable"
+                    && d["error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains(&drift_refusal))
+            })
+        },
+    )
+    .await;
+
+    assert!(
+        seen.lock().unwrap().attempts.is_empty(),
+        "the receiver in the ACME range was reached"
+    );
+    assert_eq!(
+        endpoint.accepted.load(Ordering::SeqCst),
+        0,
+        "the endpoint in the ACME range was reached"
+    );
+    receiver.stop(true).await;
 }
 
 #[tokio::test]

@@ -117,7 +117,7 @@ async fn refusals_say_whether_a_retry_can_help() {
     .await
     .unwrap_err();
     assert!(
-        matches!(&e, DeliveryError::Refused(why) if why.contains("loopback")),
+        matches!(&e, DeliveryError::Egress(why) if why.contains("loopback")),
         "{e}"
     );
     assert_eq!(received(&r).len(), 1, "nothing else was delivered");

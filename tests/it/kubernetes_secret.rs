@@ -1,7 +1,8 @@
 //! `distribute::kubernetes_secret` against the stand-in of the Secrets
 //! endpoints (`support::kubernetes`; no API server can be had here): create
 //! or replace keeping metadata, a base URL with a path, concurrent writers,
-//! refusals that change nothing.
+//! refusals that change nothing, an endless answer read no further than the
+//! cap.
 
 use std::sync::{Arc, Mutex};
 
@@ -12,7 +13,9 @@ use url::Url;
 
 use crate::support::kubernetes::{serve, StandIn, TOKEN};
 use certautopilot::distribute::http::DeliveryError;
-use certautopilot::distribute::kubernetes_secret::{replace, Cluster, TlsData, DEFAULT_TIMEOUT};
+use certautopilot::distribute::kubernetes_secret::{
+    read, replace, Cluster, TlsData, DEFAULT_TIMEOUT, MAX_ANSWER_BYTES,
+};
 use certautopilot::net::egress::EgressPolicy;
 
 fn cluster(server: &Url, token: &str) -> Cluster {
@@ -188,4 +191,48 @@ async fn refusals_are_clear_and_change_nothing() {
     assert!(e.to_string().contains("loopback"), "{e}");
     assert_eq!(state.lock().unwrap().writes, 0, "nothing was written");
     stand_in.handle.stop(true).await;
+}
+
+/// The attack: a "cluster" a tenant names answers a Secret's GET with a 200
+/// whose body never ends, to take the memory of every worker that claims
+/// the delivery. The read stops as soon as the answer passes the cap, long
+/// before the request's timeout, with an error naming the cap; what the
+/// stand-in managed to hand over (the cap plus what the sockets buffer)
+/// shows nothing near the body's endless length was taken in.
+#[actix_web::test]
+async fn an_endless_answer_is_read_no_further_than_the_cap() {
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let state = Arc::new(Mutex::new(StandIn {
+        endless: Some(sent.clone()),
+        ..StandIn::default()
+    }));
+    let stand_in = serve(state.clone(), false).await;
+    let c = cluster(&stand_in.url, TOKEN);
+    let started = std::time::Instant::now();
+    let e = read(&loopback(), &c, "web", "www-tls", DEFAULT_TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DeliveryError::Refused(_)), "{e}");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "the Secret as read is longer than {MAX_ANSWER_BYTES} bytes; reading stopped there"
+        )
+    );
+    let e = replace(&loopback(), &c, "web", "www-tls", &tls(1), DEFAULT_TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("reading stopped there"), "{e}");
+    assert!(
+        started.elapsed() < DEFAULT_TIMEOUT / 2,
+        "stopped at the cap, not at the timeout: {:?}",
+        started.elapsed()
+    );
+    stand_in.handle.stop(false).await;
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        sent < 4 * MAX_ANSWER_BYTES + (64 << 20),
+        "{sent} bytes were handed over for two reads"
+    );
+    assert_eq!(state.lock().unwrap().writes, 0, "nothing was written");
 }

@@ -238,3 +238,103 @@ async fn files_reach_an_ssh_host_with_a_pinned_key_and_are_put_back_when_not_ser
     drop(nginx);
     drop(sshd);
 }
+
+/// Peak resident memory of process `pid`, in bytes (`VmHWM`).
+fn peak_memory(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    kib * 1024
+}
+
+/// The attack: a tenant's reload command that prints without end (`cat
+/// /dev/zero`) on a host of its own, to take the memory of the worker that
+/// runs the delivery, and of every worker after it that claims the job.
+/// Against Debian's sshd: the output is read no further than its cap, the
+/// client is stopped there, the delivery fails with an error naming the
+/// cap well within the run's timeout, the worker lives with its memory
+/// bounded, and nothing is left running on the host.
+#[actix_web::test]
+async fn a_reload_command_that_prints_without_end_fails_the_delivery_and_the_worker_lives() {
+    let mut cluster = Cluster::builder("ssh-endless-output")
+        .pebble(PebbleOptions {
+            nonce_reject_percent: 0,
+            ..PebbleOptions::default()
+        })
+        .workers(1)
+        .scheduler()
+        .env(Role::Scheduler, "CAP_RENEWAL_SCAN_SECS", "1")
+        .start()
+        .await;
+    let api = &cluster.api;
+    let (p, issuer) = api.project_with_issuer("endless", cluster.pebble()).await;
+    api.grant(&p, &["ssh.example.test"]).await;
+    let work = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(work.path());
+    let dir = work.path().join("endless");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (status, target) = api
+        .post(
+            &format!("/projects/{p}/targets"),
+            json!({ "name": "endless", "kind": "ssh",
+                    "ssh": { "host": "127.0.0.1", "port": sshd.port, "user": sshd.user,
+                             "host_key": sshd.host_key, "directory": dir,
+                             "private_key": sshd.client_key, "reload_command": "cat /dev/zero" } }),
+        )
+        .await;
+    assert_eq!(status, 201, "{target}");
+
+    let (path, _) = api
+        .issue(
+            &p,
+            json!({ "name": "www", "dns_names": [NAME], "issuer_id": issuer,
+                    "targets": ["endless"] }),
+            Duration::from_secs(60),
+        )
+        .await;
+    let started = std::time::Instant::now();
+    let done = api
+        .wait_for(
+            &format!("{path}/distributions"),
+            Duration::from_secs(60),
+            "the delivery failed",
+            |d| record(d, "endless").is_some_and(|r| r["state"] == "failed"),
+        )
+        .await;
+    let failed = record(&done, "endless").unwrap();
+    let error = failed["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("the reload command on")
+            && error.contains("printed more than 65536 bytes on its standard output")
+            && error.contains("capped at 64 KiB"),
+        "{failed}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let worker = &mut cluster.workers[0];
+    assert_eq!(worker.child.try_wait().unwrap(), None, "the worker died");
+    worker.wait_alive().await;
+    let peak = peak_memory(worker.pid());
+    assert!(
+        peak < 256 << 20,
+        "the worker's memory peaked at {} MiB",
+        peak >> 20
+    );
+    let gone = support::wait_until(Duration::from_secs(10), || async {
+        !std::process::Command::new("pgrep")
+            .args(["-f", "-x", "cat /dev/zero"])
+            .status()
+            .unwrap()
+            .success()
+    })
+    .await;
+    assert!(gone, "the reload command still runs on the host");
+    drop(sshd);
+}

@@ -50,7 +50,7 @@ pub struct ApiState {
     pub metrics: std::sync::Arc<crate::observe::metrics::Metrics>,
     /// Where failures agents report are told (`CAP_NOTIFY_ATTEMPTS`).
     pub outbox: crate::notify::outbox::Outbox,
-    /// Where tenants' URLs may lead (`CAP_EGRESS_ALLOW`): a channel's test message.
+    /// Where a channel's test message may lead (`CAP_EGRESS_ALLOW_NOTIFY`).
     pub egress: crate::net::egress::EgressPolicy,
     /// The longest a token made through the API lives (`CAP_API_TOKEN_MAX_LIFETIME_SECS`).
     pub token_max_lifetime: std::time::Duration,

@@ -3,13 +3,16 @@
 //! 409 on a stale `resourceVersion` or a second create, 401 without the
 //! token, 404 for what is not there. It answers under any path prefix
 //! (`/k8s/clusters/c-1/api/v1/…` as Rancher's proxy does), over HTTP or
-//! over HTTPS with a CA of its own.
+//! over HTTPS with a CA of its own. Set to, it answers a Secret's GET with
+//! a 200 whose body never ends, as a hostile "cluster" would.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use base64::Engine;
+use futures::StreamExt;
 use serde_json::{json, Value};
 use url::Url;
 
@@ -30,6 +33,23 @@ pub struct StandIn {
     pub written: Vec<String>,
     /// The path of every authorized request.
     pub paths: Vec<String>,
+    /// When set, a GET of a Secret answers 200 and a body without end,
+    /// counting here the bytes it hands to the connection.
+    pub endless: Option<Arc<AtomicUsize>>,
+}
+
+/// A 200 whose JSON never closes: `{"data":"AAAA…` for ever, 64 KiB at a
+/// time, each counted in `sent` as it is handed over.
+fn endless_body(sent: Arc<AtomicUsize>) -> HttpResponse {
+    let opening = web::Bytes::from_static(b"{\"data\":\"");
+    let block = web::Bytes::from(vec![b'A'; 64 * 1024]);
+    let blocks = futures::stream::repeat(block).map(move |b| {
+        sent.fetch_add(b.len(), Ordering::Relaxed);
+        Ok::<_, actix_web::Error>(b)
+    });
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .streaming(futures::stream::once(async { Ok(opening) }).chain(blocks))
 }
 
 impl StandIn {
@@ -81,6 +101,9 @@ fn answer(s: &mut StandIn, req: &HttpRequest, body: &[u8]) -> HttpResponse {
     };
     let conflict = || HttpResponse::Conflict().json(json!({"kind": "Status", "code": 409}));
     match (req.method().as_str(), name) {
+        ("GET", Some(_)) if s.endless.is_some() => {
+            endless_body(s.endless.clone().expect("checked"))
+        }
         ("GET", Some(name)) => {
             let key = format!("{ns}/{name}");
             let found = s.secrets.get(&key).cloned();

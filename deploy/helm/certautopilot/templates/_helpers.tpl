@@ -119,6 +119,12 @@ hook Secret of their own. */}}
   value: {{ .Values.config.shutdownGraceSecs | quote }}
 - name: CAP_WORKER_CONCURRENCY
   value: {{ .Values.config.workerConcurrency | quote }}
+{{- range $purpose, $allow := (.Values.config.egress | default dict) }}
+{{- with $allow }}
+- name: {{ printf "CAP_EGRESS_ALLOW_%s" (upper $purpose) }}
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
 {{- with .Values.config.egressAllow }}
 - name: CAP_EGRESS_ALLOW
   value: {{ . | quote }}
