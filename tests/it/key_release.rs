@@ -147,6 +147,12 @@ async fn keys_leave_only_through_the_audited_door_an_admin_opens() {
                                        "kubeconfig": k8s.kubeconfig() } }),
         json!({ "name": "host", "kind": "ssh", "ssh": ssh_settings }),
         json!({ "name": "agent", "kind": "agent" }),
+        // HTTPS with a CA no webhook trusts (the stand-in's): the key goes
+        // through the door and the handshake then fails, so the door's
+        // record is all that shows the webhook path asks it too.
+        json!({ "name": "hook", "kind": "webhook",
+                "webhook": { "url": format!("{}hook?token=x", k8s.url), "include_key": true,
+                             "secret": "a-secret-of-sixteen-chars" } }),
     ] {
         let (status, target) = admin.post(&format!("/projects/{p}/targets"), body).await;
         assert_eq!(status, 201, "{target}");
@@ -192,7 +198,7 @@ async fn keys_leave_only_through_the_audited_door_an_admin_opens() {
         .call(
             reqwest::Method::PUT,
             &format!("{path}/targets"),
-            Some(json!({ "targets": ["cluster", "host", "agent"] })),
+            Some(json!({ "targets": ["cluster", "host", "agent", "hook"] })),
         )
         .await;
     assert_eq!(status, 200, "{body}");
@@ -201,7 +207,7 @@ async fn keys_leave_only_through_the_audited_door_an_admin_opens() {
         .call(
             reqwest::Method::PUT,
             &format!("{path}/targets"),
-            Some(json!({ "targets": ["cluster", "host", "agent", "notify-deploys"] })),
+            Some(json!({ "targets": ["cluster", "host", "agent", "hook", "notify-deploys"] })),
         )
         .await;
     assert_eq!(status, 200, "{body}");
@@ -246,9 +252,25 @@ async fn keys_leave_only_through_the_audited_door_an_admin_opens() {
     assert_eq!(key.status, 200);
     assert_eq!(bundle["key_pem"].as_str().unwrap(), key.text);
 
-    // One record per key that left, each naming where it went and who asked.
+    // One record per key that left, each naming where it went and who
+    // asked; the webhook's attempts are retried (its receiver is never
+    // trusted), each one a release.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let records = loop {
+        let records = releases(&cluster, &p, &cert_id).await;
+        if records
+            .iter()
+            .any(|r| r.to_string().contains("\"webhook\""))
+        {
+            break records;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no webhook release: {records:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let serial = issued["serial"].as_str().unwrap();
-    let records = releases(&cluster, &p, &cert_id).await;
     let kind = |r: &Document| {
         r.get_document("details")
             .and_then(|d| d.get_document("destination"))
@@ -256,7 +278,11 @@ async fn keys_leave_only_through_the_audited_door_an_admin_opens() {
             .unwrap_or_default()
             .to_string()
     };
-    let mut kinds: Vec<String> = records.iter().map(kind).collect();
+    let mut kinds: Vec<String> = records
+        .iter()
+        .map(kind)
+        .filter(|k| k != "webhook")
+        .collect();
     kinds.sort();
     assert_eq!(
         kinds,
@@ -287,6 +313,14 @@ async fn keys_leave_only_through_the_audited_door_an_admin_opens() {
                 assert_eq!(
                     destination.get_str("endpoint").unwrap(),
                     format!("{}@127.0.0.1:{}", sshd.user, sshd.port)
+                );
+            }
+            "webhook" => {
+                assert!(requested_by.starts_with("job:distribute:"), "{r}");
+                assert_eq!(
+                    destination.get_str("endpoint").unwrap(),
+                    k8s.url.origin().ascii_serialization(),
+                    "the origin, never the query: {r}"
                 );
             }
             other => panic!("a release to {other}: {r}"),
