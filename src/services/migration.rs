@@ -106,7 +106,10 @@ impl KekWork {
                 Some(url) => {
                     let (id, project) = (s(d, "_id"), s(d, "project_id"));
                     let sealed = SecretRef::target_url(project, id);
-                    self.secrets.put(&sealed, url.as_bytes()).await.map_err(secret)?;
+                    self.secrets
+                        .put(&sealed, url.as_bytes())
+                        .await
+                        .map_err(secret)?;
                     targets::replace_url_by_origin(store, id, &key_release::origin(url))
                         .await
                         .map_err(db)?
@@ -142,7 +145,10 @@ impl KekWork {
                 Some(url) => {
                     let id = s(d, "_id");
                     let sealed = SecretRef::channel_url(d.get_str("project_id").ok(), id);
-                    self.secrets.put(&sealed, url.as_bytes()).await.map_err(secret)?;
+                    self.secrets
+                        .put(&sealed, url.as_bytes())
+                        .await
+                        .map_err(secret)?;
                     channels::replace_url_by_origin(store, id, &key_release::origin(url))
                         .await
                         .map_err(db)?

@@ -258,7 +258,6 @@ impl UrlShown {
             UrlShown::OriginOnly
         }
     }
-
 }
 
 /// Stored channel `d` as shown: a webhook's whole URL, opened from its
