@@ -761,6 +761,14 @@ async fn migration_17_binds_stored_settings_and_disables_targets_no_admin_made()
             url,
             "{what}"
         );
+        // Checked against the bound origin: a URL elsewhere does not open.
+        let elsewhere = secrets.open_url(&sealed, "https://elsewhere.test").await;
+        assert!(
+            elsewhere
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("not at the bound origin")),
+            "{what}: {elsewhere:?}"
+        );
     }
     assert_not_stored(&store, "t-hook").await;
     assert_not_stored(&store, "t-ops").await;
