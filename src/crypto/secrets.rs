@@ -31,6 +31,8 @@ pub enum SecretError {
     Damaged(String, &'static str),
     #[error("database error: {}", short(.0))]
     Db(#[from] MongoError),
+    #[error("the sealed URL {0} is at {1}, not at the bound origin {2}")]
+    OtherOrigin(String, String, String),
 }
 
 impl SecretError {
@@ -104,6 +106,25 @@ impl SecretRef {
         SecretRef {
             id: format!("channels/{channel}"),
             owner,
+        }
+    }
+
+    /// A webhook target's whole URL: its path and query may hold a token,
+    /// so only its origin is stored in the clear.
+    pub fn target_url(project: &str, target: &str) -> SecretRef {
+        SecretRef {
+            id: format!("targets/{target}/url"),
+            owner: format!("projects/{project}/targets/{target}"),
+        }
+    }
+
+    /// A webhook channel's whole URL (as [`SecretRef::target_url`]);
+    /// `project` `None` for an installation channel.
+    pub fn channel_url(project: Option<&str>, channel: &str) -> SecretRef {
+        let credential = SecretRef::channel_credential(project, channel);
+        SecretRef {
+            id: format!("{}/url", credential.id),
+            owner: credential.owner,
         }
     }
 
@@ -190,6 +211,26 @@ impl Secrets {
     /// not open ([`EnvelopeError::WrongRecord`]).
     pub async fn get(&self, secret: &SecretRef) -> Result<Zeroizing<Vec<u8>>, SecretError> {
         self.open(&secret.id, &secret.associated_data()).await
+    }
+
+    /// Opens a webhook's sealed whole URL ([`SecretRef::target_url`],
+    /// [`SecretRef::channel_url`]) and checks that it is at `bound`, the
+    /// origin stored in the clear and covered by the owner's binding MAC: a
+    /// sealed URL swapped in the database does not send elsewhere.
+    pub async fn open_url(&self, secret: &SecretRef, bound: &str) -> Result<String, SecretError> {
+        let opened = self.get(secret).await?;
+        let url = std::str::from_utf8(&opened)
+            .map_err(|_| SecretError::Damaged(secret.id.clone(), "URL"))?;
+        let origin_of = |u: &str| {
+            url::Url::parse(u)
+                .map(|u| u.origin().ascii_serialization())
+                .unwrap_or_else(|_| "(not a URL)".into())
+        };
+        let (at, bound) = (origin_of(url), origin_of(bound));
+        if at != bound {
+            return Err(SecretError::OtherOrigin(secret.id.clone(), at, bound));
+        }
+        Ok(url.to_string())
     }
 
     /// Re-seals a secret stored by builds before owners were bound into the

@@ -114,6 +114,10 @@ pub enum Delivery {
         kubeconfig: bool,
     },
     Webhook {
+        /// The receiver's URL. As parsed from the store it is only the
+        /// origin (scheme://host[:port]): the whole URL, whose path or
+        /// query may hold a token, is sealed under
+        /// [`crate::crypto::secrets::SecretRef::target_url`].
         url: String,
         /// Send the private key too.
         include_key: bool,

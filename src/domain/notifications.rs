@@ -342,6 +342,8 @@ impl Channel {
 pub enum ChannelDelivery {
     /// A signed POST of the JSON message (the secret is sealed).
     Webhook {
+        /// As parsed from the store, only the origin: the whole URL is
+        /// sealed under [`crate::crypto::secrets::SecretRef::channel_url`].
         url: String,
     },
     /// A Slack-compatible incoming webhook (its URL is the sealed secret).

@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 use super::email::{self, Mail, SmtpSettings, SmtpTls};
 use super::message::Notification;
 use super::slack;
-use crate::crypto::secrets::{SecretRef, Secrets};
+use crate::crypto::secrets::{SecretError, SecretRef, Secrets};
 use crate::distribute::http::DeliveryError;
 use crate::distribute::webhook;
 use crate::domain::notifications::{Channel, ChannelDelivery};
@@ -40,8 +40,23 @@ pub async fn send(
         })
     };
     match &channel.delivery {
-        ChannelDelivery::Webhook { url } => {
-            let url = parse_url(url)?;
+        ChannelDelivery::Webhook { url: origin } => {
+            // The whole URL is sealed; the settings hold its bound origin.
+            let sealed = SecretRef::channel_url(channel.project_id.as_deref(), &channel.id);
+            let url = secrets
+                .open_url(&sealed, origin)
+                .await
+                .map_err(|e| match e {
+                    SecretError::NotFound(_) => DeliveryError::Refused(
+                        "the channel's URL is not sealed: delete the channel and make it again"
+                            .into(),
+                    ),
+                    e if e.is_transient() => {
+                        DeliveryError::Transient(format!("the channel's URL: {e}"))
+                    }
+                    e => DeliveryError::Refused(format!("the channel's URL: {e}")),
+                })?;
+            let url = parse_url(&url)?;
             let secret = credential().await?;
             let body = serde_json::to_vec(&notification.to_json()).expect("JSON serializes");
             webhook::post(

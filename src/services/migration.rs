@@ -9,6 +9,11 @@
 //! admin of its project, or a global admin, is bound disabled, and receives
 //! nothing until an admin confirms it (`POST …/targets/{id}/confirm`).
 //!
+//! Before a webhook target or channel is bound, the whole URL its settings
+//! hold (`url`, whose path or query may hold a token) is sealed under its
+//! owner ([`SecretRef::target_url`], [`SecretRef::channel_url`]) and
+//! replaced in the clear by its `origin`, which the MAC then covers.
+//!
 //! It binds only once: at the end it seals a marker, and a later run that
 //! finds the marker binds nothing, so a database writer who strips a MAC
 //! and rolls the schema back cannot have a forged record bound (those
@@ -23,6 +28,7 @@ use crate::crypto::binding::BindingKey;
 use crate::crypto::reseal::Reseal;
 use crate::crypto::secrets::{SecretError, SecretRef, Secrets};
 use crate::domain::distribution::Target;
+use crate::services::key_release;
 use crate::store::schema::KekMigrations;
 use crate::store::{certificates, channels, short, targets, tokens, Store, BINDING_MAC};
 
@@ -96,6 +102,21 @@ impl KekWork {
         }
         let (mut bound, mut disabled, mut unreadable) = (0, 0, Vec::new());
         for d in all_targets.iter().filter(|d| !d.contains_key(BINDING_MAC)) {
+            let stored = match legacy_url(d) {
+                Some(url) => {
+                    let (id, project) = (s(d, "_id"), s(d, "project_id"));
+                    let sealed = SecretRef::target_url(project, id);
+                    self.secrets
+                        .put(&sealed, url.as_bytes())
+                        .await
+                        .map_err(secret)?;
+                    targets::replace_url_by_origin(store, id, &key_release::origin(url))
+                        .await
+                        .map_err(db)?
+                }
+                None => None,
+            };
+            let d = stored.as_ref().unwrap_or(d);
             let mut target = match targets::parse(d) {
                 Ok(target) => target,
                 Err(why) => {
@@ -120,6 +141,21 @@ impl KekWork {
         ));
         let mut channels_bound = 0;
         for d in all_channels.iter().filter(|d| !d.contains_key(BINDING_MAC)) {
+            let stored = match legacy_url(d) {
+                Some(url) => {
+                    let id = s(d, "_id");
+                    let sealed = SecretRef::channel_url(d.get_str("project_id").ok(), id);
+                    self.secrets
+                        .put(&sealed, url.as_bytes())
+                        .await
+                        .map_err(secret)?;
+                    channels::replace_url_by_origin(store, id, &key_release::origin(url))
+                        .await
+                        .map_err(db)?
+                }
+                None => None,
+            };
+            let d = stored.as_ref().unwrap_or(d);
             match channels::parse(d) {
                 Ok(channel) => {
                     let mac = binding.channel_mac(&channel).await.map_err(secret)?;
@@ -165,6 +201,19 @@ impl KekWork {
         self.secrets.put(&marker, b"bound").await.map_err(secret)?;
         Ok(())
     }
+}
+
+/// The whole URL a webhook target's or channel's settings hold
+/// in the clear, as builds before migration 17 stored it.
+fn legacy_url(d: &Document) -> Option<&str> {
+    if d.get_str("kind") != Ok("webhook") {
+        return None;
+    }
+    d.get_document("settings").ok()?.get_str("url").ok()
+}
+
+fn s<'d>(d: &'d Document, field: &str) -> &'d str {
+    d.get_str(field).unwrap_or_default()
 }
 
 /// Why `target` is not known to be a project admin's: `None` when its

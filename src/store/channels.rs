@@ -107,6 +107,23 @@ pub async fn bind(store: &Store, id: &str, mac: &str) -> Result<(), MongoError> 
     Ok(())
 }
 
+/// Replaces the whole `url` in webhook channel `id`'s settings by its
+/// `origin` (migration 17, once the URL is sealed); the stored document after.
+pub async fn replace_url_by_origin(
+    store: &Store,
+    id: &str,
+    origin: &str,
+) -> Result<Option<Document>, MongoError> {
+    store
+        .collection(CHANNELS)
+        .find_one_and_update(
+            doc! { "_id": id },
+            doc! { "$set": { "settings.origin": origin }, "$unset": { "settings.url": "" } },
+        )
+        .return_document(mongodb::options::ReturnDocument::After)
+        .await
+}
+
 /// A channel document as senders use it; `Err` names what is wrong.
 pub fn parse(d: &Document) -> Result<Channel, String> {
     let s = |f: &str| d.get_str(f).unwrap_or_default().to_string();
@@ -118,8 +135,10 @@ pub fn parse(d: &Document) -> Result<Channel, String> {
             .ok_or_else(|| format!("the channel's settings lack {f}"))
     };
     let delivery = match d.get_str("kind").unwrap_or_default() {
+        // The whole URL is sealed (`SecretRef::channel_url`); the settings
+        // hold its origin, or, stored before that, the whole `url`.
         "webhook" => ChannelDelivery::Webhook {
-            url: setting("url")?,
+            url: setting("origin").or_else(|_| setting("url"))?,
         },
         "slack" => ChannelDelivery::Slack,
         "email" => ChannelDelivery::Email(EmailSettings {

@@ -107,8 +107,10 @@ pub fn parse(d: &Document) -> Result<Target, String> {
             include_ca: flag("include_ca"),
             kubeconfig: flag("kubeconfig"),
         },
+        // The whole URL is sealed (`SecretRef::target_url`); the settings
+        // hold its origin, or, stored before that, the whole `url`.
         TargetKind::Webhook => Delivery::Webhook {
-            url: setting("url")?,
+            url: setting("origin").or_else(|_| setting("url"))?,
             include_key: flag("include_key"),
         },
     };
@@ -163,7 +165,13 @@ pub fn document(target: &Target) -> Document {
             "include_ca": include_ca,
             "kubeconfig": kubeconfig,
         },
-        Delivery::Webhook { url, include_key } => doc! { "url": url, "include_key": include_key },
+        // Only the origin in the clear, and no `url`: a worker of the
+        // previous release, which reads `url`, then fails the delivery
+        // instead of posting to the bare origin.
+        Delivery::Webhook { url, include_key } => doc! {
+            "origin": crate::services::key_release::origin(url),
+            "include_key": include_key,
+        },
     };
     let mut d = doc! {
         "_id": &target.id,
@@ -212,6 +220,23 @@ pub async fn set_disabled(
         .find_one_and_update(
             doc! { "_id": &target.id, "project_id": &target.project_id },
             update,
+        )
+        .return_document(mongodb::options::ReturnDocument::After)
+        .await
+}
+
+/// Replaces the whole `url` in webhook target `id`'s settings by its
+/// `origin` (migration 17, once the URL is sealed); the stored document after.
+pub async fn replace_url_by_origin(
+    store: &Store,
+    id: &str,
+    origin: &str,
+) -> Result<Option<Document>, MongoError> {
+    store
+        .collection(TARGETS)
+        .find_one_and_update(
+            doc! { "_id": id },
+            doc! { "$set": { "settings.origin": origin }, "$unset": { "settings.url": "" } },
         )
         .return_document(mongodb::options::ReturnDocument::After)
         .await

@@ -569,8 +569,20 @@ impl Run<'_> {
         Ok(ssh::SshClient::new(&self.this.egress, &host, &key, ssh::DEFAULT_TIMEOUT).await?)
     }
 
-    async fn post_webhook(&self, url: &str, include_key: bool) -> Result<(), StepError> {
-        let url = Url::parse(url).map_err(|e| StepError::Failed(format!("the URL: {e}")))?;
+    /// `origin`: the bound one the target's settings hold; the whole URL,
+    /// whose path or query may hold a token, is sealed.
+    async fn post_webhook(&self, origin: &str, include_key: bool) -> Result<(), StepError> {
+        let sealed = SecretRef::target_url(&self.cert.project_id, &self.target.id);
+        let url = match self.this.secrets.open_url(&sealed, origin).await {
+            Ok(url) => url,
+            Err(SecretError::NotFound(_)) => {
+                return Err(StepError::Failed(
+                    "the target's URL is not sealed: delete the target and make it again".into(),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let url = Url::parse(&url).map_err(|e| StepError::Failed(format!("the URL: {e}")))?;
         let secret = self.credential().await?;
         let mut body = serde_json::json!({
             "event": "certificate.distributed",

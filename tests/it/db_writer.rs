@@ -9,7 +9,7 @@ use mongodb::bson::{doc, Document};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::support::api::token;
+use crate::support::api::{assert_not_stored, token};
 use crate::support::cluster::Cluster;
 use crate::support::pebble::PebbleOptions;
 use crate::support::TestDb;
@@ -577,6 +577,8 @@ async fn a_database_writer_cannot_add_a_target_to_a_certificate() {
 /// (their `target.created` record names an editor's token, or nobody).
 /// It binds once: a later run leaves a record whose MAC was stripped
 /// unbound, so a writer who also rolls the schema back launders nothing.
+/// A webhook's whole URL (its path or query may hold a token) is sealed
+/// first: the settings keep only its origin in the clear, under the MAC.
 #[tokio::test]
 async fn migration_17_binds_stored_settings_and_disables_targets_no_admin_made() {
     use certautopilot::audit::{Audit, Event};
@@ -613,7 +615,7 @@ async fn migration_17_binds_stored_settings_and_disables_targets_no_admin_made()
         (
             "tgt_hook",
             "webhook",
-            doc! { "url": "https://hooks.example.test/x", "include_key": false },
+            doc! { "url": "https://hooks.example.test/x?token=t-hook", "include_key": false },
             Some("tok_editor"),
         ),
     ];
@@ -642,7 +644,7 @@ async fn migration_17_binds_stored_settings_and_disables_targets_no_admin_made()
         .collection("notification_channels")
         .insert_one(
             doc! { "_id": "chn_1", "project_id": "prj_a", "name": "ops", "kind": "webhook",
-            "settings": { "url": "https://ops.example.test/hook" } },
+            "settings": { "url": "https://ops.example.test/hook?token=t-ops" } },
         )
         .await
         .unwrap();
@@ -730,6 +732,47 @@ async fn migration_17_binds_stored_settings_and_disables_targets_no_admin_made()
         .await
         .unwrap();
 
+    // The webhooks' whole URLs are sealed; their origins stay in the clear.
+    let hook = targets::in_project(&store, "prj_a", "tgt_hook")
+        .await
+        .unwrap()
+        .unwrap();
+    for (what, d, origin, sealed, url) in [
+        (
+            "target",
+            &hook,
+            "https://hooks.example.test",
+            SecretRef::target_url("prj_a", "tgt_hook"),
+            "https://hooks.example.test/x?token=t-hook",
+        ),
+        (
+            "channel",
+            &channel,
+            "https://ops.example.test",
+            SecretRef::channel_url(Some("prj_a"), "chn_1"),
+            "https://ops.example.test/hook?token=t-ops",
+        ),
+    ] {
+        let settings = d.get_document("settings").unwrap();
+        assert_eq!(settings.get_str("origin"), Ok(origin), "{what}: {d}");
+        assert!(!settings.contains_key("url"), "{what}: {d}");
+        assert_eq!(
+            secrets.open_url(&sealed, origin).await.unwrap(),
+            url,
+            "{what}"
+        );
+        // Checked against the bound origin: a URL elsewhere does not open.
+        let elsewhere = secrets.open_url(&sealed, "https://elsewhere.test").await;
+        assert!(
+            elsewhere
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("not at the bound origin")),
+            "{what}: {elsewhere:?}"
+        );
+    }
+    assert_not_stored(&store, "t-hook").await;
+    assert_not_stored(&store, "t-ops").await;
+
     // A writer strips a MAC and rolls the schema back: not bound again.
     store
         .collection("distribution_targets")
@@ -793,7 +836,7 @@ async fn a_database_writer_cannot_point_a_channel_elsewhere() {
         .collection("notification_channels")
         .update_one(
             doc! { "_id": &channel_id },
-            doc! { "$set": { "settings.url": format!("http://127.0.0.1:{their_port}/stolen") } },
+            doc! { "$set": { "settings.origin": format!("http://127.0.0.1:{their_port}") } },
         )
         .await
         .unwrap();

@@ -22,6 +22,8 @@ use crate::support::tls_server::TlsServer;
 use crate::support::webhook_receiver::{self, Seen};
 
 const HOOK_SECRET: &str = "the-hook-signing-secret";
+/// In the webhook target's path and query: never stored in the clear.
+const HOOK_PATH_TOKEN: &str = "hook-path-token-7f3a";
 
 fn target_state<'a>(distributions: &'a Value, target: &str) -> Option<&'a Value> {
     distributions["items"]
@@ -133,7 +135,7 @@ async fn a_new_serial_reaches_its_targets_and_a_failed_validation_is_rolled_back
         .post(
             &format!("/projects/{p}/targets"),
             json!({ "name": "deploy-hook", "kind": "webhook",
-                    "webhook": { "url": format!("http://127.0.0.1:{hook_port}/certificates"), "secret": HOOK_SECRET },
+                    "webhook": { "url": format!("http://127.0.0.1:{hook_port}/certificates/{HOOK_PATH_TOKEN}?t={HOOK_PATH_TOKEN}"), "secret": HOOK_SECRET },
                     "validate": { "host": "127.0.0.1", "port": hook_serves.port(), "sni": "www.dist.example.test" } }),
         )
         .await;
@@ -281,6 +283,17 @@ async fn a_new_serial_reaches_its_targets_and_a_failed_validation_is_rolled_back
     let store = cluster.db.store().await;
     assert_not_stored(&store, HOOK_SECRET).await;
     assert_not_stored(&store, K8S_TOKEN).await;
+    // The webhook's path and query (a token often lives there) are sealed:
+    // the receiver was posted at the whole URL, the database holds only
+    // its origin in the clear.
+    assert!(
+        got.lock()
+            .unwrap()
+            .taken
+            .contains_key(&format!("/certificates/{HOOK_PATH_TOKEN}")),
+        "the webhook is posted at its whole URL"
+    );
+    assert_not_stored(&store, HOOK_PATH_TOKEN).await;
 
     // A target in use is not deleted; once off the certificate, it is.
     let hook_path = format!(

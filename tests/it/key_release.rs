@@ -136,6 +136,11 @@ async fn keys_leave_only_through_the_audited_door_an_admin_opens() {
         seen["webhook"]["url"],
         "https://hooks.example.test/deploys?token=s3cr3t"
     );
+    // Nor does a database reader see the token: the whole URL is sealed,
+    // only the origin is stored in the clear (the admin's view above opens
+    // the sealed URL).
+    crate::support::api::assert_not_stored(&cluster.db.store().await, "s3cr3t").await;
+    crate::support::api::assert_not_stored(&cluster.db.store().await, "/deploys").await;
 
     // The admin makes the targets that receive keys.
     let mut ids = std::collections::HashMap::new();

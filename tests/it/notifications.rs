@@ -263,6 +263,10 @@ async fn events_reach_the_channels_that_take_them_retried_or_kept_dead() {
     let store = cluster.db.store().await;
     assert_not_stored(&store, HOOK_SECRET).await;
     assert_not_stored(&store, "hooks.example.test/services").await;
+    // A webhook's path is sealed too (the receiver above saw it, by path):
+    // the database holds only its origin in the clear.
+    assert_not_stored(&store, "/flaky").await;
+    assert_not_stored(&store, "/broken").await;
 
     let (status, _) = api.call(reqwest::Method::DELETE, &hook_path, None).await;
     assert_eq!(status, 204);
@@ -352,6 +356,10 @@ async fn viewers_see_a_webhooks_origin_and_a_test_shows_no_answer_and_channels_a
             "{who} lists it: {listed}"
         );
     }
+
+    // The token in the query is not in the database in the clear: the
+    // admins' whole URL above was opened from its sealed secret.
+    assert_not_stored(&cluster.db.store().await, "receiver-secret-in-query").await;
 
     let (status, tested) = editor.post(&format!("{one}/test"), json!({})).await;
     assert_eq!(status, 200, "{tested}");

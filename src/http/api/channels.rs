@@ -14,7 +14,7 @@ use super::problem::{ApiResult, Problem};
 use super::{audit, date, forget_sealed, new_id, page, projects, seal, string, ApiState};
 use crate::crypto::secrets::SecretRef;
 use crate::domain::drift::{endpoint_problems, Endpoint};
-use crate::domain::notifications::{QuietHours, Severity, EVENT_KINDS};
+use crate::domain::notifications::{Channel, ChannelDelivery, QuietHours, Severity, EVENT_KINDS};
 use crate::domain::validate::{self, Reasons};
 use crate::notify::message::Notification;
 use crate::notify::send::reason_to_show;
@@ -258,22 +258,49 @@ impl UrlShown {
             UrlShown::OriginOnly
         }
     }
+}
 
-    fn apply(self, url: &str) -> String {
-        match (self, url::Url::parse(url)) {
-            (UrlShown::Whole, _) => url.to_string(),
-            (UrlShown::OriginOnly, Ok(parsed)) => crate::distribute::http::redacted(&parsed),
-            (UrlShown::OriginOnly, Err(_)) => String::new(),
+/// Stored channel `d` as shown: a webhook's whole URL, opened from its
+/// sealed secret, when `shown` is whole.
+async fn view(state: &ApiState, d: &Document, shown: UrlShown) -> serde_json::Value {
+    let whole_url = match channels::parse(d) {
+        Ok(channel) if shown == UrlShown::Whole => whole_url(state, &channel).await,
+        _ => None,
+    };
+    render(d, whole_url)
+}
+
+/// Webhook `channel`'s sealed whole URL; `None` (its origin is shown) when
+/// it is not a webhook or the URL cannot be opened, which is logged.
+async fn whole_url(state: &ApiState, channel: &Channel) -> Option<String> {
+    let ChannelDelivery::Webhook { url: origin } = &channel.delivery else {
+        return None;
+    };
+    let sealed = SecretRef::channel_url(channel.project_id.as_deref(), &channel.id);
+    match state.secrets.open_url(&sealed, origin).await {
+        Ok(url) => Some(url),
+        Err(e) => {
+            tracing::warn!(channel = %channel.id, error = %e, "a webhook channel's whole URL cannot be opened: its origin is shown");
+            None
         }
     }
 }
 
-fn render(d: &Document, shown: UrlShown) -> serde_json::Value {
+/// The origin of `url`, what everyone but an admin is shown.
+fn origin_of(url: &str) -> String {
+    url::Url::parse(url)
+        .map(|u| crate::distribute::http::redacted(&u))
+        .unwrap_or_default()
+}
+
+/// A stored channel, a webhook's URL shown whole when `whole_url` is
+/// given, else only its origin.
+fn render(d: &Document, whole_url: Option<String>) -> serde_json::Value {
     let s = |f: &str| d.get_str(f).unwrap_or_default().to_string();
     // Read the way the senders read it, so the two cannot disagree.
     let parsed = channels::parse(d).ok();
     let email = parsed.as_ref().and_then(|c| match &c.delivery {
-        crate::domain::notifications::ChannelDelivery::Email(e) => Some(EmailView {
+        ChannelDelivery::Email(e) => Some(EmailView {
             host: e.host.clone(),
             port: e.port,
             tls: e.tls.clone(),
@@ -284,7 +311,9 @@ fn render(d: &Document, shown: UrlShown) -> serde_json::Value {
         _ => None,
     });
     let url = parsed.as_ref().and_then(|c| match &c.delivery {
-        crate::domain::notifications::ChannelDelivery::Webhook { url } => Some(shown.apply(url)),
+        ChannelDelivery::Webhook { url } => {
+            Some(whole_url.clone().unwrap_or_else(|| origin_of(url)))
+        }
         _ => None,
     });
     let routes = parsed
@@ -524,7 +553,12 @@ async fn create_in(
     let id = new_id("chn");
     let now = state.store.server_now().await?;
     let (settings, credential) = match (&body.webhook, &body.slack, &body.email) {
-        (Some(w), _, _) => (doc! { "url": &w.url }, Some(w.secret.as_str())),
+        // Only the origin in the clear (and no `url`, which a sender of the
+        // previous release would post to): the whole URL is sealed below.
+        (Some(w), _, _) => (
+            doc! { "origin": origin_of(&w.url) },
+            Some(w.secret.as_str()),
+        ),
         (_, Some(s), _) => (doc! {}, Some(s.webhook_url.as_str())),
         (_, _, Some(e)) => {
             let mut settings = doc! {
@@ -568,6 +602,10 @@ async fn create_in(
             doc! { "start_minute": q.start_minute as i32, "end_minute": q.end_minute as i32 },
         );
     }
+    if let Some(w) = &body.webhook {
+        let secret = SecretRef::channel_url(scope.project(), &id);
+        seal(state, &secret, w.url.as_bytes(), "the URL").await?;
+    }
     if let Some(credential) = credential {
         let secret = SecretRef::channel_credential(scope.project(), &id);
         seal(state, &secret, credential.as_bytes(), "the credential").await?;
@@ -589,7 +627,8 @@ async fn create_in(
         doc! { "kind": &body.kind, "name": body.name.trim() },
     )
     .await;
-    Ok(HttpResponse::Created().json(render(&record, UrlShown::to(caller, scope))))
+    let shown = UrlShown::to(caller, scope);
+    Ok(HttpResponse::Created().json(view(state, &record, shown).await))
 }
 
 async fn load(state: &ApiState, scope: Scope<'_>, id: &str) -> ApiResult<Document> {
@@ -608,7 +647,14 @@ async fn delete_in(
     if !channels::delete(&state.store, scope.project(), id).await? {
         return Err(Problem::not_found("channel"));
     }
-    forget_sealed(state, &[SecretRef::channel_credential(scope.project(), id)]).await;
+    forget_sealed(
+        state,
+        &[
+            SecretRef::channel_credential(scope.project(), id),
+            SecretRef::channel_url(scope.project(), id),
+        ],
+    )
+    .await;
     audit(
         state,
         caller.actor(),
@@ -734,7 +780,12 @@ async fn list_in(
     )
     .await?;
     let shown = UrlShown::to(caller, scope);
-    Ok(HttpResponse::Ok().json(page(found, |d| render(d, shown))))
+    let (docs, next) = found;
+    let mut items = Vec::with_capacity(docs.len());
+    for d in &docs {
+        items.push(view(state, d, shown).await);
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items, "next": next })))
 }
 
 async fn get_in(
@@ -745,7 +796,7 @@ async fn get_in(
 ) -> ApiResult<HttpResponse> {
     scope.authorize(state, caller, Role::Viewer).await?;
     let shown = UrlShown::to(caller, scope);
-    Ok(HttpResponse::Ok().json(render(&load(state, scope, id).await?, shown)))
+    Ok(HttpResponse::Ok().json(view(state, &load(state, scope, id).await?, shown).await))
 }
 
 #[utoipa::path(post, path = "/v1/projects/{project_id}/channels", tag = "notifications", request_body = NewChannel,

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use super::auth::{Caller, Role};
 use super::problem::{ApiResult, Problem};
-use super::{audit, date, forget_sealed, new_id, page, projects, seal, ApiState, PageQuery};
+use super::{audit, date, forget_sealed, new_id, projects, seal, ApiState, PageQuery};
 use crate::crypto::secrets::SecretRef;
 use crate::distribute::kubernetes_secret::Cluster;
 use crate::distribute::ssh;
@@ -230,8 +230,40 @@ pub struct TargetPage {
     pub next: Option<String>,
 }
 
-/// A stored target as `caller` may see it on `project_id`.
-fn render(d: &Document, caller: &Caller, project_id: &str) -> serde_json::Value {
+/// A stored target as `caller` may see it on `project_id`: a webhook's
+/// whole URL, opened from its sealed secret, for the project's admins.
+async fn view(
+    state: &ApiState,
+    d: &Document,
+    caller: &Caller,
+    project_id: &str,
+) -> serde_json::Value {
+    let whole_url = match targets::parse(d) {
+        Ok(target) if caller.releases_keys(project_id) => whole_url(state, &target).await,
+        _ => None,
+    };
+    render(d, whole_url)
+}
+
+/// Webhook `target`'s sealed whole URL; `None` (its origin is shown) when
+/// it is not a webhook or the URL cannot be opened, which is logged.
+async fn whole_url(state: &ApiState, target: &Target) -> Option<String> {
+    let Delivery::Webhook { url: origin, .. } = &target.delivery else {
+        return None;
+    };
+    let sealed = SecretRef::target_url(&target.project_id, &target.id);
+    match state.secrets.open_url(&sealed, origin).await {
+        Ok(url) => Some(url),
+        Err(e) => {
+            tracing::warn!(target = %target.id, error = %e, "a webhook target's whole URL cannot be opened: its origin is shown");
+            None
+        }
+    }
+}
+
+/// A stored target, a webhook's URL shown whole when `whole_url` is given,
+/// else only its origin (a query string or path often holds a token).
+fn render(d: &Document, whole_url: Option<String>) -> serde_json::Value {
     let s = |f: &str| d.get_str(f).unwrap_or_default().to_string();
     let created_at = date(d, "created_at");
     let credential_set_at = date(d, "credential_set_at");
@@ -266,11 +298,7 @@ fn render(d: &Document, caller: &Caller, project_id: &str) -> serde_json::Value 
         Delivery::Agent => {}
         Delivery::Webhook { url, include_key } => {
             view.webhook = Some(WebhookView {
-                url: if caller.releases_keys(project_id) {
-                    url.clone()
-                } else {
-                    key_release::origin(url)
-                },
+                url: whole_url.unwrap_or_else(|| key_release::origin(url)),
                 include_key: *include_key,
             })
         }
@@ -495,9 +523,17 @@ pub async fn create(
     };
     let now = state.store.server_now().await?;
     let mut record = targets::document(&target);
-    record.insert(BINDING_MAC, bind(&state, &target).await?);
+    // Bound as the workers read it from the store (a webhook's origin).
+    let stored = targets::parse(&record).map_err(Problem::conflict)?;
+    record.insert(BINDING_MAC, bind(&state, &stored).await?);
     record.insert("created_at", now);
     record.insert("created_by", caller.actor());
+    if let Some(w) = &body.webhook {
+        // Its path or query may hold a token: only the origin is stored in
+        // the clear. Sealed before the target exists, as the credential.
+        let secret = SecretRef::target_url(&project_id, &id);
+        seal(&state, &secret, w.url.as_bytes(), "the URL").await?;
+    }
     if let Some(credential) = credential {
         // Sealed before the target exists: a target never lacks the
         // credential it says it has.
@@ -508,9 +544,16 @@ pub async fn create(
     match targets::insert(&state.store, record.clone()).await {
         Ok(()) => {}
         Err(e) if is_duplicate_key(&e) => {
-            // Surely not stored: its credential goes. (After another error
-            // the target may have landed, and keeps it.)
-            forget_sealed(&state, &[SecretRef::target_credential(&project_id, &id)]).await;
+            // Surely not stored: its sealed secrets go. (After another
+            // error the target may have landed, and keeps them.)
+            forget_sealed(
+                &state,
+                &[
+                    SecretRef::target_credential(&project_id, &id),
+                    SecretRef::target_url(&project_id, &id),
+                ],
+            )
+            .await;
             let mut conflicts = Reasons::default();
             conflicts.add("name", "a target of this project already has this name");
             return Err(Problem::conflicting(conflicts.0));
@@ -530,7 +573,7 @@ pub async fn create(
         },
     )
     .await;
-    Ok(HttpResponse::Created().json(render(&record, &caller, &project_id)))
+    Ok(HttpResponse::Created().json(view(&state, &record, &caller, &project_id).await))
 }
 
 /// "ssh", "webhook (include_key)", …: what a refusal names.
@@ -600,7 +643,7 @@ pub async fn confirm(
         )
         .await;
     }
-    Ok(HttpResponse::Ok().json(render(&updated, &caller, &project_id)))
+    Ok(HttpResponse::Ok().json(view(&state, &updated, &caller, &project_id).await))
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project_id}/targets", tag = "targets",
@@ -622,7 +665,12 @@ pub async fn list(
         query.limit()?,
     )
     .await?;
-    Ok(HttpResponse::Ok().json(page(found, |d| render(d, &caller, &project_id))))
+    let (docs, next) = found;
+    let mut items = Vec::with_capacity(docs.len());
+    for d in &docs {
+        items.push(view(&state, d, &caller, &project_id).await);
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items, "next": next })))
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project_id}/targets/{id}", tag = "targets",
@@ -639,7 +687,7 @@ pub async fn get(
     let found = targets::in_project(&state.store, &project_id, &id)
         .await?
         .ok_or_else(|| Problem::not_found("target"))?;
-    Ok(HttpResponse::Ok().json(render(&found, &caller, &project_id)))
+    Ok(HttpResponse::Ok().json(view(&state, &found, &caller, &project_id).await))
 }
 
 /// Removes a target no certificate goes to any more (409 otherwise).
@@ -668,7 +716,10 @@ pub async fn delete(
     }
     // Its deliveries' records and what they kept for a rollback go too.
     let certificates = distributions::forget_target(&state.store, &id).await?;
-    let mut sealed = vec![SecretRef::target_credential(&project_id, &id)];
+    let mut sealed = vec![
+        SecretRef::target_credential(&project_id, &id),
+        SecretRef::target_url(&project_id, &id),
+    ];
     sealed.extend(
         certificates
             .iter()
