@@ -116,6 +116,15 @@ pub fn webhook_url_problem(url: &str, include_key: bool) -> Option<(&'static str
     }
 }
 
+/// `scheme://host[:port]` of `url`, as a webhook's settings keep it in the
+/// clear and views show it (its path and query may hold a token), or
+/// `(not a URL)`.
+pub fn origin(url: &str) -> String {
+    url::Url::parse(url)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_else(|_| "(not a URL)".into())
+}
+
 /// Why `command` may not be a reload command: too long, blank, or holding
 /// a control character (a newline would be a second command).
 pub fn reload_command_problem(command: &str) -> Option<String> {

@@ -18,6 +18,8 @@ use crate::audit::{Audit, Event};
 use crate::crypto::secrets::{SecretError, SecretRef, Secrets};
 use crate::domain::distribution::{Delivery, Target};
 use crate::domain::roles::Role;
+/// Where a webhook's key lands, as the record shows it: its URL's origin.
+pub use crate::domain::target_settings::origin;
 
 /// The audit action of every key that leaves.
 pub const KEY_RELEASED: &str = "key.released";
@@ -234,13 +236,6 @@ pub fn endpoint_of(target: &Target, cluster_server: Option<&str>) -> String {
             cluster_server.map_or_else(|| "in-cluster".to_string(), origin)
         ),
     }
-}
-
-/// `scheme://host[:port]` of `url`, or `url` unparsed when it is not one.
-pub fn origin(url: &str) -> String {
-    url::Url::parse(url)
-        .map(|u| u.origin().ascii_serialization())
-        .unwrap_or_else(|_| "(not a URL)".into())
 }
 
 #[cfg(test)]

@@ -169,7 +169,7 @@ pub fn document(target: &Target) -> Document {
         // previous release, which reads `url`, then fails the delivery
         // instead of posting to the bare origin.
         Delivery::Webhook { url, include_key } => doc! {
-            "origin": crate::services::key_release::origin(url),
+            "origin": crate::domain::target_settings::origin(url),
             "include_key": include_key,
         },
     };
