@@ -149,7 +149,6 @@ async fn seal_audit_chain(
         }
         Next::Seal(checkpoint) => checkpoint,
         Next::Refused(problem) => {
-            metrics.audit_seal_refused.set(1);
             tracing::error!(job = %job.lease.job_id, %problem, "the audit chain does not verify since its last checkpoint: not sealing it");
             Audit::new(store.clone())
                 .record(
@@ -157,6 +156,9 @@ async fn seal_audit_chain(
                         .with(doc! { "problem": &problem }),
                 )
                 .await;
+            // Raised once the refusal is in the log, so whoever sees the
+            // gauge (an alert, `health`) finds the record that says why.
+            metrics.audit_seal_refused.set(1);
             // Keyed by the last good checkpoint: told once per break, not
             // at every run while it stays broken.
             let since = checkpoint::latest(store)
