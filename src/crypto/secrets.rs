@@ -18,6 +18,7 @@ use crate::crypto::envelope::{self, EnvelopeError, Sealed};
 use crate::crypto::kek::KekProvider;
 use crate::domain::issuer::{eab_secret_id, tsig_secret_id};
 use crate::domain::order::key_secret_id;
+use crate::domain::target_settings::origin;
 use crate::store::keys::{self, StoredSecret, KEYS};
 use crate::store::{short, Store};
 
@@ -221,12 +222,7 @@ impl Secrets {
         let opened = self.get(secret).await?;
         let url = std::str::from_utf8(&opened)
             .map_err(|_| SecretError::Damaged(secret.id.clone(), "URL"))?;
-        let origin_of = |u: &str| {
-            url::Url::parse(u)
-                .map(|u| u.origin().ascii_serialization())
-                .unwrap_or_else(|_| "(not a URL)".into())
-        };
-        let (at, bound) = (origin_of(url), origin_of(bound));
+        let (at, bound) = (origin(url), origin(bound));
         if at != bound {
             return Err(SecretError::OtherOrigin(secret.id.clone(), at, bound));
         }

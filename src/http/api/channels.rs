@@ -15,6 +15,7 @@ use super::{audit, date, forget_sealed, new_id, page, projects, seal, string, Ap
 use crate::crypto::secrets::SecretRef;
 use crate::domain::drift::{endpoint_problems, Endpoint};
 use crate::domain::notifications::{Channel, ChannelDelivery, QuietHours, Severity, EVENT_KINDS};
+use crate::domain::target_settings::origin;
 use crate::domain::validate::{self, Reasons};
 use crate::notify::message::Notification;
 use crate::notify::send::reason_to_show;
@@ -286,13 +287,6 @@ async fn whole_url(state: &ApiState, channel: &Channel) -> Option<String> {
     }
 }
 
-/// The origin of `url`, what everyone but an admin is shown.
-fn origin_of(url: &str) -> String {
-    url::Url::parse(url)
-        .map(|u| crate::distribute::http::redacted(&u))
-        .unwrap_or_default()
-}
-
 /// A stored channel, a webhook's URL shown whole when `whole_url` is
 /// given, else only its origin.
 fn render(d: &Document, whole_url: Option<String>) -> serde_json::Value {
@@ -311,9 +305,7 @@ fn render(d: &Document, whole_url: Option<String>) -> serde_json::Value {
         _ => None,
     });
     let url = parsed.as_ref().and_then(|c| match &c.delivery {
-        ChannelDelivery::Webhook { url } => {
-            Some(whole_url.clone().unwrap_or_else(|| origin_of(url)))
-        }
+        ChannelDelivery::Webhook { url } => Some(whole_url.clone().unwrap_or_else(|| origin(url))),
         _ => None,
     });
     let routes = parsed
@@ -555,10 +547,7 @@ async fn create_in(
     let (settings, credential) = match (&body.webhook, &body.slack, &body.email) {
         // Only the origin in the clear (and no `url`, which a sender of the
         // previous release would post to): the whole URL is sealed below.
-        (Some(w), _, _) => (
-            doc! { "origin": origin_of(&w.url) },
-            Some(w.secret.as_str()),
-        ),
+        (Some(w), _, _) => (doc! { "origin": origin(&w.url) }, Some(w.secret.as_str())),
         (_, Some(s), _) => (doc! {}, Some(s.webhook_url.as_str())),
         (_, _, Some(e)) => {
             let mut settings = doc! {
